@@ -141,47 +141,81 @@ export function firstDifference(a: usize, b: usize, len: usize): isize {
   return -1;
 }
 
+/** Emits the set bits of `word` (first bit index `base`) below bitCount, checking capacity. */
+@inline
+function emitChecked(word: u64, base: u32, bitCount: u32, out: usize, n: u32, cap: u32, indexBase: u32): u32 {
+  while (word != 0 && n < cap) {
+    const index: u32 = base + <u32>ctz<u64>(word);
+    if (index >= bitCount) break;
+    store<u32>(out + (<usize>n << 2), index + indexBase);
+    n++;
+    word &= word - 1;
+  }
+  return n;
+}
+
 /**
  * Writes the indices of set bits in [start, bitCount) in ascending order to out (u32 each),
  * adding indexBase to each, and stops after cap of them. Returns how many it wrote; when that
- * equals cap, call again with start = last index - indexBase + 1 to resume.
- * Reads only the ceil(bitCount / 8) bytes of the bitmap.
+ * equals cap, call again with start = last index - indexBase + 1 to resume. Entries of out past
+ * the returned count may be overwritten. Reads only the ceil(bitCount / 8) bytes of the bitmap.
  */
 export function extractSetBits(bits: usize, bitCount: u32, start: u32, out: usize, cap: u32, indexBase: u32): u32 {
   if (start >= bitCount || cap == 0) return 0;
-  const byteLen: usize = (<usize>bitCount + 7) >> 3;
-  const end16 = byteLen & ~(<usize>15);
+  const fullWords: u32 = bitCount >> 6; // 64-bit words wholly below bitCount
   let n: u32 = 0;
-  let byte: usize = <usize>(start >> 7) << 4;
-  for (; byte < end16; byte += 16) {
-    const v = v128.load(bits + byte);
-    if (!v128.any_true(v)) continue;
-    for (let lane = 0; lane < 2; lane++) {
-      let w: u64 = lane == 0 ? i64x2.extract_lane(v, 0) : i64x2.extract_lane(v, 1);
-      const base: u32 = <u32>(byte << 3) + <u32>(lane << 6);
-      if (base < start) w = start - base >= 64 ? 0 : w & (<u64>-1 << <u64>(start - base));
-      while (w != 0) {
-        const index: u32 = base + <u32>ctz<u64>(w);
-        if (index >= bitCount) return n;
-        if (n == cap) return n;
-        store<u32>(out + (<usize>n << 2), index + indexBase);
-        n++;
-        w &= w - 1;
+  let w: u32 = start >> 6;
+  if (w < fullWords) {
+    const first = load<u64>(bits + (<usize>w << 3)) & (<u64>-1 << <u64>(start & 63));
+    n = emitChecked(first, w << 6, bitCount, out, n, cap, indexBase);
+    w++;
+  }
+  // Fast path while out has room for a whole word's worth (64): skip zero 64-byte blocks with
+  // SIMD, and write four indices per word unconditionally, which avoids most mispredicted
+  // branches when words hold a bit or two (a sparse change map). Extra writes land past n.
+  while (w < fullWords && cap - n >= 64) {
+    if ((w & 7) == 0 && w + 8 <= fullWords) {
+      const p = bits + (<usize>w << 3);
+      const any = v128.or(v128.or(v128.load(p), v128.load(p + 16)), v128.or(v128.load(p + 32), v128.load(p + 48)));
+      if (!v128.any_true(any)) {
+        w += 8;
+        continue;
       }
     }
-  }
-  for (; byte < byteLen; byte++) {
-    let w: u32 = <u32>load<u8>(bits + byte);
-    const base: u32 = <u32>(byte << 3);
-    if (base < start) w = start - base >= 8 ? 0 : w & (<u32>0xff << (start - base));
-    while (w != 0) {
-      const index: u32 = base + ctz<u32>(w);
-      if (index >= bitCount) return n;
-      if (n == cap) return n;
-      store<u32>(out + (<usize>n << 2), index + indexBase);
-      n++;
-      w &= w - 1;
+    let word = load<u64>(bits + (<usize>w << 3));
+    const base: u32 = (w << 6) + indexBase;
+    const count = <u32>popcnt<u64>(word);
+    const o = out + (<usize>n << 2);
+    store<u32>(o, base + <u32>ctz<u64>(word));
+    word &= word - 1;
+    store<u32>(o + 4, base + <u32>ctz<u64>(word));
+    word &= word - 1;
+    store<u32>(o + 8, base + <u32>ctz<u64>(word));
+    word &= word - 1;
+    store<u32>(o + 12, base + <u32>ctz<u64>(word));
+    word &= word - 1;
+    if (count > 4) {
+      n += 4;
+      while (word != 0) {
+        store<u32>(out + (<usize>n << 2), base + <u32>ctz<u64>(word));
+        n++;
+        word &= word - 1;
+      }
+    } else {
+      n += count;
     }
+    w++;
+  }
+  // Checked path: the rest when out is nearly full, then the bytes of the last partial word.
+  for (; w < fullWords && n < cap; w++) {
+    n = emitChecked(load<u64>(bits + (<usize>w << 3)), w << 6, bitCount, out, n, cap, indexBase);
+  }
+  if (w == fullWords && n < cap) {
+    const byteLen: usize = (<usize>bitCount + 7) >> 3;
+    let tail: u64 = 0;
+    for (let b: usize = <usize>w << 3; b < byteLen; b++) tail |= <u64>load<u8>(bits + b) << (<u64>(b & 7) << 3);
+    if ((w << 6) < start) tail &= <u64>-1 << <u64>(start & 63);
+    n = emitChecked(tail, w << 6, bitCount, out, n, cap, indexBase);
   }
   return n;
 }

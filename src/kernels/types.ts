@@ -39,6 +39,7 @@ export interface Kernels {
    * Writes the indices of the set bits of `bits` in [start, bitCount), ascending, into `out`,
    * and returns how many it wrote. Bits at or past bitCount are ignored. When the return value
    * equals out.length there may be more: call again with start = out[out.length - 1] + 1.
+   * Entries of out past the returned count may be overwritten.
    * Preconditions: bits.length >= ceil(bitCount / 8); 0 <= bitCount < 2^32; start >= 0.
    */
   extractSetBits(bits: Uint8Array, bitCount: number, start: number, out: Uint32Array): number;
