@@ -6,6 +6,13 @@ export type ErrorCode =
   | 'INVALID_ARGUMENT'
   | 'USAGE'
   | 'NOT_FOUND'
+  | 'ABORTED'
+  | 'SOURCE'
+  | 'TARGET'
+  | 'REPO_NOT_INITIALIZED'
+  | 'REPO_EXISTS'
+  | 'VOLUME_MISMATCH'
+  | StoreErrorCode
   | 'FORMAT_BAD_MAGIC'
   | 'FORMAT_UNSUPPORTED_VERSION'
   | 'FORMAT_BAD_LENGTH'
@@ -13,6 +20,16 @@ export type ErrorCode =
   | 'FORMAT_CORRUPT'
   | 'INTEGRITY'
   | 'NO_POINT_IN_TIME';
+
+export type StoreErrorKind = 'not-found' | 'exists' | 'retryable' | 'auth' | 'no-bucket' | 'unreachable' | 'permanent';
+type StoreErrorCode =
+  | 'STORE_NOT_FOUND'
+  | 'STORE_EXISTS'
+  | 'STORE_RETRYABLE'
+  | 'STORE_AUTH'
+  | 'STORE_NO_BUCKET'
+  | 'STORE_UNREACHABLE'
+  | 'STORE_PERMANENT';
 
 export class CdpError extends Error {
   readonly code: ErrorCode;
@@ -41,4 +58,57 @@ export class FormatError extends CdpError {
     super(code, `${what}: ${message}`, options);
     this.what = what;
   }
+}
+
+/** Wrong command-line or option usage; the message says what to pass instead. */
+export class UsageError extends CdpError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('USAGE', message, options);
+  }
+}
+
+/** The operation was cancelled through its AbortSignal (Ctrl-C in the CLI). */
+export class AbortedError extends CdpError {
+  constructor(message = 'cancelled', options?: { cause?: unknown }) {
+    super('ABORTED', message, options);
+  }
+}
+
+/**
+ * An object store failed. `kind` says how: retryable ones (throttling, 5xx, resets) are retried
+ * by the retry wrapper; the rest are final.
+ */
+export class StoreError extends CdpError {
+  readonly kind: StoreErrorKind;
+  readonly key: string | undefined;
+
+  constructor(kind: StoreErrorKind, message: string, options?: { cause?: unknown; key?: string }) {
+    super(`STORE_${kind.toUpperCase().replace('-', '_')}` as StoreErrorCode, message, options);
+    this.kind = kind;
+    this.key = options?.key;
+  }
+}
+
+/** Bytes read back do not match their recorded digest. */
+export class IntegrityError extends CdpError {
+  readonly expected: string;
+  readonly actual: string;
+
+  constructor(what: string, expected: string, actual: string, options?: { cause?: unknown }) {
+    super('INTEGRITY', `${what}: digest mismatch (expected ${expected}, got ${actual})`, options);
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+/** No point in time matches the request (before the first, in the future, unknown sequence). */
+export class NoPointInTimeError extends CdpError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('NO_POINT_IN_TIME', message, options);
+  }
+}
+
+/** Throws AbortedError if the signal has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new AbortedError('cancelled', { cause: signal.reason });
 }

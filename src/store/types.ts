@@ -1,0 +1,44 @@
+// The object store interface: the only thing the repository layer knows about where bytes go.
+// Adapters (fs.ts, s3.ts) implement it and classify their own errors as StoreError kinds;
+// retry and concurrency limits are wrappers (retry.ts, limit.ts) stacked by open.ts.
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+export interface PutOptions {
+  /**
+   * Fail with StoreError kind 'exists' if the key already exists. Adapters use the server's
+   * conditional write where it has one; where the server ignores it (some S3-compatible
+   * servers), the put may still replace the object, and callers must stay correct then too.
+   */
+  ifAbsent?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface GetOptions {
+  /** Only these bytes; a range past the end of the object is an error. */
+  range?: ByteRange;
+  signal?: AbortSignal;
+}
+
+export interface ObjectStore {
+  /** Human-readable location, e.g. `s3://bucket/prefix` or `file:///srv/repo`; for messages. */
+  readonly location: string;
+  /** The whole object, or the requested range. Missing key: StoreError kind 'not-found'. */
+  get(key: string, options?: GetOptions): Promise<Uint8Array>;
+  /** Writes the whole object atomically: readers see the old state or the new, never a part. */
+  put(key: string, body: Uint8Array, options?: PutOptions): Promise<void>;
+  /** Size of the object, or undefined if it does not exist. */
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined>;
+  /** Every key that starts with `prefix`, in ascending byte order of key. */
+  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
+  /** Removes the object; removing a missing key is not an error. */
+  delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
+}
