@@ -1,0 +1,77 @@
+// Choosing a point in time: `latest`, a sequence number, or an ISO 8601 / RFC 3339 time
+// (the newest point in time at or before it). Delta end times increase with sequence number
+// (backup enforces it), so a time is found by binary search, reading O(log n) deltas.
+
+import { NoPointInTimeError, UsageError } from '../errors.js';
+import type { Delta } from '../model/pit-map.js';
+import type { Repository } from '../repo/repository.js';
+
+export type PointSelector = { kind: 'latest' } | { kind: 'seq'; seq: number } | { kind: 'time'; time: number; text: string };
+
+// RFC 3339 / ISO 8601 with a date, optionally a time, and a zone (Z or ±hh:mm) when a time is given.
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2}))?$/i;
+
+export function parsePointSelector(text: string): PointSelector {
+  const value = text.trim();
+  if (value === 'latest') return { kind: 'latest' };
+  if (/^\d+$/.test(value)) {
+    const seq = Number(value);
+    if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--at ${text}: sequence numbers start at 1`);
+    return { kind: 'seq', seq };
+  }
+  const time = ISO_TIME.test(value) ? Date.parse(value.replace(' ', 'T')) : Number.NaN;
+  if (Number.isNaN(time)) {
+    throw new UsageError(
+      `--at ${JSON.stringify(text)} is not a point in time: give latest, a sequence number (see cdp-s3 log), or an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`,
+    );
+  }
+  return { kind: 'time', time, text: value };
+}
+
+export interface ChosenPoint {
+  seq: number;
+  delta: Delta;
+}
+
+/** The delta that is the selected point in time. */
+export async function choosePoint(
+  repo: Repository,
+  selector: PointSelector,
+  options: { seqs?: number[]; now?: number; signal?: AbortSignal } = {},
+): Promise<ChosenPoint> {
+  const seqs = options.seqs ?? (await repo.deltaSeqs(options.signal));
+  const last = seqs.at(-1);
+  if (last === undefined) throw new NoPointInTimeError(`${repo.store.location} has no points in time yet: run cdp-s3 backup first`);
+  const read = (seq: number): Promise<Delta> => repo.readDelta(seq, options.signal);
+
+  if (selector.kind === 'latest') return { seq: last, delta: await read(last) };
+  if (selector.kind === 'seq') {
+    if (selector.seq > last) throw new NoPointInTimeError(`no point in time ${selector.seq}: the newest is ${last}`);
+    return { seq: selector.seq, delta: await read(selector.seq) };
+  }
+  const now = options.now ?? Date.now();
+  if (selector.time > now) {
+    throw new NoPointInTimeError(`--at ${selector.text} is in the future; use latest for the newest point in time`);
+  }
+  const first = await read(1);
+  if (selector.time < first.end) {
+    throw new NoPointInTimeError(`--at ${selector.text} is before the first point in time (${new Date(first.end).toISOString()})`);
+  }
+  // Largest seq whose end <= time.
+  let lo = 1;
+  let loDelta = first;
+  let hi = last;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    const delta = await read(mid);
+    if (delta.end <= selector.time) {
+      lo = mid;
+      loDelta.changed.dispose();
+      loDelta = delta;
+    } else {
+      hi = mid - 1;
+      delta.changed.dispose();
+    }
+  }
+  return { seq: lo, delta: loDelta };
+}

@@ -1,0 +1,394 @@
+// restore: write one point in time of the volume to a file, a block device or stdout.
+//
+// planRestore is pure reading: which PIT, and which byte ranges of which packs hold its regions
+// (neighbouring regions merged into one ranged GET). It backs --dry-run. executeRestore fetches
+// the ranges in parallel, verifies every region against its SHA-256 on a worker thread, and
+// writes it. A file target is written under a temporary name, fsynced and renamed, so an
+// interrupted restore never leaves a file that looks complete.
+
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { type FileHandle, open, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { AbortedError, CdpError, IntegrityError, throwIfAborted } from '../errors.js';
+import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
+import { seqName } from '../repo/keys.js';
+import { Repository } from '../repo/repository.js';
+import type { ObjectStore } from '../store/types.js';
+import { RegionIoError, RegionPool } from '../volume/region-pool.js';
+import { openVolume } from '../volume/source.js';
+import { type PointSelector, choosePoint } from './points.js';
+import { type Progress, silentProgress } from './progress.js';
+
+/** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
+const MAX_RANGE_BYTES = 16 * 1024 * 1024;
+
+export interface RestoreSlice {
+  /** Offset within the fetched range. */
+  at: number;
+  length: number;
+  digest: Uint8Array;
+  /** Regions of the volume that hold these bytes (several when deduplicated). */
+  regions: number[];
+}
+
+export interface RestoreFetch {
+  pack: string;
+  offset: number;
+  length: number;
+  slices: RestoreSlice[];
+}
+
+export interface RestorePlan {
+  location: string;
+  seq: number;
+  /** The point in time, ISO 8601 UTC. */
+  time: string;
+  kind: string;
+  volumeSize: number;
+  regionSize: number;
+  regions: number;
+  dataRegions: number;
+  zeroRegions: number;
+  /** Bytes downloaded (deduplicated regions are fetched once). */
+  downloadBytes: number;
+  packs: number;
+  fetches: RestoreFetch[];
+  /** Where the primary was read from for this point in time, when known. */
+  source: { host: string; path: string } | undefined;
+}
+
+export interface PlanRestoreOptions {
+  store: ObjectStore;
+  at: PointSelector;
+  signal?: AbortSignal;
+  now?: number;
+}
+
+interface PlanContext {
+  repo: Repository;
+  pit: PitMap;
+}
+
+const contexts = new WeakMap<RestorePlan, PlanContext>();
+
+export async function planRestore(options: PlanRestoreOptions): Promise<RestorePlan> {
+  const repo = await Repository.open(options.store, options.signal);
+  const chosen = await choosePoint(repo, options.at, { signal: options.signal, now: options.now });
+  const pit = await repo.loadPit(chosen.seq, { signal: options.signal });
+  const g = repo.geometry;
+  // Group the regions by where their bytes live; one slice per distinct location.
+  const byLocation = new Map<string, { pack: string; offset: number; length: number; region: number; regions: number[] }>();
+  let zeroRegions = 0;
+  for (let region = 0; region < g.regionCount; region++) {
+    const location = pit.location(region);
+    if (location === undefined) {
+      zeroRegions++;
+      continue;
+    }
+    const id = `${location.pack}@${location.offset}`;
+    const slot = byLocation.get(id);
+    if (slot !== undefined) slot.regions.push(region);
+    else byLocation.set(id, { ...location, length: regionLength(g, region), region, regions: [region] });
+  }
+  const byPack = new Map<string, Array<{ offset: number; length: number; region: number; regions: number[] }>>();
+  for (const slot of byLocation.values()) {
+    let list = byPack.get(slot.pack);
+    if (list === undefined) byPack.set(slot.pack, (list = []));
+    list.push(slot);
+  }
+  const fetches: RestoreFetch[] = [];
+  let downloadBytes = 0;
+  for (const [pack, slots] of byPack) {
+    slots.sort((a, b) => a.offset - b.offset);
+    let current: RestoreFetch | undefined;
+    for (const slot of slots) {
+      const contiguous = current !== undefined && current.offset + current.length === slot.offset && current.length + slot.length <= MAX_RANGE_BYTES;
+      if (!contiguous) {
+        current = { pack, offset: slot.offset, length: 0, slices: [] };
+        fetches.push(current);
+      }
+      current!.slices.push({ at: current!.length, length: slot.length, digest: pit.digest(slot.region).slice(), regions: slot.regions });
+      current!.length += slot.length;
+      downloadBytes += slot.length;
+    }
+  }
+  const plan: RestorePlan = {
+    location: options.store.location,
+    seq: chosen.seq,
+    time: new Date(chosen.delta.end).toISOString(),
+    kind: chosen.delta.kind,
+    volumeSize: g.volumeSize,
+    regionSize: g.regionSize,
+    regions: g.regionCount,
+    dataRegions: g.regionCount - zeroRegions,
+    zeroRegions,
+    downloadBytes,
+    packs: byPack.size,
+    fetches,
+    source: chosen.delta.source,
+  };
+  chosen.delta.changed.dispose();
+  contexts.set(plan, { repo, pit });
+  return plan;
+}
+
+export interface ExecuteRestoreOptions {
+  /** A file path, a block device, or "-" for standard output. */
+  to: string;
+  /** Replace an existing file, or write onto the volume this repository protects. */
+  force?: boolean;
+  signal?: AbortSignal;
+  progress?: Progress;
+  /** Ranged GETs in flight at once. Default 8. */
+  fetchesInFlight?: number;
+  workers?: number;
+  /** Where stdout restores write; tests capture it. */
+  stdout?: NodeJS.WritableStream;
+}
+
+export interface RestoreResult {
+  seq: number;
+  time: string;
+  target: string;
+  targetKind: 'file' | 'block-device' | 'stdout';
+  bytesWritten: number;
+  bytesDownloaded: number;
+  verified: boolean;
+}
+
+export async function executeRestore(plan: RestorePlan, options: ExecuteRestoreOptions): Promise<RestoreResult> {
+  const context = contexts.get(plan);
+  if (context === undefined) throw new CdpError('INVALID_ARGUMENT', 'executeRestore needs a plan made by planRestore');
+  throwIfAborted(options.signal);
+  if (options.to === '-') return restoreToStream(plan, context, options);
+  await refuseProtectedSource(plan, options);
+  const existing = await stat(options.to).catch(() => undefined);
+  if (existing?.isBlockDevice() === true) return restoreToDevice(plan, context, options);
+  if (existing !== undefined && !existing.isFile()) throw new CdpError('TARGET', `${options.to} is neither a file nor a block device`);
+  if (existing !== undefined && options.force !== true) {
+    throw new CdpError('TARGET', `${options.to} already exists; pass --force to replace it, or choose another --to`);
+  }
+  return restoreToFile(plan, context, options);
+}
+
+async function refuseProtectedSource(plan: RestorePlan, options: ExecuteRestoreOptions): Promise<void> {
+  if (plan.source === undefined || plan.source.host !== hostname() || options.force === true) return;
+  const target = await realpath(options.to).catch(() => undefined);
+  if (target !== undefined && target === plan.source.path) {
+    throw new CdpError(
+      'TARGET',
+      `${options.to} is the disk this repository protects; restoring onto it overwrites the live volume: pass --force if that is intended`,
+    );
+  }
+}
+
+/** Fetches every planned range and hands each verified region to `write`'s positions. */
+async function fetchAndWrite(
+  plan: RestorePlan,
+  context: PlanContext,
+  pool: RegionPool,
+  fd: number,
+  options: ExecuteRestoreOptions,
+): Promise<number> {
+  const progress = options.progress ?? silentProgress;
+  const limit = options.fetchesInFlight ?? 8;
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
+  let downloaded = 0;
+  for (const fetch of plan.fetches) {
+    if (failure !== undefined || options.signal?.aborted === true) break;
+    while (inFlight.size >= limit) await Promise.race(inFlight);
+    const task = (async () => {
+      const bytes = await context.repo.readPackRange(fetch.pack, fetch.offset, fetch.length, options.signal);
+      downloaded += bytes.length;
+      await Promise.all(
+        fetch.slices.map(async (slice) => {
+          const result = await pool.verifyWrite({
+            bytes: bytes.subarray(slice.at, slice.at + slice.length),
+            expected: slice.digest,
+            writes: slice.regions.map((region) => [fd, region * plan.regionSize]),
+            returnBytes: false,
+          });
+          if (result.status === 'mismatch') {
+            throw new IntegrityError(
+              `region ${slice.regions[0]} in ${fetch.pack} at ${fetch.offset + slice.at}`,
+              Buffer.from(slice.digest).toString('hex'),
+              Buffer.from(result.digest).toString('hex'),
+            );
+          }
+          progress.advance(slice.length * slice.regions.length);
+        }),
+      );
+    })().catch((error: unknown) => {
+      failure ??= error;
+    });
+    const tracked = task.finally(() => inFlight.delete(tracked));
+    inFlight.add(tracked);
+  }
+  await Promise.all(inFlight);
+  if (options.signal?.aborted === true) throw new AbortedError('restore cancelled');
+  if (failure !== undefined) throw targetError(failure, options.to);
+  return downloaded;
+}
+
+async function restoreToFile(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
+  const dir = dirname(options.to);
+  const temp = join(dir, `.${basename(options.to)}.cdp-s3-partial-${randomBytes(4).toString('hex')}`);
+  let handle: FileHandle;
+  try {
+    handle = await open(temp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+  } catch (error) {
+    throw targetError(error, options.to);
+  }
+  const pool = new RegionPool(options.workers);
+  const progress = options.progress ?? silentProgress;
+  let renamed = false;
+  try {
+    // A sparse file of the volume's size: zero regions stay holes.
+    await handle.truncate(plan.volumeSize);
+    progress.phase('restore', plan.volumeSize - plan.zeroRegions * plan.regionSize);
+    const downloaded = await fetchAndWrite(plan, context, pool, handle.fd, options);
+    await handle.sync();
+    await handle.close();
+    throwIfAborted(options.signal);
+    await rename(temp, options.to);
+    renamed = true;
+    await syncDirectory(dir);
+    progress.done();
+    return {
+      seq: plan.seq,
+      time: plan.time,
+      target: options.to,
+      targetKind: 'file',
+      bytesWritten: plan.volumeSize,
+      bytesDownloaded: downloaded,
+      verified: true,
+    };
+  } catch (error) {
+    throw targetError(error, options.to);
+  } finally {
+    await pool.close();
+    await handle.close().catch(() => {});
+    if (!renamed) await unlink(temp).catch(() => {});
+  }
+}
+
+async function restoreToDevice(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
+  const device = await openVolume(options.to, 'write');
+  const pool = new RegionPool(options.workers);
+  const progress = options.progress ?? silentProgress;
+  const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
+  try {
+    if (device.size < plan.volumeSize) {
+      throw new CdpError('TARGET', `${options.to} holds ${device.size} bytes, the volume needs ${plan.volumeSize}: use a larger device`);
+    }
+    progress.phase('restore', plan.volumeSize);
+    // Zero regions must be written: the device holds old data there.
+    const zeros = Buffer.alloc(plan.regionSize);
+    for (let region = 0; region < plan.regions; region++) {
+      if (context.pit.isZero(region)) {
+        const length = regionLength(g, region);
+        await device.handle.write(zeros, 0, length, region * plan.regionSize);
+        progress.advance(length);
+      }
+    }
+    const downloaded = await fetchAndWrite(plan, context, pool, device.handle.fd, options);
+    await device.handle.sync();
+    progress.done();
+    // Read back and verify every region against the PIT map.
+    progress.phase('verify', plan.volumeSize);
+    const checks: Array<Promise<void>> = [];
+    for (let region = 0; region < plan.regions; region++) {
+      const expected = context.pit.isZero(region) ? null : context.pit.digest(region).slice();
+      const length = regionLength(g, region);
+      checks.push(
+        pool.read({ fd: device.handle.fd, offset: region * plan.regionSize, length, expected, wantBytes: false }).then((r) => {
+          if (r.status !== 'same') throw new IntegrityError(`${options.to} region ${region} read back`, 'the restored bytes', 'different bytes');
+          progress.advance(length);
+        }),
+      );
+      if (checks.length >= pool.size * 4) await Promise.all(checks.splice(0));
+    }
+    await Promise.all(checks);
+    progress.done();
+    return {
+      seq: plan.seq,
+      time: plan.time,
+      target: options.to,
+      targetKind: 'block-device',
+      bytesWritten: plan.volumeSize,
+      bytesDownloaded: downloaded,
+      verified: true,
+    };
+  } catch (error) {
+    throw targetError(error, options.to);
+  } finally {
+    await pool.close();
+    await device.handle.close();
+  }
+}
+
+/** Standard output: regions in volume order, each verified before it is written. */
+async function restoreToStream(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
+  const out = options.stdout ?? process.stdout;
+  const pool = new RegionPool(options.workers);
+  const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
+  const window = options.fetchesInFlight ?? 8;
+  const progress = options.progress ?? silentProgress;
+  let downloaded = 0;
+  const fetchRegion = async (region: number): Promise<Uint8Array> => {
+    const length = regionLength(g, region);
+    const location = context.pit.location(region);
+    if (location === undefined) return new Uint8Array(length);
+    const bytes = await context.repo.readPackRange(location.pack, location.offset, length, options.signal);
+    downloaded += length;
+    const result = await pool.verifyWrite({ bytes, expected: context.pit.digest(region).slice(), writes: [], returnBytes: true });
+    if (result.status === 'mismatch') {
+      throw new IntegrityError(`region ${region} in ${location.pack}`, Buffer.from(context.pit.digest(region)).toString('hex'), Buffer.from(result.digest).toString('hex'));
+    }
+    return result.bytes!;
+  };
+  try {
+    progress.phase('restore', plan.volumeSize);
+    const ahead: Array<Promise<Uint8Array>> = [];
+    let next = 0;
+    for (let region = 0; region < plan.regions; region++) {
+      while (next < plan.regions && ahead.length < window) ahead.push(fetchRegion(next++));
+      const bytes = await ahead.shift()!;
+      throwIfAborted(options.signal);
+      if (!out.write(bytes)) await new Promise((resolve) => out.once('drain', resolve));
+      progress.advance(bytes.length);
+    }
+    progress.done();
+    return { seq: plan.seq, time: plan.time, target: '-', targetKind: 'stdout', bytesWritten: plan.volumeSize, bytesDownloaded: downloaded, verified: true };
+  } finally {
+    await pool.close();
+  }
+}
+
+function targetError(error: unknown, target: string): unknown {
+  if (error instanceof CdpError) return error;
+  const code = (error as { code?: string }).code;
+  if (code === 'ENOSPC') return new CdpError('TARGET', `${target}: no space left on the target's disk; free space or restore elsewhere`, { cause: error });
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    return new CdpError('TARGET', `${target} cannot be written (${code}); check permissions or choose another --to`, { cause: error });
+  }
+  if (code === 'ENOENT') return new CdpError('TARGET', `${dirname(target)} does not exist; create it or choose another --to`, { cause: error });
+  if (error instanceof RegionIoError) return new CdpError('TARGET', `writing ${target} failed: ${error.message}`, { cause: error });
+  return error;
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, constants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export function describePlan(plan: RestorePlan): string {
+  return `point in time ${seqName(plan.seq)} (${plan.time}, ${plan.kind})`;
+}

@@ -1,0 +1,65 @@
+// Opening the primary volume: an image file or a block device. A block device's size comes
+// from the kernel (/sys/dev/block/MAJOR:MINOR/size, in 512-byte sectors), since stat says 0.
+
+import { constants } from 'node:fs';
+import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
+import { CdpError } from '../errors.js';
+
+export interface OpenVolume {
+  path: string;
+  handle: FileHandle;
+  size: number;
+  isBlockDevice: boolean;
+  /** Identity of the file, to tell "the same file" apart from "the same name". */
+  dev: number;
+  ino: number;
+  rdev: number;
+}
+
+/** Size in bytes of the file or block device at `path` (an open handle's stat). */
+async function sizeOf(path: string, st: { isBlockDevice(): boolean; size: number; rdev: number }): Promise<number> {
+  if (!st.isBlockDevice()) return st.size;
+  const major = Math.floor(st.rdev / 256) & 0xfff; // Linux dev_t: major in bits 8-19, minor in 0-7 and 20-31
+  const minor = (st.rdev & 0xff) | ((Math.floor(st.rdev / 2 ** 20) & 0xfff) << 8);
+  try {
+    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+    return sectors * 512;
+  } catch (error) {
+    throw new CdpError('SOURCE', `${path}: cannot read the block device's size from /sys (${(error as Error).message})`, { cause: error });
+  }
+}
+
+export async function openVolume(path: string, mode: 'read' | 'write'): Promise<OpenVolume> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, mode === 'read' ? constants.O_RDONLY : constants.O_RDWR);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why =
+      code === 'ENOENT'
+        ? 'does not exist; check the path'
+        : code === 'EACCES' || code === 'EPERM'
+          ? `is not ${mode === 'read' ? 'readable' : 'writable'} by this user; run with the needed permissions`
+          : code === 'EISDIR'
+            ? 'is a directory; give an image file or a block device'
+            : `cannot be opened (${code ?? (error as Error).message})`;
+    throw new CdpError('SOURCE', `${path} ${why}`, { cause: error });
+  }
+  const st = await handle.stat();
+  if (!st.isFile() && !st.isBlockDevice()) {
+    await handle.close();
+    throw new CdpError('SOURCE', `${path} is neither a regular file nor a block device`);
+  }
+  return { path, handle, size: await sizeOf(path, st), isBlockDevice: st.isBlockDevice(), dev: st.dev, ino: st.ino, rdev: st.rdev };
+}
+
+/** True if both paths name the same file or device (so a restore would overwrite its source). */
+export async function sameFile(a: string, b: string): Promise<boolean> {
+  try {
+    const [x, y] = await Promise.all([stat(a), stat(b)]);
+    if (x.isBlockDevice() && y.isBlockDevice()) return x.rdev === y.rdev;
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
