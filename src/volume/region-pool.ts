@@ -56,7 +56,6 @@ export class RegionPool {
       const worker = new Worker(fileURLToPath(url));
       worker.on('message', (reply: PoolReply) => this.settle(index, reply));
       worker.on('error', (error) => this.fail(error));
-      worker.unref();
       return worker;
     });
     this.busy = this.workers.map(() => 0);

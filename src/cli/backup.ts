@@ -1,0 +1,41 @@
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { backup } from '../core/backup.js';
+import { type ByteRange, parseChangedRanges } from '../core/changed-ranges.js';
+import { UsageError } from '../errors.js';
+import { CliContext } from './context.js';
+import { formatSize } from './units.js';
+
+async function readChanged(file: string): Promise<ByteRange[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new UsageError(`--changed ${file} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`, { cause: error });
+  }
+  return parseChangedRanges(text, `--changed ${file}`);
+}
+
+export function registerBackup(program: Command): void {
+  program
+    .command('backup')
+    .description('commit the next point in time of SOURCE (the first backup is the base)')
+    .argument('<source>', 'image file or block device')
+    .option('--changed <file>', 'read only these byte ranges ("OFFSET LENGTH" per line) from a change tracker')
+    .action(async (source: string, opts: { changed?: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const result = await backup({
+        store: cli.store(),
+        source,
+        changed: opts.changed === undefined ? undefined : await readChanged(opts.changed),
+        signal: cli.signal,
+        progress: cli.progress(),
+      });
+      cli.result(
+        result,
+        () =>
+          `point in time ${result.seq} (${result.kind}, ${result.time}): ${result.regionsScanned} regions scanned, ${result.regionsChanged} changed, ` +
+          `${formatSize(result.bytesStored)} stored in ${result.packs} pack${result.packs === 1 ? '' : 's'}${result.checkpoint ? ', checkpoint written' : ''}`,
+      );
+    });
+}

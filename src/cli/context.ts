@@ -1,0 +1,86 @@
+// What every command shares: the global options, opening the store, output in text or JSON,
+// Ctrl-C as an AbortSignal, and the progress bar on terminals.
+
+import type { Command } from 'commander';
+import type { Progress } from '../core/progress.js';
+import { silentProgress } from '../core/progress.js';
+import { UsageError } from '../errors.js';
+import { openStore } from '../store/open.js';
+import type { ObjectStore } from '../store/types.js';
+import { ProgressBar } from './progress-bar.js';
+
+export interface GlobalOptions {
+  repo?: string;
+  endpoint?: string;
+  region?: string;
+  pathStyle?: boolean;
+  json?: boolean;
+  debug?: boolean;
+  progress?: boolean;
+}
+
+export interface CliStreams {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+}
+
+const streamsOf = new WeakMap<Command, CliStreams>();
+
+/** Where the commands of `program` write (run() binds them; tests pass their own). */
+export function bindStreams(program: Command, streams: CliStreams): void {
+  streamsOf.set(program, streams);
+}
+
+/** Aborted on SIGINT/SIGTERM; every command's work takes its signal. */
+export const interruption = new AbortController();
+
+export class CliContext {
+  constructor(
+    readonly options: GlobalOptions,
+    readonly stdout: CliStreams['stdout'] = process.stdout,
+    readonly stderr: CliStreams['stderr'] = process.stderr,
+  ) {}
+
+  static of(command: Command): CliContext {
+    let root = command;
+    while (root.parent !== null) root = root.parent;
+    const streams = streamsOf.get(root);
+    return new CliContext(command.optsWithGlobals<GlobalOptions>(), streams?.stdout, streams?.stderr);
+  }
+
+  get signal(): AbortSignal {
+    return interruption.signal;
+  }
+
+  get json(): boolean {
+    return this.options.json === true;
+  }
+
+  /** The repository's store: --repo, else CDP_S3_REPO. */
+  store(): ObjectStore {
+    const url = this.options.repo ?? process.env['CDP_S3_REPO'];
+    if (url === undefined || url === '') {
+      throw new UsageError('no repository: pass --repo s3://bucket/prefix or --repo /path, or set CDP_S3_REPO');
+    }
+    return openStore(url, {
+      endpoint: this.options.endpoint,
+      region: this.options.region,
+      forcePathStyle: this.options.pathStyle,
+    });
+  }
+
+  /** A bar on stderr when it is a terminal (and --json is off); otherwise nothing. */
+  progress(): Progress {
+    if (this.json || this.options.progress === false || this.stderr.isTTY !== true) return silentProgress;
+    return new ProgressBar(this.stderr);
+  }
+
+  /** Prints the result: JSON with --json, else the text. */
+  result(value: unknown, text: () => string): void {
+    this.stdout.write(this.json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`);
+  }
+
+  note(text: string): void {
+    if (!this.json) this.stderr.write(`${text}\n`);
+  }
+}

@@ -1,0 +1,66 @@
+// The cdp-s3 command line: each command is registered from its own file; this file holds what
+// is common: global options and turning errors into one line and an exit code.
+
+import { Command, CommanderError } from 'commander';
+import { CdpError } from '../errors.js';
+import { type CliStreams, bindStreams } from './context.js';
+import { registerBackup } from './backup.js';
+import { registerDemo } from './demo.js';
+import { EXIT, exitCodeFor } from './exit-codes.js';
+import { registerInit } from './init.js';
+import { registerLog } from './log.js';
+import { registerRestore } from './restore.js';
+
+export type RunOptions = Partial<CliStreams>;
+
+export function buildProgram(streams: CliStreams = { stdout: process.stdout, stderr: process.stderr }): Command {
+  const { stderr } = streams;
+  const program = new Command('cdp-s3')
+    .description('continuous data protection of disks into S3-compatible object storage')
+    .option('--repo <url>', 'repository: s3://bucket/prefix, file:///path or a directory (default: $CDP_S3_REPO)')
+    .option('--endpoint <url>', 'S3-compatible endpoint, e.g. http://127.0.0.1:9000 for MinIO (default: $AWS_ENDPOINT_URL)')
+    .option('--region <name>', 'S3 region (default: the AWS configuration, else us-east-1)')
+    .option('--path-style', 'path-style S3 addressing (the default with --endpoint)')
+    .option('--json', 'print the result as JSON')
+    .option('--no-progress', 'no progress bar, even on a terminal')
+    .option('--debug', 'print stack traces with errors')
+    .showHelpAfterError('(run cdp-s3 --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });
+  bindStreams(program, streams);
+  registerInit(program);
+  registerBackup(program);
+  registerLog(program);
+  registerRestore(program);
+  registerDemo(program);
+  for (const command of program.commands) {
+    command.exitOverride().configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });
+  }
+  return program;
+}
+
+/** Runs one command line; returns the exit code instead of exiting. */
+export async function run(argv: string[], options: RunOptions = {}): Promise<number> {
+  const stderr = options.stderr ?? process.stderr;
+  const program = buildProgram({ stdout: options.stdout ?? process.stdout, stderr });
+  const debug = argv.includes('--debug');
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT.ok;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and version are not errors; commander has already printed its message.
+      return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help' ? EXIT.ok : EXIT.usage;
+    }
+    if (error instanceof CdpError) {
+      stderr.write(`cdp-s3: ${error.message}\n`);
+      if (debug && error.stack !== undefined) stderr.write(`${error.stack}\n`);
+      return exitCodeFor(error.code);
+    }
+    stderr.write(`cdp-s3: unexpected error: ${(error as Error).message ?? String(error)}\n`);
+    if (debug && error instanceof Error && error.stack !== undefined) stderr.write(`${error.stack}\n`);
+    else stderr.write('cdp-s3: run again with --debug for details, and please report it\n');
+    return EXIT.internal;
+  }
+}
+

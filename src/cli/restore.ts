@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { parsePointSelector } from '../core/points.js';
+import { executeRestore, planRestore } from '../core/restore.js';
+import { UsageError } from '../errors.js';
+import { CliContext } from './context.js';
+import { formatSize } from './units.js';
+
+export function registerRestore(program: Command): void {
+  program
+    .command('restore')
+    .description('write a point in time of the volume to a file, a block device or stdout')
+    .requiredOption('--at <when>', 'latest, a sequence number, or an ISO 8601 time (the newest point at or before it)')
+    .option('--to <target>', 'file, block device, or - for stdout')
+    .option('--dry-run', 'print the plan and write nothing')
+    .option('--force', 'replace an existing file, or write onto the disk this repository protects')
+    .action(async (opts: { at: string; to?: string; dryRun?: boolean; force?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const at = parsePointSelector(opts.at);
+      if (opts.to === undefined && opts.dryRun !== true) throw new UsageError('restore needs --to FILE|DEVICE|- (or --dry-run)');
+      const plan = await planRestore({ store: cli.store(), at, signal: cli.signal });
+      const summary = {
+        seq: plan.seq,
+        time: plan.time,
+        kind: plan.kind,
+        volumeSize: plan.volumeSize,
+        regionSize: plan.regionSize,
+        regions: plan.regions,
+        dataRegions: plan.dataRegions,
+        zeroRegions: plan.zeroRegions,
+        downloadBytes: plan.downloadBytes,
+        packs: plan.packs,
+        requests: plan.fetches.length,
+      };
+      if (opts.dryRun === true) {
+        cli.result(
+          { dryRun: true, ...summary },
+          () =>
+            `would restore point in time ${plan.seq} (${plan.kind}, ${plan.time}): ${plan.dataRegions} data regions (${formatSize(plan.downloadBytes)} ` +
+            `in ${plan.fetches.length} ranged GETs from ${plan.packs} packs) and ${plan.zeroRegions} zero regions, ${formatSize(plan.volumeSize)} in all`,
+        );
+        return;
+      }
+      const toStdout = opts.to === '-';
+      if (toStdout && cli.json) throw new UsageError('--json and --to - both write to stdout; choose one');
+      const result = await executeRestore(plan, { to: opts.to!, force: opts.force, signal: cli.signal, progress: cli.progress() });
+      if (toStdout) {
+        cli.note(`restored point in time ${plan.seq} (${plan.time}) to stdout, verified`);
+        return;
+      }
+      cli.result(
+        { ...summary, ...result },
+        () =>
+          `restored point in time ${plan.seq} (${plan.kind}, ${plan.time}) to ${result.target}: ${formatSize(result.bytesWritten)}, ` +
+          `${formatSize(result.bytesDownloaded)} downloaded, every region verified`,
+      );
+    });
+}

@@ -1,0 +1,20 @@
+// The cdp-s3 library API. The CLI (src/cli) is a thin layer over these functions.
+
+export { backup, type BackupOptions, type BackupResult } from './core/backup.js';
+export { parseChangedRanges, type ByteRange } from './core/changed-ranges.js';
+export { init, type InitOptions } from './core/init.js';
+export { log, type LogEntry, type LogResult } from './core/log.js';
+export { parsePointSelector, type PointSelector } from './core/points.js';
+export type { Progress } from './core/progress.js';
+export {
+  executeRestore,
+  planRestore,
+  type ExecuteRestoreOptions,
+  type PlanRestoreOptions,
+  type RestorePlan,
+  type RestoreResult,
+} from './core/restore.js';
+export * from './errors.js';
+export type { RepoConfig } from './repo/config.js';
+export { openStore } from './store/open.js';
+export type { ObjectStore } from './store/types.js';
