@@ -42,7 +42,7 @@ export function registerRestore(program: Command): void {
       }
       const toStdout = opts.to === '-';
       if (toStdout && cli.json) throw new UsageError('--json and --to - both write to stdout; choose one');
-      const result = await executeRestore(plan, { to: opts.to!, force: opts.force, signal: cli.signal, progress: cli.progress() });
+      const result = await executeRestore(plan, { to: opts.to!, force: opts.force, signal: cli.signal, progress: cli.progress(), stdout: cli.stdout });
       if (toStdout) {
         cli.note(`restored point in time ${plan.seq} (${plan.time}) to stdout, verified`);
         return;

@@ -28,6 +28,10 @@ export interface GetOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Keys are '/'-separated relative paths (no empty, '.' or '..' segments). A key must not also be
+ * a directory of other keys ('a' and 'a/b' together), because a filesystem store cannot hold both.
+ */
 export interface ObjectStore {
   /** Human-readable location, e.g. `s3://bucket/prefix` or `file:///srv/repo`; for messages. */
   readonly location: string;

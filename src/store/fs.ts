@@ -1,0 +1,223 @@
+// ObjectStore over a local directory. Keys map to relative paths; writes go to a temp file in
+// the target directory and are renamed (or linked, for ifAbsent) into place, so a reader sees
+// the old object or the new one, and a crash leaves at most a '.tmp-' file that list() skips.
+
+import { randomBytes } from 'node:crypto';
+import type { Dirent } from 'node:fs';
+import { open, mkdir, rename, link, unlink, readdir, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { CdpError, StoreError, throwIfAborted } from '../errors.js';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+
+const TEMP_PREFIX = '.tmp-';
+
+export class FsStore implements ObjectStore {
+  readonly root: string;
+  readonly location: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+    this.location = 'file://' + this.root;
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    throwIfAborted(options?.signal);
+    const path = this.path(key);
+    const range = options?.range;
+    if (range !== undefined) checkRange(key, range.offset, range.length);
+    try {
+      const handle = await open(path, 'r');
+      try {
+        const { size } = await handle.stat();
+        if (range !== undefined && range.offset + range.length > size) {
+          throw new StoreError(
+            'permanent',
+            `range ${range.offset}+${range.length} is past the end of ${key} (${size} bytes) in ${this.location}`,
+            { key },
+          );
+        }
+        const offset = range?.offset ?? 0;
+        const buffer = new Uint8Array(range?.length ?? size);
+        // read() may return fewer bytes than asked; loop until the buffer is full.
+        for (let filled = 0; filled < buffer.length; ) {
+          const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, offset + filled);
+          if (bytesRead === 0) {
+            throw new StoreError('retryable', `${key} in ${this.location} shrank while being read`, { key });
+          }
+          filled += bytesRead;
+        }
+        return buffer;
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      throw this.classify(error, key);
+    }
+  }
+
+  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    throwIfAborted(options?.signal);
+    const path = this.path(key);
+    const dir = dirname(path);
+    const temp = join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
+    try {
+      const firstCreated = await mkdir(dir, { recursive: true });
+      // A new directory is an entry in its parent: make each new entry durable too.
+      if (firstCreated !== undefined) {
+        for (let d = dir; d !== dirname(d); d = dirname(d)) {
+          await syncDirectory(dirname(d));
+          if (d === firstCreated) break;
+        }
+      }
+      const handle = await open(temp, 'wx');
+      try {
+        await handle.writeFile(body);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      throwIfAborted(options?.signal);
+      if (options?.ifAbsent === true) {
+        // link() fails with EEXIST instead of replacing, which rename() cannot do.
+        await link(temp, path).catch((error: unknown) => {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+          throw new StoreError('exists', `${key} already exists in ${this.location}`, { key, cause: error });
+        });
+        await unlink(temp);
+      } else {
+        await rename(temp, path);
+      }
+      await syncDirectory(dir);
+    } catch (error) {
+      await unlink(temp).catch(() => undefined);
+      throw this.classify(error, key, 'write');
+    }
+  }
+
+  async head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    throwIfAborted(options?.signal);
+    const path = this.path(key);
+    try {
+      const info = await stat(path);
+      return info.isFile() ? { key, size: info.size } : undefined;
+    } catch (error) {
+      const mapped = this.classify(error, key);
+      if (mapped instanceof StoreError && mapped.kind === 'not-found') return undefined;
+      throw mapped;
+    }
+  }
+
+  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+    yield* this.walk('', prefix, options?.signal);
+  }
+
+  async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
+    throwIfAborted(options?.signal);
+    const path = this.path(key);
+    try {
+      await unlink(path);
+      await syncDirectory(dirname(path));
+    } catch (error) {
+      const mapped = this.classify(error, key);
+      if (mapped instanceof StoreError && mapped.kind === 'not-found') return;
+      throw mapped;
+    }
+  }
+
+  /**
+   * Yields the files under `dir` (a key prefix ending in '/', or '' for the root) whose keys start
+   * with `prefix`, in byte order. Sorting a directory's entries with '/' appended to directory
+   * names puts each subtree exactly where its keys belong among its siblings, so the walk streams.
+   */
+  private async *walk(dir: string, prefix: string, signal: AbortSignal | undefined): AsyncGenerator<ObjectInfo> {
+    throwIfAborted(signal);
+    let entries: Dirent[];
+    try {
+      entries = await readdir(join(this.root, dir), { withFileTypes: true });
+    } catch (error) {
+      const mapped = this.classify(error, dir === '' ? prefix : dir);
+      if (mapped instanceof StoreError && mapped.kind === 'not-found') return;
+      throw mapped;
+    }
+    const children = entries
+      .filter((entry) => !entry.name.startsWith(TEMP_PREFIX) && (entry.isFile() || entry.isDirectory()))
+      .map((entry) => ({ key: dir + entry.name + (entry.isDirectory() ? '/' : ''), isFile: entry.isFile() }))
+      .sort((a, b) => Buffer.compare(Buffer.from(a.key), Buffer.from(b.key)));
+    for (const child of children) {
+      if (child.isFile) {
+        if (!child.key.startsWith(prefix)) continue;
+        let size: number;
+        try {
+          size = (await stat(join(this.root, child.key))).size;
+        } catch (error) {
+          // Deleted between readdir and stat: it is simply not there any more.
+          const mapped = this.classify(error, child.key);
+          if (mapped instanceof StoreError && mapped.kind === 'not-found') continue;
+          throw mapped;
+        }
+        yield { key: child.key, size };
+      } else if (child.key.startsWith(prefix) || prefix.startsWith(child.key)) {
+        yield* this.walk(child.key, prefix, signal);
+      }
+    }
+  }
+
+  private path(key: string): string {
+    const segments = key.split('/');
+    const bad = segments.some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TEMP_PREFIX) || s.includes('\0'));
+    if (bad) {
+      throw new StoreError(
+        'permanent',
+        `invalid key ${JSON.stringify(key)}: keys are '/'-separated relative paths without empty, '.', '..' or '${TEMP_PREFIX}' segments`,
+        { key },
+      );
+    }
+    return join(this.root, ...segments);
+  }
+
+  /** Maps a Node fs error to a StoreError; our own errors (StoreError, AbortedError) pass through. */
+  private classify(error: unknown, key: string, op: 'read' | 'write' = 'read'): unknown {
+    if (!(error instanceof Error) || error instanceof CdpError) return error;
+    const code = (error as NodeJS.ErrnoException).code;
+    const where = `${key} in ${this.location}`;
+    switch (code) {
+      case 'ENOENT':
+      case 'ENOTDIR':
+      case 'EISDIR':
+      case 'EEXIST':
+        // Reading: the key is not an object. Writing: a file and a directory collide on the path.
+        return op === 'read'
+          ? new StoreError('not-found', `${where} does not exist`, { key, cause: error })
+          : new StoreError('permanent', `cannot write ${where}: a file or directory in the way (${code})`, { key, cause: error });
+      case 'ENOSPC':
+      case 'EDQUOT':
+        return new StoreError('permanent', `cannot write ${where}: the disk is full; free space or use another repository`, { key, cause: error });
+      case 'EACCES':
+      case 'EPERM':
+      case 'EROFS':
+        return new StoreError('auth', `permission denied on ${where}: check the directory's owner and mode`, { key, cause: error });
+      case 'EMFILE':
+      case 'ENFILE':
+      case 'EAGAIN':
+      case 'EBUSY':
+        return new StoreError('retryable', `${where}: ${error.message}`, { key, cause: error });
+      default:
+        return new StoreError('permanent', `${where}: ${error.message}`, { key, cause: error });
+    }
+  }
+}
+
+function checkRange(key: string, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new StoreError('permanent', `invalid range ${offset}+${length} for ${key}: offset and length must be non-negative integers`, { key });
+  }
+}
+
+async function syncDirectory(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,70 @@
+// The one place where store layers are stacked: adapter → concurrency limit → retry.
+// Retry sits outside the limit so a call sleeping out its backoff does not hold a slot.
+
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { UsageError } from '../errors.js';
+import { FsStore } from './fs.js';
+import { LimitedStore } from './limit.js';
+import { RetryingStore, type RetryOptions } from './retry.js';
+import { S3Store } from './s3.js';
+import type { ObjectStore } from './types.js';
+
+export type RepoUrl = { kind: 's3'; bucket: string; prefix: string } | { kind: 'fs'; path: string };
+
+export interface OpenStoreOptions {
+  endpoint?: string;
+  region?: string;
+  forcePathStyle?: boolean;
+  /** Store calls in flight at once. Default 8. */
+  concurrency?: number;
+  retry?: RetryOptions;
+}
+
+const FORMS = 's3://bucket[/prefix], file:///absolute/path, or a directory path';
+
+/**
+ * Parses a repository location: `s3://bucket/prefix` (prefix optional, without leading or
+ * trailing '/'), `file:///abs/path`, or a plain path resolved against `cwd`.
+ */
+export function parseRepoUrl(url: string, cwd: string = process.cwd()): RepoUrl {
+  if (url === '') throw new UsageError(`empty repository location: use ${FORMS}`);
+  const scheme = /^([a-zA-Z][a-zA-Z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
+  if (scheme === 's3') {
+    const match = /^s3:\/\/([^/]*)\/*(.*)$/i.exec(url);
+    const bucket = match?.[1] ?? '';
+    if (bucket === '' || /\s/.test(bucket)) throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: use s3://bucket[/prefix]`);
+    return { kind: 's3', bucket, prefix: (match?.[2] ?? '').replace(/\/+$/, '') };
+  }
+  if (scheme === 'file') {
+    try {
+      return { kind: 'fs', path: fileURLToPath(url) };
+    } catch (error) {
+      throw new UsageError(`bad file repository ${JSON.stringify(url)}: use file:///absolute/path`, { cause: error });
+    }
+  }
+  // Only 'scheme://' is taken as a URL, so a relative path like 'backups:old' stays a path.
+  if (scheme !== undefined && url.startsWith('://', scheme.length)) {
+    throw new UsageError(`unknown repository scheme ${scheme}:// in ${JSON.stringify(url)}: use ${FORMS}`);
+  }
+  return { kind: 'fs', path: resolve(cwd, url) };
+}
+
+/** Opens the repository store at `url` with retries and a concurrency limit stacked on. */
+export function openStore(url: string, options: OpenStoreOptions = {}): ObjectStore {
+  const parsed = parseRepoUrl(url);
+  let adapter: ObjectStore;
+  if (parsed.kind === 's3') {
+    adapter = new S3Store({
+      bucket: parsed.bucket,
+      prefix: parsed.prefix,
+      ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
+      ...(options.region !== undefined ? { region: options.region } : {}),
+      ...(options.forcePathStyle !== undefined ? { forcePathStyle: options.forcePathStyle } : {}),
+    });
+  } else {
+    adapter = new FsStore(parsed.path);
+  }
+  const limited = new LimitedStore(adapter, options.concurrency !== undefined ? { concurrency: options.concurrency } : {});
+  return new RetryingStore(limited, options.retry);
+}

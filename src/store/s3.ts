@@ -1,0 +1,345 @@
+// ObjectStore over S3 and S3-compatible servers (MinIO, Ceph, s3rver in tests).
+// Credentials come only from the SDK's default chain (env, shared profile, instance role), never
+// from options, so they never appear on a command line. The client does no retries of its own:
+// RetryingStore (retry.ts) retries what classifyS3Error calls retryable.
+
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import pLimit from 'p-limit';
+import { AbortedError, CdpError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+
+const MiB = 1024 * 1024;
+/** S3's limits: parts are at least 5 MiB (except the last), at most 10 000 of them. */
+const MIN_PART_SIZE = 5 * MiB;
+const MAX_PARTS = 10_000;
+/** Parts of one multipart upload in flight at once. */
+const PART_CONCURRENCY = 4;
+
+export interface S3StoreOptions {
+  bucket: string;
+  /** Key prefix inside the bucket; '' for the bucket root. A trailing '/' is optional. */
+  prefix: string;
+  /** e.g. http://127.0.0.1:9000 for MinIO; defaults to $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL. */
+  endpoint?: string;
+  region?: string;
+  /** Path-style URLs (endpoint/bucket/key); defaults to true when an endpoint is set. */
+  forcePathStyle?: boolean;
+  /** A preconfigured client (tests); the endpoint, region and path-style options are then unused. */
+  client?: S3Client;
+  /** Default 16 MiB; at least 5 MiB. */
+  partSize?: number;
+  /** Bodies larger than this use a multipart upload. Default 64 MiB. */
+  multipartThreshold?: number;
+}
+
+export class S3Store implements ObjectStore {
+  readonly location: string;
+  readonly bucket: string;
+  private readonly base: string;
+  private readonly endpoint: string | undefined;
+  private readonly client: S3Client;
+  private readonly partSize: number;
+  private readonly multipartThreshold: number;
+
+  constructor(options: S3StoreOptions) {
+    if (options.bucket === '') throw new InvalidArgumentError('S3 bucket name is empty');
+    this.bucket = options.bucket;
+    this.base = options.prefix === '' ? '' : options.prefix.replace(/\/$/, '') + '/';
+    this.location = `s3://${options.bucket}/${options.prefix}`;
+    this.partSize = options.partSize ?? 16 * MiB;
+    this.multipartThreshold = options.multipartThreshold ?? 64 * MiB;
+    if (!Number.isSafeInteger(this.partSize) || this.partSize < MIN_PART_SIZE) {
+      throw new InvalidArgumentError(`S3 part size ${this.partSize} is below S3's minimum of ${MIN_PART_SIZE} bytes`);
+    }
+    if (!(this.multipartThreshold >= this.partSize)) {
+      throw new InvalidArgumentError(`S3 multipart threshold ${this.multipartThreshold} must be at least the part size ${this.partSize}`);
+    }
+    const env = process.env;
+    this.endpoint = options.endpoint ?? nonEmpty(env['AWS_ENDPOINT_URL_S3']) ?? nonEmpty(env['AWS_ENDPOINT_URL']);
+    if (options.client !== undefined) {
+      this.client = options.client;
+    } else {
+      const config: S3ClientConfig = {
+        maxAttempts: 1,
+        // The SDK's default streams checksums in aws-chunked framing, which some S3-compatible
+        // servers store as data; we send plain Buffers and verify what we read ourselves.
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+        forcePathStyle: options.forcePathStyle ?? this.endpoint !== undefined,
+      };
+      if (this.endpoint !== undefined) config.endpoint = this.endpoint;
+      if (options.region !== undefined) config.region = options.region;
+      this.client = new S3Client(config);
+    }
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    const signal = options?.signal;
+    const range = options?.range;
+    if (range !== undefined) {
+      const { offset, length } = range;
+      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+        throw new StoreError('permanent', `invalid range ${offset}+${length} for ${key}: offset and length must be non-negative integers`, { key });
+      }
+      // An HTTP range cannot be empty; check existence and bounds with a HEAD instead.
+      if (length === 0) {
+        const info = await this.head(key, options);
+        if (info === undefined) throw this.notFound(key);
+        if (offset > info.size) throw this.pastEnd(key, offset, length, info.size);
+        return new Uint8Array(0);
+      }
+    }
+    return this.call(key, signal, async () => {
+      const output = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.fullKey(key),
+          // Always explicit first-last: some servers mis-serve suffix ranges (bytes=-N).
+          ...(range !== undefined ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
+        }),
+        signal === undefined ? {} : { abortSignal: signal },
+      );
+      if (output.Body === undefined) throw new StoreError('retryable', `GET ${key} in ${this.location} returned no body`, { key });
+      const body = await output.Body.transformToByteArray();
+      const expected = range?.length ?? output.ContentLength;
+      if (body.length === expected) return body;
+      if (range !== undefined && body.length < range.length) {
+        // S3 answers a range that ends past the object with the bytes that exist.
+        const total = totalFromContentRange(output.ContentRange);
+        if (total !== undefined && range.offset + range.length > total) throw this.pastEnd(key, range.offset, range.length, total);
+      }
+      throw new StoreError(
+        'retryable',
+        `GET ${key} in ${this.location} returned ${body.length} bytes, expected ${expected ?? 'a Content-Length'} (truncated response)`,
+        { key },
+      );
+    });
+  }
+
+  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    const signal = options?.signal;
+    const ifAbsent = options?.ifAbsent === true ? { IfNoneMatch: '*' } : {};
+    if (body.length > this.multipartThreshold) return this.putMultipart(key, body, ifAbsent, signal);
+    await this.call(key, signal, () =>
+      this.client.send(
+        new PutObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), Body: body, ContentLength: body.length, ...ifAbsent }),
+        signal === undefined ? {} : { abortSignal: signal },
+      ),
+    );
+  }
+
+  async head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    const signal = options?.signal;
+    try {
+      const output = await this.call(key, signal, () =>
+        this.client.send(
+          new HeadObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }),
+          signal === undefined ? {} : { abortSignal: signal },
+        ),
+      );
+      return { key, size: output.ContentLength ?? 0 };
+    } catch (error) {
+      // A HEAD response has no body, so a missing bucket also looks like a plain 404 here.
+      if (error instanceof StoreError && error.kind === 'not-found') return undefined;
+      throw error;
+    }
+  }
+
+  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+    const signal = options?.signal;
+    let token: string | undefined;
+    do {
+      const page = await this.call(undefined, signal, () =>
+        this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.base + prefix,
+            ...(token !== undefined ? { ContinuationToken: token } : {}),
+          }),
+          signal === undefined ? {} : { abortSignal: signal },
+        ),
+      );
+      for (const object of page.Contents ?? []) {
+        if (object.Key === undefined) continue;
+        yield { key: object.Key.slice(this.base.length), size: object.Size ?? 0 };
+      }
+      token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
+    const signal = options?.signal;
+    try {
+      await this.call(key, signal, () =>
+        this.client.send(
+          new DeleteObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }),
+          signal === undefined ? {} : { abortSignal: signal },
+        ),
+      );
+    } catch (error) {
+      if (error instanceof StoreError && error.kind === 'not-found') return;
+      throw error;
+    }
+  }
+
+  private async putMultipart(key: string, body: Uint8Array, ifAbsent: { IfNoneMatch?: string }, signal: AbortSignal | undefined): Promise<void> {
+    const partCount = Math.ceil(body.length / this.partSize);
+    if (partCount > MAX_PARTS) {
+      throw new StoreError('permanent', `${key} (${body.length} bytes) needs ${partCount} parts of ${this.partSize} bytes; S3 allows ${MAX_PARTS}: raise the part size`, { key });
+    }
+    const Key = this.fullKey(key);
+    const sendOptions = signal === undefined ? {} : { abortSignal: signal };
+    const { UploadId } = await this.call(key, signal, () =>
+      this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key }), sendOptions),
+    );
+    if (UploadId === undefined) throw new StoreError('retryable', `CreateMultipartUpload for ${key} in ${this.location} returned no upload id`, { key });
+    try {
+      const limit = pLimit(PART_CONCURRENCY);
+      const parts = await Promise.all(
+        Array.from({ length: partCount }, (_, index) =>
+          limit(async () => {
+            const PartNumber = index + 1;
+            const chunk = body.subarray(index * this.partSize, Math.min(body.length, PartNumber * this.partSize));
+            const { ETag } = await this.call(key, signal, () =>
+              this.client.send(
+                new UploadPartCommand({ Bucket: this.bucket, Key, UploadId, PartNumber, Body: chunk, ContentLength: chunk.length }),
+                sendOptions,
+              ),
+            );
+            return { PartNumber, ETag };
+          }),
+        ),
+      );
+      await this.call(key, signal, () =>
+        this.client.send(
+          new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: parts }, ...ifAbsent }),
+          sendOptions,
+        ),
+      );
+    } catch (error) {
+      // Best effort: an upload left behind costs storage until a lifecycle rule removes it.
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId })).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Runs one SDK call, turning its failures into StoreError (or AbortedError when cancelled). */
+  private async call<T>(key: string | undefined, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+    throwIfAborted(signal);
+    try {
+      return await fn();
+    } catch (error) {
+      if (signal?.aborted === true) throw new AbortedError('cancelled', { cause: error });
+      if (error instanceof CdpError) throw error;
+      throw classifyS3Error(error, key, { bucket: this.bucket, endpoint: this.endpoint });
+    }
+  }
+
+  private fullKey(key: string): string {
+    if (key === '') throw new StoreError('permanent', `empty key in ${this.location}`, { key });
+    return this.base + key;
+  }
+
+  private notFound(key: string): StoreError {
+    return new StoreError('not-found', `${key} does not exist in ${this.location}`, { key });
+  }
+
+  private pastEnd(key: string, offset: number, length: number, size: number): StoreError {
+    return new StoreError('permanent', `range ${offset}+${length} is past the end of ${key} (${size} bytes) in ${this.location}`, { key });
+  }
+}
+
+const AUTH_NAMES = new Set(['AccessDenied', 'Forbidden', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired']);
+const RETRYABLE_NAMES = new Set(['SlowDown', 'RequestTimeout', 'RequestTimeTooSkewed', 'InternalError', 'ServiceUnavailable', 'TimeoutError', 'RequestTimeoutException', 'ConditionalRequestConflict', 'OperationAborted']);
+const NETWORK_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'UND_ERR_SOCKET']);
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN']);
+
+interface SdkErrorShape {
+  name?: unknown;
+  code?: unknown;
+  Code?: unknown;
+  message?: unknown;
+  $metadata?: { httpStatusCode?: number };
+  errors?: unknown;
+}
+
+/**
+ * Classifies an S3 SDK or network error as a StoreError whose one-line message names the key or
+ * bucket and what to do. `where` adds the bucket and endpoint to messages.
+ */
+export function classifyS3Error(error: unknown, key?: string, where?: { bucket?: string; endpoint?: string | undefined }): StoreError {
+  const e = (typeof error === 'object' && error !== null ? error : {}) as SdkErrorShape;
+  const name = typeof e.name === 'string' ? e.name : '';
+  // Node puts the errno in `code`; happy-eyeballs connects wrap several in an AggregateError.
+  const inner = Array.isArray(e.errors) ? (e.errors[0] as SdkErrorShape | undefined) : undefined;
+  const code = [e.code, e.Code, inner?.code].find((c): c is string => typeof c === 'string') ?? '';
+  const status = e.$metadata?.httpStatusCode;
+  const message = typeof e.message === 'string' ? e.message : String(error);
+  const bucket = where?.bucket;
+  const what = key !== undefined ? `${key}${bucket !== undefined ? ` in bucket ${bucket}` : ''}` : bucket !== undefined ? `bucket ${bucket}` : 'S3';
+  const endpoint = where?.endpoint ?? 'the AWS S3 endpoint';
+  const options = key !== undefined ? { key, cause: error } : { cause: error };
+  const make = (kind: StoreError['kind'], text: string): StoreError => new StoreError(kind, text, options);
+
+  if (name === 'NoSuchBucket' || code === 'NoSuchBucket') {
+    return make('no-bucket', `${bucket !== undefined ? `bucket ${bucket}` : 'the bucket'} does not exist at ${endpoint}: create it or fix --repo`);
+  }
+  if (name === 'NoSuchKey' || name === 'NotFound' || name === 'NoSuchUpload' || status === 404) {
+    return make('not-found', `${what} does not exist`);
+  }
+  if (name === 'CredentialsProviderError') {
+    return make('auth', `no AWS credentials found for ${what}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (the SDK's default chain)`);
+  }
+  if (AUTH_NAMES.has(name) || AUTH_NAMES.has(code) || status === 401 || status === 403) {
+    return make('auth', `access to ${what} denied (${name || status}): check the credentials from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and their permissions`);
+  }
+  if (name === 'PreconditionFailed' || status === 412) {
+    return make('exists', `${what} already exists`);
+  }
+  if (name === 'InvalidRange' || status === 416) {
+    return make('permanent', `range requested from ${what} is past the end of the object`);
+  }
+  if (UNREACHABLE_CODES.has(code) || UNREACHABLE_CODES.has(name)) {
+    return make('unreachable', `cannot reach ${endpoint} (${code || name}): check the endpoint (--endpoint or AWS_ENDPOINT_URL) and the network`);
+  }
+  if (
+    RETRYABLE_NAMES.has(name) ||
+    name.startsWith('Throttl') ||
+    NETWORK_CODES.has(code) ||
+    /socket hang up|ECONNRESET|EPIPE/i.test(message) ||
+    status === 429 ||
+    (status !== undefined && status >= 500)
+  ) {
+    return make('retryable', `${what}: ${name || code || 'error'} (${status ?? 'no HTTP status'}): ${oneLine(message)}`);
+  }
+  if (/region is missing/i.test(message)) {
+    return make('permanent', `no AWS region configured for ${what}: set AWS_REGION or pass --region`);
+  }
+  return make('permanent', `${what}: ${name || code || 'error'}${status !== undefined ? ` (HTTP ${status})` : ''}: ${oneLine(message)}`);
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s+/g, ' ').trim();
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value;
+}
+
+/** The object size from a Content-Range header `bytes a-b/size`, when the server states it. */
+function totalFromContentRange(header: string | undefined): number | undefined {
+  const match = header === undefined ? null : /\/(\d+)\s*$/.exec(header);
+  return match?.[1] === undefined ? undefined : Number(match[1]);
+}

@@ -1,0 +1,64 @@
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FsStore } from '../../src/store/fs.js';
+import { collect, describeStoreConformance, expectStoreError } from './conformance.js';
+
+async function tempDir(): Promise<string> {
+  return mkdtemp(join(tmpdir(), 'cdp-fs-store-'));
+}
+
+describeStoreConformance('FsStore', async () => {
+  const dir = await tempDir();
+  // A root that does not exist yet: the first put creates it.
+  return { store: new FsStore(join(dir, 'repo')), cleanup: () => rm(dir, { recursive: true, force: true }) };
+}, { conditionalWrites: true, byteOrderListing: true });
+
+describe('FsStore', () => {
+  let dir: string;
+  let store: FsStore;
+  beforeEach(async () => {
+    dir = await tempDir();
+    store = new FsStore(dir);
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('leaves no temp files behind after puts, including refused ifAbsent puts', async () => {
+    await store.put('a/b', new Uint8Array([1]));
+    await store.put('a/b', new Uint8Array([2]));
+    await store.put('a/c', new Uint8Array([3]), { ifAbsent: true });
+    await expectStoreError(store.put('a/c', new Uint8Array([4]), { ifAbsent: true }), 'exists');
+    const files = await readdir(dir, { recursive: true });
+    expect(files.filter((f) => f.includes('.tmp-'))).toEqual([]);
+    expect(files.sort()).toEqual(['a', 'a/b', 'a/c']);
+  });
+
+  it('refuses keys that escape or are not plain relative paths', async () => {
+    for (const key of ['../escape', 'a/../../b', '/abs', 'a//b', 'a/', '', '.', 'a/./b', '.tmp-x']) {
+      const error = await expectStoreError(store.put(key, new Uint8Array(1)), 'permanent');
+      expect(error.message).toContain('invalid key');
+      await expectStoreError(store.get(key), 'permanent');
+    }
+  });
+
+  it('skips temp files in listings', async () => {
+    await store.put('d/x', new Uint8Array(1));
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(join(dir, 'd', '.tmp-crashed'), 'partial');
+    expect(await collect(store.list(''))).toEqual([{ key: 'd/x', size: 1 }]);
+  });
+
+  it('reports its location as a file URL and lists an absent root as empty', async () => {
+    expect(store.location).toBe('file://' + dir);
+    expect(await collect(new FsStore(join(dir, 'nope')).list(''))).toEqual([]);
+  });
+
+  it('maps a path collision between a file and a directory to permanent', async () => {
+    await store.put('f', new Uint8Array(1));
+    await expectStoreError(store.put('f/g', new Uint8Array(1)), 'permanent');
+    await expectStoreError(store.get('f/g'), 'not-found');
+  });
+});

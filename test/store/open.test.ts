@@ -1,0 +1,49 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { UsageError } from '../../src/errors.js';
+import { openStore, parseRepoUrl } from '../../src/store/open.js';
+
+describe('parseRepoUrl', () => {
+  it.each([
+    ['s3://bucket', { kind: 's3', bucket: 'bucket', prefix: '' }],
+    ['s3://bucket/', { kind: 's3', bucket: 'bucket', prefix: '' }],
+    ['s3://bucket/a/b/', { kind: 's3', bucket: 'bucket', prefix: 'a/b' }],
+    ['S3://bucket/p', { kind: 's3', bucket: 'bucket', prefix: 'p' }],
+    ['file:///srv/repo', { kind: 'fs', path: '/srv/repo' }],
+    ['file:///srv/with%20space', { kind: 'fs', path: '/srv/with space' }],
+    ['/abs/path', { kind: 'fs', path: '/abs/path' }],
+    ['rel/path', { kind: 'fs', path: '/cwd/rel/path' }],
+    ['odd:name', { kind: 'fs', path: '/cwd/odd:name' }],
+  ])('%s', (url, expected) => {
+    expect(parseRepoUrl(url, '/cwd')).toEqual(expected);
+  });
+
+  it.each(['', 's3://', 's3:///prefix', 'http://host/x', 'gs://bucket/x', 'file://otherhost/x'])('refuses %j with the accepted forms', (url) => {
+    expect(() => parseRepoUrl(url)).toThrow(UsageError);
+  });
+
+  it('names the accepted forms for an unknown scheme', () => {
+    expect(() => parseRepoUrl('gs://b')).toThrow(/s3:\/\/bucket\[\/prefix\], file:\/\/\/absolute\/path, or a directory path/);
+  });
+});
+
+describe('openStore', () => {
+  it('opens a working store for a directory path and reports its location', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cdp-open-'));
+    try {
+      const store = openStore(dir, { concurrency: 2, retry: { attempts: 2 } });
+      expect(store.location).toBe('file://' + resolve(dir));
+      await store.put('k', new Uint8Array([1, 2, 3]));
+      expect(await store.get('k')).toEqual(new Uint8Array([1, 2, 3]));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('opens an S3 store without contacting the server', () => {
+    const store = openStore('s3://bucket/some/prefix', { endpoint: 'http://127.0.0.1:1', region: 'us-east-1' });
+    expect(store.location).toBe('s3://bucket/some/prefix');
+  });
+});

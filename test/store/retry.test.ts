@@ -1,0 +1,119 @@
+import { describe, expect, it } from 'vitest';
+import { AbortedError, StoreError } from '../../src/errors.js';
+import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
+import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
+import { collect, expectStoreError } from './conformance.js';
+
+/** An inner store whose get() answers from a script of errors, then succeeds. */
+function scriptedStore(script: Array<StoreError | 'ok'>): ObjectStore & { calls: number } {
+  const store = {
+    location: 'fake://',
+    calls: 0,
+    async get(): Promise<Uint8Array> {
+      const step = script[store.calls++] ?? 'ok';
+      if (step !== 'ok') throw step;
+      return new Uint8Array([42]);
+    },
+    put: async () => undefined,
+    head: async () => undefined,
+    delete: async () => undefined,
+    list: async function* (): AsyncGenerator<ObjectInfo> {},
+  };
+  return store;
+}
+
+const retryable = (n: number): StoreError => new StoreError('retryable', `slow down ${n}`, { key: 'k' });
+const noSleep = async (): Promise<void> => undefined;
+
+describe('RetryingStore', () => {
+  it('retries retryable and unreachable errors, then succeeds', async () => {
+    const inner = scriptedStore([retryable(1), new StoreError('unreachable', 'refused'), 'ok']);
+    const retries: RetryInfo[] = [];
+    const store = new RetryingStore(inner, { sleep: noSleep, onRetry: (info) => retries.push(info) });
+    expect(await store.get('k')).toEqual(new Uint8Array([42]));
+    expect(inner.calls).toBe(3);
+    expect(retries.map((r) => [r.operation, r.key, r.attempt, r.error.kind])).toEqual([
+      ['get', 'k', 1, 'retryable'],
+      ['get', 'k', 2, 'unreachable'],
+    ]);
+  });
+
+  it('gives up after the configured attempts with the last error', async () => {
+    const inner = scriptedStore([retryable(1), retryable(2), retryable(3), retryable(4)]);
+    const store = new RetryingStore(inner, { attempts: 3, sleep: noSleep });
+    const error = await expectStoreError(store.get('k'), 'retryable');
+    expect(error.message).toBe('slow down 3');
+    expect(inner.calls).toBe(3);
+  });
+
+  it.each(['not-found', 'auth', 'permanent', 'exists', 'no-bucket'] as const)('does not retry %s', async (kind) => {
+    const inner = scriptedStore([new StoreError(kind, kind), 'ok']);
+    const store = new RetryingStore(inner, { sleep: noSleep });
+    await expectStoreError(store.get('k'), kind);
+    expect(inner.calls).toBe(1);
+  });
+
+  it('keeps full-jitter delays within min(max, base * 2^(attempt-1))', async () => {
+    const delays: number[] = [];
+    const inner = scriptedStore(Array.from({ length: 9 }, (_, i) => retryable(i)));
+    const store = new RetryingStore(inner, {
+      attempts: 10,
+      baseDelayMs: 100,
+      maxDelayMs: 1000,
+      sleep: async (ms) => {
+        delays.push(ms);
+      },
+    });
+    await store.get('k');
+    expect(delays).toHaveLength(9);
+    delays.forEach((ms, i) => {
+      expect(ms).toBeGreaterThanOrEqual(0);
+      expect(ms).toBeLessThanOrEqual(Math.min(1000, 100 * 2 ** i));
+    });
+  });
+
+  it('stops promptly when the signal fires during a backoff sleep', async () => {
+    const inner = scriptedStore(Array.from({ length: 100 }, (_, i) => retryable(i)));
+    // The real sleep: a 60 s backoff that the abort must cut short.
+    const store = new RetryingStore(inner, { baseDelayMs: 60_000, maxDelayMs: 60_000, attempts: 100 });
+    const controller = new AbortController();
+    const started = Date.now();
+    const pending = store.get('k', { signal: controller.signal });
+    setTimeout(() => controller.abort(), 20);
+    await expect(pending).rejects.toBeInstanceOf(AbortedError);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(inner.calls).toBe(1);
+  });
+
+  it('does not start when the signal has already fired', async () => {
+    const inner = scriptedStore(['ok']);
+    const controller = new AbortController();
+    controller.abort();
+    await expect(new RetryingStore(inner).get('k', { signal: controller.signal })).rejects.toBeInstanceOf(AbortedError);
+    expect(inner.calls).toBe(0);
+  });
+
+  it('retries a listing that fails before its first item, but not after', async () => {
+    let starts = 0;
+    const inner: ObjectStore = {
+      ...scriptedStore([]),
+      list: async function* (): AsyncGenerator<ObjectInfo> {
+        starts++;
+        if (starts === 1) throw retryable(0);
+        yield { key: 'a', size: 1 };
+        yield { key: 'b', size: 2 };
+        if (starts === 2) throw retryable(1);
+      },
+    };
+    const store = new RetryingStore(inner, { sleep: noSleep });
+    const seen: string[] = [];
+    const error: unknown = await (async () => {
+      for await (const item of store.list('')) seen.push(item.key);
+    })().catch((e: unknown) => e);
+    expect(seen).toEqual(['a', 'b']);
+    expect((error as StoreError).kind).toBe('retryable');
+    expect(starts).toBe(2);
+    // A fresh iteration starts over and completes.
+    expect((await collect(store.list(''))).map((o) => o.key)).toEqual(['a', 'b']);
+  });
+});

@@ -1,0 +1,243 @@
+// The S3 adapter against a real S3-compatible server (s3rver) on 127.0.0.1.
+
+import { execFile } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StoreError } from '../../src/errors.js';
+import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
+import { S3Store, classifyS3Error, type S3StoreOptions } from '../../src/store/s3.js';
+import { s3ServerEnv, startS3Server, type S3Server } from '../helpers/s3-server.js';
+import { collect, describeStoreConformance, expectStoreError } from './conformance.js';
+
+const BUCKET = 'cdp-test';
+const AWS_CLI = '/usr/bin/aws';
+const MiB = 1024 * 1024;
+
+let server: S3Server;
+
+beforeAll(async () => {
+  server = await startS3Server({ buckets: [BUCKET] });
+  Object.assign(process.env, s3ServerEnv(server));
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+function makeStore(options: Partial<S3StoreOptions> = {}): S3Store {
+  return new S3Store({ bucket: BUCKET, prefix: `t-${randomUUID()}/`, endpoint: server.endpoint, ...options });
+}
+
+/** Removes everything under the store's prefix (s3rver keeps it on disk until stop() otherwise). */
+async function emptyPrefix(store: S3Store): Promise<void> {
+  const client = new S3Client({ endpoint: server.endpoint, forcePathStyle: true });
+  const prefix = store.location.slice(`s3://${BUCKET}/`.length);
+  for (;;) {
+    const page = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix, MaxKeys: 1000 }));
+    const objects = (page.Contents ?? []).flatMap((o) => (o.Key === undefined ? [] : [{ Key: o.Key }]));
+    if (objects.length === 0) break;
+    await client.send(new DeleteObjectsCommand({ Bucket: BUCKET, Delete: { Objects: objects } }));
+  }
+  client.destroy();
+}
+
+describeStoreConformance(
+  'S3Store on s3rver',
+  async () => {
+    const store = makeStore();
+    return { store, cleanup: () => emptyPrefix(store) };
+  },
+  // s3rver ignores If-None-Match (a second conditional put replaces the object) and lists by
+  // walking its directories; real S3 and MinIO do both.
+  { conditionalWrites: false, byteOrderListing: false },
+);
+
+async function closedPort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const address = probe.address();
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
+describe('S3Store', () => {
+  it('reports a missing bucket as no-bucket, telling to create it', async () => {
+    const store = makeStore({ bucket: 'no-such-bucket' });
+    const error = await expectStoreError(store.get('k'), 'no-bucket');
+    expect(error.message).toContain('no-such-bucket');
+    expect(error.message).toMatch(/create it/);
+    await expectStoreError(store.put('k', new Uint8Array(1)), 'no-bucket');
+    await expectStoreError(collect(store.list('')), 'no-bucket');
+  });
+
+  it('reports a refused connection as unreachable, naming the endpoint, after retries', async () => {
+    const endpoint = `http://127.0.0.1:${await closedPort()}`;
+    const raw = makeStore({ endpoint });
+    const error = await expectStoreError(raw.get('k'), 'unreachable');
+    expect(error.message).toContain(endpoint);
+
+    const retries: RetryInfo[] = [];
+    const store = new RetryingStore(raw, { attempts: 3, baseDelayMs: 1, onRetry: (info) => retries.push(info) });
+    await expectStoreError(store.head('k'), 'unreachable');
+    expect(retries.map((r) => r.attempt)).toEqual([1, 2]);
+  });
+
+  it('reports an unknown access key as auth, pointing at the credential chain', async () => {
+    const client = new S3Client({
+      endpoint: server.endpoint,
+      forcePathStyle: true,
+      region: 'us-east-1',
+      credentials: { accessKeyId: 'NOT-S3RVER', secretAccessKey: 'x' },
+      maxAttempts: 1,
+    });
+    const store = makeStore({ client });
+    const error = await expectStoreError(store.get('k'), 'auth');
+    expect(error.message).toMatch(/AWS_ACCESS_KEY_ID/);
+    client.destroy();
+  });
+
+  it('uploads bodies above the threshold in parts and reads them back bit-exact', async () => {
+    const client = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, maxAttempts: 1, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+    const commands: string[] = [];
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        commands.push(String(context.commandName));
+        return next(args);
+      },
+      { step: 'initialize' },
+    );
+    const store = makeStore({ client, multipartThreshold: 6 * MiB, partSize: 5 * MiB });
+    const body = randomBytes(13 * MiB);
+    await store.put('big', body);
+    expect(commands.filter((c) => c === 'UploadPartCommand')).toHaveLength(3);
+    expect(commands).toContain('CompleteMultipartUploadCommand');
+    const read = await store.get('big');
+    expect(Buffer.from(read).equals(body)).toBe(true);
+    const tail = await store.get('big', { range: { offset: 10 * MiB - 3, length: 7 } });
+    expect(Buffer.from(tail).equals(body.subarray(10 * MiB - 3, 10 * MiB + 4))).toBe(true);
+    await emptyPrefix(store);
+    client.destroy();
+  });
+
+  it('turns a request cancelled in flight into AbortedError', async () => {
+    const store = makeStore();
+    await store.put('large', randomBytes(20 * MiB));
+    const controller = new AbortController();
+    const pending = store.get('large', { signal: controller.signal });
+    setTimeout(() => controller.abort(), 5);
+    await expect(pending).rejects.toMatchObject({ code: 'ABORTED' });
+    await emptyPrefix(store);
+  });
+
+  it('maps keys under the prefix and strips it from listings', async () => {
+    const store = makeStore();
+    await store.put('x/y', new Uint8Array([1, 2]));
+    expect(await collect(store.list('x/'))).toEqual([{ key: 'x/y', size: 2 }]);
+    expect(store.location).toMatch(new RegExp(`^s3://${BUCKET}/t-`));
+    const root = new S3Store({ bucket: BUCKET, prefix: store.location.slice(`s3://${BUCKET}/`.length).replace(/\/$/, ''), endpoint: server.endpoint });
+    expect(await collect(root.list(''))).toEqual([{ key: 'x/y', size: 2 }]);
+    await emptyPrefix(store);
+  });
+
+  const hasCli = existsSync(AWS_CLI);
+  it.skipIf(!hasCli)(`writes objects the AWS CLI reads back identically${hasCli ? '' : ` (skipped: ${AWS_CLI} missing)`}`, async () => {
+    const store = makeStore();
+    const body = randomBytes(3 * MiB + 17);
+    await store.put('cli/object', body);
+    const key = store.location.slice(`s3://${BUCKET}/`.length) + 'cli/object';
+    const env: NodeJS.ProcessEnv = { ...process.env, ...s3ServerEnv(server) };
+    // awscli honours AWS_CA_BUNDLE, which has nothing to verify on plain http.
+    delete env['AWS_CA_BUNDLE'];
+    const run = promisify(execFile);
+    const head = await run(AWS_CLI, ['--endpoint-url', server.endpoint, 's3api', 'head-object', '--bucket', BUCKET, '--key', key], { env });
+    expect((JSON.parse(head.stdout) as { ContentLength: number }).ContentLength).toBe(body.length);
+    const copy = await run(AWS_CLI, ['--endpoint-url', server.endpoint, 's3', 'cp', `s3://${BUCKET}/${key}`, '-'], {
+      env,
+      encoding: 'buffer',
+      maxBuffer: 64 * MiB,
+    });
+    expect(copy.stdout.equals(body)).toBe(true);
+    await emptyPrefix(store);
+  });
+});
+
+describe('startS3Server', () => {
+  it("fails with the child's stderr when s3rver cannot start", async () => {
+    const notADirectory = fileURLToPath(import.meta.url);
+    await expect(startS3Server({ directory: notADirectory })).rejects.toThrow(/s3rver exited before listening.*stderr:.*(EEXIST|ENOTDIR)/s);
+  });
+});
+
+describe('S3Store response checks (fake client)', () => {
+  // Real S3 answers a range ending past the object with the bytes that exist (s3rver says 416),
+  // and a dropped connection can cut a body short: both must be caught here.
+  const storeAnswering = (output: { body: Uint8Array; ContentRange?: string; ContentLength?: number }): S3Store => {
+    const client = {
+      send: async () => ({ ...output, Body: { transformToByteArray: async () => output.body } }),
+    } as unknown as S3Client;
+    return new S3Store({ bucket: 'b', prefix: 'p', client });
+  };
+
+  it('treats a short ranged body past the object end as permanent', async () => {
+    const store = storeAnswering({ body: new Uint8Array(5), ContentRange: 'bytes 990-994/995', ContentLength: 5 });
+    const error = await expectStoreError(store.get('k', { range: { offset: 990, length: 20 } }), 'permanent');
+    expect(error.message).toMatch(/past the end of k \(995 bytes\)/);
+  });
+
+  it('treats a short ranged body inside the object as a retryable truncation', async () => {
+    const store = storeAnswering({ body: new Uint8Array(5), ContentRange: 'bytes 0-19/1000', ContentLength: 20 });
+    const error = await expectStoreError(store.get('k', { range: { offset: 0, length: 20 } }), 'retryable');
+    expect(error.message).toMatch(/truncated/);
+  });
+
+  it('treats a whole body shorter than Content-Length as a retryable truncation', async () => {
+    const store = storeAnswering({ body: new Uint8Array(5), ContentLength: 8 });
+    await expectStoreError(store.get('k'), 'retryable');
+  });
+});
+
+describe('classifyS3Error', () => {
+  const sdkError = (name: string, status?: number): unknown =>
+    Object.assign(new Error(`${name} happened`), { name, ...(status !== undefined ? { $metadata: { httpStatusCode: status } } : {}) });
+  const errno = (code: string): unknown => Object.assign(new Error(`connect ${code}`), { code });
+
+  it.each([
+    [sdkError('NoSuchKey', 404), 'not-found'],
+    [sdkError('NotFound', 404), 'not-found'],
+    [sdkError('NoSuchBucket', 404), 'no-bucket'],
+    [sdkError('AccessDenied', 403), 'auth'],
+    [sdkError('InvalidAccessKeyId', 403), 'auth'],
+    [sdkError('SignatureDoesNotMatch', 403), 'auth'],
+    [sdkError('ExpiredToken', 400), 'auth'],
+    [sdkError('CredentialsProviderError'), 'auth'],
+    [sdkError('PreconditionFailed', 412), 'exists'],
+    [sdkError('SlowDown', 503), 'retryable'],
+    [sdkError('ThrottlingException', 400), 'retryable'],
+    [sdkError('TooManyRequests', 429), 'retryable'],
+    [sdkError('InternalError', 500), 'retryable'],
+    [sdkError('RequestTimeout', 400), 'retryable'],
+    [sdkError('TimeoutError'), 'retryable'],
+    [errno('ECONNRESET'), 'retryable'],
+    [errno('EPIPE'), 'retryable'],
+    [errno('ETIMEDOUT'), 'retryable'],
+    [new Error('socket hang up'), 'retryable'],
+    [errno('ECONNREFUSED'), 'unreachable'],
+    [errno('ENOTFOUND'), 'unreachable'],
+    [errno('EAI_AGAIN'), 'unreachable'],
+    [Object.assign(new AggregateError([errno('ECONNREFUSED')]), {}), 'unreachable'],
+    [sdkError('InvalidArgument', 400), 'permanent'],
+    [new Error('something odd'), 'permanent'],
+  ] as const)('%s → %s', (error, kind) => {
+    const mapped = classifyS3Error(error, 'some/key', { bucket: 'b', endpoint: 'http://h:1' });
+    expect(mapped).toBeInstanceOf(StoreError);
+    expect(mapped.kind).toBe(kind);
+    expect(mapped.key).toBe('some/key');
+    expect(mapped.message).not.toContain('\n');
+  });
+});
