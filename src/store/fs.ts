@@ -10,10 +10,15 @@ import { CdpError, StoreError, throwIfAborted } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const TEMP_PREFIX = '.tmp-';
+/** Files fsynced at once by sync(). */
+const SYNC_BATCH = 8;
 
 export class FsStore implements ObjectStore {
   readonly root: string;
   readonly location: string;
+  /** Objects put with deferSync, and their directories, not yet made durable. */
+  private readonly unsynced = new Set<string>();
+  private readonly unsyncedDirs = new Set<string>();
 
   constructor(root: string) {
     this.root = resolve(root);
@@ -37,7 +42,11 @@ export class FsStore implements ObjectStore {
           );
         }
         const offset = range?.offset ?? 0;
-        const buffer = new Uint8Array(range?.length ?? size);
+        const length = range?.length ?? size;
+        // The caller's buffer, or one with its own ArrayBuffer (not a pool slice), so callers can
+        // transfer it to a worker.
+        const into = options?.into;
+        const buffer = into !== undefined && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
         // read() may return fewer bytes than asked; loop until the buffer is full.
         for (let filled = 0; filled < buffer.length; ) {
           const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, offset + filled);
@@ -71,8 +80,11 @@ export class FsStore implements ObjectStore {
       }
       const handle = await open(temp, 'wx');
       try {
-        await handle.writeFile(body);
-        await handle.sync();
+        // One write call for the whole body (writeFile would split it into small chunks).
+        for (let written = 0; written < body.length; ) {
+          written += (await handle.write(body, written, body.length - written, written)).bytesWritten;
+        }
+        if (options?.deferSync !== true) await handle.sync();
       } finally {
         await handle.close();
       }
@@ -87,10 +99,33 @@ export class FsStore implements ObjectStore {
       } else {
         await rename(temp, path);
       }
-      await syncDirectory(dir);
+      if (options?.deferSync === true) {
+        // Until sync(), a crash may leave this object empty or partial; callers reference it only after sync().
+        this.unsynced.add(path);
+        this.unsyncedDirs.add(dir);
+      } else await syncDirectory(dir);
     } catch (error) {
       await unlink(temp).catch(() => undefined);
       throw this.classify(error, key, 'write');
+    }
+  }
+
+  async sync(options?: { signal?: AbortSignal }): Promise<void> {
+    throwIfAborted(options?.signal);
+    const files = [...this.unsynced];
+    const dirs = [...this.unsyncedDirs];
+    this.unsynced.clear();
+    this.unsyncedDirs.clear();
+    try {
+      // Files first, then the directories that name them; a few at a time.
+      for (let i = 0; i < files.length; i += SYNC_BATCH) {
+        await Promise.all(files.slice(i, i + SYNC_BATCH).map((path) => syncFile(path)));
+      }
+      for (const dir of dirs) await syncDirectory(dir);
+    } catch (error) {
+      for (const path of files) this.unsynced.add(path);
+      for (const dir of dirs) this.unsyncedDirs.add(dir);
+      throw this.classify(error, files[0] ?? '', 'write');
     }
   }
 
@@ -212,6 +247,9 @@ function checkRange(key: string, offset: number, length: number): void {
     throw new StoreError('permanent', `invalid range ${offset}+${length} for ${key}: offset and length must be non-negative integers`, { key });
   }
 }
+
+/** fsync works on a read-only descriptor too, for files as for directories. */
+const syncFile = syncDirectory;
 
 async function syncDirectory(path: string): Promise<void> {
   const handle = await open(path, 'r');

@@ -32,6 +32,10 @@ export class LimitedStore implements ObjectStore {
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return this.run(options?.signal, () => this.inner.delete(key, options));
   }
+  sync(options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.sync(options);
+  }
+
 
   /** Not limited: a listing is one sequential request at a time and may be consumed slowly. */
   list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {

@@ -7,8 +7,7 @@ import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
-import { S3Store } from './s3.js';
-import type { ObjectStore } from './types.js';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export type RepoUrl = { kind: 's3'; bucket: string; prefix: string } | { kind: 'fs'; path: string };
 
@@ -55,16 +54,59 @@ export function openStore(url: string, options: OpenStoreOptions = {}): ObjectSt
   const parsed = parseRepoUrl(url);
   let adapter: ObjectStore;
   if (parsed.kind === 's3') {
-    adapter = new S3Store({
-      bucket: parsed.bucket,
-      prefix: parsed.prefix,
-      ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
-      ...(options.region !== undefined ? { region: options.region } : {}),
-      ...(options.forcePathStyle !== undefined ? { forcePathStyle: options.forcePathStyle } : {}),
+    // The AWS SDK takes ~130 ms to load: only S3 repositories pay for it.
+    adapter = new LazyStore(`s3://${parsed.bucket}/${parsed.prefix}`, async () => {
+      const { S3Store } = await import('./s3.js');
+      return new S3Store({
+        bucket: parsed.bucket,
+        prefix: parsed.prefix,
+        ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
+        ...(options.region !== undefined ? { region: options.region } : {}),
+        ...(options.forcePathStyle !== undefined ? { forcePathStyle: options.forcePathStyle } : {}),
+      });
     });
   } else {
     adapter = new FsStore(parsed.path);
   }
   const limited = new LimitedStore(adapter, options.concurrency !== undefined ? { concurrency: options.concurrency } : {});
   return new RetryingStore(limited, options.retry);
+}
+
+/** Builds its adapter on first use, so that loading the adapter's code costs only when used. */
+class LazyStore implements ObjectStore {
+  private adapter: Promise<ObjectStore> | undefined;
+
+  constructor(
+    readonly location: string,
+    private readonly create: () => Promise<ObjectStore>,
+  ) {}
+
+  private inner(): Promise<ObjectStore> {
+    this.adapter ??= this.create();
+    return this.adapter;
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    return (await this.inner()).get(key, options);
+  }
+
+  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    return (await this.inner()).put(key, body, options);
+  }
+
+  async head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    return (await this.inner()).head(key, options);
+  }
+
+  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+    yield* (await this.inner()).list(prefix, options);
+  }
+
+  async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
+    return (await this.inner()).delete(key, options);
+  }
+
+  async sync(options?: { signal?: AbortSignal }): Promise<void> {
+    if (this.adapter !== undefined) await (await this.adapter).sync(options);
+  }
 }

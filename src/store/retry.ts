@@ -67,6 +67,10 @@ export class RetryingStore implements ObjectStore {
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return this.run('delete', key, options?.signal, () => this.inner.delete(key, options));
   }
+  sync(options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.sync(options);
+  }
+
 
   /**
    * Retries only until the first item (or the end) arrives: once items have been yielded, a

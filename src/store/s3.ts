@@ -179,6 +179,9 @@ export class S3Store implements ObjectStore {
     } while (token !== undefined);
   }
 
+  /** S3 puts are durable when they return: nothing to do. */
+  async sync(): Promise<void> {}
+
   async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     const signal = options?.signal;
     try {

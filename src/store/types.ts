@@ -20,11 +20,22 @@ export interface PutOptions {
    */
   ifAbsent?: boolean;
   signal?: AbortSignal;
+  /**
+   * The object need not be durable when put() returns, only after the next sync(). Lets a
+   * local store write many objects at disk speed and wait for the disk once; stores whose puts
+   * are always durable (S3) ignore it.
+   */
+  deferSync?: boolean;
 }
 
 export interface GetOptions {
   /** Only these bytes; a range past the end of the object is an error. */
   range?: ByteRange;
+  /**
+   * A buffer the adapter may read into (it must be large enough); the result is then a view of
+   * it. Adapters that cannot (S3) ignore it, so callers must use the returned bytes.
+   */
+  into?: Uint8Array;
   signal?: AbortSignal;
 }
 
@@ -45,4 +56,6 @@ export interface ObjectStore {
   list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
   /** Removes the object; removing a missing key is not an error. */
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
+  /** Makes every object put with deferSync durable. */
+  sync(options?: { signal?: AbortSignal }): Promise<void>;
 }

@@ -20,6 +20,7 @@ describe('LimitedStore', () => {
       put: () => slow(undefined),
       head: () => slow(undefined),
       delete: () => slow(undefined),
+      sync: async () => undefined,
       list: async function* (): AsyncGenerator<ObjectInfo> {},
     };
     const store = new LimitedStore(inner, { concurrency: 3 });
@@ -52,6 +53,7 @@ describe('LimitedStore', () => {
       put: async () => undefined,
       head: async () => undefined,
       delete: async () => undefined,
+      sync: async () => undefined,
       list: async function* (): AsyncGenerator<ObjectInfo> {},
     };
     const store = new LimitedStore(inner, { concurrency: 1 });

@@ -36,7 +36,7 @@ describe('openStore', () => {
       const store = openStore(dir, { concurrency: 2, retry: { attempts: 2 } });
       expect(store.location).toBe('file://' + resolve(dir));
       await store.put('k', new Uint8Array([1, 2, 3]));
-      expect(await store.get('k')).toEqual(new Uint8Array([1, 2, 3]));
+      expect(Array.from(await store.get('k'))).toEqual([1, 2, 3]);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
