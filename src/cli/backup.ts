@@ -31,6 +31,9 @@ export function registerBackup(program: Command): void {
         signal: cli.signal,
         progress: cli.progress(),
       });
+      if (result.checkpointError !== undefined) {
+        cli.note(`cdp-s3: warning: point in time ${result.seq} is committed, but its checkpoint was not written (${result.checkpointError}); later restores read more deltas`);
+      }
       cli.result(
         result,
         () =>

@@ -53,9 +53,12 @@ export async function run(argv: string[], options: RunOptions = {}): Promise<num
       return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help' ? EXIT.ok : EXIT.usage;
     }
     if (error instanceof CdpError) {
-      stderr.write(`cdp-s3: ${error.message}\n`);
+      const code = exitCodeFor(error.code);
+      // Damage is not fixed by retrying; say what still helps.
+      const hint = code === EXIT.integrity ? ' (stored data is damaged; other points in time may still restore: see cdp-s3 log)' : '';
+      stderr.write(`cdp-s3: ${error.message}${hint}\n`);
       if (debug && error.stack !== undefined) stderr.write(`${error.stack}\n`);
-      return exitCodeFor(error.code);
+      return code;
     }
     stderr.write(`cdp-s3: unexpected error: ${(error as Error).message ?? String(error)}\n`);
     if (debug && error instanceof Error && error.stack !== undefined) stderr.write(`${error.stack}\n`);

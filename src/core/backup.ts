@@ -50,6 +50,8 @@ export interface BackupResult {
   bytesStored: number;
   packs: number;
   checkpoint: boolean;
+  /** Why the checkpoint due at this point was not written (the point in time is committed). */
+  checkpointError?: string;
 }
 
 /** Finds regions whose content the repository already holds, by digest. */
@@ -116,11 +118,15 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     const uploads = new Set<Promise<void>>();
     const uploadLimit = options.packsInFlight ?? 4;
 
+    const spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
     const upload = async (builder: PackBuilder): Promise<void> => {
       while (uploads.size >= uploadLimit) await Promise.race(uploads);
-      const task = repo.putPack(builder.key, builder.bytes(), signal).catch((error: unknown) => {
-        failure ??= error;
-      });
+      const task = repo.putPack(builder.key, builder.bytes(), signal).then(
+        () => void spareBuffers.push(builder.backing),
+        (error: unknown) => {
+          failure ??= error;
+        },
+      );
       const tracked = task.finally(() => uploads.delete(tracked));
       uploads.add(tracked);
       packCount++;
@@ -131,7 +137,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
         await upload(pack);
         pack = undefined;
       }
-      pack ??= new PackBuilder(packKey(seq, randomBytes(4).toString('hex')), Math.max(repo.config.packSize, g.regionSize));
+      pack ??= new PackBuilder(packKey(seq, randomBytes(4).toString('hex')), Math.max(repo.config.packSize, g.regionSize), spareBuffers.pop());
       bytesStored += bytes.length;
       return { pack: pack.key, offset: pack.append(bytes) };
     };
@@ -146,7 +152,8 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
           pit.setRegion(region, undefined, ZERO_DIGEST);
           return;
         }
-        const location = dedup.find(result.digest) ?? (await packRegion(result.bytes!));
+        const location = dedup.find(result.digest) ?? (await packRegion(result.bytes));
+        pool.release(result.bytes);
         pit.setRegion(region, location, result.digest);
         dedup.add(region);
       });
@@ -163,7 +170,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       const length = regionLength(g, region);
       const expected = pit.isZero(region) ? null : pit.digest(region).slice();
       const task = pool
-        .read({ fd: volume.handle.fd, offset: region * g.regionSize, length, expected, wantBytes: true })
+        .read({ fd: volume.handle.fd, offset: region * g.regionSize, length, expected })
         .then((result) => apply(region, result))
         .then(() => {
           regionsScanned++;
@@ -189,7 +196,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     delta.source = { host: hostname(), path: await realpath(options.source) };
     pit.seq = seq;
     pit.time = end;
-    const { checkpoint } = await repo.commitDelta(delta, pit, signal);
+    const { checkpoint, checkpointError } = await repo.commitDelta(delta, pit, signal);
     const regionsChanged = changed.count();
     changed.dispose();
     return {
@@ -202,6 +209,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       bytesStored,
       packs: packCount,
       checkpoint,
+      ...(checkpointError === undefined ? {} : { checkpointError }),
     };
   } finally {
     toScan?.dispose();

@@ -22,7 +22,7 @@ import { type PointSelector, choosePoint } from './points.js';
 import { type Progress, silentProgress } from './progress.js';
 
 /** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
-const MAX_RANGE_BYTES = 16 * 1024 * 1024;
+const MAX_RANGE_BYTES = 8 * 1024 * 1024;
 
 export interface RestoreSlice {
   /** Offset within the fetched range. */
@@ -195,32 +195,40 @@ async function fetchAndWrite(
   const progress = options.progress ?? silentProgress;
   const limit = options.fetchesInFlight ?? 8;
   const inFlight = new Set<Promise<void>>();
+  // Range buffers go to a worker and come back; reusing them spares page faults on fresh memory.
+  const spare: Uint8Array[] = [];
   let failure: unknown;
   let downloaded = 0;
   for (const fetch of plan.fetches) {
     if (failure !== undefined || options.signal?.aborted === true) break;
     while (inFlight.size >= limit) await Promise.race(inFlight);
     const task = (async () => {
-      const bytes = await context.repo.readPackRange(fetch.pack, fetch.offset, fetch.length, options.signal);
+      const buffer = spare.pop() ?? new Uint8Array(MAX_RANGE_BYTES);
+      const bytes = await context.repo.readPackRange(fetch.pack, fetch.offset, fetch.length, options.signal, buffer);
+      const owned = bytes.buffer === buffer.buffer;
       downloaded += bytes.length;
-      await Promise.all(
-        fetch.slices.map(async (slice) => {
-          const result = await pool.verifyWrite({
-            bytes: bytes.subarray(slice.at, slice.at + slice.length),
-            expected: slice.digest,
-            writes: slice.regions.map((region) => [fd, region * plan.regionSize]),
-            returnBytes: false,
-          });
-          if (result.status === 'mismatch') {
-            throw new IntegrityError(
-              `region ${slice.regions[0]} in ${fetch.pack} at ${fetch.offset + slice.at}`,
-              Buffer.from(slice.digest).toString('hex'),
-              Buffer.from(result.digest).toString('hex'),
-            );
-          }
-          progress.advance(slice.length * slice.regions.length);
-        }),
+      // One job per range: the worker verifies every region in it and writes those that match.
+      const { bytes: back, mismatches } = await pool.verify(
+        bytes,
+        fetch.slices.map((slice) => ({
+          at: slice.at,
+          length: slice.length,
+          expected: slice.digest,
+          writes: slice.regions.map((region): [number, number] => [fd, region * plan.regionSize]),
+        })),
+        owned,
       );
+      spare.push(owned ? new Uint8Array(back.buffer) : buffer);
+      const bad = mismatches[0];
+      if (bad !== undefined) {
+        const slice = fetch.slices[bad.slice]!;
+        throw new IntegrityError(
+          `region ${slice.regions[0]} in ${fetch.pack} at ${fetch.offset + slice.at}`,
+          Buffer.from(slice.digest).toString('hex'),
+          Buffer.from(bad.digest).toString('hex'),
+        );
+      }
+      for (const slice of fetch.slices) progress.advance(slice.length * slice.regions.length);
     })().catch((error: unknown) => {
       failure ??= error;
     });
@@ -304,7 +312,8 @@ async function restoreToDevice(plan: RestorePlan, context: PlanContext, options:
       const expected = context.pit.isZero(region) ? null : context.pit.digest(region).slice();
       const length = regionLength(g, region);
       checks.push(
-        pool.read({ fd: device.handle.fd, offset: region * plan.regionSize, length, expected, wantBytes: false }).then((r) => {
+        pool.read({ fd: device.handle.fd, offset: region * plan.regionSize, length, expected }).then((r) => {
+          if (r.status === 'changed') pool.release(r.bytes);
           if (r.status !== 'same') throw new IntegrityError(`${options.to} region ${region} read back`, 'the restored bytes', 'different bytes');
           progress.advance(length);
         }),
@@ -344,18 +353,25 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
     if (location === undefined) return new Uint8Array(length);
     const bytes = await context.repo.readPackRange(location.pack, location.offset, length, options.signal);
     downloaded += length;
-    const result = await pool.verifyWrite({ bytes, expected: context.pit.digest(region).slice(), writes: [], returnBytes: true });
-    if (result.status === 'mismatch') {
-      throw new IntegrityError(`region ${region} in ${location.pack}`, Buffer.from(context.pit.digest(region)).toString('hex'), Buffer.from(result.digest).toString('hex'));
+    const expected = context.pit.digest(region).slice();
+    const result = await pool.verify(bytes, [{ at: 0, length, expected, writes: [] }]);
+    const bad = result.mismatches[0];
+    if (bad !== undefined) {
+      throw new IntegrityError(`region ${region} in ${location.pack}`, Buffer.from(expected).toString('hex'), Buffer.from(bad.digest).toString('hex'));
     }
-    return result.bytes!;
+    return result.bytes;
   };
   try {
     progress.phase('restore', plan.volumeSize);
     const ahead: Array<Promise<Uint8Array>> = [];
     let next = 0;
     for (let region = 0; region < plan.regions; region++) {
-      while (next < plan.regions && ahead.length < window) ahead.push(fetchRegion(next++));
+      while (next < plan.regions && ahead.length < window) {
+        const fetched = fetchRegion(next++);
+        // Awaited in order below; one that fails while an earlier one is awaited must not be an unhandled rejection.
+        fetched.catch(() => {});
+        ahead.push(fetched);
+      }
       const bytes = await ahead.shift()!;
       throwIfAborted(options.signal);
       if (!out.write(bytes)) await new Promise((resolve) => out.once('drain', resolve));

@@ -20,7 +20,7 @@ function u32Bytes(values: Uint32Array): Uint8Array {
 }
 
 function u32Array(bytes: Uint8Array): Uint32Array {
-  const copy = bytes.slice(); // aligned, owned
+  const copy = new Uint8Array(bytes); // a copy: aligned and owned (Buffer.slice would be a view)
   return new Uint32Array(copy.buffer, 0, copy.length / 4);
 }
 
@@ -76,7 +76,7 @@ export function decodeDelta(bytes: Uint8Array, expectedSeq: number, volumeId: st
     packs,
     entryPack,
     entryOffset: u32Array(r.bytes('entryOffset', count * 4)),
-    digests: r.bytes('digests', count * DIGEST_BYTES).slice(),
+    digests: new Uint8Array(r.bytes('digests', count * DIGEST_BYTES)),
     storedBytes: r.integer('storedBytes'),
     source: r.has('sourcePath') ? { host: r.string('sourceHost'), path: r.string('sourcePath') } : undefined,
   };

@@ -19,10 +19,14 @@ export class PackBuilder {
   private used = PACK_HEADER_BYTES;
   regions = 0;
 
-  /** capacity: the most bytes of region data the pack may hold. */
-  constructor(key: string, capacity: number) {
+  /**
+   * capacity: the most bytes of region data the pack may hold. `reuse` is an earlier pack's
+   * buffer (see buffer()) to fill again instead of allocating; it must be large enough.
+   */
+  constructor(key: string, capacity: number, reuse?: Buffer) {
     this.key = key;
-    this.buffer = Buffer.allocUnsafe(PACK_HEADER_BYTES + capacity);
+    const size = PACK_HEADER_BYTES + capacity;
+    this.buffer = reuse !== undefined && reuse.length >= size ? reuse.subarray(0, size) : Buffer.allocUnsafe(size);
     this.buffer.write(PACK_MAGIC, 0, 'latin1');
     this.buffer.writeUInt16LE(PACK_VERSION, 8);
     this.buffer.fill(0, 10, PACK_HEADER_BYTES);
@@ -44,6 +48,11 @@ export class PackBuilder {
     this.used += bytes.length;
     this.regions++;
     return offset;
+  }
+
+  /** The whole buffer, to pass as `reuse` to a later pack once this one is stored. */
+  get backing(): Buffer {
+    return this.buffer;
   }
 
   /** The finished object's bytes. */

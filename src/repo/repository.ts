@@ -5,7 +5,7 @@ import { endianness } from 'node:os';
 import pLimit from 'p-limit';
 import { CdpError, FormatError, StoreError, throwIfAborted } from '../errors.js';
 import { type Delta, type Geometry, PitMap } from '../model/pit-map.js';
-import type { ObjectStore } from '../store/types.js';
+import type { GetOptions, ObjectStore } from '../store/types.js';
 import { decodeCheckpoint, decodeDelta, encodeCheckpoint, encodeDelta } from './chain-codec.js';
 import { type RepoConfig, configGeometry, decodeConfig, encodeConfig } from './config.js';
 import { CHECKPOINT_PREFIX, CONFIG_KEY, DELTA_PREFIX, checkpointKey, deltaKey, seqName, seqOfKey } from './keys.js';
@@ -115,16 +115,18 @@ export class Repository {
     return pit;
   }
 
+  /** Stores a pack; it becomes durable by the time commitDelta writes the delta naming it. */
   async putPack(key: string, bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
-    await this.store.put(key, bytes, signal === undefined ? {} : { signal });
+    await this.store.put(key, bytes, { signal, deferSync: true });
   }
 
   /**
    * Commits a delta (its packs must already be stored: data first, then the delta), then a
    * checkpoint of `pit` (the map after this delta) when the interval says so.
    */
-  async commitDelta(delta: Delta, pit: PitMap, signal?: AbortSignal): Promise<{ checkpoint: boolean }> {
+  async commitDelta(delta: Delta, pit: PitMap, signal?: AbortSignal): Promise<{ checkpoint: boolean; checkpointError?: string }> {
     const opts = signal === undefined ? {} : { signal };
+    await this.store.sync(opts); // the packs, before the delta that names them
     try {
       await this.store.put(deltaKey(delta.seq), encodeDelta(delta, this.config.volumeId), { ...opts, ifAbsent: true });
     } catch (error) {
@@ -136,21 +138,37 @@ export class Repository {
       throw error;
     }
     if (delta.seq % this.config.checkpointInterval !== 0) return { checkpoint: false };
-    await this.store.put(checkpointKey(delta.seq), encodeCheckpoint(pit, this.config.volumeId), opts);
-    return { checkpoint: true };
-  }
-
-  /** Bytes [offset, offset + length) of a pack. */
-  async readPackRange(pack: string, offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
-    return this.getObject(pack, `pack ${pack}`, signal, { offset, length });
-  }
-
-  private async getObject(key: string, what: string, signal?: AbortSignal, range?: { offset: number; length: number }): Promise<Uint8Array> {
+    // The point in time is committed now; a checkpoint is only a shortcut for later reads, so
+    // failing to write one is reported, not fatal (restores fold the deltas instead).
     try {
-      const options: { signal?: AbortSignal; range?: { offset: number; length: number } } = {};
-      if (signal !== undefined) options.signal = signal;
-      if (range !== undefined) options.range = range;
-      return await this.store.get(key, options);
+      await this.store.put(checkpointKey(delta.seq), encodeCheckpoint(pit, this.config.volumeId), opts);
+      return { checkpoint: true };
+    } catch (error) {
+      return { checkpoint: false, checkpointError: (error as Error).message };
+    }
+  }
+
+  /** Bytes [offset, offset + length) of a pack; read into `into` where the store can. */
+  async readPackRange(pack: string, offset: number, length: number, signal?: AbortSignal, into?: Uint8Array): Promise<Uint8Array> {
+    try {
+      return await this.getObject(pack, `pack ${pack}`, signal, { range: { offset, length }, into });
+    } catch (error) {
+      // A range past the end of a pack means the pack was cut short: damaged data, not a store failure.
+      if (error instanceof StoreError && error.kind === 'permanent') {
+        const info = await this.store.head(pack, signal === undefined ? {} : { signal }).catch(() => undefined);
+        if (info !== undefined && info.size < offset + length) {
+          throw new FormatError('FORMAT_CORRUPT', `pack ${pack}`, `is truncated: ${info.size} bytes, but a region ends at byte ${offset + length}`, {
+            cause: error,
+          });
+        }
+      }
+      throw error;
+    }
+  }
+
+  private async getObject(key: string, what: string, signal?: AbortSignal, options: GetOptions = {}): Promise<Uint8Array> {
+    try {
+      return await this.store.get(key, { ...options, signal });
     } catch (error) {
       if (error instanceof StoreError && error.kind === 'not-found') {
         throw new FormatError('FORMAT_CORRUPT', what, `is missing from ${this.store.location}`, { cause: error });

@@ -1,19 +1,38 @@
 // RegionPool: a fixed set of worker threads (one per core by default) that read and hash
 // regions of the primary volume, and verify and write regions of a restore target. The main
 // thread keeps the orchestration (packing, uploads, the store); SHA-256 runs in parallel.
+// Region buffers are recycled between the threads, so steady-state work allocates nothing.
 
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { CdpError } from '../errors.js';
-import type { PoolReply, PoolRequest, ReadRequest, VerifyWriteRequest } from './region-protocol.js';
+import type { PoolReply, PoolRequest, VerifySlice } from './region-protocol.js';
+
+export type { VerifySlice } from './region-protocol.js';
 
 export type ReadResult =
   | { status: 'same' }
   | { status: 'zero' }
-  | { status: 'changed'; digest: Uint8Array; bytes: Uint8Array | undefined };
+  /** `bytes` is a pooled buffer: hand it back with release() once done with it. */
+  | { status: 'changed'; digest: Uint8Array; bytes: Uint8Array };
 
-export type VerifyWriteResult = { status: 'mismatch'; digest: Uint8Array } | { status: 'written'; bytes: Uint8Array | undefined };
+export interface VerifyResult {
+  /** The bytes passed in, back from the worker. */
+  bytes: Uint8Array;
+  /** Slices whose digest did not match (nothing of them was written). */
+  mismatches: Array<{ slice: number; digest: Uint8Array }>;
+}
+
+/** A read or write in a worker failed; `code` is the errno name (ENOSPC, EIO, ...). */
+export class RegionIoError extends Error {
+  constructor(
+    message: string,
+    readonly code: string | undefined,
+  ) {
+    super(message);
+  }
+}
 
 /**
  * The worker's compiled file. Under vitest this module runs from src/*.ts, while workers need
@@ -27,26 +46,19 @@ function workerUrl(): URL {
   return new URL('./region-worker.js', here);
 }
 
-/** A read or write in a worker failed; `code` is the errno name (ENOSPC, EIO, ...). */
-export class RegionIoError extends Error {
-  constructor(
-    message: string,
-    readonly code: string | undefined,
-  ) {
-    super(message);
-  }
-}
-
 interface Pending {
-  resolve: (reply: PoolReply) => void;
+  resolve: (reply: Exclude<PoolReply, { status: 'error' }>) => void;
   reject: (error: Error) => void;
 }
+
+/** Idle buffers kept per size; more are left to the garbage collector. */
+const MAX_IDLE_BUFFERS = 64;
 
 export class RegionPool {
   private readonly workers: Worker[];
   private readonly busy: number[];
   private readonly pending = new Map<number, Pending>();
-  private readonly owner = new Map<number, number>();
+  private readonly idle = new Map<number, ArrayBuffer[]>();
   private nextId = 1;
   private failure: Error | undefined;
 
@@ -65,20 +77,48 @@ export class RegionPool {
     return this.workers.length;
   }
 
-  read(job: Omit<ReadRequest, 'type' | 'id'>): Promise<ReadResult> {
-    return this.submit({ type: 'read', id: 0, ...job }, []) as Promise<ReadResult>;
+  /** Reads `length` bytes at `offset` of `fd`, and compares them with `expected` (null: zeros). */
+  async read(job: { fd: number; offset: number; length: number; expected: Uint8Array | null }): Promise<ReadResult> {
+    const buffer = this.take(job.length);
+    const reply = await this.submit({ type: 'read', id: 0, ...job, buffer }, [buffer]);
+    if (reply.status === 'changed') return { status: 'changed', digest: reply.digest, bytes: new Uint8Array(reply.buffer, 0, job.length) };
+    if (reply.status !== 'same' && reply.status !== 'zero') throw new Error(`unexpected reply ${reply.status}`);
+    this.giveBack(reply.buffer);
+    return { status: reply.status };
   }
 
-  /** Hashes `bytes` (transferred to the worker) and writes them where asked if they match. */
-  verifyWrite(job: Omit<VerifyWriteRequest, 'type' | 'id'>): Promise<VerifyWriteResult> {
-    // Posting a view clones its whole ArrayBuffer; give the worker exactly the region instead.
-    const whole = job.bytes.byteOffset === 0 && job.bytes.byteLength === job.bytes.buffer.byteLength;
-    const bytes = whole ? job.bytes : job.bytes.slice();
-    return this.submit({ type: 'verify-write', id: 0, ...job, bytes }, [bytes.buffer as ArrayBuffer]) as Promise<VerifyWriteResult>;
+  /** Returns a buffer from a 'changed' read for reuse. */
+  release(bytes: Uint8Array): void {
+    this.giveBack(bytes.buffer as ArrayBuffer);
+  }
+
+  /**
+   * Verifies each slice of `bytes` against its digest on a worker and writes the ones that
+   * match. `bytes` goes to the worker by transfer: with `owned`, the caller owns the whole
+   * ArrayBuffer under it and gets it back in the result; otherwise a view of a larger buffer is
+   * copied first (it may be shared, e.g. Node's Buffer pool).
+   */
+  async verify(bytes: Uint8Array, slices: VerifySlice[], owned = false): Promise<VerifyResult> {
+    const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+    const own = whole || owned ? bytes : new Uint8Array(bytes); // a copy (Buffer.slice would be a view)
+    const reply = await this.submit({ type: 'verify-write', id: 0, bytes: own, slices }, [own.buffer as ArrayBuffer]);
+    if (reply.status !== 'verified') throw new Error(`unexpected reply ${reply.status}`);
+    return { bytes: reply.bytes, mismatches: reply.mismatches };
   }
 
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  private take(length: number): ArrayBuffer {
+    const size = 2 ** Math.ceil(Math.log2(Math.max(length, 4096)));
+    return this.idle.get(size)?.pop() ?? new ArrayBuffer(size);
+  }
+
+  private giveBack(buffer: ArrayBuffer): void {
+    let list = this.idle.get(buffer.byteLength);
+    if (list === undefined) this.idle.set(buffer.byteLength, (list = []));
+    if (list.length < MAX_IDLE_BUFFERS) list.push(buffer);
   }
 
   private submit(request: PoolRequest, transfer: ArrayBuffer[]): Promise<Exclude<PoolReply, { status: 'error' }>> {
@@ -89,9 +129,8 @@ export class RegionPool {
     let index = 0;
     for (let i = 1; i < this.busy.length; i++) if (this.busy[i]! < this.busy[index]!) index = i;
     this.busy[index]!++;
-    this.owner.set(id, index);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (reply: PoolReply) => void, reject });
+      this.pending.set(id, { resolve, reject });
       this.workers[index]!.postMessage(request, transfer);
     });
   }
@@ -100,10 +139,11 @@ export class RegionPool {
     const waiter = this.pending.get(reply.id);
     if (waiter === undefined) return;
     this.pending.delete(reply.id);
-    this.owner.delete(reply.id);
     this.busy[index]!--;
-    if (reply.status === 'error') waiter.reject(new RegionIoError(reply.message, reply.code));
-    else waiter.resolve(reply);
+    if (reply.status === 'error') {
+      if (reply.buffer !== undefined) this.giveBack(reply.buffer);
+      waiter.reject(new RegionIoError(reply.message, reply.code));
+    } else waiter.resolve(reply);
   }
 
   private fail(error: Error): void {

@@ -1,4 +1,5 @@
-// Messages between RegionPool (main thread) and region-worker (worker threads).
+// Messages between RegionPool (main thread) and region-worker (worker threads). Buffers travel
+// by transfer, not copy, and go back and forth so steady-state work allocates nothing.
 
 export interface ReadRequest {
   type: 'read';
@@ -8,26 +9,33 @@ export interface ReadRequest {
   length: number;
   /** Digest the region is expected to have; null when it is expected to be all zeros. */
   expected: Uint8Array | null;
-  /** Send the bytes back when they differ from `expected` (they are transferred, not copied). */
-  wantBytes: boolean;
+  /** Where to read to (at least `length` bytes); it comes back in the reply. */
+  buffer: ArrayBuffer;
+}
+
+export interface VerifySlice {
+  /** Offset of the slice within the request's bytes. */
+  at: number;
+  length: number;
+  expected: Uint8Array;
+  /** (fd, position) pairs to write the slice to once it verifies; may be empty. */
+  writes: Array<[number, number]>;
 }
 
 export interface VerifyWriteRequest {
   type: 'verify-write';
   id: number;
+  /** The whole buffer is transferred; it comes back in the reply. */
   bytes: Uint8Array;
-  expected: Uint8Array;
-  /** (fd, position) pairs to write the bytes to once they verify; may be empty. */
-  writes: Array<[number, number]>;
-  returnBytes: boolean;
+  slices: VerifySlice[];
 }
 
 export type PoolRequest = ReadRequest | VerifyWriteRequest;
 
 export type PoolReply =
-  | { id: number; status: 'same' }
-  | { id: number; status: 'zero' }
-  | { id: number; status: 'changed'; digest: Uint8Array; bytes: Uint8Array | undefined }
-  | { id: number; status: 'mismatch'; digest: Uint8Array }
-  | { id: number; status: 'written'; bytes: Uint8Array | undefined }
-  | { id: number; status: 'error'; message: string; code: string | undefined };
+  | { id: number; status: 'same'; buffer: ArrayBuffer }
+  | { id: number; status: 'zero'; buffer: ArrayBuffer }
+  | { id: number; status: 'changed'; digest: Uint8Array; buffer: ArrayBuffer }
+  /** Verified slices were written; `mismatches` lists the others (nothing of them was written). */
+  | { id: number; status: 'verified'; bytes: Uint8Array; mismatches: Array<{ slice: number; digest: Uint8Array }> }
+  | { id: number; status: 'error'; message: string; code: string | undefined; buffer: ArrayBuffer | undefined };

@@ -24,34 +24,38 @@ function writeFully(fd: number, buffer: Uint8Array, position: number): void {
   while (done < buffer.length) done += writeSync(fd, buffer, done, buffer.length - done, position + done);
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
-}
-
-function handle(job: PoolRequest): { reply: PoolReply; transfer: ArrayBuffer[] } {
+function handle(job: PoolRequest): PoolReply {
   if (job.type === 'read') {
-    const bytes = Buffer.allocUnsafeSlow(job.length);
+    const bytes = new Uint8Array(job.buffer, 0, job.length);
     readFully(job.fd, bytes, job.offset);
-    if (k.isZero(bytes)) return { reply: { id: job.id, status: job.expected === null ? 'same' : 'zero' }, transfer: [] };
+    if (k.isZero(bytes)) return { id: job.id, status: job.expected === null ? 'same' : 'zero', buffer: job.buffer };
     const digest = createHash('sha256').update(bytes).digest();
-    if (job.expected !== null && sameBytes(job.expected, digest)) return { reply: { id: job.id, status: 'same' }, transfer: [] };
-    const reply: PoolReply = { id: job.id, status: 'changed', digest, bytes: job.wantBytes ? bytes : undefined };
-    return { reply, transfer: job.wantBytes ? [bytes.buffer as ArrayBuffer] : [] };
+    if (job.expected !== null && digest.equals(job.expected)) return { id: job.id, status: 'same', buffer: job.buffer };
+    return { id: job.id, status: 'changed', digest, buffer: job.buffer };
   }
-  // verify-write: the bytes must hash to the expected digest before they are written.
-  const digest = createHash('sha256').update(job.bytes).digest();
-  if (!sameBytes(job.expected, digest)) return { reply: { id: job.id, status: 'mismatch', digest }, transfer: [] };
-  for (const [fd, position] of job.writes) writeFully(fd, job.bytes, position);
-  const back = job.returnBytes ? job.bytes : undefined;
-  return { reply: { id: job.id, status: 'written', bytes: back }, transfer: back === undefined ? [] : [back.buffer as ArrayBuffer] };
+  // verify-write: each slice must hash to its expected digest before it is written.
+  const mismatches: Array<{ slice: number; digest: Uint8Array }> = [];
+  job.slices.forEach((slice, index) => {
+    const bytes = job.bytes.subarray(slice.at, slice.at + slice.length);
+    const digest = createHash('sha256').update(bytes).digest();
+    if (!digest.equals(slice.expected)) {
+      mismatches.push({ slice: index, digest });
+      return;
+    }
+    for (const [fd, position] of slice.writes) writeFully(fd, bytes, position);
+  });
+  return { id: job.id, status: 'verified', bytes: job.bytes, mismatches };
 }
 
 parentPort!.on('message', (job: PoolRequest) => {
+  let reply: PoolReply;
   try {
-    const { reply, transfer } = handle(job);
-    parentPort!.postMessage(reply, transfer);
+    reply = handle(job);
   } catch (error) {
     const e = error as NodeJS.ErrnoException;
-    parentPort!.postMessage({ id: job.id, status: 'error', message: e.message, code: e.code } satisfies PoolReply);
+    const buffer = job.type === 'read' ? job.buffer : (job.bytes.buffer as ArrayBuffer);
+    reply = { id: job.id, status: 'error', message: e.message, code: e.code, buffer };
   }
+  const buffer = 'buffer' in reply ? reply.buffer : reply.status === 'verified' ? reply.bytes.buffer : undefined;
+  parentPort!.postMessage(reply, buffer === undefined ? [] : [buffer as ArrayBuffer]);
 });
