@@ -1,27 +1,35 @@
-// Benchmark entry point: `npm run bench -- <name> [--json]`.
+// Benchmark entry point: `npm run bench -- <name> [--json] [options]`.
 
 import { renderKernelBench, runKernelBench } from './kernels.js';
+import { renderRepoBench, runRepoBench } from './repo.js';
 
-const BENCHES: Record<string, { run: () => unknown; render: (result: never) => string }> = {
-  kernels: { run: runKernelBench, render: renderKernelBench },
+interface Bench {
+  run: (argv: string[], log: (line: string) => void) => Promise<unknown>;
+  render: (result: never) => string;
+  /** What --json prints. */
+  rows: (result: never) => unknown;
+}
+
+const BENCHES: Record<string, Bench> = {
+  kernels: {
+    run: async () => runKernelBench(),
+    render: renderKernelBench,
+    rows: (result: ReturnType<typeof runKernelBench>) => result.results,
+  },
+  repo: { run: runRepoBench, render: renderRepoBench, rows: (rows: unknown) => rows },
 };
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
-  const names = argv.filter((a) => !a.startsWith('--'));
-  if (names.length === 0 || names.some((n) => !(n in BENCHES))) {
-    process.stderr.write(`usage: npm run bench -- <${Object.keys(BENCHES).join('|')}> [--json]\n`);
+  const name = argv[0];
+  const bench = name === undefined ? undefined : BENCHES[name];
+  if (bench === undefined) {
+    process.stderr.write(`usage: npm run bench -- <${Object.keys(BENCHES).join('|')}> [--json] [options]\n`);
     return 2;
   }
-  for (const name of names) {
-    const bench = BENCHES[name]!;
-    const result = bench.run();
-    if (json) {
-      const rows = (result as { results?: unknown }).results ?? result;
-      process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-    } else process.stdout.write(`${bench.render(result as never)}\n`);
-  }
+  const result = await bench.run(argv.slice(1), (line) => process.stderr.write(`${line}\n`));
+  process.stdout.write(json ? `${JSON.stringify(bench.rows(result as never), null, 2)}\n` : `${bench.render(result as never)}\n`);
   return 0;
 }
 
-process.exitCode = main(process.argv.slice(2));
+process.exitCode = await main(process.argv.slice(2));
