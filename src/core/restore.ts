@@ -265,15 +265,7 @@ async function restoreToFile(plan: RestorePlan, context: PlanContext, options: E
     renamed = true;
     await syncDirectory(dir);
     progress.done();
-    return {
-      seq: plan.seq,
-      time: plan.time,
-      target: options.to,
-      targetKind: 'file',
-      bytesWritten: plan.volumeSize,
-      bytesDownloaded: downloaded,
-      verified: true,
-    };
+    return restoreResult(plan, options.to, 'file', downloaded);
   } catch (error) {
     throw targetError(error, options.to);
   } finally {
@@ -322,15 +314,7 @@ async function restoreToDevice(plan: RestorePlan, context: PlanContext, options:
     }
     await Promise.all(checks);
     progress.done();
-    return {
-      seq: plan.seq,
-      time: plan.time,
-      target: options.to,
-      targetKind: 'block-device',
-      bytesWritten: plan.volumeSize,
-      bytesDownloaded: downloaded,
-      verified: true,
-    };
+    return restoreResult(plan, options.to, 'block-device', downloaded);
   } catch (error) {
     throw targetError(error, options.to);
   } finally {
@@ -378,10 +362,14 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
       progress.advance(bytes.length);
     }
     progress.done();
-    return { seq: plan.seq, time: plan.time, target: '-', targetKind: 'stdout', bytesWritten: plan.volumeSize, bytesDownloaded: downloaded, verified: true };
+    return restoreResult(plan, '-', 'stdout', downloaded);
   } finally {
     await pool.close();
   }
+}
+
+function restoreResult(plan: RestorePlan, target: string, targetKind: RestoreResult['targetKind'], downloaded: number): RestoreResult {
+  return { seq: plan.seq, time: plan.time, target, targetKind, bytesWritten: plan.volumeSize, bytesDownloaded: downloaded, verified: true };
 }
 
 function targetError(error: unknown, target: string): unknown {

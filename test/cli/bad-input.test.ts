@@ -14,36 +14,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { init } from '../../src/core/init.js';
 import { openStore } from '../../src/store/open.js';
-import { type S3Server, s3ServerEnv, startS3Server } from '../../src/dev/s3-server.js';
+import { s3ServerEnv } from '../../src/dev/s3-server.js';
 import { CLI_ENTRY, type CliResult, cli, spawnCli } from '../helpers/cli.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
+import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot, versionOf, withVersion } from '../helpers/raw-objects.js';
 
 const REGION = 64 * 1024;
 const BUCKET = 'bad';
-let dir: string;
-let server: S3Server;
-const savedEnv = { ...process.env };
-const s3Raws: S3RawObjects[] = [];
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'cdp-bad-'));
-  server = await startS3Server({ buckets: [BUCKET] });
-  Object.assign(process.env, s3ServerEnv(server));
-  delete process.env['AWS_CA_BUNDLE'];
-});
-
-afterAll(async () => {
-  process.env = savedEnv;
-  for (const raw of s3Raws) raw.destroy();
-  await server?.stop();
-  await rm(dir, { recursive: true, force: true });
-});
+const fixture = useS3Fixture('bad', [BUCKET]);
 
 let counter = 0;
 /** A fresh, empty directory for one test's files. */
 async function freshDir(name: string): Promise<string> {
-  const path = join(dir, `${name}-${++counter}`);
+  const path = join(fixture.dir, `${name}-${++counter}`);
   await mkdir(path, { recursive: true });
   return path;
 }
@@ -69,8 +53,8 @@ interface Fixture {
 
 function rawFor(kind: Kind, repo: string, prefix: string): RawObjects {
   if (kind === 'fs') return new FsRawObjects(repo);
-  const raw = new S3RawObjects(BUCKET, prefix, server.endpoint);
-  s3Raws.push(raw);
+  const raw = new S3RawObjects(BUCKET, prefix, fixture.server.endpoint);
+  fixture.onTeardown(() => raw.destroy());
   return raw;
 }
 
@@ -473,7 +457,7 @@ for (const kind of ['fs', 's3'] as const) {
             );
           }
         } finally {
-          process.env['AWS_ACCESS_KEY_ID'] = s3ServerEnv(server)['AWS_ACCESS_KEY_ID'];
+          process.env['AWS_ACCESS_KEY_ID'] = s3ServerEnv(fixture.server)['AWS_ACCESS_KEY_ID'];
         }
         await expectNoTarget(target);
         expect(await snapshot(fx.raw)).toEqual(before);
@@ -591,7 +575,7 @@ describe('targets that need the operating system (local store)', () => {
     // We run as root, for whom chmod 000 changes nothing. So run the built CLI as the
     // unprivileged user 65534 (nobody) against a mode-000 source; skipped where that is not allowed.
     const fx = await makeRepo('fs', 'unreadable', { rounds: 1 });
-    for (let d = fx.work; d.startsWith(dir); d = join(d, '..')) await chmod(d, 0o755);
+    for (let d = fx.work; d.startsWith(fixture.dir); d = join(d, '..')) await chmod(d, 0o755);
     const unreadable = join(fx.work, 'unreadable.img');
     await writeFile(unreadable, fx.rounds[0]!.image);
     await chmod(unreadable, 0o000);

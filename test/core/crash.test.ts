@@ -14,35 +14,18 @@ import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
-import { type S3Server, s3ServerEnv, startS3Server } from '../../src/dev/s3-server.js';
 import { AbortedError, StoreError } from '../../src/errors.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { FaultStore } from '../helpers/fault-store.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
+import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { FsRawObjects, type RawObjects, S3RawObjects } from '../helpers/raw-objects.js';
 
 const REGION = 64 * 1024;
 const BUCKET = 'crash';
-let dir: string;
-let server: S3Server;
-const savedEnv = { ...process.env };
-const s3Raws: S3RawObjects[] = [];
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'cdp-crash-'));
-  server = await startS3Server({ buckets: [BUCKET] });
-  Object.assign(process.env, s3ServerEnv(server));
-  delete process.env['AWS_CA_BUNDLE'];
-});
-
-afterAll(async () => {
-  process.env = savedEnv;
-  for (const raw of s3Raws) raw.destroy();
-  await server?.stop();
-  await rm(dir, { recursive: true, force: true });
-});
+const fixture = useS3Fixture('crash', [BUCKET]);
 
 let counter = 0;
 
@@ -59,14 +42,14 @@ interface Fixture {
 /** A repository (checkpoint every 2 deltas) with `rounds` committed points; the source then changed again. */
 async function makeRepo(kind: 'fs' | 's3', rounds: number, imageOptions: { zero?: number; repeated?: number } = {}): Promise<Fixture> {
   const n = ++counter;
-  const work = join(dir, `${kind}-${n}`);
+  const work = join(fixture.dir, `${kind}-${n}`);
   await mkdir(work, { recursive: true });
   const url = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/repo-${n}`;
   let raw: RawObjects;
   if (kind === 'fs') raw = new FsRawObjects(url);
   else {
-    const s3 = new S3RawObjects(BUCKET, `repo-${n}`, server.endpoint);
-    s3Raws.push(s3);
+    const s3 = new S3RawObjects(BUCKET, `repo-${n}`, fixture.server.endpoint);
+    fixture.onTeardown(() => s3.destroy());
     raw = s3;
   }
   const store = openStore(url);
