@@ -19,7 +19,8 @@ export type ErrorCode =
   | 'FORMAT_TRAILING_DATA'
   | 'FORMAT_CORRUPT'
   | 'INTEGRITY'
-  | 'NO_POINT_IN_TIME';
+  | 'NO_POINT_IN_TIME'
+  | 'LOCKED';
 
 export type StoreErrorKind = 'not-found' | 'exists' | 'retryable' | 'auth' | 'no-bucket' | 'unreachable' | 'permanent';
 type StoreErrorCode =
@@ -105,6 +106,33 @@ export class IntegrityError extends CdpError {
 export class NoPointInTimeError extends CdpError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('NO_POINT_IN_TIME', message, options);
+  }
+}
+
+/** Who holds a repository lock, as far as its lock object says (only `key` when it is unreadable). */
+export interface LockHolder {
+  /** The lock object's key, e.g. `locks/3f0c…`. */
+  key: string;
+  host?: string;
+  pid?: number;
+  /** The command holding it, e.g. `backup`. */
+  command?: string;
+  /** When it was taken, milliseconds since the epoch. */
+  since?: number;
+  /** When it expires unless its holder refreshes it, milliseconds since the epoch. */
+  expires?: number;
+}
+
+/**
+ * The repository is locked by another writer, or this writer lost its lock. `holder` names the
+ * other writer's lock (undefined when this writer's own lock was lost).
+ */
+export class LockedError extends CdpError {
+  readonly holder: LockHolder | undefined;
+
+  constructor(message: string, holder?: LockHolder, options?: { cause?: unknown }) {
+    super('LOCKED', message, options);
+    this.holder = holder;
   }
 }
 

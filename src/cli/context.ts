@@ -17,11 +17,15 @@ export interface GlobalOptions {
   json?: boolean;
   debug?: boolean;
   progress?: boolean;
+  /** --force-unlock: writers remove every repository lock before taking their own. */
+  forceUnlock?: boolean;
 }
 
 export interface CliStreams {
   stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
   stderr: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+  /** A command's non-error outcome code (e.g. scan's "discrepancies found"); run() returns it. */
+  exitCode?: number;
 }
 
 const streamsOf = new WeakMap<Command, CliStreams>();
@@ -45,11 +49,25 @@ export class CliContext {
     let root = command;
     while (root.parent !== null) root = root.parent;
     const streams = streamsOf.get(root);
-    return new CliContext(command.optsWithGlobals<GlobalOptions>(), streams?.stdout, streams?.stderr);
+    const context = new CliContext(command.optsWithGlobals<GlobalOptions>(), streams?.stdout, streams?.stderr);
+    context.streams = streams;
+    return context;
+  }
+
+  private streams: CliStreams | undefined;
+
+  /** Sets the exit code of a command that succeeded with a notable outcome. */
+  setExitCode(code: number): void {
+    if (this.streams !== undefined) this.streams.exitCode = code;
+    else process.exitCode = code;
   }
 
   get signal(): AbortSignal {
     return interruption.signal;
+  }
+
+  get forceUnlock(): boolean {
+    return this.options.forceUnlock === true;
   }
 
   get json(): boolean {

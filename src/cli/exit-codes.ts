@@ -17,6 +17,13 @@ export const EXIT = {
   store: 6,
   /** Stored data is damaged: corrupt or missing object, digest mismatch, unknown format. */
   integrity: 7,
+  /**
+   * Another writer (named in the message) holds the repository lock, or this command lost its
+   * lock while it ran. Wait and run again, or, if that writer is gone, use --force-unlock.
+   */
+  locked: 8,
+  /** scan found discrepancies between primary and secondary (repaired unless --dry-run). */
+  discrepancies: 10,
   /** Interrupted (Ctrl-C / SIGTERM); nothing half-done was committed. */
   interrupted: 130,
 } as const;
@@ -36,6 +43,8 @@ export function exitCodeFor(code: ErrorCode): number {
       return EXIT.volume;
     case 'NO_POINT_IN_TIME':
       return EXIT.noPointInTime;
+    case 'LOCKED':
+      return EXIT.locked;
     case 'ABORTED':
       return EXIT.interrupted;
     case 'INTEGRITY':

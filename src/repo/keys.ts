@@ -5,6 +5,8 @@ export const CONFIG_KEY = 'config';
 export const DELTA_PREFIX = 'deltas/';
 export const CHECKPOINT_PREFIX = 'checkpoints/';
 export const PACK_PREFIX = 'packs/';
+/** One object per writer holding (or taking) the repository lock: `locks/<id>` (src/repo/lock.ts). */
+export const LOCK_PREFIX = 'locks/';
 
 const SEQ_DIGITS = 16;
 
