@@ -1,0 +1,146 @@
+// Objects that record what integrity work found, written once and never changed (deltas are
+// never rewritten): trust marks (`marks/`: points in time that are suspect after a scan, or
+// damaged after a verify) and scan records (`scans/`). Layouts are in docs/FORMAT.md.
+
+import { randomBytes } from 'node:crypto';
+import { FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+
+export const MARK_PREFIX = 'marks/';
+export const SCAN_PREFIX = 'scans/';
+
+const MARKS_KIND = { magic: 'CDPS3MRK', version: 1, what: 'trust marks' } as const;
+const SCAN_KIND = { magic: 'CDPS3SCN', version: 1, what: 'scan record' } as const;
+
+/** At most this many region numbers are kept per mark, as examples for people. */
+export const MAX_REGIONS_LISTED = 64;
+
+export type MarkKind = 'suspect' | 'damaged';
+
+export interface TrustMark {
+  /** The point in time (delta seq) that cannot be trusted. */
+  seq: number;
+  kind: MarkKind;
+  reason: string;
+  /** Some of the regions behind the mark (at most MAX_REGIONS_LISTED). */
+  regions: number[];
+}
+
+export interface DamagedLocation {
+  pack: string;
+  offset: number;
+  length: number;
+  /** Why: 'missing' pack or 'corrupt' bytes (digest mismatch). */
+  problem: 'missing' | 'corrupt';
+}
+
+export interface MarksObject {
+  /** ms since epoch */
+  created: number;
+  /** The scan or verify record that made these marks. */
+  record: string;
+  marks: TrustMark[];
+  /** For damage: the stored bytes found bad, so backups re-upload them. */
+  damaged: DamagedLocation[];
+}
+
+/** `<ms epoch, 16 digits>-<random>`: sorts in time order. */
+export function timeKey(prefix: string, time: number): string {
+  return `${prefix}${String(time).padStart(16, '0')}-${randomBytes(4).toString('hex')}`;
+}
+
+export function encodeMarks(value: MarksObject): Uint8Array {
+  return sealEnvelope(MARKS_KIND, {
+    created: value.created,
+    record: value.record,
+    marks: value.marks.map((m) => ({ seq: m.seq, kind: m.kind, reason: m.reason, regions: m.regions })),
+    damaged: value.damaged.map((d) => ({ pack: d.pack, offset: d.offset, length: d.length, problem: d.problem })),
+  });
+}
+
+export function decodeMarks(bytes: Uint8Array, key: string): MarksObject {
+  const kind = { ...MARKS_KIND, what: `trust marks ${key}` };
+  const body = openEnvelope(kind, bytes);
+  const r = new FieldReader(kind.what, body);
+  const list = (field: string): Array<Record<string, unknown>> => {
+    const value = body[field];
+    return Array.isArray(value) ? (value as Array<Record<string, unknown>>) : [];
+  };
+  return {
+    created: r.integer('created'),
+    record: r.string('record'),
+    marks: list('marks').map((m) => {
+      const f = new FieldReader(kind.what, m);
+      const regions = m['regions'];
+      return {
+        seq: f.integer('seq', 1),
+        kind: f.oneOf('kind', ['suspect', 'damaged'] as const),
+        reason: f.string('reason'),
+        regions: Array.isArray(regions) ? regions.filter((x): x is number => typeof x === 'number') : [],
+      };
+    }),
+    damaged: list('damaged').map((d) => {
+      const f = new FieldReader(kind.what, d);
+      return { pack: f.string('pack'), offset: f.integer('offset'), length: f.integer('length'), problem: f.oneOf('problem', ['missing', 'corrupt'] as const) };
+    }),
+  };
+}
+
+export interface ScanRecord {
+  /** ms since epoch: the scan interval's start, the end of the copy interval. */
+  start: number;
+  end: number;
+  source: string;
+  dryRun: boolean;
+  /** Only the regions of a dirty region log were scanned. */
+  drl: boolean;
+  /** Delta sealed from pending host changes before the scan (claim 3), if any. */
+  presentSeq: number | undefined;
+  /** The newest delta committed before the scan interval. */
+  scanStartSeq: number;
+  scanned: number;
+  /** Regions whose primary content differed from the PIT map (the compare delta map). */
+  discrepancies: number;
+  /** Host writes during the scan interval (the scan delta map), subtracted from the compare map. */
+  writtenDuringScan: number;
+  /** Regions in the revised compare delta map. */
+  revised: number;
+  /** Host writes during the copy interval (the host change delta map). */
+  writtenDuringCopy: number;
+  /** Regions in the fix-up delta (revised compare ∪ host changes), and its seq. */
+  repaired: number;
+  fixupSeq: number | undefined;
+  suspect: number[];
+}
+
+export function encodeScanRecord(record: ScanRecord): Uint8Array {
+  const { presentSeq, fixupSeq, ...rest } = record;
+  return sealEnvelope(SCAN_KIND, {
+    ...rest,
+    ...(presentSeq === undefined ? {} : { presentSeq }),
+    ...(fixupSeq === undefined ? {} : { fixupSeq }),
+  });
+}
+
+export function decodeScanRecord(bytes: Uint8Array, key: string): ScanRecord {
+  const kind = { ...SCAN_KIND, what: `scan record ${key}` };
+  const body = openEnvelope(kind, bytes);
+  const r = new FieldReader(kind.what, body);
+  const suspect = body['suspect'];
+  return {
+    start: r.integer('start'),
+    end: r.integer('end'),
+    source: r.string('source'),
+    dryRun: body['dryRun'] === true,
+    drl: body['drl'] === true,
+    presentSeq: r.has('presentSeq') ? r.integer('presentSeq', 1) : undefined,
+    scanStartSeq: r.integer('scanStartSeq'),
+    scanned: r.integer('scanned'),
+    discrepancies: r.integer('discrepancies'),
+    writtenDuringScan: r.integer('writtenDuringScan'),
+    revised: r.integer('revised'),
+    writtenDuringCopy: r.integer('writtenDuringCopy'),
+    repaired: r.integer('repaired'),
+    fixupSeq: r.has('fixupSeq') ? r.integer('fixupSeq', 1) : undefined,
+    suspect: Array.isArray(suspect) ? suspect.filter((x): x is number => typeof x === 'number') : [],
+  };
+}

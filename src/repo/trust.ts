@@ -1,0 +1,70 @@
+// Reading and writing trust marks and scan records: which points in time cannot be trusted
+// (suspect after a scan, damaged after a verify) and which stored bytes are known bad.
+
+import pLimit from 'p-limit';
+import type { ObjectStore } from '../store/types.js';
+import {
+  type DamagedLocation,
+  MARK_PREFIX,
+  type MarksObject,
+  SCAN_PREFIX,
+  type ScanRecord,
+  type TrustMark,
+  decodeMarks,
+  decodeScanRecord,
+  encodeMarks,
+  encodeScanRecord,
+  timeKey,
+} from './records.js';
+
+export interface Trust {
+  /** Marks by point in time (seq), each with the key of the record that made it. */
+  marks: Map<number, Array<TrustMark & { record: string }>>;
+  /** `pack@offset` of stored bytes found missing or corrupt. */
+  damaged: Set<string>;
+  damagedLocations: DamagedLocation[];
+}
+
+async function readAll<T>(store: ObjectStore, prefix: string, decode: (bytes: Uint8Array, key: string) => T, signal?: AbortSignal): Promise<Array<{ key: string; value: T }>> {
+  const keys: string[] = [];
+  for await (const info of store.list(prefix, { signal })) keys.push(info.key);
+  keys.sort();
+  const limit = pLimit(16);
+  return Promise.all(keys.map((key) => limit(async () => ({ key, value: decode(await store.get(key, { signal }), key) }))));
+}
+
+export async function readTrust(store: ObjectStore, signal?: AbortSignal): Promise<Trust> {
+  const trust: Trust = { marks: new Map(), damaged: new Set(), damagedLocations: [] };
+  for (const { value } of await readAll(store, MARK_PREFIX, decodeMarks, signal)) {
+    for (const mark of value.marks) {
+      let list = trust.marks.get(mark.seq);
+      if (list === undefined) trust.marks.set(mark.seq, (list = []));
+      list.push({ ...mark, record: value.record });
+    }
+    for (const location of value.damaged) {
+      const id = `${location.pack}@${location.offset}`;
+      if (!trust.damaged.has(id)) trust.damagedLocations.push(location);
+      trust.damaged.add(id);
+    }
+  }
+  return trust;
+}
+
+export async function putMarks(store: ObjectStore, marks: MarksObject, signal?: AbortSignal): Promise<string> {
+  const key = timeKey(MARK_PREFIX, marks.created);
+  await store.put(key, encodeMarks(marks), { signal, ifAbsent: true });
+  return key;
+}
+
+/** A key for a scan record that will be written at `time` (marks name it before it exists). */
+export function scanRecordKey(time: number): string {
+  return timeKey(SCAN_PREFIX, time);
+}
+
+export async function putScanRecord(store: ObjectStore, key: string, record: ScanRecord, signal?: AbortSignal): Promise<void> {
+  await store.put(key, encodeScanRecord(record), { signal, ifAbsent: true });
+}
+
+export async function readScanRecords(store: ObjectStore, signal?: AbortSignal): Promise<Array<{ key: string; value: ScanRecord }>> {
+  return readAll(store, SCAN_PREFIX, decodeScanRecord, signal);
+}
