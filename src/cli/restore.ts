@@ -13,11 +13,17 @@ export function registerRestore(program: Command): void {
     .option('--to <target>', 'file, block device, or - for stdout')
     .option('--dry-run', 'print the plan and write nothing')
     .option('--force', 'replace an existing file, or write onto the disk this repository protects')
-    .action(async (opts: { at: string; to?: string; dryRun?: boolean; force?: boolean }, command: Command) => {
+    .option('--reuse-target', 'the target holds an older copy: hash it and download and write only the regions that differ')
+    .option('--allow-suspect', 'take the newest point at or before --at even if a scan marked it suspect or a verify found it damaged')
+    .action(async (opts: { at: string; to?: string; dryRun?: boolean; force?: boolean; allowSuspect?: boolean; reuseTarget?: boolean }, command: Command) => {
       const cli = CliContext.of(command);
       const at = parsePointSelector(opts.at);
       if (opts.to === undefined && opts.dryRun !== true) throw new UsageError('restore needs --to FILE|DEVICE|- (or --dry-run)');
-      const plan = await planRestore({ store: cli.store(), at, signal: cli.signal });
+      const plan = await planRestore({ store: cli.store(), at, allowSuspect: opts.allowSuspect, signal: cli.signal });
+      if (plan.skipped.length > 0) {
+        cli.note(`chose point in time ${plan.seq}; passed over ${plan.skipped.map((s) => `${s.seq} (${s.kinds.join(', ')})`).join(', ')}: see cdp-s3 log, or --allow-suspect`);
+      }
+      if (plan.untrusted.length > 0) cli.note(`point in time ${plan.seq} is marked ${plan.untrusted.join(' and ')}; restoring it because of --allow-suspect`);
       const summary = {
         seq: plan.seq,
         time: plan.time,
@@ -30,6 +36,8 @@ export function registerRestore(program: Command): void {
         downloadBytes: plan.downloadBytes,
         packs: plan.packs,
         requests: plan.fetches.length,
+        skipped: plan.skipped,
+        untrusted: plan.untrusted,
       };
       if (opts.dryRun === true) {
         cli.result(
@@ -42,7 +50,15 @@ export function registerRestore(program: Command): void {
       }
       const toStdout = opts.to === '-';
       if (toStdout && cli.json) throw new UsageError('--json and --to - both write to stdout; choose one');
-      const result = await executeRestore(plan, { to: opts.to!, force: opts.force, signal: cli.signal, progress: cli.progress(), stdout: cli.stdout });
+      if (toStdout && opts.reuseTarget === true) throw new UsageError('--reuse-target needs a file or device to compare with, not stdout');
+      const result = await executeRestore(plan, {
+        to: opts.to!,
+        force: opts.force,
+        reuseTarget: opts.reuseTarget,
+        signal: cli.signal,
+        progress: cli.progress(),
+        stdout: cli.stdout,
+      });
       if (toStdout) {
         cli.note(`restored point in time ${plan.seq} (${plan.time}) to stdout, verified`);
         return;
@@ -51,7 +67,7 @@ export function registerRestore(program: Command): void {
         { ...summary, ...result },
         () =>
           `restored point in time ${plan.seq} (${plan.kind}, ${plan.time}) to ${result.target}: ${formatSize(result.bytesWritten)}, ` +
-          `${formatSize(result.bytesDownloaded)} downloaded, every region verified`,
+          `${formatSize(result.bytesDownloaded)} downloaded${result.regionsReused === undefined ? '' : `, ${result.regionsReused} of ${plan.regions} regions already matched`}, every region verified`,
       );
     });
 }

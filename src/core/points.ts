@@ -31,14 +31,44 @@ export function parsePointSelector(text: string): PointSelector {
 export interface ChosenPoint {
   seq: number;
   delta: Delta;
+  /** Newer points in time at or before the request that were passed over as untrusted. */
+  skipped: Array<{ seq: number; kinds: string[] }>;
+  /** The chosen point itself is marked (only with allowSuspect). */
+  untrusted: string[];
+}
+
+export interface ChooseOptions {
+  seqs?: number[];
+  now?: number;
+  signal?: AbortSignal;
+  /** Marks by seq (suspect after a scan, damaged after a verify): such points are passed over. */
+  untrusted?: ReadonlyMap<number, ReadonlyArray<{ kind: string }>>;
+  /** Take the newest point at or before the request even if it is marked. */
+  allowSuspect?: boolean;
 }
 
 /** The delta that is the selected point in time. */
-export async function choosePoint(
-  repo: Repository,
-  selector: PointSelector,
-  options: { seqs?: number[]; now?: number; signal?: AbortSignal } = {},
-): Promise<ChosenPoint> {
+export async function choosePoint(repo: Repository, selector: PointSelector, options: ChooseOptions = {}): Promise<ChosenPoint> {
+  const candidate = await newestAtOrBefore(repo, selector, options);
+  const kindsOf = (seq: number): string[] => [...new Set((options.untrusted?.get(seq) ?? []).map((m) => m.kind))];
+  if (options.allowSuspect === true || kindsOf(candidate.seq).length === 0) {
+    return { ...candidate, skipped: [], untrusted: kindsOf(candidate.seq) };
+  }
+  const skipped: ChosenPoint['skipped'] = [];
+  let seq = candidate.seq;
+  for (; seq >= 1 && kindsOf(seq).length > 0; seq--) skipped.push({ seq, kinds: kindsOf(seq) });
+  candidate.delta.changed.dispose();
+  if (seq === 0) {
+    throw new NoPointInTimeError(
+      `every point in time at or before ${candidate.seq} is marked untrusted (${skipped.map((s) => `${s.seq} ${s.kinds.join('+')}`).join(', ')}): ` +
+        'see cdp-s3 log; pass --allow-suspect to restore one anyway',
+    );
+  }
+  return { seq, delta: await repo.readDelta(seq, options.signal), skipped, untrusted: [] };
+}
+
+/** The newest point in time at or before the selector, marked or not. */
+async function newestAtOrBefore(repo: Repository, selector: PointSelector, options: ChooseOptions): Promise<{ seq: number; delta: Delta }> {
   const seqs = options.seqs ?? (await repo.deltaSeqs(options.signal));
   const last = seqs.at(-1);
   if (last === undefined) throw new NoPointInTimeError(`${repo.store.location} has no points in time yet: run cdp-s3 backup first`);

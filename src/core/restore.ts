@@ -12,12 +12,15 @@ import { type FileHandle, open, realpath, rename, stat, unlink } from 'node:fs/p
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { AbortedError, CdpError, IntegrityError, throwIfAborted } from '../errors.js';
+import { DeltaMap } from '../model/delta-map.js';
 import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { seqName } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
+import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
 import { openVolume } from '../volume/source.js';
+import { readRegions } from './delta-writer.js';
 import { type PointSelector, choosePoint } from './points.js';
 import { type Progress, silentProgress } from './progress.js';
 
@@ -57,11 +60,17 @@ export interface RestorePlan {
   fetches: RestoreFetch[];
   /** Where the primary was read from for this point in time, when known. */
   source: { host: string; path: string } | undefined;
+  /** Newer points at or before the request passed over because they are suspect or damaged. */
+  skipped: Array<{ seq: number; kinds: string[] }>;
+  /** Marks on the chosen point itself (only with allowSuspect). */
+  untrusted: string[];
 }
 
 export interface PlanRestoreOptions {
   store: ObjectStore;
   at: PointSelector;
+  /** Take the newest point at or before `at` even if it is suspect or damaged. */
+  allowSuspect?: boolean;
   signal?: AbortSignal;
   now?: number;
 }
@@ -75,13 +84,48 @@ const contexts = new WeakMap<RestorePlan, PlanContext>();
 
 export async function planRestore(options: PlanRestoreOptions): Promise<RestorePlan> {
   const repo = await Repository.open(options.store, options.signal);
-  const chosen = await choosePoint(repo, options.at, { signal: options.signal, now: options.now });
+  const trust = await readTrust(options.store, options.signal);
+  const chosen = await choosePoint(repo, options.at, {
+    signal: options.signal,
+    now: options.now,
+    untrusted: trust.marks,
+    allowSuspect: options.allowSuspect,
+  });
   const pit = await repo.loadPit(chosen.seq, { signal: options.signal });
   const g = repo.geometry;
-  // Group the regions by where their bytes live; one slice per distinct location.
+  const { fetches, downloadBytes, packs, zeroRegions } = planFetches(pit, g, () => true);
+  const plan: RestorePlan = {
+    location: options.store.location,
+    seq: chosen.seq,
+    time: new Date(chosen.delta.end).toISOString(),
+    kind: chosen.delta.kind,
+    volumeSize: g.volumeSize,
+    regionSize: g.regionSize,
+    regions: g.regionCount,
+    dataRegions: g.regionCount - zeroRegions,
+    zeroRegions,
+    downloadBytes,
+    packs,
+    fetches,
+    source: chosen.delta.source,
+    skipped: chosen.skipped,
+    untrusted: chosen.untrusted,
+  };
+  chosen.delta.changed.dispose();
+  contexts.set(plan, { repo, pit });
+  return plan;
+}
+
+/**
+ * The ranged GETs that fetch the regions `wanted` picks: one slice per distinct stored location
+ * (deduplicated regions are fetched once and written to each place), neighbouring slices of a
+ * pack merged up to MAX_RANGE_BYTES.
+ */
+function planFetches(pit: PitMap, g: Geometry, wanted: (region: number) => boolean) {
   const byLocation = new Map<string, { pack: string; offset: number; length: number; region: number; regions: number[] }>();
   let zeroRegions = 0;
   for (let region = 0; region < g.regionCount; region++) {
+    if (!wanted(region)) continue;
     const location = pit.location(region);
     if (location === undefined) {
       zeroRegions++;
@@ -114,24 +158,7 @@ export async function planRestore(options: PlanRestoreOptions): Promise<RestoreP
       downloadBytes += slot.length;
     }
   }
-  const plan: RestorePlan = {
-    location: options.store.location,
-    seq: chosen.seq,
-    time: new Date(chosen.delta.end).toISOString(),
-    kind: chosen.delta.kind,
-    volumeSize: g.volumeSize,
-    regionSize: g.regionSize,
-    regions: g.regionCount,
-    dataRegions: g.regionCount - zeroRegions,
-    zeroRegions,
-    downloadBytes,
-    packs: byPack.size,
-    fetches,
-    source: chosen.delta.source,
-  };
-  chosen.delta.changed.dispose();
-  contexts.set(plan, { repo, pit });
-  return plan;
+  return { fetches, downloadBytes, packs: byPack.size, zeroRegions };
 }
 
 export interface ExecuteRestoreOptions {
@@ -146,6 +173,11 @@ export interface ExecuteRestoreOptions {
   workers?: number;
   /** Where stdout restores write; tests capture it. */
   stdout?: NodeJS.WritableStream;
+  /**
+   * The target already holds an older copy of the volume: hash its regions and download and
+   * write only those that differ from the point in time (in place, not atomically).
+   */
+  reuseTarget?: boolean;
 }
 
 export interface RestoreResult {
@@ -154,6 +186,8 @@ export interface RestoreResult {
   target: string;
   targetKind: 'file' | 'block-device' | 'stdout';
   bytesWritten: number;
+  /** With reuseTarget: regions that already matched and were left alone. */
+  regionsReused?: number;
   bytesDownloaded: number;
   verified: boolean;
 }
@@ -164,6 +198,7 @@ export async function executeRestore(plan: RestorePlan, options: ExecuteRestoreO
   throwIfAborted(options.signal);
   if (options.to === '-') return restoreToStream(plan, context, options);
   await refuseProtectedSource(plan, options);
+  if (options.reuseTarget === true) return restoreInPlace(plan, context, options);
   const existing = await stat(options.to).catch(() => undefined);
   if (existing?.isBlockDevice() === true) return restoreToDevice(plan, context, options);
   if (existing !== undefined && !existing.isFile()) throw new CdpError('TARGET', `${options.to} is neither a file nor a block device`);
@@ -184,13 +219,14 @@ async function refuseProtectedSource(plan: RestorePlan, options: ExecuteRestoreO
   }
 }
 
-/** Fetches every planned range and hands each verified region to `write`'s positions. */
+/** Fetches the ranges, verifies every region on a worker and writes it at its place(s) in fd. */
 async function fetchAndWrite(
   plan: RestorePlan,
   context: PlanContext,
   pool: RegionPool,
   fd: number,
   options: ExecuteRestoreOptions,
+  fetches: RestoreFetch[] = plan.fetches,
 ): Promise<number> {
   const progress = options.progress ?? silentProgress;
   const limit = options.fetchesInFlight ?? 8;
@@ -199,7 +235,7 @@ async function fetchAndWrite(
   const spare: Uint8Array[] = [];
   let failure: unknown;
   let downloaded = 0;
-  for (const fetch of plan.fetches) {
+  for (const fetch of fetches) {
     if (failure !== undefined || options.signal?.aborted === true) break;
     while (inFlight.size >= limit) await Promise.race(inFlight);
     const task = (async () => {
@@ -299,20 +335,18 @@ async function restoreToDevice(plan: RestorePlan, context: PlanContext, options:
     progress.done();
     // Read back and verify every region against the PIT map.
     progress.phase('verify', plan.volumeSize);
-    const checks: Array<Promise<void>> = [];
-    for (let region = 0; region < plan.regions; region++) {
-      const expected = context.pit.isZero(region) ? null : context.pit.digest(region).slice();
-      const length = regionLength(g, region);
-      checks.push(
-        pool.read({ fd: device.handle.fd, offset: region * plan.regionSize, length, expected }).then((r) => {
-          if (r.status === 'changed') pool.release(r.bytes);
-          if (r.status !== 'same') throw new IntegrityError(`${options.to} region ${region} read back`, 'the restored bytes', 'different bytes');
-          progress.advance(length);
-        }),
-      );
-      if (checks.length >= pool.size * 4) await Promise.all(checks.splice(0));
-    }
-    await Promise.all(checks);
+    await readRegions({
+      pool,
+      fd: device.handle.fd,
+      geometry: g,
+      regions: allRegions(g.regionCount),
+      expected: (region) => (context.pit.isZero(region) ? null : context.pit.digest(region)),
+      onResult: (region, result) => {
+        if (result.status !== 'same') throw new IntegrityError(`${options.to} region ${region} read back`, 'the restored bytes', 'different bytes');
+      },
+      onRead: (_region, length) => progress.advance(length),
+      signal: options.signal,
+    });
     progress.done();
     return restoreResult(plan, options.to, 'block-device', downloaded);
   } catch (error) {
@@ -321,6 +355,64 @@ async function restoreToDevice(plan: RestorePlan, context: PlanContext, options:
     await pool.close();
     await device.handle.close();
   }
+}
+
+/**
+ * --reuse-target: hash the target's regions (both cores), then download and write only the ones
+ * that differ from the point in time. The target is changed in place; rerun after a crash.
+ */
+async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
+  const target = await openVolume(options.to, 'write').catch((error: unknown) => {
+    throw error instanceof CdpError && error.code === 'SOURCE'
+      ? new CdpError('TARGET', `--reuse-target: ${error.message.replace(/^\S+ /, `${options.to} `)}`, { cause: error })
+      : error;
+  });
+  const pool = new RegionPool(options.workers);
+  const progress = options.progress ?? silentProgress;
+  const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
+  const differ = new DeltaMap(g.regionCount);
+  try {
+    if (target.size < plan.volumeSize && target.isBlockDevice) {
+      throw new CdpError('TARGET', `${options.to} holds ${target.size} bytes, the volume needs ${plan.volumeSize}: use a larger device`);
+    }
+    // A shorter file reads as differing past its end; make it the volume's size first.
+    if (!target.isBlockDevice && target.size !== plan.volumeSize) await target.handle.truncate(plan.volumeSize);
+    progress.phase('compare', plan.volumeSize);
+    await readRegions({
+      pool,
+      fd: target.handle.fd,
+      geometry: g,
+      regions: allRegions(g.regionCount),
+      expected: (region) => (context.pit.isZero(region) ? null : context.pit.digest(region)),
+      onResult: (region, result) => {
+        if (result.status !== 'same') differ.set(region);
+      },
+      onRead: (_region, length) => progress.advance(length),
+      signal: options.signal,
+    });
+    progress.done();
+    const { fetches } = planFetches(context.pit, g, (region) => differ.has(region));
+    progress.phase('restore', differ.count() * plan.regionSize);
+    const zeros = Buffer.alloc(plan.regionSize);
+    for (const region of differ.regions()) {
+      if (!context.pit.isZero(region)) continue;
+      await target.handle.write(zeros, 0, regionLength(g, region), region * plan.regionSize);
+    }
+    const downloaded = await fetchAndWrite(plan, context, pool, target.handle.fd, options, fetches);
+    await target.handle.sync();
+    progress.done();
+    return { ...restoreResult(plan, options.to, target.isBlockDevice ? 'block-device' : 'file', downloaded), regionsReused: g.regionCount - differ.count() };
+  } catch (error) {
+    throw targetError(error, options.to);
+  } finally {
+    differ.dispose();
+    await pool.close();
+    await target.handle.close();
+  }
+}
+
+function* allRegions(count: number): Generator<number> {
+  for (let i = 0; i < count; i++) yield i;
 }
 
 /** Standard output: regions in volume order, each verified before it is written. */
