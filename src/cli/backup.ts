@@ -22,14 +22,17 @@ export function registerBackup(program: Command): void {
     .description('commit the next point in time of SOURCE (the first backup is the base)')
     .argument('<source>', 'image file or block device')
     .option('--changed <file>', 'read only these byte ranges ("OFFSET LENGTH" per line) from a change tracker')
-    .action(async (source: string, opts: { changed?: string }, command: Command) => {
+    .option('--drl <file>', 'read only the regions this dirty region log lists, and clear them once committed')
+    .action(async (source: string, opts: { changed?: string; drl?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const result = await backup({
         store: cli.store(),
         source,
         changed: opts.changed === undefined ? undefined : await readChanged(opts.changed),
+        drl: opts.drl,
         signal: cli.signal,
         progress: cli.progress(),
+        forceUnlock: cli.forceUnlock,
       });
       if (result.checkpointError !== undefined) {
         cli.note(`cdp-s3: warning: point in time ${result.seq} is committed, but its checkpoint was not written (${result.checkpointError}); later restores read more deltas`);

@@ -5,19 +5,20 @@
 // uploads. Order of commit: packs, then the delta, then (every N deltas) a checkpoint, so a
 // crash or Ctrl-C at any point leaves only unreferenced packs, never a delta without its data.
 
-import { randomBytes } from 'node:crypto';
 import { realpath } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
-import { DeltaMap } from '../model/delta-map.js';
-import { type Delta, DIGEST_BYTES, type PitMap, type RegionLocation, ZERO_REGION, regionLength } from '../model/pit-map.js';
-import { PackBuilder } from '../repo/pack.js';
+import type { DeltaMap } from '../model/delta-map.js';
+import type { Delta } from '../model/pit-map.js';
+import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository } from '../repo/repository.js';
-import { packKey } from '../repo/keys.js';
+import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
+import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
 import { openVolume } from '../volume/source.js';
 import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
+import { DeltaWriter, NEVER_DIGEST, locationId, readRegions } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
 
 export interface BackupOptions {
@@ -26,6 +27,11 @@ export interface BackupOptions {
   source: string;
   /** Only read these byte ranges (from an external change tracker); the rest carries over. */
   changed?: ByteRange[];
+  /**
+   * A dirty region log file: read only the regions it lists (with `changed`, both), and clear
+   * them once the delta holding them commits.
+   */
+  drl?: string;
   signal?: AbortSignal;
   progress?: Progress;
   /** Regions being read and hashed at once. Default: 4 per worker. */
@@ -36,6 +42,10 @@ export interface BackupOptions {
   workers?: number;
   /** Milliseconds since the epoch; tests pin it. */
   clock?: () => number;
+  /** Remove every repository lock first (--force-unlock): only when no other writer is running. */
+  forceUnlock?: boolean;
+  /** Repository lock lifetime without refresh; default 5 minutes (tests shorten it). */
+  lockTtlMs?: number;
 }
 
 export interface BackupResult {
@@ -52,35 +62,9 @@ export interface BackupResult {
   checkpoint: boolean;
   /** Why the checkpoint due at this point was not written (the point in time is committed). */
   checkpointError?: string;
+  /** Regions stored again because a verify found their stored copy damaged. */
+  regionsRepaired: number;
 }
-
-/** Finds regions whose content the repository already holds, by digest. */
-class DedupIndex {
-  // Keyed by the digest's first 48 bits; a hit is confirmed against the full digest.
-  private readonly byPrefix = new Map<number, number>();
-
-  constructor(private readonly pit: PitMap) {
-    for (let region = 0; region < pit.regionCount; region++) {
-      if (!pit.isZero(region)) this.add(region);
-    }
-  }
-
-  add(region: number): void {
-    this.byPrefix.set(prefixOf(this.pit.digest(region)), region);
-  }
-
-  find(digest: Uint8Array): RegionLocation | undefined {
-    const region = this.byPrefix.get(prefixOf(digest));
-    if (region === undefined || this.pit.isZero(region)) return undefined;
-    return Buffer.from(this.pit.digest(region)).equals(digest) ? this.pit.location(region) : undefined;
-  }
-}
-
-function prefixOf(digest: Uint8Array): number {
-  return Buffer.from(digest.buffer, digest.byteOffset, 6).readUIntLE(0, 6);
-}
-
-const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
 
 export async function backup(options: BackupOptions): Promise<BackupResult> {
   const { store, signal } = options;
@@ -90,8 +74,10 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
   const repo = await Repository.open(store, signal);
   const g = repo.geometry;
   const volume = await openVolume(options.source, 'read');
-  const pool = new RegionPool(options.workers);
-  const toScan = options.changed === undefined ? undefined : regionsOfRanges(options.changed, g);
+  const maps: DeltaMap[] = [];
+  let drl: DirtyRegionLog | undefined;
+  let pool: RegionPool | undefined;
+  let lock: WriterLock | undefined;
   try {
     if (volume.size !== g.volumeSize) {
       throw new CdpError(
@@ -99,155 +85,101 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
         `${options.source} is ${volume.size} bytes but the repository's volume is ${g.volumeSize} bytes: back up the same disk, or init a new repository`,
       );
     }
+    // The regions to read: everything, or what a change tracker or the dirty region log names.
+    let toScan = options.changed === undefined ? undefined : regionsOfRanges(options.changed, g);
+    if (toScan !== undefined) maps.push(toScan);
+    if (options.drl !== undefined) {
+      drl = await DirtyRegionLog.open(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
+      const dirty = drl.dirty();
+      maps.push(dirty);
+      toScan = toScan === undefined ? dirty : toScan.union(dirty);
+    }
+    pool = new RegionPool(options.workers);
+    // One writer at a time, from before the chain is read to the end (the source is checked
+    // first, so a bad source fails without writing anything).
+    if (options.forceUnlock === true) await forceUnlock(store, { signal });
+    lock = await acquireWriterLock(store, { command: 'backup', ttlMs: options.lockTtlMs, signal });
     const seqs = await repo.deltaSeqs(signal);
     const previous = seqs.at(-1) ?? 0;
     // The PIT map of the newest point in time; it becomes the new one as regions change.
     const pit = await repo.loadPit(previous, { signal });
     const previousTime = pit.time;
-    const seq = previous + 1;
-    const dedup = new DedupIndex(pit);
-    const changed = new DeltaMap(g.regionCount);
-    const start = clock();
-
-    let pack: PackBuilder | undefined;
-    let packCount = 0;
-    let bytesStored = 0;
+    const trust = await readTrust(store, signal);
+    const writer = new DeltaWriter(repo, pit, previous + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+    maps.push(writer.changed);
+    // A region whose stored copy a verify found damaged is stored again, even when unchanged.
+    const isDamaged = (region: number): boolean => {
+      const location = pit.location(region);
+      return location !== undefined && trust.damaged.has(locationId(location));
+    };
     let regionsScanned = 0;
     let bytesScanned = 0;
-    let failure: unknown;
-    const uploads = new Set<Promise<void>>();
-    const uploadLimit = options.packsInFlight ?? 4;
-
-    const spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
-    const upload = async (builder: PackBuilder): Promise<void> => {
-      while (uploads.size >= uploadLimit) await Promise.race(uploads);
-      const task = repo.putPack(builder.key, builder.bytes(), signal).then(
-        () => void spareBuffers.push(builder.backing),
-        (error: unknown) => {
-          failure ??= error;
-        },
-      );
-      const tracked = task.finally(() => uploads.delete(tracked));
-      uploads.add(tracked);
-      packCount++;
-    };
-
-    const packRegion = async (bytes: Uint8Array): Promise<RegionLocation> => {
-      if (pack !== undefined && !pack.hasRoomFor(bytes.length)) {
-        await upload(pack);
-        pack = undefined;
-      }
-      pack ??= new PackBuilder(packKey(seq, randomBytes(4).toString('hex')), Math.max(repo.config.packSize, g.regionSize), spareBuffers.pop());
-      bytesStored += bytes.length;
-      return { pack: pack.key, offset: pack.append(bytes) };
-    };
-
-    // Results are applied in arrival order, one at a time (the pack builder is not reentrant).
-    let applying: Promise<void> = Promise.resolve();
-    const apply = (region: number, result: Awaited<ReturnType<RegionPool['read']>>): Promise<void> => {
-      applying = applying.then(async () => {
-        if (result.status === 'same') return;
-        changed.set(region);
-        if (result.status === 'zero') {
-          pit.setRegion(region, undefined, ZERO_DIGEST);
-          return;
-        }
-        const location = dedup.find(result.digest) ?? (await packRegion(result.bytes));
-        pool.release(result.bytes);
-        pit.setRegion(region, location, result.digest);
-        dedup.add(region);
-      });
-      return applying;
-    };
-
+    let regionsRepaired = 0;
+    const start = clock();
     progress.phase('backup', toScan === undefined ? g.volumeSize : toScan.count() * g.regionSize);
-    const readAhead = options.readAhead ?? pool.size * 4;
-    const reads = new Set<Promise<void>>();
-    const regions = toScan === undefined ? allRegions(g.regionCount) : toScan.regions();
-    for (const region of regions) {
-      if (failure !== undefined || signal?.aborted === true) break;
-      while (reads.size >= readAhead) await Promise.race(reads);
-      const length = regionLength(g, region);
-      const expected = pit.isZero(region) ? null : pit.digest(region).slice();
-      const task = pool
-        .read({ fd: volume.handle.fd, offset: region * g.regionSize, length, expected })
-        .then((result) => apply(region, result))
-        .then(() => {
+    try {
+      await readRegions({
+        pool,
+        fd: volume.handle.fd,
+        geometry: g,
+        regions: toScan?.regions() ?? allRegions(g.regionCount),
+        expected: (region) => (isDamaged(region) ? NEVER_DIGEST : pit.isZero(region) ? null : pit.digest(region)),
+        onResult: async (region, result) => {
+          if (result.status !== 'same' && isDamaged(region)) regionsRepaired++;
+          await writer.apply(region, result);
+        },
+        onRead: (_region, length) => {
           regionsScanned++;
           bytesScanned += length;
           progress.advance(length);
-        })
-        .catch((error: unknown) => {
-          failure ??= error;
-        });
-      const tracked = task.finally(() => reads.delete(tracked));
-      reads.add(tracked);
+        },
+        readAhead: options.readAhead,
+        signal,
+      });
+      await writer.finish();
+    } catch (error) {
+      if (signal?.aborted === true) throw new AbortedError('backup cancelled; nothing was committed');
+      throw wrapSourceError(error, options.source);
     }
-    await Promise.all(reads);
-    await applying;
     const end = Math.max(clock(), previousTime + 1, start);
-    if (failure === undefined && signal?.aborted !== true && pack !== undefined) await upload(pack);
-    await Promise.all(uploads);
     progress.done();
     if (signal?.aborted === true) throw new AbortedError('backup cancelled; nothing was committed');
-    if (failure !== undefined) throw wrapSourceError(failure, options.source);
 
-    const delta = buildDelta(seq, previous === 0 ? 'base' : 'host', start, end, changed, pit, bytesStored);
+    const seq = writer.seq;
+    const delta = writer.delta(previous === 0 ? 'base' : 'host', start, end);
     delta.source = { host: hostname(), path: await realpath(options.source) };
     pit.seq = seq;
     pit.time = end;
+    lock.check(); // LOCKED if the lock was lost (removed by --force-unlock elsewhere, or expired): commit nothing
     const { checkpoint, checkpointError } = await repo.commitDelta(delta, pit, signal);
-    const regionsChanged = changed.count();
-    changed.dispose();
+    // The regions read are committed now (the DRL is local: it only lists uncommitted writes).
+    if (drl !== undefined && toScan !== undefined) await drl.clear(toScan);
     return {
       seq,
       kind: delta.kind,
       time: new Date(end).toISOString(),
       regionsScanned,
       bytesScanned,
-      regionsChanged,
-      bytesStored,
-      packs: packCount,
+      regionsChanged: writer.changed.count(),
+      bytesStored: writer.bytesStored,
+      packs: writer.packCount,
       checkpoint,
       ...(checkpointError === undefined ? {} : { checkpointError }),
+      regionsRepaired,
     };
   } finally {
-    toScan?.dispose();
-    await pool.close();
+    // A lock that cannot be removed (or was lost after the last check) expires by itself; the
+    // outcome of the backup is what matters here.
+    await lock?.release().catch(() => undefined);
+    for (const map of maps) map.dispose();
+    await drl?.close();
+    await pool?.close();
     await volume.handle.close();
   }
 }
 
 function* allRegions(count: number): Generator<number> {
   for (let i = 0; i < count; i++) yield i;
-}
-
-/** The delta's entries: for each changed region in ascending order, where the PIT map now has it. */
-export function buildDelta(seq: number, kind: Delta['kind'], start: number, end: number, changed: DeltaMap, pit: PitMap, storedBytes: number): Delta {
-  const count = changed.count();
-  const entryPack = new Uint32Array(count);
-  const entryOffset = new Uint32Array(count);
-  const digests = new Uint8Array(count * DIGEST_BYTES);
-  const packs: string[] = [];
-  const packIndex = new Map<string, number>();
-  let i = 0;
-  for (const region of changed.regions()) {
-    const location = pit.location(region);
-    if (location === undefined) entryPack[i] = ZERO_REGION;
-    else {
-      let index = packIndex.get(location.pack);
-      if (index === undefined) {
-        index = packs.length;
-        packs.push(location.pack);
-        packIndex.set(location.pack, index);
-      }
-      entryPack[i] = index;
-      entryOffset[i] = location.offset;
-    }
-    digests.set(pit.digest(region), i * DIGEST_BYTES);
-    i++;
-  }
-  return { seq, kind, start, end, changed, packs, entryPack, entryOffset, digests, storedBytes, source: undefined };
 }
 
 function wrapSourceError(error: unknown, source: string): unknown {

@@ -4,15 +4,16 @@
 // and a snapshot of everything stored, to assert that a refused command wrote nothing.
 
 import { createHash } from 'node:crypto';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 
 export interface RawObjects {
   /** Every key (for fs: every file, temp files included), ascending. */
   keys(prefix?: string): Promise<string[]>;
   get(key: string): Promise<Buffer>;
   put(key: string, bytes: Uint8Array): Promise<void>;
+  delete(key: string): Promise<void>;
 }
 
 export class FsRawObjects implements RawObjects {
@@ -45,8 +46,11 @@ export class FsRawObjects implements RawObjects {
   async put(key: string, bytes: Uint8Array): Promise<void> {
     await writeFile(join(this.root, key), bytes);
   }
-}
 
+  async delete(key: string): Promise<void> {
+    await unlink(join(this.root, key));
+  }
+}
 export class S3RawObjects implements RawObjects {
   private readonly client: S3Client;
 
@@ -90,6 +94,10 @@ export class S3RawObjects implements RawObjects {
 
   async put(key: string, bytes: Uint8Array): Promise<void> {
     await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.full(key), Body: bytes, ContentLength: bytes.length }));
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
   }
 
   destroy(): void {

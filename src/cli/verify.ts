@@ -1,0 +1,50 @@
+import type { Command } from 'commander';
+import { verify } from '../core/verify.js';
+import { UsageError } from '../errors.js';
+import { CliContext } from './context.js';
+import { EXIT } from './exit-codes.js';
+import { formatSize } from './units.js';
+
+export function registerVerify(program: Command): void {
+  program
+    .command('verify')
+    .description('check the repository: every object each point in time needs, and with --read-data the stored bytes')
+    .option('--read-data', 'read every stored region and check it against its SHA-256')
+    .option('--read-data-subset <percent>', 'read this percentage of the packs, a different slice each run')
+    .option('--dry-run', 'report only: record no damage marks')
+    .action(async (opts: { readData?: boolean; readDataSubset?: string; dryRun?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      if (opts.readData === true && opts.readDataSubset !== undefined) throw new UsageError('give --read-data or --read-data-subset, not both');
+      const percent = opts.readDataSubset === undefined ? undefined : Number(opts.readDataSubset.replace(/%$/, ''));
+      if (percent !== undefined && Number.isNaN(percent)) throw new UsageError(`--read-data-subset ${opts.readDataSubset} is not a number: give a percentage such as 10`);
+      const result = await verify({
+        store: cli.store(),
+        readData: opts.readData,
+        readDataSubset: percent,
+        dryRun: opts.dryRun,
+        signal: cli.signal,
+        progress: cli.progress(),
+      });
+      if (result.problems.length > 0) cli.setExitCode(EXIT.integrity);
+      cli.result(result, () => {
+        const lines = [
+          `checked ${result.deltas} deltas, ${result.checkpoints} checkpoints, ${result.locations} stored regions in ${result.packs} packs` +
+            (result.locationsRead > 0 ? `; read ${result.locationsRead} regions (${formatSize(result.bytesRead)})` : '') +
+            (result.subset === undefined ? '' : ` — slice ${result.subset.slice + 1} of ${result.subset.slices}`),
+        ];
+        for (const p of result.problems) {
+          const affects = p.affects.length === 0 ? 'no point in time (restores fall back to deltas)' : `points in time ${p.affects.join(', ')}`;
+          lines.push(`  ${p.object} ${p.key}: ${p.detail} — affects ${affects}`);
+        }
+        if (result.problems.length === 0) lines.push('no problems found');
+        else if (result.damaged.length > 0) {
+          lines.push(
+            result.record === undefined
+              ? `  would mark damaged: ${result.damaged.join(', ')} (dry run)`
+              : `  marked damaged: ${result.damaged.join(', ')}; restore passes over them, and the next backup or scan uploads the regions again if the disk still holds them`,
+          );
+        }
+        return lines.join('\n');
+      });
+    });
+}
