@@ -2,6 +2,7 @@
 
 import { renderKernelBench, runKernelBench } from './kernels.js';
 import { renderRepoBench, runRepoBench } from './repo.js';
+import { renderScanBench, runScanBench } from './scan.js';
 
 interface Bench {
   run: (argv: string[], log: (line: string) => void) => Promise<unknown>;
@@ -17,6 +18,7 @@ const BENCHES: Record<string, Bench> = {
     rows: (result: ReturnType<typeof runKernelBench>) => result.results,
   },
   repo: { run: runRepoBench, render: renderRepoBench, rows: (rows: unknown) => rows },
+  scan: { run: runScanBench, render: renderScanBench, rows: (rows: unknown) => rows },
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -16,5 +16,14 @@ export {
 } from './core/restore.js';
 export * from './errors.js';
 export type { RepoConfig } from './repo/config.js';
+export {
+  acquireWriterLock,
+  forceUnlock,
+  listLocks,
+  type AcquireLockOptions,
+  type LockEntry,
+  type LockInfo,
+  type WriterLock,
+} from './repo/lock.js';
 export { openStore } from './store/open.js';
 export type { ObjectStore } from './store/types.js';

@@ -10,6 +10,8 @@ import { EXIT, exitCodeFor } from './exit-codes.js';
 import { registerInit } from './init.js';
 import { registerLog } from './log.js';
 import { registerRestore } from './restore.js';
+import { registerScan } from './scan.js';
+import { registerVerify } from './verify.js';
 
 export type RunOptions = Partial<CliStreams>;
 
@@ -24,6 +26,7 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
     .option('--json', 'print the result as JSON')
     .option('--no-progress', 'no progress bar, even on a terminal')
     .option('--debug', 'print stack traces with errors')
+    .option('--force-unlock', 'remove stale repository locks first (only when no other cdp-s3 process is writing)')
     .showHelpAfterError('(run cdp-s3 --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });
@@ -32,6 +35,8 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
   registerBackup(program);
   registerLog(program);
   registerRestore(program);
+  registerScan(program);
+  registerVerify(program);
   registerDemo(program);
   for (const command of program.commands) {
     command.exitOverride().configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });
@@ -42,11 +47,12 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
 /** Runs one command line; returns the exit code instead of exiting. */
 export async function run(argv: string[], options: RunOptions = {}): Promise<number> {
   const stderr = options.stderr ?? process.stderr;
-  const program = buildProgram({ stdout: options.stdout ?? process.stdout, stderr });
+  const streams: CliStreams = { stdout: options.stdout ?? process.stdout, stderr };
+  const program = buildProgram(streams);
   const debug = argv.includes('--debug');
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return EXIT.ok;
+    return streams.exitCode ?? EXIT.ok;
   } catch (error) {
     if (error instanceof CommanderError) {
       // Help and version are not errors; commander has already printed its message.

@@ -119,7 +119,9 @@ for (const kind of ['fs', 's3'] as const) {
       expect(error).toBeInstanceOf(AbortedError);
       expect((error as AbortedError).code).toBe('ABORTED');
       expect(fault.puts.some((key) => key.startsWith('packs/'))).toBe(true);
-      expect(fault.puts.filter((key) => !key.startsWith('packs/'))).toEqual([]);
+      // Only packs (and the backup's own lock) were put: no delta, no checkpoint.
+      expect(fault.puts.filter((key) => !key.startsWith('packs/') && !key.startsWith('locks/'))).toEqual([]);
+      expect(await fx.raw.keys('locks/')).toEqual([]);
       expect(await fx.raw.keys('deltas/')).toEqual(['deltas/0000000000000001']);
       expect(await tempFiles(fx.raw)).toEqual([]);
       await expectIntact(fx);
