@@ -2,7 +2,7 @@
 // is common: global options and turning errors into one line and an exit code.
 
 import { Command, CommanderError } from 'commander';
-import { CdpError } from '../errors.js';
+import { CdpError, FormatError } from '../errors.js';
 import { type CliStreams, bindStreams } from './context.js';
 import { registerBackup } from './backup.js';
 import { registerDemo } from './demo.js';
@@ -61,7 +61,8 @@ export async function run(argv: string[], options: RunOptions = {}): Promise<num
     if (error instanceof CdpError) {
       const code = exitCodeFor(error.code);
       // Damage is not fixed by retrying; say what still helps.
-      const hint = code === EXIT.integrity ? ' (stored data is damaged; other points in time may still restore: see cdp-s3 log)' : '';
+      const local = error instanceof FormatError && error.what.startsWith('dirty region log');
+      const hint = code === EXIT.integrity && !local ? ' (stored data is damaged; other points in time may still restore: see cdp-s3 log)' : '';
       stderr.write(`cdp-s3: ${error.message}${hint}\n`);
       if (debug && error.stack !== undefined) stderr.write(`${error.stack}\n`);
       return code;
