@@ -27,3 +27,7 @@ export {
 } from './repo/lock.js';
 export { openStore } from './store/open.js';
 export type { ObjectStore } from './store/types.js';
+export { scan, type ScanOptions, type ScanResult, type ScanHooks } from './core/scan.js';
+export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './core/verify.js';
+export { InProcessWriter, QuiescentSource, type ChangeSource, type ChangeRecorder } from './volume/changes.js';
+export { DirtyRegionLog } from './volume/dirty-region-log.js';
