@@ -10,6 +10,7 @@ import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
@@ -112,6 +113,21 @@ for (const kind of ['fs', 's3'] as const) {
       const again = await verify({ store: f.store, readData: true, workers: 2 });
       expect(again.problems.map((p) => p.affects)).toEqual([[2, 3]]);
       expect(again.damaged).toEqual([]);
+    });
+
+    it('a scan also stores damaged regions again, and the repaired point restores bit-exact', async () => {
+      const f = await makeFixture(kind);
+      const where = await locationOf(f, 3, 9); // written by delta 3
+      const pack = await f.raw.get(where.pack);
+      pack[where.offset + 7] = pack[where.offset + 7]! ^ 0x01;
+      await f.raw.put(where.pack, pack);
+      expect((await verify({ store: f.store, readData: true, workers: 2 })).damaged).toEqual([3]);
+      const result = await scan({ store: f.store, source: f.source, workers: 2 });
+      expect(result.discrepancies).toBe(0); // the disk matches the digests; only the stored copy was bad
+      expect(result.reuploaded).toBe(1);
+      expect(result.fixupSeq).toBe(4);
+      expect(await restored(f, 'latest')).toEqual({ seq: 4, digest: f.points.get(3) });
+      expect((await verify({ store: f.store, readData: true, workers: 2 })).damaged).toEqual([]);
     });
 
     it('a missing pack is found without reading data, with the points it affects', async () => {
