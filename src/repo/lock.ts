@@ -165,8 +165,22 @@ export function lockExpires(lock: LockInfo): number {
   return lock.refreshed + lock.ttlMs;
 }
 
+/**
+ * Unexpired, and not held by a process of this host that no longer exists (a writer killed
+ * here and restarted here need not wait for its old lock to expire).
+ */
 function isLive(lock: LockInfo, now: number): boolean {
-  return lockExpires(lock) > now;
+  return lockExpires(lock) > now && !deadHereAndNow(lock);
+}
+
+function deadHereAndNow(lock: LockInfo): boolean {
+  if (lock.host !== hostname() || lock.pid === process.pid) return false;
+  try {
+    process.kill(lock.pid, 0);
+    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ESRCH';
+  }
 }
 
 function sortsBefore(a: LockInfo, b: LockInfo): boolean {

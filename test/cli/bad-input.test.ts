@@ -730,9 +730,9 @@ describe('interrupting a real backup process (local store)', () => {
       expect({ code, signal }, stderr).toEqual({ code: null, signal: 'SIGKILL' });
       expect(await seqsOf(repo)).toEqual([1]);
       await expectAllZero(repo, work, size);
-      // The killed backup's lock stays until it expires (test/cli/lock.test.ts); --force-unlock removes it.
-      expect((await cli('--repo', repo, 'backup', source)).code).toBe(EXIT.locked);
-      await expectNextBackupRestores(repo, source, work, ['--force-unlock']);
+      // The killed backup's lock is left behind, but its process is gone from this host: the
+      // next backup takes it over (test/cli/lock.test.ts covers a holder on another host).
+      await expectNextBackupRestores(repo, source, work);
       await rm(work, { recursive: true, force: true });
       return;
     }

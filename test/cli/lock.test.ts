@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { log } from '../../src/core/log.js';
-import { acquireWriterLock, listLocks } from '../../src/repo/lock.js';
+import { acquireWriterLock, encodeLock, listLocks } from '../../src/repo/lock.js';
 import { openStore } from '../../src/store/open.js';
 import { type CliResult, cli, spawnCli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
@@ -71,7 +71,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect((await cli('--repo', repo, 'backup', source)).code).toBe(EXIT.ok);
     });
 
-    it('a lock left by a SIGKILLed backup blocks the next backup until --force-unlock', async () => {
+    it('a lock left by a SIGKILLed backup: taken over on this host (the process is gone); from another host it blocks until --force-unlock', async () => {
       for (let attempt = 0; attempt < 3; attempt++) {
         const { repo, work } = await freshRepo(`killed-${attempt}`);
         const size = (32 << attempt) * MiB;
@@ -103,14 +103,22 @@ for (const kind of ['fs', 's3'] as const) {
         expect({ code, signal }).toEqual({ code: null, signal: 'SIGKILL' });
 
         const left = await listLocks(store);
-        expect(left.map((e) => [e.lock?.pid, e.lock?.command, e.lock?.state])).toEqual([[child.pid, 'backup', 'held']]);
+        expect(left.map((e) => [e.lock?.pid, e.lock?.command, e.lock?.state, e.lock?.host])).toEqual([[child.pid, 'backup', 'held', hostname()]]);
+        const leftover = left[0]!;
+        // The same lock as if the killed writer had run on another host: it blocks.
+        await store.put(leftover.key, encodeLock({ ...leftover.lock!, host: 'elsewhere' }));
         const refused = await cli('--repo', repo, 'backup', source);
-        expectLockedLine(refused, new RegExp(`locked by cdp-s3 backup \\(pid ${child.pid} on host ${hostname()}\\)`));
+        expectLockedLine(refused, new RegExp(`locked by cdp-s3 backup \\(pid ${child.pid} on host elsewhere\\)`));
         expect(await seqs(repo)).toEqual([]);
-
         const forced = await cli('--repo', repo, '--force-unlock', '--json', 'backup', source);
         expect(forced.code, forced.stderr).toBe(EXIT.ok);
         expect((JSON.parse(forced.stdout) as { seq: number }).seq).toBe(1);
+        expect(await listLocks(store)).toEqual([]);
+        // On this host, a lock whose process is gone is taken over without --force-unlock.
+        await store.put(leftover.key, encodeLock(leftover.lock!));
+        const next = await cli('--repo', repo, '--json', 'backup', source);
+        expect(next.code, next.stderr).toBe(EXIT.ok);
+        expect((JSON.parse(next.stdout) as { seq: number }).seq).toBe(2);
         expect(await listLocks(store)).toEqual([]);
         return;
       }
