@@ -1,0 +1,145 @@
+// An NbdExport over a regular file with positional I/O: the simplest real backend, used by the NBD
+// benchmark as the like-for-like peer of nbdkit's file plugin. FLUSH and FUA are fdatasync. TRIM
+// and WRITE_ZEROES write zeros (cdp-s3 backends read trimmed ranges as zeros), in bounded chunks
+// so a whole-disk request does not allocate the whole disk. It uses the callback fs API on the raw
+// descriptor: per request, that is measurably cheaper than FileHandle's promise machinery.
+
+import { close, fdatasync, fstat, open, read, write, writev } from 'node:fs';
+import { promisify } from 'node:util';
+import { InvalidArgumentError } from '../errors.js';
+import type { NbdExport } from './types.js';
+
+const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+const openAsync = promisify(open);
+const fstatAsync = promisify(fstat);
+const closeAsync = promisify(close);
+const fdatasyncAsync = promisify(fdatasync);
+
+function pread(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    read(fd, buffer, offset, length, position, (error, bytesRead) => (error === null ? resolve(bytesRead) : reject(error)));
+  });
+}
+
+function pwrite(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    write(fd, buffer, offset, length, position, (error, written) => (error === null ? resolve(written) : reject(error)));
+  });
+}
+
+function pwritev(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    writev(fd, buffers, position, (error, written) => (error === null ? resolve(written) : reject(error)));
+  });
+}
+
+/** `pieces` without their first `n` bytes (after a short write). */
+export function dropPrefix(pieces: Uint8Array[], n: number): Uint8Array[] {
+  const rest: Uint8Array[] = [];
+  let skip = n;
+  for (const piece of pieces) {
+    if (skip >= piece.length) skip -= piece.length;
+    else {
+      rest.push(skip > 0 ? piece.subarray(skip) : piece);
+      skip = 0;
+    }
+  }
+  return rest;
+}
+
+export interface FileExportOptions {
+  /** Export name; default '' (the default export). */
+  name?: string;
+  description?: string;
+  readOnly?: boolean;
+}
+
+export class FileExport implements NbdExport {
+  readonly name: string;
+  readonly description: string | undefined;
+  readonly size: number;
+  readonly readOnly: boolean;
+  #fd: number;
+
+  private constructor(fd: number, size: number, options: FileExportOptions) {
+    this.#fd = fd;
+    this.size = size;
+    this.name = options.name ?? '';
+    this.description = options.description;
+    this.readOnly = options.readOnly ?? false;
+  }
+
+  /** Opens `path` (a regular file that must exist); its current size is the export's size. */
+  static async open(path: string, options: FileExportOptions = {}): Promise<FileExport> {
+    const fd = await openAsync(path, options.readOnly === true ? 'r' : 'r+');
+    try {
+      const stat = await fstatAsync(fd);
+      if (!stat.isFile()) throw new InvalidArgumentError(`${path}: not a regular file`);
+      return new FileExport(fd, stat.size, options);
+    } catch (error) {
+      await closeAsync(fd);
+      throw error;
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.allocUnsafeSlow(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < target.length) {
+      const n = await pread(this.#fd, target, done, target.length - done, offset + done);
+      if (n === 0) {
+        // The file shrank under us: what is past its end reads as zeros.
+        target.fill(0, done);
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async write(offset: number, bytes: Uint8Array, fua: boolean): Promise<void> {
+    let done = 0;
+    while (done < bytes.length) done += await pwrite(this.#fd, bytes, done, bytes.length - done, offset + done);
+    if (fua) await fdatasyncAsync(this.#fd);
+  }
+
+  async writev(offset: number, chunks: Uint8Array[], fua: boolean): Promise<void> {
+    let pieces = chunks;
+    let at = offset;
+    let left = chunks.reduce((n, c) => n + c.length, 0);
+    while (left > 0) {
+      const written = await pwritev(this.#fd, pieces, at);
+      left -= written;
+      at += written;
+      if (left > 0) pieces = dropPrefix(pieces, written);
+    }
+    if (fua) await fdatasyncAsync(this.#fd);
+  }
+
+  async flush(): Promise<void> {
+    await fdatasyncAsync(this.#fd);
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.writeZeroes(offset, length, fua);
+  }
+
+  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    for (let at = offset; at < offset + length; at += ZERO_CHUNK.length) {
+      await this.write(at, ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, offset + length - at)), false);
+    }
+    if (fua) await fdatasyncAsync(this.#fd);
+  }
+
+  /** Closes the file; the export must no longer be served. */
+  async close(): Promise<void> {
+    if (this.#fd < 0) return;
+    const fd = this.#fd;
+    this.#fd = -1;
+    await closeAsync(fd);
+  }
+}
