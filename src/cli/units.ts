@@ -49,3 +49,26 @@ export function formatDuration(seconds: number): string {
   const ss = String(s % 60).padStart(2, '0');
   return h > 0 ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, min: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "500ms", "5s", "10m", "24h", "7d" → milliseconds (a bare number is seconds). */
+export function parseDuration(text: string, option: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m?.[2] === '' ? 1000 : DURATION_UNITS[(m?.[2] ?? '').toLowerCase()];
+  const value = m === null || unit === undefined ? Number.NaN : Number(m[1]) * unit;
+  if (!Number.isFinite(value) || value <= 0) {
+    throw new UsageError(`${option} ${JSON.stringify(text)} is not a duration: use e.g. 500ms, 5s, 10m, 24h`);
+  }
+  return Math.round(value);
+}
+
+/** "127.0.0.1:10809", "[::1]:10809", "localhost:0", or ":10809" (all interfaces is not the default). */
+export function parseListenAddress(text: string, option = '--listen'): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text.trim());
+  const port = Number(m?.[3]);
+  if (m === null || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new UsageError(`${option} ${JSON.stringify(text)} is not HOST:PORT: use e.g. 127.0.0.1:10809 or [::1]:10809`);
+  }
+  return { host: m[1] ?? (m[2] === '' ? '0.0.0.0' : m[2]!), port };
+}

@@ -64,6 +64,8 @@ export interface ScanOptions {
   /** Remove every repository lock first (--force-unlock): only when no other writer is running. */
   forceUnlock?: boolean;
   lockTtlMs?: number;
+  /** The writer lock the caller already holds (a scan inside protect); none is taken then. */
+  heldLock?: WriterLock;
   signal?: AbortSignal;
   progress?: Progress;
   workers?: number;
@@ -154,10 +156,11 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       );
     }
     // A scan that may write holds the writer lock from before it reads the chain to the end.
-    if (!dryRun) {
+    if (!dryRun && options.heldLock === undefined) {
       if (options.forceUnlock === true) await forceUnlock(store, { signal });
       lock = await acquireWriterLock(store, { command: 'scan', ttlMs: options.lockTtlMs, signal });
     }
+    const activeLock = options.heldLock ?? lock;
     const sourcePath = await realpath(options.source);
     const seqs = await repo.deltaSeqs(signal);
     let latest = seqs.at(-1) ?? 0;
@@ -172,7 +175,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       delta.source = { host: hostname(), path: sourcePath };
       pit.seq = delta.seq;
       pit.time = delta.end;
-      lock?.check();
+      activeLock?.check();
       await repo.commitDelta(delta, pit, signal);
       return delta.seq;
     };

@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { protect } from '../core/protect.js';
+import { UsageError } from '../errors.js';
+import { CliContext } from './context.js';
+import { parseDuration, parseListenAddress } from './units.js';
+
+export function registerProtect(program: Command): void {
+  program
+    .command('protect')
+    .description('serve SOURCE over NBD and protect every write: a crash-consistent point in time every interval')
+    .argument('<source>', 'image file or block device; hosts write it through the NBD export only')
+    .option('--listen <host:port>', 'NBD address', '127.0.0.1:10809')
+    .option('--name <name>', 'also export under this name (the default, empty name always works)')
+    .option('--interval <duration>', 'time between points in time', '5s')
+    .option('--drl <file>', 'dirty region log (created if missing)', '')
+    .option('--scan-every <duration>', 'run an integrity scan on this schedule (e.g. 24h); SIGUSR1 runs one now')
+    .action(async (source: string, opts: { listen: string; name?: string; interval: string; drl: string; scanEvery?: string }, command: Command) => {
+      const cli = CliContext.of(command);
+      const log = (line: string): void => void cli.stderr.write(`cdp-s3 protect: ${line}\n`);
+      if (opts.drl === '' && source.startsWith('/dev/')) {
+        throw new UsageError(`protecting a block device needs --drl FILE on persistent storage (e.g. /var/lib/cdp-s3/${source.slice(5).replace(/\//g, '-')}.drl)`);
+      }
+      const handle = await protect({
+        store: cli.store(),
+        source,
+        drl: opts.drl === '' ? `${source}.cdp-s3-drl` : opts.drl,
+        listen: parseListenAddress(opts.listen),
+        names: opts.name === undefined ? [] : [opts.name],
+        intervalMs: parseDuration(opts.interval, '--interval'),
+        scanEveryMs: opts.scanEvery === undefined ? undefined : parseDuration(opts.scanEvery, '--scan-every'),
+        forceUnlock: cli.forceUnlock,
+        signal: cli.signal,
+        log,
+      });
+      // Listen for scan requests before telling anyone where the export is.
+      const onScanRequest = (): void => {
+        log('scan requested');
+        handle.scanNow().catch((error: unknown) => log(`scan failed: ${(error as Error).message}`));
+      };
+      process.on('SIGUSR1', onScanRequest);
+      const url = `nbd://${handle.host.includes(':') ? `[${handle.host}]` : handle.host}:${handle.port}`;
+      cli.result({ source, host: handle.host, port: handle.port, names: ['', ...(opts.name === undefined ? [] : [opts.name])] }, () =>
+        `protecting ${source} at ${url}${opts.name === undefined ? '' : ` (and ${url}/${opts.name})`}, a point in time every ${opts.interval}`,
+      );
+      try {
+        // Runs until SIGINT/SIGTERM: then drains (finish requests, ship a last delta) and exits 0.
+        await new Promise<void>((resolve) => {
+          if (cli.signal.aborted) resolve();
+          cli.signal.addEventListener('abort', () => resolve(), { once: true });
+        });
+        const final = await handle.stop();
+        log(`stopped; newest point in time ${final.seq}${final.unshippedRegions > 0 ? `, ${final.unshippedRegions} regions not shipped (kept in the DRL for the next start)` : ''}`);
+      } finally {
+        process.off('SIGUSR1', onScanRequest);
+      }
+    });
+}

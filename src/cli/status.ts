@@ -1,0 +1,34 @@
+import type { Command } from 'commander';
+import { status } from '../core/status.js';
+import { CliContext } from './context.js';
+import { formatDuration, formatSize } from './units.js';
+
+export function registerStatus(program: Command): void {
+  program
+    .command('status')
+    .description('the newest point in time, the last scan, and each running protect: lag, dirty regions, pre-images')
+    .action(async (_opts: unknown, command: Command) => {
+      const cli = CliContext.of(command);
+      const result = await status({ store: cli.store(), signal: cli.signal });
+      cli.result(result, () => {
+        const lines = [`${result.location}: volume ${result.volumeId}, ${formatSize(result.volumeSize)}`];
+        lines.push(result.newest === undefined ? 'no points in time yet' : `newest point in time ${result.newest.seq} (${result.newest.kind}, ${result.newest.time})`);
+        if (result.untrusted.length > 0) lines.push(`untrusted points in time: ${result.untrusted.join(', ')} (see cdp-s3 log)`);
+        const scan = result.lastScan;
+        lines.push(
+          scan === undefined
+            ? 'no scan yet'
+            : `last scan ${scan.time}: ${scan.scanned} regions, ${scan.discrepancies === 0 ? 'in sync' : `${scan.discrepancies} differed, fix-up ${scan.fixupSeq}`}`,
+        );
+        for (const p of result.protects) {
+          const state = !p.running ? 'stopped' : p.stale ? 'NOT REPORTING (died?)' : 'running';
+          lines.push(
+            `protect ${p.source} on ${p.host} (pid ${p.pid}) ${state}, reported ${p.updated}: lag ${formatDuration(p.lagMs / 1000)}, ` +
+              `${p.unshippedRegions} regions unshipped, DRL ${p.drlRegions} regions, pre-images ${formatSize(p.preimageBytes)}` +
+              (p.lastShipError === undefined ? '' : `, last shipping error: ${p.lastShipError}`),
+          );
+        }
+        return lines.join('\n');
+      });
+    });
+}

@@ -1,0 +1,70 @@
+// status: what a repository holds now (newest point in time, last scan) and what each running
+// protect reports about itself (lag, dirty region log, pre-images, shipping errors).
+
+import { openEnvelope } from '../repo/envelope.js';
+import { Repository } from '../repo/repository.js';
+import { readScanRecords, readTrust } from '../repo/trust.js';
+import type { ObjectStore } from '../store/types.js';
+import { PROTECT_STATUS_KIND, PROTECT_STATUS_PREFIX, type ProtectStatus } from './protect.js';
+
+export interface ProtectReport extends ProtectStatus {
+  key: string;
+  source: string;
+  host: string;
+  pid: number;
+  running: boolean;
+  intervalMs: number;
+  /** When the protect last reported, ISO 8601. */
+  updated: string;
+  /** No report for three intervals while it says it is running: it probably died. */
+  stale: boolean;
+}
+
+export interface StatusResult {
+  location: string;
+  volumeId: string;
+  volumeSize: number;
+  newest: { seq: number; time: string; kind: string } | undefined;
+  /** Points in time marked suspect or damaged. */
+  untrusted: number[];
+  lastScan: { time: string; scanned: number; discrepancies: number; fixupSeq: number | undefined; suspect: number[] } | undefined;
+  protects: ProtectReport[];
+}
+
+export async function status(options: { store: ObjectStore; signal?: AbortSignal; now?: number }): Promise<StatusResult> {
+  const { store, signal } = options;
+  const repo = await Repository.open(store, signal);
+  const seqs = await repo.deltaSeqs(signal);
+  const last = seqs.at(-1);
+  let newest: StatusResult['newest'];
+  if (last !== undefined) {
+    const delta = await repo.readDelta(last, signal);
+    newest = { seq: last, time: new Date(delta.end).toISOString(), kind: delta.kind };
+    delta.changed.dispose();
+  }
+  const [trust, scans] = await Promise.all([readTrust(store, signal), readScanRecords(store, signal)]);
+  const scan = scans.at(-1)?.value;
+  const protects: ProtectReport[] = [];
+  const now = options.now ?? Date.now();
+  for await (const info of store.list(PROTECT_STATUS_PREFIX, { signal })) {
+    try {
+      const body = openEnvelope(PROTECT_STATUS_KIND, await store.get(info.key, { signal }));
+      const report = JSON.parse(String(body['json'])) as Omit<ProtectReport, 'key' | 'updated' | 'stale'> & { updated: number };
+      protects.push({ ...report, key: info.key, updated: new Date(report.updated).toISOString(), stale: report.running && now - report.updated > 3 * report.intervalMs + 10_000 });
+    } catch {
+      // An unreadable status report is only informational; skip it.
+    }
+  }
+  return {
+    location: store.location,
+    volumeId: repo.config.volumeId,
+    volumeSize: repo.config.volumeSize,
+    newest,
+    untrusted: [...trust.marks.keys()].sort((a, b) => a - b),
+    lastScan:
+      scan === undefined
+        ? undefined
+        : { time: new Date(scan.end).toISOString(), scanned: scan.scanned, discrepancies: scan.discrepancies, fixupSeq: scan.fixupSeq, suspect: scan.suspect },
+    protects,
+  };
+}

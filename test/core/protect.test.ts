@@ -1,0 +1,159 @@
+// ProtectedVolume: the write path and the shipper of continuous protection, driven through its
+// NbdExport interface (the NBD tests drive the same object with real clients).
+
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { backup } from '../../src/core/backup.js';
+import { init } from '../../src/core/init.js';
+import { log } from '../../src/core/log.js';
+import { parsePointSelector } from '../../src/core/points.js';
+import { ProtectedVolume } from '../../src/core/protect.js';
+import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { scan } from '../../src/core/scan.js';
+import { forceUnlock } from '../../src/repo/lock.js';
+import { Repository } from '../../src/repo/repository.js';
+import { openStore } from '../../src/store/open.js';
+import type { ObjectStore } from '../../src/store/types.js';
+import { DirtyRegionLog } from '../../src/volume/dirty-region-log.js';
+import { FaultStore } from '../helpers/fault-store.js';
+import { makeImage } from '../helpers/images.js';
+import { useS3Fixture } from '../helpers/s3-fixture.js';
+
+const REGION = 64 * 1024;
+const REGIONS = 32;
+const fixture = useS3Fixture('protect', ['protect']);
+let counter = 0;
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+async function makeFixture(kind: 'fs' | 's3') {
+  const n = ++counter;
+  const work = join(fixture.dir, `${kind}-${n}`);
+  await mkdir(work, { recursive: true });
+  const store = openStore(kind === 'fs' ? join(work, 'repo') : `s3://protect/r-${n}`);
+  const source = join(work, 'disk.img');
+  await writeFile(source, makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 }));
+  await init({ store, from: source, regionSize: REGION });
+  await backup({ store, source, workers: 2 });
+  return { work, store, source, drl: join(work, 'disk.drl') };
+}
+
+async function restoreBytes(store: ObjectStore, work: string, at: string): Promise<Buffer> {
+  const plan = await planRestore({ store, at: parsePointSelector(at) });
+  const target = join(work, `r-${++counter}.img`);
+  await executeRestore(plan, { to: target, workers: 2 });
+  return readFile(target);
+}
+
+for (const kind of ['fs', 's3'] as const) {
+  describe(`protect (${kind} store)`, () => {
+    it('ships what is written as a point in time, and the DRL clears once it commits', async () => {
+      const f = await makeFixture(kind);
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      await volume.write(3 * REGION + 100, Buffer.alloc(5000, 0xaa), false);
+      await volume.writeZeroes(10 * REGION, 2 * REGION, false); // two whole regions become zero
+      await volume.trim(20 * REGION, 100, false); // part of a region
+      expect(volume.status().unshippedRegions).toBe(4);
+      expect(volume.status().drlRegions).toBe(4);
+      const shipped = await volume.sealAndShip();
+      expect(shipped).toEqual({ seq: 2, regions: 4 });
+      expect(volume.status()).toMatchObject({ seq: 2, lagMs: 0, drlRegions: 0, unshippedRegions: 0 });
+      const entry = (await log({ store: f.store })).entries[1]!;
+      expect(entry.bytes).toBe(2 * REGION); // zeroed regions ship no data
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
+    it('crash consistency: a point in time holds the content at its seal, not writes during shipping', async () => {
+      const f = await makeFixture(kind);
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let holding = true;
+      const slow = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (holding && key.startsWith('packs/')) await held; // shipping is held back
+        },
+      });
+      const volume = await ProtectedVolume.open({ store: slow, source: f.source, drl: f.drl });
+      await volume.write(5 * REGION, Buffer.alloc(2 * REGION, 0xa1), false); // A
+      const a = await readFile(f.source);
+      const shipping = volume.sealAndShip(); // seals now
+      await new Promise((r) => setTimeout(r, 50));
+      await volume.write(5 * REGION, Buffer.alloc(2 * REGION, 0xb2), false); // B, to the same regions, while shipping
+      holding = false;
+      release();
+      expect(await shipping).toEqual({ seq: 2, regions: 2 });
+      const b = await readFile(f.source);
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(a)); // holds A, not B
+      expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: 2 });
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(b));
+      await volume.close();
+    });
+
+    it('keeps serving writes while the store is unreachable, shows the lag, and ships everything when it is back', async () => {
+      const f = await makeFixture(kind);
+      let down = true;
+      const flaky = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      let now = 1_000_000_000_000;
+      const volume = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl, clock: () => now });
+      await volume.write(1 * REGION, Buffer.alloc(10, 1), false);
+      now += 1000;
+      expect(await volume.sealAndShip()).toBeUndefined(); // failed: kept for the next seal
+      await volume.write(2 * REGION, Buffer.alloc(10, 2), false);
+      now += 4000;
+      const lagging = volume.status();
+      expect(lagging.lagMs).toBe(5000);
+      expect(lagging.unshippedRegions).toBe(2);
+      expect(lagging.lastShipError).toMatch(/ECONNREFUSED/);
+      down = false;
+      now += 1000;
+      expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: 2 });
+      expect(volume.status()).toMatchObject({ lagMs: 0, drlRegions: 0, lastShipError: undefined });
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
+    it('after a crash, the regions left in the DRL are shipped with the first seal', async () => {
+      const f = await makeFixture(kind);
+      const first = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      await first.write(7 * REGION, Buffer.alloc(REGION, 0x77), true); // acknowledged durable (FUA)
+      await first.write(9 * REGION, Buffer.alloc(10, 0x99), false);
+      await first.flush();
+      // The process dies here: nothing shipped, the lock left behind (released by --force-unlock).
+      const repo = await Repository.open(f.store);
+      const drl = await DirtyRegionLog.open(f.drl, { volumeId: repo.config.volumeId, regionCount: REGIONS, regionSize: REGION });
+      expect(Array.from(drl.dirty())).toEqual([7, 9]); // durable before the writes were acknowledged
+      await drl.close();
+      const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, forceUnlock: true });
+      expect(again.status().drlRegions).toBe(2);
+      expect(await again.sealAndShip()).toEqual({ seq: 2, regions: 2 });
+      await again.close();
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+      await forceUnlock(f.store);
+    });
+
+    it('an integrity scan inside protect uses live host-change tracking and keeps shipping afterwards', async () => {
+      const f = await makeFixture(kind);
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      await volume.write(4 * REGION, Buffer.alloc(10, 4), false); // pending: sealed by the scan (claim 3)
+      const { open } = await import('node:fs/promises');
+      const file = await open(f.source, 'r+');
+      await file.write(Buffer.alloc(10, 0xee), 0, 10, 12 * REGION); // behind cdp-s3's back
+      await file.close();
+      const result = await volume.exclusive((lock) => scan({ store: f.store, source: f.source, changes: volume, heldLock: lock, workers: 2 }));
+      expect(result.presentSeq).toBe(2);
+      expect(result.discrepantRegions).toEqual([12]);
+      expect(result.fixupSeq).toBe(3);
+      expect(volume.status()).toMatchObject({ seq: 3, drlRegions: 0, unshippedRegions: 0 });
+      await volume.write(6 * REGION, Buffer.alloc(10, 6), false);
+      expect(await volume.sealAndShip()).toEqual({ seq: 4, regions: 1 });
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+  });
+}
