@@ -21,7 +21,7 @@ import type { ObjectStore } from '../store/types.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
 import { openVolume } from '../volume/source.js';
 import { readRegions } from './delta-writer.js';
-import { type PointSelector, choosePoint } from './points.js';
+import { type ChosenPoint, type PointSelector, choosePoint } from './points.js';
 import { type Progress, silentProgress } from './progress.js';
 
 /** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
@@ -82,7 +82,12 @@ interface PlanContext {
 
 const contexts = new WeakMap<RestorePlan, PlanContext>();
 
-export async function planRestore(options: PlanRestoreOptions): Promise<RestorePlan> {
+/**
+ * Opens the repository, chooses the point in time (passing over suspect and damaged ones unless
+ * allowSuspect) and loads its PIT map: what restore and serve share. The caller disposes
+ * `chosen.delta.changed`.
+ */
+export async function loadPoint(options: PlanRestoreOptions): Promise<{ repo: Repository; pit: PitMap; chosen: ChosenPoint }> {
   const repo = await Repository.open(options.store, options.signal);
   const trust = await readTrust(options.store, options.signal);
   const chosen = await choosePoint(repo, options.at, {
@@ -92,6 +97,11 @@ export async function planRestore(options: PlanRestoreOptions): Promise<RestoreP
     allowSuspect: options.allowSuspect,
   });
   const pit = await repo.loadPit(chosen.seq, { signal: options.signal });
+  return { repo, pit, chosen };
+}
+
+export async function planRestore(options: PlanRestoreOptions): Promise<RestorePlan> {
+  const { repo, pit, chosen } = await loadPoint(options);
   const g = repo.geometry;
   const { fetches, downloadBytes, packs, zeroRegions } = planFetches(pit, g, () => true);
   const plan: RestorePlan = {

@@ -1,0 +1,536 @@
+// serve: one point in time, read-only over NBD, straight from the repository, so a machine can
+// boot or mount it before (or instead of) a full restore.
+//
+// PitExport is the NBD backend. A read maps its byte range to regions: zero regions are zeros
+// without any request; the others are fetched with ranged GETs (neighbouring regions of a pack
+// merged into one GET of up to `fetchUnitBytes`), verified against their SHA-256 on a worker
+// thread, and kept in an LRU cache keyed by stored location (so deduplicated regions share an
+// entry). Concurrent reads of one region share one fetch. A read that starts where a recent one
+// ended is sequential: the next `readAheadBytes` are prefetched in the background, at most
+// `prefetchConcurrency` GETs at a time. Bytes that do not match their digest are never served:
+// the read fails with EIO and a log line. Writes, trims and zeroing fail with EPERM.
+//
+// The cache holds views of the fetched ranges and counts each range's memory once; a read within
+// one region is answered with a view (no copy). Should the verifying threads die, digests are
+// checked on the main thread from then on.
+
+import { createHash } from 'node:crypto';
+import { AbortedError, CdpError, IntegrityError } from '../errors.js';
+import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
+import { NbdServer } from '../nbd/server.js';
+import { NbdRequestError, type NbdExport } from '../nbd/types.js';
+import type { Repository } from '../repo/repository.js';
+import type { ObjectStore } from '../store/types.js';
+import { RegionPool, type VerifySlice } from '../volume/region-pool.js';
+import type { PointSelector } from './points.js';
+import { loadPoint } from './restore.js';
+
+export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_READ_AHEAD_BYTES = 16 * 1024 * 1024;
+const DEFAULT_FETCH_UNIT_BYTES = 2 * 1024 * 1024;
+const DEFAULT_PREFETCH_CONCURRENCY = 8;
+/** How many recent read ends are remembered to recognise sequential reads (clients pipeline). */
+const RECENT_ENDS = 16;
+
+export interface PitExportOptions {
+  store: ObjectStore;
+  at: PointSelector;
+  /** Take the newest point at or before `at` even if it is suspect or damaged (as restore). */
+  allowSuspect?: boolean;
+  /** Export name ('' is the default export). */
+  name?: string;
+  /** Bytes of verified regions kept in memory. Default 256 MiB; 0 caches nothing. */
+  cacheBytes?: number;
+  /** Bytes prefetched ahead of sequential reads. Default 16 MiB (at most half the cache); 0 turns read-ahead off. */
+  readAheadBytes?: number;
+  /** Background prefetch GETs in flight at once. Default 8 (the whole window at the default GET size). */
+  prefetchConcurrency?: number;
+  /** Largest ranged GET (neighbouring regions of a pack are merged up to it). Default 2 MiB, at least one region. */
+  fetchUnitBytes?: number;
+  /** Threads that verify digests. Default one per core. */
+  workers?: number;
+  /** Where failed reads are reported (one line each). */
+  log?: (line: string) => void;
+  /** Cancels opening (choosing the point and loading its map). */
+  signal?: AbortSignal;
+  now?: number;
+}
+
+export interface PitExportStats {
+  /** Ranged GETs of pack bytes (demand and prefetch). */
+  gets: number;
+  bytesFetched: number;
+  /** Regions served from the cache or from a fetch already in flight. */
+  cacheHits: number;
+  /** Regions a read had to fetch itself. */
+  cacheMisses: number;
+  /** Regions fetched by read-ahead. */
+  prefetched: number;
+  /** Regions whose bytes did not match their digest. */
+  integrityErrors: number;
+  cachedBytes: number;
+}
+
+/** One stored region to fetch: where it lives and the digest it must have. */
+interface Slot {
+  id: string;
+  region: number;
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+/** What every export name of one point in time shares: the map, the cache and the fetches. */
+class PitReader {
+  readonly geometry: Geometry;
+  readonly stats: PitExportStats = { gets: 0, bytesFetched: 0, cacheHits: 0, cacheMisses: 0, prefetched: 0, integrityErrors: 0, cachedBytes: 0 };
+  /** Verified regions by stored location, least recently used first: views of fetched ranges. */
+  private readonly cache = new Map<string, Uint8Array>();
+  /** Fetched ranges the cache holds views of, with how many: memory is counted per range. */
+  private readonly backing = new Map<ArrayBufferLike, number>();
+  private zeroRegion: Uint8Array | undefined;
+  private readonly inFlight = new Map<string, Promise<Uint8Array>>();
+  private readonly recentEnds: number[] = [];
+  private readonly cacheBytes: number;
+  private readonly readAheadBytes: number;
+  private readonly prefetchConcurrency: number;
+  private readonly fetchUnitBytes: number;
+  private readonly pool: RegionPool;
+  private readonly abort = new AbortController();
+  private readonly log: (line: string) => void;
+  private prefetching = 0;
+  private closed = false;
+  private poolFailed: Error | undefined;
+
+  constructor(
+    readonly repo: Repository,
+    readonly pit: PitMap,
+    readonly seq: number,
+    options: Pick<PitExportOptions, 'cacheBytes' | 'readAheadBytes' | 'prefetchConcurrency' | 'fetchUnitBytes' | 'workers' | 'log'>,
+  ) {
+    this.geometry = repo.geometry;
+    this.cacheBytes = nonNegative(options.cacheBytes ?? DEFAULT_CACHE_BYTES, 'cacheBytes');
+    // Prefetched regions wait in the cache; a window the cache cannot hold would be thrown away.
+    this.readAheadBytes = Math.min(nonNegative(options.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES, 'readAheadBytes'), Math.floor(this.cacheBytes / 2));
+    this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? DEFAULT_PREFETCH_CONCURRENCY);
+    this.fetchUnitBytes = Math.max(this.geometry.regionSize, options.fetchUnitBytes ?? DEFAULT_FETCH_UNIT_BYTES);
+    this.log = options.log ?? (() => {});
+    this.pool = new RegionPool(options.workers);
+  }
+
+  /**
+   * Bytes [offset, offset + length). A read within one region is a view of the cached region (or
+   * of shared zeros), not a copy: callers must not modify what they get.
+   */
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    if (this.closed) throw new NbdRequestError('ESHUTDOWN', 'the export is closed');
+    if (length === 0) return new Uint8Array(0);
+    const g = this.geometry;
+    const end = offset + length;
+    const first = Math.floor(offset / g.regionSize);
+    const last = Math.floor((end - 1) / g.regionSize);
+    const sequential = this.recentEnds.includes(offset);
+    this.recentEnds.push(end);
+    if (this.recentEnds.length > RECENT_ENDS) this.recentEnds.shift();
+
+    // Fetch what is neither cached nor in flight (merged GETs), then take every region's bytes
+    // or promise before the first await, so nothing can be evicted in between.
+    const slots: Array<Slot | undefined> = [];
+    const missing: Slot[] = [];
+    for (let region = first; region <= last; region++) {
+      const slot = this.slot(region);
+      slots.push(slot);
+      if (slot === undefined) continue;
+      if (this.cache.has(slot.id) || this.inFlight.has(slot.id)) this.stats.cacheHits++;
+      else {
+        this.stats.cacheMisses++;
+        missing.push(slot);
+      }
+    }
+    this.fetchSlots(missing, false);
+    if (sequential) this.prefetchAfter(last);
+    const waits = slots.map((slot) => (slot === undefined ? this.zeros : this.lookup(slot.id)));
+    const regionBytes = async (i: number): Promise<Uint8Array> => {
+      const wait = waits[i];
+      if (wait === undefined) throw new NbdRequestError('EIO', `region ${first + i} was neither cached nor fetched`);
+      try {
+        return await wait;
+      } catch (error) {
+        throw this.failed(first + i, error);
+      }
+    };
+    if (first === last) {
+      const start = first * g.regionSize;
+      return (await regionBytes(0)).subarray(offset - start, end - start);
+    }
+    const out = Buffer.allocUnsafe(length);
+    for (let i = 0; i < waits.length; i++) {
+      const data = await regionBytes(i);
+      const start = (first + i) * g.regionSize;
+      const from = Math.max(offset, start);
+      const to = Math.min(end, start + regionLength(g, first + i));
+      out.set(data.subarray(from - start, to - start), from - offset);
+    }
+    return out;
+  }
+
+  /** One region of zeros, shared by every read of zero regions. */
+  private get zeros(): Uint8Array {
+    return (this.zeroRegion ??= new Uint8Array(this.geometry.regionSize));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort(new AbortedError('the export is closed'));
+    await Promise.allSettled([...this.inFlight.values()]);
+    await this.pool.close();
+    this.cache.clear();
+    this.backing.clear();
+    this.stats.cachedBytes = 0;
+  }
+
+  /** Where the region's bytes are stored, or undefined for a zero region. */
+  private slot(region: number): Slot | undefined {
+    const location = this.pit.location(region);
+    if (location === undefined) return undefined;
+    return { id: `${location.pack}@${location.offset}`, region, pack: location.pack, offset: location.offset, length: regionLength(this.geometry, region) };
+  }
+
+  /** Cached bytes (now most recently used) or the fetch in flight. */
+  private lookup(id: string): Uint8Array | Promise<Uint8Array> | undefined {
+    const cached = this.cache.get(id);
+    if (cached !== undefined) {
+      this.cache.delete(id);
+      this.cache.set(id, cached);
+      return cached;
+    }
+    return this.inFlight.get(id);
+  }
+
+  /** Regions after `last` up to the read-ahead window that are neither cached nor in flight. */
+  private prefetchAfter(last: number): void {
+    if (this.readAheadBytes === 0 || this.closed) return;
+    const g = this.geometry;
+    const wanted: Slot[] = [];
+    const seen = new Set<string>();
+    let bytes = 0;
+    for (let region = last + 1; region < g.regionCount && bytes < this.readAheadBytes; region++) {
+      bytes += regionLength(g, region);
+      const slot = this.slot(region);
+      if (slot === undefined || seen.has(slot.id) || this.cache.has(slot.id) || this.inFlight.has(slot.id)) continue;
+      seen.add(slot.id);
+      wanted.push(slot);
+    }
+    if (wanted.length > 0) this.fetchSlots(wanted, true);
+  }
+
+  /**
+   * Starts ranged GETs for the slots (in volume order): neighbours in one pack merge into one GET
+   * up to fetchUnitBytes. Prefetches start only while fewer than prefetchConcurrency are running;
+   * the rest are left for the next sequential read to ask for again.
+   */
+  private fetchSlots(slots: Slot[], prefetch: boolean): void {
+    const taken = new Set<string>();
+    let unit: Slot[] = [];
+    let unitBytes = 0;
+    const flush = (): boolean => {
+      if (unit.length === 0) return true;
+      if (prefetch && this.prefetching >= this.prefetchConcurrency) return false;
+      this.fetchUnit(unit, prefetch);
+      unit = [];
+      unitBytes = 0;
+      return true;
+    };
+    for (const slot of slots) {
+      // A deduplicated region already on its way (in this call or another).
+      if (taken.has(slot.id) || this.inFlight.has(slot.id)) continue;
+      const previous = unit.at(-1);
+      const joins =
+        previous !== undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset && unitBytes + slot.length <= this.fetchUnitBytes;
+      if (!joins && !flush()) return;
+      taken.add(slot.id);
+      unit.push(slot);
+      unitBytes += slot.length;
+    }
+    flush();
+  }
+
+  private fetchUnit(slots: Slot[], prefetch: boolean): void {
+    const head = slots[0]!;
+    const length = slots.reduce((sum, s) => sum + s.length, 0);
+    if (prefetch) this.prefetching++;
+    const fetched = (async (): Promise<Array<Uint8Array | Error>> => {
+      const bytes = await this.repo.readPackRange(head.pack, head.offset, length, this.abort.signal);
+      this.stats.gets++;
+      this.stats.bytesFetched += bytes.length;
+      if (prefetch) this.stats.prefetched += slots.length;
+      let at = 0;
+      const slices = slots.map((slot) => {
+        const slice = { at, length: slot.length, expected: this.pit.digest(slot.region).slice(), writes: [] };
+        at += slot.length;
+        return slice;
+      });
+      const { bytes: back, mismatches } = await this.verify(bytes, slices);
+      const bad = new Map(mismatches.map((m) => [m.slice, m.digest]));
+      return slots.map((slot, i) => {
+        const digest = bad.get(i);
+        if (digest !== undefined) {
+          return new IntegrityError(
+            `region ${slot.region} in ${slot.pack} at ${slot.offset}`,
+            Buffer.from(slices[i]!.expected).toString('hex'),
+            Buffer.from(digest).toString('hex'),
+          );
+        }
+        // Views of one buffer: the cache counts the buffer once and frees it with its last view.
+        return back.subarray(slices[i]!.at, slices[i]!.at + slot.length);
+      });
+    })();
+    slots.forEach((slot, i) => {
+      const one = fetched.then((parts) => {
+        const part = parts[i]!;
+        if (part instanceof Error) throw part;
+        return part;
+      });
+      this.inFlight.set(slot.id, one);
+      // Settle the cache and the in-flight map in one step, so a reader always finds one of them.
+      one.then(
+        (bytes) => {
+          if (this.inFlight.get(slot.id) === one) this.inFlight.delete(slot.id);
+          this.remember(slot.id, bytes);
+        },
+        () => {
+          if (this.inFlight.get(slot.id) === one) this.inFlight.delete(slot.id);
+        },
+      );
+    });
+    fetched
+      .catch(() => {})
+      .finally(() => {
+        if (prefetch) this.prefetching--;
+      });
+  }
+
+  /**
+   * SHA-256 of each slice on a worker thread; should the threads fail (they are gone for good
+   * then), on this thread instead, so serving goes on.
+   */
+  private async verify(bytes: Uint8Array, slices: VerifySlice[]): Promise<{ bytes: Uint8Array; mismatches: Array<{ slice: number; digest: Uint8Array }> }> {
+    if (this.poolFailed === undefined) {
+      try {
+        return await this.pool.verify(bytes, slices);
+      } catch (error) {
+        if (this.closed) throw error;
+        this.poolFailed = error as Error;
+        this.log(`serve: the verifying threads failed (${this.poolFailed.message}); verifying on the main thread from now on`);
+        // Bytes that went to a thread that died are gone: this read fails, the next ones fetch again.
+        if (bytes.byteLength === 0) throw error;
+      }
+    }
+    const mismatches: Array<{ slice: number; digest: Uint8Array }> = [];
+    slices.forEach((slice, index) => {
+      const digest = createHash('sha256').update(bytes.subarray(slice.at, slice.at + slice.length)).digest();
+      if (!digest.equals(slice.expected)) mismatches.push({ slice: index, digest });
+    });
+    return { bytes, mismatches };
+  }
+
+  private remember(id: string, bytes: Uint8Array): void {
+    if (this.closed || bytes.buffer.byteLength > this.cacheBytes || this.cache.has(id)) return;
+    this.cache.set(id, bytes);
+    const views = this.backing.get(bytes.buffer) ?? 0;
+    this.backing.set(bytes.buffer, views + 1);
+    if (views === 0) this.stats.cachedBytes += bytes.buffer.byteLength;
+    for (const [oldest, old] of this.cache) {
+      if (this.stats.cachedBytes <= this.cacheBytes) break;
+      this.cache.delete(oldest);
+      const left = this.backing.get(old.buffer)! - 1;
+      if (left > 0) this.backing.set(old.buffer, left);
+      else {
+        this.backing.delete(old.buffer);
+        this.stats.cachedBytes -= old.buffer.byteLength;
+      }
+    }
+  }
+
+  private failed(region: number, error: unknown): NbdRequestError {
+    if (error instanceof NbdRequestError) return error;
+    if (this.closed) return new NbdRequestError('ESHUTDOWN', 'the export is closed');
+    if (error instanceof IntegrityError) {
+      this.stats.integrityErrors++;
+      this.log(`serve: point in time ${this.seq}, ${error.message}; answered EIO (other points in time may still be intact: see cdp-s3 log)`);
+      return new NbdRequestError('EIO', error.message);
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    this.log(`serve: point in time ${this.seq}, reading region ${region} failed: ${message}; answered EIO`);
+    return new NbdRequestError('EIO', message);
+  }
+}
+
+function nonNegative(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new CdpError('INVALID_ARGUMENT', `${name} must be a whole number of bytes, got ${value}`);
+  return value;
+}
+
+/** A point in time as a read-only NBD export. */
+export class PitExport implements NbdExport {
+  readonly readOnly = true;
+  readonly name: string;
+  readonly description: string;
+  readonly size: number;
+  /** The point in time served. */
+  readonly seq: number;
+  /** Its time, ISO 8601 UTC. */
+  readonly time: string;
+  readonly kind: string;
+  /** Newer points at or before the request passed over because they are suspect or damaged. */
+  readonly skipped: Array<{ seq: number; kinds: string[] }>;
+  /** Marks on the served point itself (only with allowSuspect). */
+  readonly untrusted: string[];
+
+  private constructor(
+    private readonly reader: PitReader,
+    name: string,
+    info: { time: string; kind: string; skipped: PitExport['skipped']; untrusted: string[] },
+  ) {
+    this.name = name;
+    this.size = reader.geometry.volumeSize;
+    this.seq = reader.seq;
+    this.time = info.time;
+    this.kind = info.kind;
+    this.skipped = info.skipped;
+    this.untrusted = info.untrusted;
+    this.description = `cdp-s3 point in time ${this.seq} (${this.time}), read-only`;
+  }
+
+  static async open(options: PitExportOptions): Promise<PitExport> {
+    const { repo, pit, chosen } = await loadPoint(options);
+    const info = {
+      time: new Date(chosen.delta.end).toISOString(),
+      kind: chosen.delta.kind,
+      skipped: chosen.skipped,
+      untrusted: chosen.untrusted,
+    };
+    chosen.delta.changed.dispose();
+    return new PitExport(new PitReader(repo, pit, chosen.seq, options), options.name ?? '', info);
+  }
+
+  /** The same point in time under another export name, sharing this one's cache and fetches. */
+  withName(name: string): PitExport {
+    return new PitExport(this.reader, name, this);
+  }
+
+  get stats(): Readonly<PitExportStats> {
+    return this.reader.stats;
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.reader.read(offset, length);
+  }
+
+  write(_offset: number, _bytes: Uint8Array, _fua: boolean): Promise<void> {
+    return Promise.reject(readOnly('write'));
+  }
+
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  trim(_offset: number, _length: number, _fua: boolean): Promise<void> {
+    return Promise.reject(readOnly('trim'));
+  }
+
+  writeZeroes(_offset: number, _length: number, _fua: boolean): Promise<void> {
+    return Promise.reject(readOnly('write zeroes'));
+  }
+
+  /** Stops the fetches and the verifying threads (for every name of this point in time). */
+  close(): Promise<void> {
+    return this.reader.close();
+  }
+}
+
+function readOnly(what: string): NbdRequestError {
+  return new NbdRequestError('EPERM', `${what}: a point in time is served read-only`);
+}
+
+export function openPitExport(options: PitExportOptions): Promise<PitExport> {
+  return PitExport.open(options);
+}
+
+export interface ServeOptions extends Omit<PitExportOptions, 'name' | 'signal'> {
+  /** Where to listen; port 0 picks a free one. */
+  listen: { host: string; port: number };
+  /** Export names, all serving the same point in time. Default [''] (the default export). */
+  names?: string[];
+  /** Bytes of request data the server queues before it stops reading from a client. */
+  maxQueuedBytes?: number;
+  /** Cancels opening; once serving, aborting it stops the server (in-flight reads finish first). */
+  signal?: AbortSignal;
+}
+
+export interface ServeHandle {
+  host: string;
+  port: number;
+  seq: number;
+  time: string;
+  kind: string;
+  names: string[];
+  skipped: PitExport['skipped'];
+  untrusted: string[];
+  /** The backend of every name (for its stats). */
+  pit: PitExport;
+  /** Settles once the server is closed (by the signal or close()). */
+  closed: Promise<void>;
+  /** Stops accepting, answers the requests in flight, closes the connections and the export. */
+  close(): Promise<void>;
+}
+
+/** Serves a point in time read-only over NBD until the signal aborts or close() is called. */
+export async function serve(options: ServeOptions): Promise<ServeHandle> {
+  const names = [...new Set(options.names ?? [''])];
+  if (names.length === 0) throw new CdpError('INVALID_ARGUMENT', 'serve needs at least one export name');
+  const pit = await PitExport.open({ ...options, name: names[0] });
+  let server: NbdServer;
+  let address: { host: string; port: number };
+  try {
+    server = new NbdServer({
+      exports: names.map((name) => (name === pit.name ? pit : pit.withName(name))),
+      ...(options.maxQueuedBytes === undefined ? {} : { maxQueuedBytes: options.maxQueuedBytes }),
+      ...(options.log === undefined ? {} : { log: options.log }),
+    });
+    address = await server.listen(options.listen.host, options.listen.port);
+  } catch (error) {
+    await pit.close();
+    throw error;
+  }
+  let closing: Promise<void> | undefined;
+  let settle = (): void => {};
+  const closed = new Promise<void>((resolve) => (settle = resolve));
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      options.signal?.removeEventListener('abort', onAbort);
+      try {
+        await server.close({ drain: true });
+      } finally {
+        await pit.close();
+        settle();
+      }
+    })());
+  const onAbort = (): void => void close().catch((error: unknown) => options.log?.(`serve: closing failed: ${(error as Error).message}`));
+  if (options.signal?.aborted === true) onAbort();
+  else options.signal?.addEventListener('abort', onAbort, { once: true });
+  return {
+    host: address.host,
+    port: address.port,
+    seq: pit.seq,
+    time: pit.time,
+    kind: pit.kind,
+    names,
+    skipped: pit.skipped,
+    untrusted: pit.untrusted,
+    pit,
+    closed,
+    close,
+  };
+}
