@@ -1,8 +1,11 @@
 // Benchmark entry point: `npm run bench -- <name> [--json] [options]`.
 
 import { renderKernelBench, runKernelBench } from './kernels.js';
+import { renderNbdBench, runNbdBench } from './nbd.js';
+import { renderProtectBench, runProtectBench } from './protect.js';
 import { renderRepoBench, runRepoBench } from './repo.js';
 import { renderScanBench, runScanBench } from './scan.js';
+import { renderServeBench, runServeBench } from './serve.js';
 
 interface Bench {
   run: (argv: string[], log: (line: string) => void) => Promise<unknown>;
@@ -17,8 +20,11 @@ const BENCHES: Record<string, Bench> = {
     render: renderKernelBench,
     rows: (result: ReturnType<typeof runKernelBench>) => result.results,
   },
+  nbd: { run: runNbdBench, render: renderNbdBench, rows: (rows: unknown) => rows },
   repo: { run: runRepoBench, render: renderRepoBench, rows: (rows: unknown) => rows },
   scan: { run: runScanBench, render: renderScanBench, rows: (rows: unknown) => rows },
+  protect: { run: runProtectBench, render: renderProtectBench, rows: (rows: unknown) => rows },
+  serve: { run: runServeBench, render: renderServeBench, rows: (rows: unknown) => rows },
 };
 
 async function main(argv: string[]): Promise<number> {

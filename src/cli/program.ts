@@ -10,7 +10,10 @@ import { EXIT, exitCodeFor } from './exit-codes.js';
 import { registerInit } from './init.js';
 import { registerLog } from './log.js';
 import { registerRestore } from './restore.js';
+import { registerProtect } from './protect.js';
 import { registerScan } from './scan.js';
+import { registerServe } from './serve.js';
+import { registerStatus } from './status.js';
 import { registerVerify } from './verify.js';
 
 export type RunOptions = Partial<CliStreams>;
@@ -36,6 +39,9 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
   registerLog(program);
   registerRestore(program);
   registerScan(program);
+  registerProtect(program);
+  registerStatus(program);
+  registerServe(program);
   registerVerify(program);
   registerDemo(program);
   for (const command of program.commands) {
