@@ -164,3 +164,38 @@ for (const kind of ['fs', 's3'] as const) {
     });
   });
 }
+
+describe('cdp-s3 protect refuses bad input', () => {
+  it('a missing or wrong-size source, a second protect (the lock), a foreign DRL, an address in use, a device without --drl', async () => {
+    const f = await makeRepo('fs');
+    const expectOneLine = (result: { code: number; stderr: string }, code: number, message: RegExp): void => {
+      expect(result.code, result.stderr).toBe(code);
+      const lines = result.stderr.trimEnd().split('\n').filter((l) => !l.startsWith('cdp-s3 protect: '));
+      expect(lines, result.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(message);
+    };
+    expectOneLine(await cli('--repo', f.repoUrl, 'protect', join(f.work, 'nope.img'), '--listen', '127.0.0.1:0'), 4, /nope\.img cannot be opened/);
+    const small = join(f.work, 'small.img');
+    await writeFile(small, Buffer.alloc(REGION));
+    expectOneLine(await cli('--repo', f.repoUrl, 'protect', small, '--listen', '127.0.0.1:0'), 4, /is 65536 bytes but the repository's volume is/);
+    expectOneLine(await cli('--repo', f.repoUrl, 'protect', '/dev/loop0', '--listen', '127.0.0.1:0'), 2, /needs --drl FILE on persistent storage/);
+    const foreign = join(f.work, 'foreign.drl');
+    const { DirtyRegionLog } = await import('../../src/volume/dirty-region-log.js');
+    await (await DirtyRegionLog.create(foreign, { volumeId: 'someone-else', regionCount: SIZE / REGION, regionSize: REGION })).close();
+    expectOneLine(await cli('--repo', f.repoUrl, 'protect', f.source, '--drl', foreign, '--listen', '127.0.0.1:0'), 4, /belongs to volume someone-else/);
+    expectOneLine(await cli('--repo', f.repoUrl, 'protect', f.source, '--interval', 'soon', '--listen', '127.0.0.1:0'), 2, /--interval "soon" is not a duration/);
+
+    const first = await startProtect(f.repoUrl, f.source);
+    try {
+      const port = first.url.split(':').at(-1)!;
+      // Another repository, same address: the address is in use.
+      const other = await makeRepo('fs');
+      expectOneLine(await cli('--repo', other.repoUrl, 'protect', other.source, '--listen', `127.0.0.1:${port}`), 2, /127\.0\.0\.1:\d+ is in use/);
+      // The same repository: a second writer.
+      expectOneLine(await cli('--repo', f.repoUrl, 'protect', f.source, '--listen', '127.0.0.1:0'), 8, /locked by cdp-s3 protect/);
+    } finally {
+      first.child.kill('SIGTERM');
+    }
+    expect(await exited(first.child)).toBe(0);
+  });
+});
