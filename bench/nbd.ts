@@ -15,6 +15,10 @@ import { join } from 'node:path';
 import { parseSize } from '../src/cli/units.js';
 import { FileExport } from '../src/nbd/file-export.js';
 import { NbdServer } from '../src/nbd/server.js';
+import { backup } from '../src/core/backup.js';
+import { init } from '../src/core/init.js';
+import { protect } from '../src/core/protect.js';
+import { openStore } from '../src/store/open.js';
 import { median, table } from './harness.js';
 import { run, seconds } from './workload.js';
 
@@ -124,7 +128,28 @@ export async function runNbdBench(argv: string[], log: (line: string) => void): 
       throw new Error('the export file does not match the image after nbdcopy wrote it');
     });
 
+    // The same, through protect: the write path marks the DRL and records every region.
+    log('the same through protect (a repository on the export file; no shipping during the copies)…');
+    const repo = join(dir, 'repo');
+    const store = openStore(repo);
+    await init({ store, from: target });
+    await backup({ store, source: target });
+    const guarded = await protect({ store, source: target, drl: join(dir, 'export.drl'), listen: { host: '127.0.0.1', port: 0 }, intervalMs: 3_600_000 });
+    const protectTimes = { write: [] as number[], read: [] as number[] };
+    try {
+      await seconds('nbdcopy', readArgs(guarded.port));
+      for (let i = 0; i < runs; i++) {
+        protectTimes.write.push(await seconds('nbdcopy', writeArgs(guarded.port)));
+        protectTimes.read.push(await seconds('nbdcopy', readArgs(guarded.port)));
+        log(`run ${i + 1}/${runs}: protect write ${protectTimes.write[i]!.toFixed(2)}s, read ${protectTimes.read[i]!.toFixed(2)}s`);
+      }
+    } finally {
+      await guarded.stop();
+    }
+
     const mbps = (s: number): number => size / s / 1e6;
+    const pw = median(protectTimes.write);
+    const pr = median(protectTimes.read);
     const m = {
       oursWrite: median(times.oursWrite),
       kitWrite: median(times.kitWrite),
@@ -150,6 +175,8 @@ export async function runNbdBench(argv: string[], log: (line: string) => void): 
         ratio: m.kitRead / m.oursRead,
         target: '>= 0.6x',
       },
+      { measure: 'nbdcopy file -> protect', seconds: pw, MBps: mbps(pw), baseline: 'nbdkit write', ratio: m.kitWrite / pw, target: '>= 0.6x' },
+      { measure: 'nbdcopy protect -> null:', seconds: pr, MBps: mbps(pr), baseline: 'nbdkit read', ratio: m.kitRead / pr, target: '>= 0.6x' },
     ];
   } finally {
     nbdkit?.kill();

@@ -175,6 +175,29 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     return bytes;
   }
 
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    await this.readFully(target, offset);
+  }
+
+  /** A write whose payload arrived in pieces: written with one writev, no copy. */
+  async writev(offset: number, chunks: Uint8Array[], fua: boolean): Promise<void> {
+    const length = chunks.reduce((n, c) => n + c.length, 0);
+    if (length === 0) return;
+    const touched = this.regionsOf(offset, length);
+    try {
+      await this.beforeWrite(touched);
+      let done = 0;
+      while (done < length) {
+        const { bytesWritten } = await this.handle.writev(done === 0 ? chunks : remaining(chunks, done), offset + done);
+        done += bytesWritten;
+      }
+      if (fua) await this.handle.datasync();
+      this.afterWrite(touched);
+    } finally {
+      touched.dispose();
+    }
+  }
+
   async write(offset: number, bytes: Uint8Array, fua: boolean): Promise<void> {
     if (bytes.length === 0) return;
     const touched = this.regionsOf(offset, bytes.length);
@@ -429,6 +452,19 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       done += bytesRead;
     }
   }
+}
+
+/** The chunks past the first `skip` bytes (after a short writev). */
+function remaining(chunks: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const chunk of chunks) {
+    if (skip >= chunk.length) skip -= chunk.length;
+    else {
+      out.push(skip > 0 ? chunk.subarray(skip) : chunk);
+      skip = 0;
+    }
+  }
+  return out;
 }
 
 async function blockDeviceSize(path: string): Promise<number> {
