@@ -61,3 +61,20 @@ export function table(header: string[], rows: string[][]): string {
   const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
+
+/** The value after `name` in argv, or the fallback. */
+export function option(argv: string[], name: string, fallback: string): string {
+  const i = argv.indexOf(name);
+  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback;
+}
+
+/** One row of an end-to-end benchmark: a measurement, its baseline in the same run, the ratio. */
+export interface BenchRow {
+  measure: string;
+  seconds: number;
+  MBps?: number;
+  baseline?: string;
+  ratio?: number;
+  target: string;
+  note?: string;
+}

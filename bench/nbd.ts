@@ -19,7 +19,7 @@ import { backup } from '../src/core/backup.js';
 import { init } from '../src/core/init.js';
 import { protect } from '../src/core/protect.js';
 import { openStore } from '../src/store/open.js';
-import { median, table } from './harness.js';
+import { median, option, table } from './harness.js';
 import { run, seconds } from './workload.js';
 
 export interface NbdBenchRow {
@@ -31,10 +31,6 @@ export interface NbdBenchRow {
   target: string;
 }
 
-function option(argv: string[], name: string, fallback: string): string {
-  const i = argv.indexOf(name);
-  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback;
-}
 
 async function writeRandomImage(path: string, size: number): Promise<void> {
   const file = await open(path, 'w');

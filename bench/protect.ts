@@ -11,7 +11,7 @@ import { parseDuration, parseSize } from '../src/cli/units.js';
 import { protect } from '../src/core/protect.js';
 import { seededRandom } from '../src/demo/sample-image.js';
 import { openStore } from '../src/store/open.js';
-import { median, table } from './harness.js';
+import { median, option, table } from './harness.js';
 import { cdp, writeImage } from './workload.js';
 
 export interface ProtectBenchRow {
@@ -20,10 +20,6 @@ export interface ProtectBenchRow {
   target: string;
 }
 
-function option(argv: string[], name: string, fallback: string): string {
-  const i = argv.indexOf(name);
-  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback;
-}
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;

@@ -14,23 +14,11 @@ import { join } from 'node:path';
 import { parseSize } from '../src/cli/units.js';
 import { s3ServerEnv, startS3Server } from '../src/dev/s3-server.js';
 import { DirtyRegionLog } from '../src/volume/dirty-region-log.js';
-import { table } from './harness.js';
+import { type BenchRow, option, table } from './harness.js';
 import { AWS, REGION, cdp, changeRegions, medianOf, run, seconds, writeImage } from './workload.js';
 
-export interface ScanBenchRow {
-  measure: string;
-  seconds: number;
-  MBps?: number;
-  baseline?: string;
-  ratio?: number;
-  target: string;
-  note?: string;
-}
+export type ScanBenchRow = BenchRow;
 
-function option(argv: string[], name: string, fallback: string): string {
-  const i = argv.indexOf(name);
-  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback;
-}
 
 export async function runScanBench(argv: string[], log: (line: string) => void): Promise<ScanBenchRow[]> {
   const size = parseSize(option(argv, '--size', '2GiB'), '--size');

@@ -22,23 +22,11 @@ import { parsePointSelector } from '../src/core/points.js';
 import { executeRestore, planRestore } from '../src/core/restore.js';
 import { s3ServerEnv, startS3Server } from '../src/dev/s3-server.js';
 import { openStore } from '../src/store/open.js';
-import { table } from './harness.js';
+import { type BenchRow, option, table } from './harness.js';
 import { CLI, cdp, medianOf, run, seconds, writeImage } from './workload.js';
 
-export interface ServeBenchRow {
-  measure: string;
-  seconds: number;
-  MBps?: number;
-  baseline?: string;
-  ratio?: number;
-  target: string;
-  note?: string;
-}
+export type ServeBenchRow = BenchRow;
 
-function option(argv: string[], name: string, fallback: string): string {
-  const i = argv.indexOf(name);
-  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback;
-}
 
 /** Seconds of an in-process restore of the latest PIT (to a file, or to stdout sent to /dev/null). */
 async function timeRestore(repo: string, to: string): Promise<number> {

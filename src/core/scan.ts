@@ -272,6 +272,19 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
 
     const end = clock();
     const suspect = suspectDetails.map((s) => s.seq);
+    // What the scan record stores and the result reports alike.
+    const counts = {
+      presentSeq,
+      scanStartSeq,
+      scanned,
+      discrepancies: compare.count(),
+      writtenDuringScan: scanDelta.count(),
+      revised: revised.count(),
+      writtenDuringCopy,
+      repaired,
+      fixupSeq,
+      suspect,
+    };
     let record: string | undefined;
     if (!dryRun) {
       record = scanRecordKey(end);
@@ -282,37 +295,12 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
         const marks: TrustMark[] = suspectDetails.map((s) => ({ seq: s.seq, kind: 'suspect', reason, regions: s.regions }));
         await putMarks(store, { created: end, record, marks, damaged: [] }, signal);
       }
-      const scanRecord: ScanRecord = {
-        start: scanStart,
-        end,
-        source: options.source,
-        dryRun,
-        drl: drl !== undefined,
-        presentSeq,
-        scanStartSeq,
-        scanned,
-        discrepancies: compare.count(),
-        writtenDuringScan: scanDelta.count(),
-        revised: revised.count(),
-        writtenDuringCopy,
-        repaired,
-        fixupSeq,
-        suspect,
-      };
+      const scanRecord: ScanRecord = { start: scanStart, end, source: options.source, dryRun, drl: drl !== undefined, ...counts };
       await putScanRecord(store, record, scanRecord, signal);
     }
     return {
-      scanned,
-      discrepancies: compare.count(),
-      writtenDuringScan: scanDelta.count(),
-      revised: revised.count(),
-      writtenDuringCopy,
-      repaired,
+      ...counts,
       reuploaded: damaged.count(),
-      presentSeq,
-      scanStartSeq,
-      fixupSeq,
-      suspect,
       suspectDetails,
       reachedChainStart,
       bytesFetched: store.bytesFetched,
