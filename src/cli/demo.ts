@@ -1,7 +1,8 @@
 // `cdp-s3 demo`: the whole product on an embedded default. It makes a sample disk image with
 // random, zero and repeated regions, starts an S3-compatible server on 127.0.0.1 (s3rver, in a
 // child process), and runs the real commands: init, backup, change the disk, backup, log,
-// restore --at the first point in time, then checks the restored image bit for bit.
+// restore --at the first point in time, checks the restored image bit for bit, then changes the
+// disk behind cdp-s3's back and runs an integrity scan that repairs it and marks suspects.
 
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -18,7 +19,7 @@ const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes)
 export function registerDemo(program: Command): void {
   program
     .command('demo')
-    .description('run init, backup, change, backup, log and restore against a local S3 server and a sample disk')
+    .description('run init, backup, change, backup, log, restore and scan against a local S3 server and a sample disk')
     .option('--size <bytes>', 'size of the sample disk', '64MiB')
     .option('--keep', 'keep the working directory (disk images, S3 server data)')
     .action(async (opts: { size: string; keep?: boolean }, command: Command) => {
@@ -38,10 +39,10 @@ export function registerDemo(program: Command): void {
       try {
         const disk = join(dir, 'disk.img');
         const repo = 's3://demo/my-server/disk0';
-        const step = async (args: string[]): Promise<void> => {
+        const step = async (args: string[], expected = 0): Promise<void> => {
           say(`\n$ cdp-s3 ${args.join(' ')}`);
           const code = await run(['--repo', repo, '--no-progress', ...args], { stdout: cli.stdout, stderr: cli.stderr });
-          if (code !== 0) throw new CdpError('INVALID_ARGUMENT', `demo step failed with exit code ${code}: cdp-s3 ${args.join(' ')}`);
+          if (code !== expected) throw new CdpError('INVALID_ARGUMENT', `demo step failed with exit code ${code}: cdp-s3 ${args.join(' ')}`);
         };
         say(`S3-compatible server (s3rver) at ${server.endpoint}, bucket "demo"; working directory ${dir}`);
         const image = makeImage({ size, regionSize: 1024 * 1024, seed: 2026, zero: 0.2, repeated: 0.1 });
@@ -67,6 +68,14 @@ export function registerDemo(program: Command): void {
         say(`restored image       sha256 ${restoredDigest}`);
         say(same ? 'restored image matches the disk as it was at the first backup: bit-exact' : 'MISMATCH: the restored image differs');
         if (!same) throw new CdpError('INTEGRITY', 'demo restore did not match');
+
+        // An integrity scan: a change made behind cdp-s3's back is found, repaired, and the
+        // points in time that cannot be trusted are marked.
+        image.fill(0x5a, 3 * 1024 * 1024, 3 * 1024 * 1024 + 4096);
+        await writeFile(disk, image);
+        say('\n(changed 4 KiB of the disk behind cdp-s3\'s back)');
+        await step(['scan', disk], 10);
+        await step(['log']);
       } finally {
         process.env = savedEnv;
         await server.stop();

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { log } from '../core/log.js';
 import { CliContext } from './context.js';
-import { formatSize } from './units.js';
+import { count, formatSize } from './units.js';
 
 export function registerLog(program: Command): void {
   program
@@ -31,8 +31,8 @@ export function registerLog(program: Command): void {
         for (const t of result.timeline) {
           if (t.type === 'delta') lastSeq = t.seq;
           else {
-            const what = t.discrepancies === 0 ? 'in sync' : `${t.discrepancies} regions differed${t.fixupSeq === undefined ? '' : `, fix-up ${t.fixupSeq}`}`;
-            note(lastSeq, `     scan ${t.time.replace('T', ' ').replace('Z', '')} of ${t.source}: ${t.scanned} regions, ${what}${t.suspect.length > 0 ? `, marked ${t.suspect.length} suspect` : ''}`);
+            const what = t.discrepancies === 0 ? 'in sync' : `${count(t.discrepancies, 'region')} differed${t.fixupSeq === undefined ? '' : `, fix-up ${t.fixupSeq}`}`;
+            note(lastSeq, `     scan ${t.time.replace('T', ' ').replace('Z', '')} of ${t.source}: ${count(t.scanned, 'region')}, ${what}${t.suspect.length > 0 ? `, marked ${t.suspect.length} suspect` : ''}`);
           }
         }
         const line = (cells: string[]): string => cells.map((c, i) => (i === 1 || i === 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');

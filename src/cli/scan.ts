@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { scan } from '../core/scan.js';
 import { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
-import { formatSize } from './units.js';
+import { count, formatSize } from './units.js';
 
 export function registerScan(program: Command): void {
   program
@@ -24,22 +24,22 @@ export function registerScan(program: Command): void {
       });
       if (result.discrepancies > 0) cli.setExitCode(EXIT.discrepancies);
       cli.result(result, () => {
-        const lines = [`scanned ${result.scanned} regions against point in time ${result.scanStartSeq}: ${result.discrepancies} differ`];
+        const lines = [`scanned ${count(result.scanned, 'region')} against point in time ${result.scanStartSeq}: ${result.discrepancies} differ`];
         if (result.presentSeq !== undefined) lines.unshift(`sealed pending host changes as point in time ${result.presentSeq}`);
         if (result.discrepancies === 0) lines.push('in sync');
         else {
           lines.push(`  regions: ${result.discrepantRegions.join(', ')}${result.discrepancies > result.discrepantRegions.length ? ', …' : ''}`);
-          if (result.writtenDuringScan > 0) lines.push(`  ${result.writtenDuringScan} written by the host during the scan (left to the next delta)`);
+          if (result.writtenDuringScan > 0) lines.push(`  ${count(result.writtenDuringScan, 'region')} written by the host during the scan (left to the next delta)`);
           const verb = result.dryRun ? 'would mark' : 'marked';
           if (result.suspect.length > 0) {
             lines.push(`  ${verb} suspect: points in time ${compactSeqs(result.suspect)}${result.reachedChainStart ? ' (all of them: a differing region is in no delta)' : ''}`);
           }
           if (result.dryRun) lines.push('  dry run: nothing copied or marked');
           else if (result.fixupSeq !== undefined) {
-            lines.push(`  repaired ${result.repaired} regions as fix-up point in time ${result.fixupSeq} (${result.writtenDuringCopy} host writes during the copy included)`);
+            lines.push(`  repaired ${count(result.repaired, 'region')} as fix-up point in time ${result.fixupSeq} (${count(result.writtenDuringCopy, 'region')} the host wrote during the copy included)`);
           }
         }
-        if (result.reuploaded > 0) lines.push(`re-uploaded ${result.reuploaded} regions whose stored copy a verify found damaged`);
+        if (result.reuploaded > 0) lines.push(`re-uploaded ${count(result.reuploaded, 'region')} whose stored copy a verify found damaged`);
         lines.push(`fetched ${formatSize(result.bytesFetched)} of metadata from the repository, no region data`);
         return lines.join('\n');
       });

@@ -72,3 +72,8 @@ export function parseListenAddress(text: string, option = '--listen'): { host: s
   }
   return { host: m[1] ?? (m[2] === '' ? '0.0.0.0' : m[2]!), port };
 }
+
+/** "1 region", "3 regions". */
+export function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}

@@ -250,7 +250,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect(report).toMatchObject({ scanned: REGIONS, discrepancies: 1, repaired: 1, fixupSeq: 4, suspect: [3] });
       const text = await cli('--repo', f.repoUrl, 'log');
       expect(text.stdout).toMatch(/SUSPECT \(scans\/\d+-[0-9a-f]+\)/);
-      expect(text.stdout).toMatch(/scan .* 48 regions, 1 regions differed, fix-up 4, marked 1 suspect/);
+      expect(text.stdout).toMatch(/scan .* 48 regions, 1 region differed, fix-up 4, marked 1 suspect/);
     });
   });
 }
