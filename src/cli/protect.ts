@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { protect } from '../core/protect.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
-import { parseDuration, parseListenAddress } from './units.js';
+import { parseDuration, parseListenAddress, parseSize } from './units.js';
 
 export function registerProtect(program: Command): void {
   program
@@ -13,8 +13,10 @@ export function registerProtect(program: Command): void {
     .option('--name <name>', 'also export under this name (the default, empty name always works)')
     .option('--interval <duration>', 'time between points in time', '5s')
     .option('--drl <file>', 'dirty region log (created if missing)', '')
+    .option('--spool-dir <dir>', 'where points in time wait while the store is unreachable (default: the DRL path + .spool)')
+    .option('--spool-size <bytes>', 'most bytes the spool may hold; past it intervals coalesce', '1GiB')
     .option('--scan-every <duration>', 'run an integrity scan on this schedule (e.g. 24h); SIGUSR1 runs one now')
-    .action(async (source: string, opts: { listen: string; name?: string; interval: string; drl: string; scanEvery?: string }, command: Command) => {
+    .action(async (source: string, opts: { listen: string; name?: string; interval: string; drl: string; scanEvery?: string; spoolDir?: string; spoolSize: string }, command: Command) => {
       const cli = CliContext.of(command);
       const log = (line: string): void => void cli.stderr.write(`cdp-s3 protect: ${line}\n`);
       if (opts.drl === '' && source.startsWith('/dev/')) {
@@ -28,6 +30,8 @@ export function registerProtect(program: Command): void {
         names: opts.name === undefined ? [] : [opts.name],
         intervalMs: parseDuration(opts.interval, '--interval'),
         scanEveryMs: opts.scanEvery === undefined ? undefined : parseDuration(opts.scanEvery, '--scan-every'),
+        spoolDir: opts.spoolDir,
+        spoolBytes: parseSize(opts.spoolSize, '--spool-size'),
         forceUnlock: cli.forceUnlock,
         signal: cli.signal,
         log,

@@ -24,7 +24,8 @@ export function registerStatus(program: Command): void {
           const state = !p.running ? 'stopped' : p.stale ? 'NOT REPORTING (died?)' : 'running';
           lines.push(
             `protect ${p.source} on ${p.host} (pid ${p.pid}) ${state}, reported ${p.updated}: lag ${formatDuration(p.lagMs / 1000)}, ` +
-              `${p.unshippedRegions} regions unshipped, DRL ${p.drlRegions} regions, pre-images ${formatSize(p.preimageBytes)}` +
+              `${p.unshippedRegions} regions unshipped, DRL ${p.drlRegions} regions, pre-images ${formatSize(p.preimageBytes)}, ` +
+              `spool ${p.spooledPoints ?? 0} points in time (${formatSize(p.spoolBytes ?? 0)})` +
               (p.lastShipError === undefined ? '' : `, last shipping error: ${p.lastShipError}`),
           );
         }

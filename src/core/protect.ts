@@ -13,8 +13,8 @@
 //  - on start, regions left in the DRL by a crash are shipped with the first seal (claims 5, 6).
 
 import { createHash } from 'node:crypto';
-import { realpath } from 'node:fs/promises';
-import { type FileHandle, open } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, realpath, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { hostname } from 'node:os';
 import { CdpError, NoPointInTimeError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
@@ -45,6 +45,9 @@ export interface ProtectStatus {
   drlRegions: number;
   /** Bytes of pre-images held for sealed, unshipped regions. */
   preimageBytes: number;
+  /** Points in time sealed during a store outage and kept in the local spool, and their bytes. */
+  spooledPoints: number;
+  spoolBytes: number;
   /** Regions written and not yet committed. */
   unshippedRegions: number;
   deltasShipped: number;
@@ -57,6 +60,14 @@ export interface ProtectedVolumeOptions {
   source: string;
   /** The dirty region log file; created if missing. */
   drl: string;
+  /**
+   * While the store is unreachable, each interval's sealed content is kept in a local spool
+   * (this directory, default the DRL's path + ".spool") up to spoolBytes (default 1 GiB), so
+   * every point in time of the outage is shipped when the store is back. A full spool makes
+   * later intervals coalesce into one.
+   */
+  spoolDir?: string;
+  spoolBytes?: number;
   /** Bytes of pre-images kept in memory before writes to unshipped regions wait. Default 256 MiB. */
   preimageBytes?: number;
   /** Export name(s). */
@@ -66,6 +77,17 @@ export interface ProtectedVolumeOptions {
   clock?: () => number;
   log?: (line: string) => void;
   signal?: AbortSignal;
+}
+
+/** One point in time sealed during an outage: its regions' bytes in a local file. */
+interface SpoolSegment {
+  sealTime: number;
+  regions: number[];
+  offsets: number[];
+  lengths: number[];
+  file: string;
+  bytes: number;
+  firstWrite: number | undefined;
 }
 
 interface Sealed {
@@ -93,6 +115,11 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private readonly recorders = new Set<{ map: DeltaMap }>();
   private preimageBytes = 0;
   private shipping: Promise<void> | undefined;
+  /** The last direct shipment failed: seal into the spool until it drains. */
+  private outage = false;
+  private readonly spool: SpoolSegment[] = [];
+  private spoolUsed = 0;
+  private spoolCounter = 0;
   private deltasShipped = 0;
   private lastShipError: string | undefined;
   lastScan: unknown;
@@ -133,6 +160,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         throw new CdpError('VOLUME_MISMATCH', `${options.source} is ${actual} bytes but the repository's volume is ${g.volumeSize} bytes: protect the disk this repository holds`);
       }
       drl = await DirtyRegionLog.openOrCreate(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
+      // A spool left by a crash is dropped: its regions are in the DRL and go out with the first seal.
+      await rm(options.spoolDir ?? `${options.drl}.spool`, { recursive: true, force: true });
       if (options.forceUnlock === true) await forceUnlock(options.store, { signal: options.signal });
       lock = await acquireWriterLock(options.store, { command: 'protect', ttlMs: options.lockTtlMs, signal: options.signal });
       const seqs = await repo.deltaSeqs(options.signal);
@@ -152,7 +181,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   }
 
   status(): ProtectStatus {
-    const oldest = this.sealed?.firstWrite ?? this.openFirstWrite;
+    const oldest = this.spool[0]?.firstWrite ?? this.sealed?.firstWrite ?? this.openFirstWrite;
     return {
       seq: this.pit.seq,
       time: this.pit.time === 0 ? undefined : new Date(this.pit.time).toISOString(),
@@ -160,7 +189,9 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       oldestUnshippedWrite: oldest === undefined ? undefined : new Date(oldest).toISOString(),
       drlRegions: this.drl.count(),
       preimageBytes: this.preimageBytes,
-      unshippedRegions: this.open.count() + (this.sealed === undefined ? 0 : this.sealed.map.count() - this.sealed.shipped.count()),
+      spooledPoints: this.spool.length,
+      spoolBytes: this.spoolUsed,
+      unshippedRegions: this.pending().count(),
       deltasShipped: this.deltasShipped,
       lastShipError: this.lastShipError,
       lastScan: this.lastScan,
@@ -255,6 +286,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   pending(): DeltaMap {
     const pending = this.open.clone();
     if (this.sealed !== undefined) pending.union(this.sealed.map);
+    for (const segment of this.spool) for (const region of segment.regions) pending.set(region);
     return pending;
   }
 
@@ -270,7 +302,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
    */
   async sealAndShip(): Promise<{ seq: number; regions: number } | undefined> {
     while (this.shipping !== undefined) await this.shipping;
-    if (this.open.isEmpty()) return undefined;
+    if (this.open.isEmpty() && this.spool.length === 0) return undefined;
     let result: { seq: number; regions: number } | undefined;
     this.shipping = (async () => {
       result = await this.ship();
@@ -289,6 +321,11 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     while (this.shipping !== undefined) await this.shipping;
     let result: T;
     this.shipping = (async () => {
+      // Spooled points in time must reach the chain first, or fn's deltas would come before them.
+      if (this.spool.length > 0) await this.drainSpool();
+      if (this.spool.length > 0) {
+        throw new CdpError('STORE_RETRYABLE', `the store is still unreachable (${this.lastShipError ?? 'unknown error'}); the scan waits until the spooled points in time are shipped`);
+      }
       try {
         result = await fn(this.lock);
       } finally {
@@ -319,7 +356,14 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   }
 
   private async ship(): Promise<{ seq: number; regions: number } | undefined> {
-    const sealTime = Math.max(this.clock(), this.pit.time + 1);
+    if (!this.outage) return this.shipDirect();
+    // During an outage: keep this interval locally, then ship whatever the store takes.
+    await this.spoolSeal();
+    return this.drainSpool();
+  }
+
+  /** Swaps in a fresh open map: the sealed regions, to be read as of this instant. */
+  private seal(): Sealed {
     const sealed: Sealed = {
       map: this.open,
       shipped: new DeltaMap(this.geometry.regionCount),
@@ -331,6 +375,113 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     this.open = new DeltaMap(this.geometry.regionCount);
     this.openFirstWrite = undefined;
     this.sealed = sealed;
+    return sealed;
+  }
+
+  private releaseSealed(sealed: Sealed): void {
+    this.sealed = undefined;
+    this.preimageBytes -= [...sealed.preimages.values()].reduce((n, b) => n + b.length, 0);
+    for (const list of sealed.waiters.values()) for (const wake of list) wake();
+    sealed.map.dispose();
+    sealed.shipped.dispose();
+  }
+
+  /** Seals into the local spool (if it has room; else the open map keeps growing). */
+  private async spoolSeal(): Promise<void> {
+    if (this.open.isEmpty()) return;
+    const limit = this.options.spoolBytes ?? 1024 * 1024 * 1024;
+    if (this.spoolUsed + this.open.count() * this.geometry.regionSize > limit) return; // full: coalesce
+    const sealTime = Math.max(this.clock(), this.spool.at(-1)?.sealTime ?? 0, this.pit.time) + 1;
+    const sealed = this.seal();
+    const dir = this.options.spoolDir ?? `${this.options.drl}.spool`;
+    const file = join(dir, `${String(++this.spoolCounter).padStart(8, '0')}.bin`);
+    const segment: SpoolSegment = { sealTime, regions: [], offsets: [], lengths: [], file, bytes: 0, firstWrite: sealed.firstWrite };
+    try {
+      await mkdir(dir, { recursive: true });
+      const out = await open(file, 'w');
+      try {
+        for (const region of sealed.map.regions()) {
+          const bytes = await this.readSealed(region);
+          segment.regions.push(region);
+          segment.offsets.push(segment.bytes);
+          segment.lengths.push(bytes.length);
+          await out.write(bytes, 0, bytes.length, segment.bytes);
+          segment.bytes += bytes.length;
+        }
+        await out.datasync();
+      } finally {
+        await out.close();
+      }
+      this.spool.push(segment);
+      this.spoolUsed += segment.bytes;
+      this.options.log?.(`store unreachable: kept the point in time of ${new Date(sealTime).toISOString()} (${segment.regions.length} regions) in the local spool`);
+    } catch (error) {
+      // The local disk failed too: fall back to coalescing (the DRL and the primary still hold it all).
+      this.open.union(sealed.map);
+      if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
+      await rm(file, { force: true });
+      this.options.log?.(`spooling failed, coalescing instead: ${(error as Error).message}`);
+    } finally {
+      this.releaseSealed(sealed);
+    }
+  }
+
+  /** Ships spooled points in time in order; stops at the first failure. Returns the last shipped. */
+  private async drainSpool(): Promise<{ seq: number; regions: number } | undefined> {
+    let last: { seq: number; regions: number } | undefined;
+    const k = kernels();
+    while (this.spool.length > 0) {
+      const segment = this.spool[0]!;
+      const working = this.pit.clone();
+      const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1);
+      try {
+        const input = await open(segment.file, 'r');
+        try {
+          for (let i = 0; i < segment.regions.length; i++) {
+            const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
+            await input.read(bytes, 0, bytes.length, segment.offsets[i]!);
+            if (k.isZero(bytes)) await writer.apply(segment.regions[i]!, { status: 'zero' });
+            else await writer.apply(segment.regions[i]!, { status: 'changed', digest: createHash('sha256').update(bytes).digest(), bytes });
+          }
+        } finally {
+          await input.close();
+        }
+        await writer.finish();
+        const delta = writer.delta('host', Math.min(this.pit.time, segment.sealTime), Math.max(segment.sealTime, this.pit.time + 1));
+        delta.source = { host: hostname(), path: this.sourcePath };
+        working.seq = delta.seq;
+        working.time = delta.end;
+        this.lock.check();
+        await this.repo.commitDelta(delta, working);
+        this.pit = working;
+        this.deltasShipped++;
+        this.lastShipError = undefined;
+        this.spool.shift();
+        this.spoolUsed -= segment.bytes;
+        await rm(segment.file, { force: true });
+        // Clear DRL bits no later spooled point, sealed map or open map still needs.
+        const clear = new DeltaMap(this.geometry.regionCount);
+        for (const region of segment.regions) clear.set(region);
+        clear.subtract(this.pending());
+        this.drlMarked.subtract(clear);
+        await this.drl.clear(clear);
+        clear.dispose();
+        this.options.log?.(`point in time ${delta.seq} (${new Date(delta.end).toISOString()}) shipped from the spool: ${segment.regions.length} regions`);
+        last = { seq: delta.seq, regions: segment.regions.length };
+      } catch (error) {
+        this.lastShipError = (error as Error).message;
+        return last;
+      } finally {
+        writer.changed.dispose();
+      }
+    }
+    this.outage = false;
+    return last;
+  }
+
+  private async shipDirect(): Promise<{ seq: number; regions: number } | undefined> {
+    const sealTime = Math.max(this.clock(), this.pit.time + 1);
+    const sealed = this.seal();
     const start = this.pit.time;
     const working = this.pit.clone();
     // No abort signal here: the signal means "stop", and stopping ships a last delta.
@@ -365,15 +516,12 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.open.union(sealed.map);
       if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       this.lastShipError = (error as Error).message;
-      this.options.log?.(`shipping failed, will retry with the next seal: ${this.lastShipError}`);
+      this.outage = true;
+      this.options.log?.(`shipping failed, the next points in time go to the local spool until the store is back: ${this.lastShipError}`);
       return undefined;
     } finally {
       writer.changed.dispose();
-      this.sealed = undefined;
-      this.preimageBytes -= [...sealed.preimages.values()].reduce((n, b) => n + b.length, 0);
-      for (const list of sealed.waiters.values()) for (const wake of list) wake();
-      sealed.map.dispose();
-      sealed.shipped.dispose();
+      this.releaseSealed(sealed);
     }
   }
 

@@ -118,6 +118,34 @@ for (const kind of ['fs', 's3'] as const) {
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
     });
 
+    it('during an outage each interval is kept in the local spool, and every point in time ships when the store is back', async () => {
+      const f = await makeFixture(kind);
+      let down = true;
+      const flaky = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      const volume = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl });
+      await volume.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
+      expect(await volume.sealAndShip()).toBeUndefined(); // fails: the outage begins
+      await volume.write(2 * REGION, Buffer.alloc(REGION, 0xb2), false);
+      expect(await volume.sealAndShip()).toBeUndefined(); // spooled: regions 1 and 2
+      const first = await readFile(f.source);
+      await volume.write(1 * REGION, Buffer.alloc(REGION, 0xc3), false);
+      expect(await volume.sealAndShip()).toBeUndefined(); // spooled: region 1 again
+      const second = await readFile(f.source);
+      expect(volume.status()).toMatchObject({ spooledPoints: 2, spoolBytes: 3 * REGION, unshippedRegions: 2 });
+      down = false;
+      await volume.write(3 * REGION, Buffer.alloc(10, 0xd4), false);
+      expect(await volume.sealAndShip()).toEqual({ seq: 4, regions: 1 }); // spool drained first (2, 3), then this one
+      expect(volume.status()).toMatchObject({ spooledPoints: 0, spoolBytes: 0, drlRegions: 0, unshippedRegions: 0 });
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(first));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(second));
+      expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
+    });
+
     it('after a crash, the regions left in the DRL are shipped with the first seal', async () => {
       const f = await makeFixture(kind);
       const first = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
