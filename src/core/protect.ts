@@ -114,6 +114,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private drlPending: Promise<void> = Promise.resolve();
   private readonly recorders = new Set<{ map: DeltaMap }>();
   private preimageBytes = 0;
+  /** Regions with writes in progress (between beforeWrite and afterWrite), with their count. */
+  private readonly writing = new Map<number, number>();
   private shipping: Promise<void> | undefined;
   /** The last direct shipment failed: seal into the spool until it drains. */
   private outage = false;
@@ -191,11 +193,37 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       preimageBytes: this.preimageBytes,
       spooledPoints: this.spool.length,
       spoolBytes: this.spoolUsed,
-      unshippedRegions: this.pending().count(),
+      unshippedRegions: this.unshippedCount(),
       deltasShipped: this.deltasShipped,
       lastShipError: this.lastShipError,
       lastScan: this.lastScan,
     };
+  }
+
+  private unshippedCount(): number {
+    const pending = this.pending();
+    const n = pending.count();
+    pending.dispose();
+    return n;
+  }
+
+  /** Regions that writes are changing right now (not yet in the open map). */
+  private inFlight(): DeltaMap {
+    const map = new DeltaMap(this.geometry.regionCount);
+    for (const region of this.writing.keys()) map.set(region);
+    return map;
+  }
+
+  /** DRL bits that can go: `candidates` less what is unshipped or being written. */
+  private async clearDrl(candidates: DeltaMap): Promise<void> {
+    const pending = this.pending();
+    const writing = this.inFlight();
+    candidates.subtract(pending).subtract(writing);
+    pending.dispose();
+    writing.dispose();
+    this.drlMarked.subtract(candidates);
+    await this.drl.clear(candidates);
+    candidates.dispose();
   }
 
   // ---- NbdExport -------------------------------------------------------------------------
@@ -215,6 +243,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     const length = chunks.reduce((n, c) => n + c.length, 0);
     if (length === 0) return;
     const touched = this.regionsOf(offset, length);
+    this.beginWrite(touched);
     try {
       await this.beforeWrite(touched);
       let done = 0;
@@ -225,6 +254,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (fua) await this.handle.datasync();
       this.afterWrite(touched);
     } finally {
+      this.endWrite(touched);
       touched.dispose();
     }
   }
@@ -232,6 +262,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   async write(offset: number, bytes: Uint8Array, fua: boolean): Promise<void> {
     if (bytes.length === 0) return;
     const touched = this.regionsOf(offset, bytes.length);
+    this.beginWrite(touched);
     try {
       await this.beforeWrite(touched);
       for (let done = 0; done < bytes.length; ) {
@@ -240,6 +271,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (fua) await this.handle.datasync();
       this.afterWrite(touched);
     } finally {
+      this.endWrite(touched);
       touched.dispose();
     }
   }
@@ -256,6 +288,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (length === 0) return;
     const touched = this.regionsOf(offset, length);
+    this.beginWrite(touched);
     try {
       await this.beforeWrite(touched);
       for (let at = offset; at < offset + length; ) {
@@ -265,6 +298,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (fua) await this.handle.datasync();
       this.afterWrite(touched);
     } finally {
+      this.endWrite(touched);
       touched.dispose();
     }
   }
@@ -301,7 +335,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
    * (or failed: then its regions are shipped with the next seal). One shipment at a time.
    */
   async sealAndShip(): Promise<{ seq: number; regions: number } | undefined> {
-    while (this.shipping !== undefined) await this.shipping;
+    while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
     if (this.open.isEmpty() && this.spool.length === 0) return undefined;
     let result: { seq: number; regions: number } | undefined;
     this.shipping = (async () => {
@@ -318,7 +352,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
    * up the chain as fn left it.
    */
   async exclusive<T>(fn: (lock: WriterLock) => Promise<T>): Promise<T> {
-    while (this.shipping !== undefined) await this.shipping;
+    while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
     let result: T;
     this.shipping = (async () => {
       // Spooled points in time must reach the chain first, or fn's deltas would come before them.
@@ -332,10 +366,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         const seqs = await this.repo.deltaSeqs();
         this.pit = await this.repo.loadPit(seqs.at(-1) ?? 0);
         // Regions the scan committed and nobody wrote since are no longer dirty.
-        const clear = this.drl.dirty().subtract(this.open);
-        this.drlMarked.subtract(clear);
-        await this.drl.clear(clear);
-        clear.dispose();
+        await this.clearDrl(this.drl.dirty());
       }
     })().finally(() => {
       this.shipping = undefined;
@@ -462,10 +493,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         // Clear DRL bits no later spooled point, sealed map or open map still needs.
         const clear = new DeltaMap(this.geometry.regionCount);
         for (const region of segment.regions) clear.set(region);
-        clear.subtract(this.pending());
-        this.drlMarked.subtract(clear);
-        await this.drl.clear(clear);
-        clear.dispose();
+        await this.clearDrl(clear);
         this.options.log?.(`point in time ${delta.seq} (${new Date(delta.end).toISOString()}) shipped from the spool: ${segment.regions.length} regions`);
         last = { seq: delta.seq, regions: segment.regions.length };
       } catch (error) {
@@ -505,10 +533,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.deltasShipped++;
       this.lastShipError = undefined;
       // Clear the DRL bits of what is committed, except regions written again since the seal.
-      const clear = sealed.map.clone().subtract(this.open);
-      this.drlMarked.subtract(clear);
-      await this.drl.clear(clear);
-      clear.dispose();
+      this.sealed = undefined; // shipped: no longer pending
+      await this.clearDrl(sealed.map.clone());
       this.options.log?.(`point in time ${delta.seq} (${new Date(sealTime).toISOString()}): ${sealed.map.count()} regions, ${writer.bytesStored} bytes stored`);
       return { seq: delta.seq, regions: sealed.map.count() };
     } catch (error) {
@@ -528,7 +554,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** The region's content at the seal instant: its pre-image if one was saved, else the primary. */
   private async readSealed(region: number): Promise<Uint8Array> {
     const sealed = this.sealed!;
-    await sealed.busy.get(region);
+    for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
     const saved = sealed.preimages.get(region);
     let bytes: Uint8Array;
     if (saved !== undefined) bytes = saved;
@@ -540,7 +566,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       })();
       sealed.busy.set(region, task);
       await task;
-      sealed.busy.delete(region);
+      if (sealed.busy.get(region) === task) sealed.busy.delete(region);
     }
     sealed.shipped.set(region);
     for (const wake of sealed.waiters.get(region) ?? []) wake();
@@ -548,20 +574,42 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     return bytes!;
   }
 
+  private beginWrite(touched: DeltaMap): void {
+    for (const region of touched.regions()) this.writing.set(region, (this.writing.get(region) ?? 0) + 1);
+  }
+
+  private endWrite(touched: DeltaMap): void {
+    for (const region of touched.regions()) {
+      const n = (this.writing.get(region) ?? 1) - 1;
+      if (n === 0) this.writing.delete(region);
+      else this.writing.set(region, n);
+    }
+  }
+
   /** Marks the DRL durably for new regions and saves pre-images of sealed, unshipped ones. */
   private async beforeWrite(touched: DeltaMap): Promise<void> {
     const fresh = touched.clone().subtract(this.drlMarked);
     if (!fresh.isEmpty()) {
       this.drlMarked.union(fresh);
-      this.drlPending = this.drl.mark(fresh);
-    }
-    fresh.dispose();
+      const mark: Promise<void> = this.drl.mark(fresh).then(
+        () => fresh.dispose(),
+        (error: unknown) => {
+          // Not marked after all: later writes to these regions must try again, and must not
+          // inherit this failure; the writes waiting on it now fail with it.
+          this.drlMarked.subtract(fresh);
+          fresh.dispose();
+          if (this.drlPending === mark) this.drlPending = Promise.resolve();
+          throw error;
+        },
+      );
+      this.drlPending = mark;
+    } else fresh.dispose();
     await this.drlPending;
     const sealed = this.sealed;
     if (sealed === undefined) return;
     for (const region of touched.regions()) {
       if (!sealed.map.has(region) || sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
-      await sealed.busy.get(region);
+      for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
       if (sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
       const length = regionLength(this.geometry, region);
       if (this.preimageBytes + length > (this.options.preimageBytes ?? 256 * 1024 * 1024)) {
@@ -577,7 +625,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       })();
       sealed.busy.set(region, task);
       await task;
-      sealed.busy.delete(region);
+      if (sealed.busy.get(region) === task) sealed.busy.delete(region);
     }
   }
 
@@ -677,7 +725,7 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
     await options.store.put(statusKey, sealEnvelope(PROTECT_STATUS_KIND, { json: JSON.stringify(body) })).catch(() => undefined);
   };
   const ticker = setInterval(() => {
-    if (!stopped) void volume.sealAndShip().then(() => publish(true));
+    if (!stopped) void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
   }, intervalMs);
   await publish(true);
   const scanNow = async (): Promise<ScanResult> => {

@@ -146,6 +146,19 @@ for (const kind of ['fs', 's3'] as const) {
       expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
     });
 
+    it('a failed scan does not break shipping (or crash the process)', async () => {
+      const f = await makeFixture(kind);
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      await volume.write(2 * REGION, Buffer.alloc(10, 2), false);
+      const failing = volume.exclusive(async () => {
+        throw new Error('injected scan failure');
+      });
+      const shipping = volume.sealAndShip(); // queued behind the failing scan
+      await expect(failing).rejects.toThrow(/injected scan failure/);
+      expect(await shipping).toEqual({ seq: 2, regions: 1 });
+      await volume.close();
+    });
+
     it('after a crash, the regions left in the DRL are shipped with the first seal', async () => {
       const f = await makeFixture(kind);
       const first = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
