@@ -68,6 +68,8 @@ export interface ProtectedVolumeOptions {
    */
   spoolDir?: string;
   spoolBytes?: number;
+  /** A shipment that takes longer fails (and the outage path takes over). Default 10 minutes. */
+  shipTimeoutMs?: number;
   /** Bytes of pre-images kept in memory before writes to unshipped regions wait. Default 256 MiB. */
   preimageBytes?: number;
   /** Export name(s). */
@@ -119,6 +121,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private shipping: Promise<void> | undefined;
   /** The last direct shipment failed: seal into the spool until it drains. */
   private outage = false;
+  /** A shipment failed part-way: re-read the chain's end before the next one. */
+  private resync = false;
   private readonly spool: SpoolSegment[] = [];
   private spoolUsed = 0;
   private spoolCounter = 0;
@@ -198,6 +202,10 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       lastShipError: this.lastShipError,
       lastScan: this.lastScan,
     };
+  }
+
+  private get shipTimeoutMs(): number {
+    return this.options.shipTimeoutMs ?? 10 * 60_000;
   }
 
   private unshippedCount(): number {
@@ -355,9 +363,11 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
     let result: T;
     this.shipping = (async () => {
-      // Spooled points in time must reach the chain first, or fn's deltas would come before them.
+      // Pending writes go out first through the pre-image path, so they form one instant, and
+      // spooled points in time must reach the chain before fn's deltas.
+      if (!this.open.isEmpty()) await this.ship();
       if (this.spool.length > 0) await this.drainSpool();
-      if (this.spool.length > 0) {
+      if (this.spool.length > 0 || this.outage) {
         throw new CdpError('STORE_RETRYABLE', `the store is still unreachable (${this.lastShipError ?? 'unknown error'}); the scan waits until the spooled points in time are shipped`);
       }
       try {
@@ -387,6 +397,17 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   }
 
   private async ship(): Promise<{ seq: number; regions: number } | undefined> {
+    if (this.resync) {
+      // A shipment timed out: its delta may have landed after all. Pick up the chain as it is.
+      try {
+        const seqs = await this.repo.deltaSeqs(AbortSignal.timeout(this.shipTimeoutMs));
+        if ((seqs.at(-1) ?? 0) !== this.pit.seq) this.pit = await this.repo.loadPit(seqs.at(-1) ?? 0);
+        this.resync = false;
+      } catch (error) {
+        this.lastShipError = (error as Error).message;
+        this.outage = true;
+      }
+    }
     if (!this.outage) return this.shipDirect();
     // During an outage: keep this interval locally, then ship whatever the store takes.
     await this.spoolSeal();
@@ -464,7 +485,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     while (this.spool.length > 0) {
       const segment = this.spool[0]!;
       const working = this.pit.clone();
-      const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1);
+      const signal = AbortSignal.timeout(this.shipTimeoutMs);
+      const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { signal });
       try {
         const input = await open(segment.file, 'r');
         try {
@@ -483,7 +505,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         working.seq = delta.seq;
         working.time = delta.end;
         this.lock.check();
-        await this.repo.commitDelta(delta, working);
+        await this.repo.commitDelta(delta, working, signal);
         this.pit = working;
         this.deltasShipped++;
         this.lastShipError = undefined;
@@ -498,6 +520,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         last = { seq: delta.seq, regions: segment.regions.length };
       } catch (error) {
         this.lastShipError = (error as Error).message;
+        this.resync = true;
         return last;
       } finally {
         writer.changed.dispose();
@@ -514,7 +537,9 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     const working = this.pit.clone();
     // No abort signal here: the signal means "stop", and stopping ships a last delta.
     const trust = await readTrust(this.options.store).catch(() => ({ damaged: new Set<string>() }));
-    const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { damaged: trust.damaged });
+    // A store that hangs must not stall protection: a shipment that takes too long fails.
+    const signal = AbortSignal.timeout(this.shipTimeoutMs);
+    const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { damaged: trust.damaged, signal });
     const k = kernels();
     try {
       for (const region of sealed.map.regions()) {
@@ -528,7 +553,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       working.seq = delta.seq;
       working.time = sealTime;
       this.lock.check();
-      await this.repo.commitDelta(delta, working);
+      await this.repo.commitDelta(delta, working, signal);
       this.pit = working;
       this.deltasShipped++;
       this.lastShipError = undefined;
@@ -543,6 +568,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       this.lastShipError = (error as Error).message;
       this.outage = true;
+      this.resync = true;
       this.options.log?.(`shipping failed, the next points in time go to the local spool until the store is back: ${this.lastShipError}`);
       return undefined;
     } finally {

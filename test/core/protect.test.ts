@@ -146,6 +146,30 @@ for (const kind of ['fs', 's3'] as const) {
       expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
     });
 
+    it('a store that hangs: the shipment times out, and the next one goes on from the chain as it is', async () => {
+      const f = await makeFixture(kind);
+      let hang = true;
+      const hanging = new FaultStore(f.store, {
+        // Never answers, until the caller gives up (as an S3 client does on its abort signal).
+        beforePut: async (key, _body, options) => {
+          if (!hang || key.startsWith('locks/') || key.startsWith('status/')) return;
+          await new Promise<void>((_resolve, reject) => {
+            const signal = options?.signal;
+            if (signal === undefined) return;
+            signal.addEventListener('abort', () => reject(new Error(`${key}: aborted (timeout)`)), { once: true });
+          });
+        },
+      });
+      const volume = await ProtectedVolume.open({ store: hanging, source: f.source, drl: f.drl, shipTimeoutMs: 300 });
+      await volume.write(2 * REGION, Buffer.alloc(10, 2), false);
+      expect(await volume.sealAndShip()).toBeUndefined(); // timed out
+      expect(volume.status().lastShipError).toMatch(/abort|cancel|timeout/i);
+      hang = false;
+      expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: 1 });
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
     it('a failed scan does not break shipping (or crash the process)', async () => {
       const f = await makeFixture(kind);
       const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
@@ -155,7 +179,10 @@ for (const kind of ['fs', 's3'] as const) {
       });
       const shipping = volume.sealAndShip(); // queued behind the failing scan
       await expect(failing).rejects.toThrow(/injected scan failure/);
-      expect(await shipping).toEqual({ seq: 2, regions: 1 });
+      await shipping; // settles (the scan had shipped the pending write first)
+      expect(volume.status().seq).toBe(2);
+      await volume.write(3 * REGION, Buffer.alloc(10, 3), false);
+      expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: 1 });
       await volume.close();
     });
 
@@ -181,13 +208,14 @@ for (const kind of ['fs', 's3'] as const) {
     it('an integrity scan inside protect uses live host-change tracking and keeps shipping afterwards', async () => {
       const f = await makeFixture(kind);
       const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
-      await volume.write(4 * REGION, Buffer.alloc(10, 4), false); // pending: sealed by the scan (claim 3)
+      await volume.write(4 * REGION, Buffer.alloc(10, 4), false); // pending: shipped before the scan, at one instant (claim 3)
       const { open } = await import('node:fs/promises');
       const file = await open(f.source, 'r+');
       await file.write(Buffer.alloc(10, 0xee), 0, 10, 12 * REGION); // behind cdp-s3's back
       await file.close();
       const result = await volume.exclusive((lock) => scan({ store: f.store, source: f.source, changes: volume, heldLock: lock, workers: 2 }));
-      expect(result.presentSeq).toBe(2);
+      expect(result.presentSeq).toBeUndefined(); // protect sealed it itself, with pre-images
+      expect(result.scanStartSeq).toBe(2);
       expect(result.discrepantRegions).toEqual([12]);
       expect(result.fixupSeq).toBe(3);
       expect(volume.status()).toMatchObject({ seq: 3, drlRegions: 0, unshippedRegions: 0 });
