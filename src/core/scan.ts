@@ -81,25 +81,15 @@ export interface SuspectReport {
   regions: number[];
 }
 
-export interface ScanResult {
-  scanned: number;
-  discrepancies: number;
-  writtenDuringScan: number;
-  revised: number;
-  writtenDuringCopy: number;
-  repaired: number;
+/** The counts a scan record stores (documented there), plus what only the caller needs. */
+export interface ScanResult extends Omit<ScanRecord, 'start' | 'end' | 'source' | 'drl'> {
   /** Regions re-uploaded because a verify found their stored bytes damaged. */
   reuploaded: number;
-  presentSeq: number | undefined;
-  scanStartSeq: number;
-  fixupSeq: number | undefined;
-  suspect: number[];
   suspectDetails: SuspectReport[];
   /** Every delta back to the first was marked: a discrepant region is in no delta. */
   reachedChainStart: boolean;
   /** Bytes the scan downloaded (config, deltas, checkpoints, marks): no region data. */
   bytesFetched: number;
-  dryRun: boolean;
   /** The scan record written (undefined on a dry run). */
   record: string | undefined;
   /** Discrepant regions, in order (at most MAX_REGIONS_LISTED). */
