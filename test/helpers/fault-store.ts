@@ -1,7 +1,8 @@
 // A fault injector: an ObjectStore that delegates every call to a real store (FsStore, S3Store,
 // or the stack openStore builds) and lets a test fail or abort at a chosen moment.
 
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../src/store/types.js';
+import { DelegatingStore } from '../../src/store/delegating.js';
+import type { GetOptions, ObjectStore, PutOptions } from '../../src/store/types.js';
 
 export interface FaultHooks {
   /** Runs before a put is delegated; throw to make the put fail without reaching the store. */
@@ -12,19 +13,18 @@ export interface FaultHooks {
   afterGet?: (key: string, options: GetOptions | undefined, bytes: Uint8Array) => void | Promise<void>;
 }
 
-export class FaultStore implements ObjectStore {
-  readonly location: string;
+export class FaultStore extends DelegatingStore {
   readonly puts: string[] = [];
   readonly gets: Array<{ key: string; ranged: boolean }> = [];
 
   constructor(
-    private readonly inner: ObjectStore,
+    inner: ObjectStore,
     private readonly hooks: FaultHooks = {},
   ) {
-    this.location = inner.location;
+    super(inner);
   }
 
-  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+  override async get(key: string, options?: GetOptions): Promise<Uint8Array> {
     this.gets.push({ key, ranged: options?.range !== undefined });
     await this.hooks.beforeGet?.(key, options);
     const bytes = await this.inner.get(key, options);
@@ -32,25 +32,9 @@ export class FaultStore implements ObjectStore {
     return bytes;
   }
 
-  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+  override async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     this.puts.push(key);
     await this.hooks.beforePut?.(key, body, options);
     return this.inner.put(key, body, options);
-  }
-
-  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
-    return this.inner.head(key, options);
-  }
-
-  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix, options);
-  }
-
-  delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.delete(key, options);
-  }
-
-  sync(options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.sync(options);
   }
 }

@@ -1,0 +1,36 @@
+// A store that forwards every call to another: the base of wrappers that change only a few
+// operations (counting, fault injection in tests).
+
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+
+export class DelegatingStore implements ObjectStore {
+  readonly location: string;
+
+  constructor(protected readonly inner: ObjectStore) {
+    this.location = inner.location;
+  }
+
+  get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    return this.inner.get(key, options);
+  }
+
+  put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    return this.inner.put(key, body, options);
+  }
+
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    return this.inner.head(key, options);
+  }
+
+  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+    return this.inner.list(prefix, options);
+  }
+
+  delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.delete(key, options);
+  }
+
+  sync(options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.sync(options);
+  }
+}
