@@ -2,9 +2,17 @@
 // A message is taken out only once all of it is here: as a view of one chunk when it lies inside
 // that chunk (most headers, small writes), otherwise copied once into a buffer of its own size.
 // Nothing is concatenated per chunk, so parsing costs one copy of each spanning message at most.
+//
+// A chunk may have an owner (the receive slab it is a view of, receive-slabs.ts): the queue holds
+// one reference per chunk and lets go once the chunk is consumed. So a view from take() is only
+// good until the current read callback returns; a caller that keeps payload bytes longer takes
+// them with takeViews(n, holds), which references their owners for it.
+
+import type { ChunkOwner } from './receive-slabs.js';
 
 export class ByteQueue {
   #chunks: Buffer[] = [];
+  #owners: (ChunkOwner | undefined)[] = [];
   /** Offset of the first unread byte in #chunks[0]. */
   #head = 0;
   #length = 0;
@@ -14,9 +22,14 @@ export class ByteQueue {
     return this.#length;
   }
 
-  push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
+  /** Appends a chunk; with an owner, the queue takes over one reference to it (even if empty). */
+  push(chunk: Buffer, owner?: ChunkOwner): void {
+    if (chunk.length === 0) {
+      owner?.unref();
+      return;
+    }
     this.#chunks.push(chunk);
+    this.#owners.push(owner);
     this.#length += chunk.length;
   }
 
@@ -43,16 +56,24 @@ export class ByteQueue {
     return out;
   }
 
-  /** Removes the next `n` bytes as views of the chunks they lie in (no copy). */
-  takeViews(n: number): Buffer[] {
+  /**
+   * Removes the next `n` bytes as views of the chunks they lie in (no copy). With `holds`, each
+   * view's owner is referenced and appended there; the caller unrefs them when done with the views.
+   */
+  takeViews(n: number, holds?: ChunkOwner[]): Buffer[] {
     if (n > this.#length) throw new RangeError(`cannot take ${n} bytes from a queue of ${this.#length}`);
     const views: Buffer[] = [];
     let taken = 0;
     while (taken < n) {
       const chunk = this.#chunks[0]!;
+      const owner = this.#owners[0];
       const available = chunk.length - this.#head;
       const here = Math.min(available, n - taken);
       views.push(chunk.subarray(this.#head, this.#head + here));
+      if (holds !== undefined && owner !== undefined) {
+        owner.ref();
+        holds.push(owner);
+      }
       taken += here;
       this.#consume(here, available);
     }
@@ -71,16 +92,21 @@ export class ByteQueue {
     return skipped;
   }
 
+  /** Drops everything queued (and the references to its owners). */
   clear(): void {
+    const owners = this.#owners;
     this.#chunks = [];
+    this.#owners = [];
     this.#head = 0;
     this.#length = 0;
+    for (const owner of owners) owner?.unref();
   }
 
   #consume(n: number, availableInFirst: number): void {
     this.#length -= n;
     if (n === availableInFirst) {
       this.#chunks.shift();
+      this.#owners.shift()?.unref();
       this.#head = 0;
     } else {
       this.#head += n;

@@ -1,7 +1,9 @@
 // The NBD server: speaks the fixed newstyle handshake and the transmission phase with simple
 // replies over TCP, and hands every request to an NbdExport backend (types.ts).
 //
-// Per connection, the bytes received sit in a ByteQueue and are parsed as whole messages. Requests
+// Per connection, the socket reads into recycled receive slabs (receive-slabs.ts: no allocation per
+// read, up to a slab per read), and the bytes received sit in a ByteQueue and are parsed as whole
+// messages. Requests
 // run concurrently and are answered in whatever order the backend finishes them (the protocol
 // allows it; clients match replies by their 8-byte handle). A reply's header and data are written
 // together, in one corked writev. Backends that implement the optional readInto() read into
@@ -13,7 +15,8 @@
 // plus the unparsed bytes exceed maxQueuedBytes, no new request is started and the socket is
 // paused (TCP then pushes back on the client); likewise while the client leaves more than
 // maxQueuedBytes of replies unread. A message already being received is always received whole,
-// so the bound is about maxQueuedBytes + 2 × maxRequestBytes plus one socket chunk.
+// so the bound is about maxQueuedBytes + 2 × maxRequestBytes plus two receive slabs (a read fills
+// up to a slab; a small payload still pins its whole slab, so held slabs count when they are more).
 //
 // Requests the server refuses are answered without reaching the backend, and a refused WRITE's
 // payload is skipped as it arrives (never buffered), so the connection stays usable: out of range
@@ -28,6 +31,7 @@ import { InvalidArgumentError, UsageError } from '../errors.js';
 import { BufferPool } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import * as P from './protocol.js';
+import { adoptSocket, readWithDataEvents, MIN_READ_BYTES, SLAB_BYTES, SlabPool, SlabReader, type ChunkOwner } from './receive-slabs.js';
 import { NbdRequestError, type NbdExport } from './types.js';
 
 const MiB = 1024 * 1024;
@@ -54,6 +58,11 @@ export interface NbdServerOptions {
   maxQueuedBytes?: number;
   /** Largest READ or WRITE accepted, advertised as the maximum block size. Default 32 MiB. */
   maxRequestBytes?: number;
+  /**
+   * Read each socket straight into recycled receive slabs (default true); false keeps Node's
+   * 'data' events, a fresh buffer per read. See receive-slabs.ts.
+   */
+  readIntoSlabs?: boolean;
   /** One line per event: listening, connect, export chosen, refused or failed request, close. */
   log?: (line: string) => void;
   /**
@@ -92,6 +101,8 @@ export interface NbdServerStats {
   pauses: number;
   /** Requests answered (including error replies). */
   replies: number;
+  /** Connections whose socket reads straight into receive slabs (the others use 'data' events). */
+  readingIntoSlabs: number;
 }
 
 interface ServerContext {
@@ -101,6 +112,8 @@ interface ServerContext {
   readonly maxRequestBytes: number;
   readonly stats: NbdServerStats;
   readonly pool: BufferPool;
+  readonly slabs: SlabPool;
+  readonly readIntoSlabs: boolean;
   log(line: string): void;
   report(error: Error, info: NbdErrorInfo): void;
 }
@@ -111,7 +124,7 @@ export class NbdServer {
   #server: Server | undefined;
   #listenCalled = false;
   #closing: Promise<void> | undefined;
-  readonly stats: NbdServerStats = { accepted: 0, peakQueuedBytes: 0, pauses: 0, replies: 0 };
+  readonly stats: NbdServerStats = { accepted: 0, peakQueuedBytes: 0, pauses: 0, replies: 0, readingIntoSlabs: 0 };
 
   constructor(options: NbdServerOptions) {
     const maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
@@ -138,9 +151,16 @@ export class NbdServer {
       maxRequestBytes,
       stats: this.stats,
       pool: new BufferPool(Math.min(maxQueuedBytes, MAX_POOLED_BYTES)),
+      slabs: new SlabPool(Math.min(maxQueuedBytes, MAX_POOLED_BYTES), slabBytesFor(maxQueuedBytes)),
+      readIntoSlabs: options.readIntoSlabs ?? true,
       log,
       report: (error, info) => onError?.(error, info),
     };
+  }
+
+  /** Bytes of receive slabs held right now (by connections, unparsed input and requests). */
+  get receiveSlabBytes(): number {
+    return this.#context.slabs.bytesInUse;
   }
 
   /** Open connections (handshaking or transmitting). */
@@ -153,7 +173,8 @@ export class NbdServer {
     if (this.#listenCalled) throw new InvalidArgumentError('the NBD server is already listening');
     this.#listenCalled = true;
     if (this.#closing !== undefined) throw new InvalidArgumentError('the NBD server is closed');
-    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket));
+    // Paused on connect: each connection first moves its socket to reading into slabs.
+    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     const shown = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -234,6 +255,9 @@ class Connection {
   readonly #context: ServerContext;
   readonly #remote: string;
   readonly #input = new ByteQueue();
+  readonly #reader: SlabReader;
+  /** Slabs that in-flight requests hold payload views of, with how many holds each. */
+  readonly #heldSlabs = new Map<ChunkOwner, number>();
   #resolveDone!: () => void;
 
   #phase: Phase = 'client-flags';
@@ -256,17 +280,20 @@ class Connection {
   #closed = false;
   #peerEof = false;
 
-  constructor(id: number, socket: Socket, context: ServerContext) {
+  constructor(id: number, accepted: Socket, context: ServerContext) {
     this.#id = id;
-    this.#socket = socket;
     this.#context = context;
+    this.#reader = new SlabReader(context.slabs);
+    const onChunk = (chunk: Buffer, owner?: ChunkOwner): void => {
+      this.#input.push(chunk, owner);
+      this.#pump();
+    };
+    const { socket, intoSlabs } = context.readIntoSlabs ? adoptSocket(accepted, this.#reader, onChunk) : readWithDataEvents(accepted, onChunk);
+    if (intoSlabs) context.stats.readingIntoSlabs += 1;
+    this.#socket = socket;
     this.#remote = `${socket.remoteAddress?.includes(':') === true ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
-      this.#input.push(chunk);
-      this.#pump();
-    });
     socket.on('drain', () => this.#pump());
     socket.on('end', () => this.#peerEnded());
     socket.on('error', (error) => {
@@ -276,6 +303,7 @@ class Connection {
     socket.on('close', () => {
       this.#closed = true;
       this.#input.clear();
+      this.#reader.close();
       this.#context.log(`nbd: connection ${this.#id} closed`);
       this.#checkDone();
     });
@@ -336,13 +364,21 @@ class Connection {
   /** True while no new request may start: too much in flight, or replies the client has not read. */
   #busy(): boolean {
     const max = this.#context.maxQueuedBytes;
-    return this.#inFlightBytes >= max || this.#inFlight >= MAX_IN_FLIGHT || this.#socket.writableLength > max;
+    return this.#heldBytes() >= max || this.#inFlight >= MAX_IN_FLIGHT || this.#socket.writableLength > max;
+  }
+
+  /**
+   * Memory in-flight requests hold: their charges, or the receive slabs their payloads keep alive
+   * when that is more (a small write can pin a whole slab).
+   */
+  #heldBytes(): number {
+    return Math.max(this.#inFlightBytes, this.#heldSlabs.size * this.#context.slabs.slabBytes);
   }
 
   /** Pauses the socket while over budget with a whole message already here; resumes otherwise. */
   #updateFlow(): void {
     if (this.#closed) return;
-    const queued = this.#inFlightBytes + this.#input.length;
+    const queued = this.#heldBytes() + this.#input.length;
     const stats = this.#context.stats;
     if (queued > stats.peakQueuedBytes) stats.peakQueuedBytes = queued;
     const pause = this.#phase !== 'stopped' && queued > this.#context.maxQueuedBytes && this.#input.length >= this.#need;
@@ -377,9 +413,17 @@ class Connection {
         this.#request = undefined;
         this.#setPhase('request-header', P.REQUEST_HEADER_BYTES);
         // A backend with writev() gets the payload as views of the received chunks (no copy);
-        // write() gets it whole (a view of one chunk, or one copy when it spans several).
-        if (this.#export!.writev !== undefined) return this.#dispatch(request, this.#input.takeViews(request.length));
-        return this.#dispatch(request, this.#input.take(request.length));
+        // write() gets it whole (a view of one chunk, or one copy when it spans several). Views
+        // keep their slabs held until the backend is done with them.
+        const holds: ChunkOwner[] = [];
+        const views = this.#input.takeViews(request.length, holds);
+        if (this.#export!.writev !== undefined || views.length === 1) {
+          for (const owner of holds) this.#heldSlabs.set(owner, (this.#heldSlabs.get(owner) ?? 0) + 1);
+          return this.#dispatch(request, this.#export!.writev !== undefined ? views : views[0], holds);
+        }
+        const whole = Buffer.concat(views, request.length);
+        for (const owner of holds) owner.unref();
+        return this.#dispatch(request, whole);
       }
       default:
         return;
@@ -577,7 +621,7 @@ class Connection {
   }
 
   /** Runs a request on the backend and answers it. */
-  #dispatch(request: Request, payload?: Buffer | Buffer[]): void {
+  #dispatch(request: Request, payload?: Buffer | Buffer[], holds?: ChunkOwner[]): void {
     const charge = request.command === P.CMD_READ || request.command === P.CMD_WRITE ? request.length : 0;
     this.#inFlight += 1;
     this.#inFlightBytes += charge;
@@ -588,6 +632,7 @@ class Connection {
       if (released) return;
       released = true;
       if (reply !== undefined) pool.release(reply);
+      if (holds !== undefined) this.#release(holds);
       this.#inFlight -= 1;
       this.#inFlightBytes -= charge;
       if (this.#stopping !== undefined) this.#maybeEnd();
@@ -609,6 +654,16 @@ class Connection {
         this.#reply(request.handle, P.ERRNO[errno] ?? P.ERRNO.EIO, undefined, release);
       },
     );
+  }
+
+  /** Lets go of the slabs a finished request held. */
+  #release(holds: ChunkOwner[]): void {
+    for (const owner of holds) {
+      const n = this.#heldSlabs.get(owner)! - 1;
+      if (n === 0) this.#heldSlabs.delete(owner);
+      else this.#heldSlabs.set(owner, n);
+      owner.unref();
+    }
   }
 
   async #perform(request: Request, payload: Buffer | Buffer[] | undefined): Promise<{ data: Uint8Array; pooled: boolean } | undefined> {
@@ -739,6 +794,13 @@ class Connection {
   #checkDone(): void {
     if (this.#closed && this.#inFlight === 0) this.#resolveDone();
   }
+}
+
+/** Receive slabs a sixteenth of the per-connection budget, from 64 KiB to 1 MiB (a power of two). */
+export function slabBytesFor(maxQueuedBytes: number): number {
+  let size = MIN_READ_BYTES;
+  while (size * 2 <= Math.min(SLAB_BYTES, maxQueuedBytes / 16)) size *= 2;
+  return size;
 }
 
 function transmissionFlags(exp: NbdExport): number {
