@@ -27,6 +27,7 @@ import { NbdRequestError, type NbdExport } from '../nbd/types.js';
 import type { ObjectStore } from '../store/types.js';
 import type { ChangeRecorder, ChangeSource } from '../volume/changes.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
+import { preadFully, pwriteFully, pwritevFully } from '../volume/positional-io.js';
 import { kernels } from '../kernels/index.js';
 import { DeltaWriter } from './delta-writer.js';
 import { type ScanResult, scan } from './scan.js';
@@ -248,40 +249,13 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   /** A write whose payload arrived in pieces: written with one writev, no copy. */
   async writev(offset: number, chunks: Uint8Array[], fua: boolean): Promise<void> {
-    const length = chunks.reduce((n, c) => n + c.length, 0);
-    if (length === 0) return;
-    const touched = this.regionsOf(offset, length);
-    this.beginWrite(touched);
-    try {
-      await this.beforeWrite(touched);
-      let done = 0;
-      while (done < length) {
-        const { bytesWritten } = await this.handle.writev(done === 0 ? chunks : remaining(chunks, done), offset + done);
-        done += bytesWritten;
-      }
-      if (fua) await this.handle.datasync();
-      this.afterWrite(touched);
-    } finally {
-      this.endWrite(touched);
-      touched.dispose();
-    }
+    let length = 0;
+    for (const chunk of chunks) length += chunk.length;
+    await this.tracked(offset, length, fua, () => pwritevFully(this.handle.fd, chunks, offset));
   }
 
   async write(offset: number, bytes: Uint8Array, fua: boolean): Promise<void> {
-    if (bytes.length === 0) return;
-    const touched = this.regionsOf(offset, bytes.length);
-    this.beginWrite(touched);
-    try {
-      await this.beforeWrite(touched);
-      for (let done = 0; done < bytes.length; ) {
-        done += (await this.handle.write(bytes, done, bytes.length - done, offset + done)).bytesWritten;
-      }
-      if (fua) await this.handle.datasync();
-      this.afterWrite(touched);
-    } finally {
-      this.endWrite(touched);
-      touched.dispose();
-    }
+    await this.tracked(offset, bytes.length, fua, () => pwriteFully(this.handle.fd, bytes, offset));
   }
 
   async flush(): Promise<void> {
@@ -294,20 +268,33 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
-    if (length === 0) return;
-    const touched = this.regionsOf(offset, length);
-    this.beginWrite(touched);
-    try {
-      await this.beforeWrite(touched);
-      for (let at = offset; at < offset + length; ) {
-        const n = Math.min(ZERO_CHUNK.length, offset + length - at);
-        at += (await this.handle.write(ZERO_CHUNK, 0, n, at)).bytesWritten;
+    await this.tracked(offset, length, fua, async () => {
+      for (let at = offset; at < offset + length; at += ZERO_CHUNK.length) {
+        await pwriteFully(this.handle.fd, ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, offset + length - at)), at);
       }
+    });
+  }
+
+  /**
+   * Every change to the primary goes through here: the regions [first, end) it touches are
+   * counted as being written, marked in the DRL (durably, before the data) and their sealed,
+   * unshipped pre-images saved; then `apply` changes the primary, and the regions join the open
+   * delta map. Per-write work is proportional to the regions touched, never to the volume.
+   */
+  private async tracked(offset: number, length: number, fua: boolean, apply: () => Promise<void>): Promise<void> {
+    if (length === 0) return;
+    if (offset < 0 || offset + length > this.size) throw new NbdRequestError('EINVAL', `range ${offset}+${length} is past the end`);
+    const regionSize = this.geometry.regionSize;
+    const first = Math.floor(offset / regionSize);
+    const end = Math.ceil((offset + length) / regionSize);
+    this.beginWrite(first, end);
+    try {
+      await this.beforeWrite(first, end);
+      await apply();
       if (fua) await this.handle.datasync();
-      this.afterWrite(touched);
+      this.afterWrite(first, end);
     } finally {
-      this.endWrite(touched);
-      touched.dispose();
+      this.endWrite(first, end);
     }
   }
 
@@ -600,40 +587,44 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     return bytes!;
   }
 
-  private beginWrite(touched: DeltaMap): void {
-    for (const region of touched.regions()) this.writing.set(region, (this.writing.get(region) ?? 0) + 1);
+  private beginWrite(first: number, end: number): void {
+    for (let region = first; region < end; region++) this.writing.set(region, (this.writing.get(region) ?? 0) + 1);
   }
 
-  private endWrite(touched: DeltaMap): void {
-    for (const region of touched.regions()) {
+  private endWrite(first: number, end: number): void {
+    for (let region = first; region < end; region++) {
       const n = (this.writing.get(region) ?? 1) - 1;
       if (n === 0) this.writing.delete(region);
       else this.writing.set(region, n);
     }
   }
 
-  /** Marks the DRL durably for new regions and saves pre-images of sealed, unshipped ones. */
-  private async beforeWrite(touched: DeltaMap): Promise<void> {
-    const fresh = touched.clone().subtract(this.drlMarked);
-    if (!fresh.isEmpty()) {
-      this.drlMarked.union(fresh);
-      const mark: Promise<void> = this.drl.mark(fresh).then(
-        () => fresh.dispose(),
+  /** Marks the DRL durably for regions [first, end) not yet marked, and saves pre-images of sealed, unshipped ones. */
+  private async beforeWrite(first: number, end: number): Promise<void> {
+    let fresh: DeltaMap | undefined;
+    for (let region = first; region < end; region++) {
+      if (!this.drlMarked.has(region)) (fresh ??= new DeltaMap(this.geometry.regionCount)).set(region);
+    }
+    if (fresh !== undefined) {
+      const marking = fresh;
+      this.drlMarked.union(marking);
+      const mark: Promise<void> = this.drl.mark(marking).then(
+        () => marking.dispose(),
         (error: unknown) => {
           // Not marked after all: later writes to these regions must try again, and must not
           // inherit this failure; the writes waiting on it now fail with it.
-          this.drlMarked.subtract(fresh);
-          fresh.dispose();
+          this.drlMarked.subtract(marking);
+          marking.dispose();
           if (this.drlPending === mark) this.drlPending = Promise.resolve();
           throw error;
         },
       );
       this.drlPending = mark;
-    } else fresh.dispose();
+    }
     await this.drlPending;
     const sealed = this.sealed;
     if (sealed === undefined) return;
-    for (const region of touched.regions()) {
+    for (let region = first; region < end; region++) {
       if (!sealed.map.has(region) || sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
       for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
       if (sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
@@ -655,38 +646,16 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     }
   }
 
-  private afterWrite(touched: DeltaMap): void {
+  private afterWrite(first: number, end: number): void {
     this.openFirstWrite ??= this.clock();
-    this.open.union(touched);
-    for (const recorder of this.recorders) recorder.map.union(touched);
-  }
-
-  private regionsOf(offset: number, length: number): DeltaMap {
-    if (offset < 0 || offset + length > this.size) throw new NbdRequestError('EINVAL', `range ${offset}+${length} is past the end`);
-    const g = this.geometry;
-    return new DeltaMap(g.regionCount).setRange(Math.floor(offset / g.regionSize), Math.ceil((offset + length) / g.regionSize));
+    this.open.setRange(first, end);
+    for (const recorder of this.recorders) recorder.map.setRange(first, end);
   }
 
   private async readFully(buffer: Uint8Array, position: number): Promise<void> {
-    for (let done = 0; done < buffer.length; ) {
-      const { bytesRead } = await this.handle.read(buffer, done, buffer.length - done, position + done);
-      if (bytesRead === 0) throw new NbdRequestError('EIO', `unexpected end of the primary at byte ${position + done}`);
-      done += bytesRead;
-    }
+    const n = await preadFully(this.handle.fd, buffer, position);
+    if (n < buffer.length) throw new NbdRequestError('EIO', `unexpected end of the primary at byte ${position + n}`);
   }
-}
-
-/** The chunks past the first `skip` bytes (after a short writev). */
-function remaining(chunks: Uint8Array[], skip: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const chunk of chunks) {
-    if (skip >= chunk.length) skip -= chunk.length;
-    else {
-      out.push(skip > 0 ? chunk.subarray(skip) : chunk);
-      skip = 0;
-    }
-  }
-  return out;
 }
 
 async function blockDeviceSize(path: string): Promise<number> {

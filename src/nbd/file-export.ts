@@ -1,12 +1,13 @@
 // An NbdExport over a regular file with positional I/O: the simplest real backend, used by the NBD
 // benchmark as the like-for-like peer of nbdkit's file plugin. FLUSH and FUA are fdatasync. TRIM
 // and WRITE_ZEROES write zeros (cdp-s3 backends read trimmed ranges as zeros), in bounded chunks
-// so a whole-disk request does not allocate the whole disk. It uses the callback fs API on the raw
-// descriptor: per request, that is measurably cheaper than FileHandle's promise machinery.
+// so a whole-disk request does not allocate the whole disk. Positional I/O on the raw descriptor
+// (volume/positional-io.ts).
 
-import { close, fdatasync, fstat, open, read, write, writev } from 'node:fs';
+import { close, fdatasync, fstat, open } from 'node:fs';
 import { promisify } from 'node:util';
 import { InvalidArgumentError } from '../errors.js';
+import { preadFully, pwriteFully, pwritevFully } from '../volume/positional-io.js';
 import type { NbdExport } from './types.js';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
@@ -14,38 +15,6 @@ const openAsync = promisify(open);
 const fstatAsync = promisify(fstat);
 const closeAsync = promisify(close);
 const fdatasyncAsync = promisify(fdatasync);
-
-function pread(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    read(fd, buffer, offset, length, position, (error, bytesRead) => (error === null ? resolve(bytesRead) : reject(error)));
-  });
-}
-
-function pwrite(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    write(fd, buffer, offset, length, position, (error, written) => (error === null ? resolve(written) : reject(error)));
-  });
-}
-
-function pwritev(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    writev(fd, buffers, position, (error, written) => (error === null ? resolve(written) : reject(error)));
-  });
-}
-
-/** `pieces` without their first `n` bytes (after a short write). */
-export function dropPrefix(pieces: Uint8Array[], n: number): Uint8Array[] {
-  const rest: Uint8Array[] = [];
-  let skip = n;
-  for (const piece of pieces) {
-    if (skip >= piece.length) skip -= piece.length;
-    else {
-      rest.push(skip > 0 ? piece.subarray(skip) : piece);
-      skip = 0;
-    }
-  }
-  return rest;
-}
 
 export interface FileExportOptions {
   /** Export name; default '' (the default export). */
@@ -89,34 +58,18 @@ export class FileExport implements NbdExport {
   }
 
   async readInto(offset: number, target: Uint8Array): Promise<void> {
-    let done = 0;
-    while (done < target.length) {
-      const n = await pread(this.#fd, target, done, target.length - done, offset + done);
-      if (n === 0) {
-        // The file shrank under us: what is past its end reads as zeros.
-        target.fill(0, done);
-        return;
-      }
-      done += n;
-    }
+    const n = await preadFully(this.#fd, target, offset);
+    // The file shrank under us: what is past its end reads as zeros.
+    if (n < target.length) target.fill(0, n);
   }
 
   async write(offset: number, bytes: Uint8Array, fua: boolean): Promise<void> {
-    let done = 0;
-    while (done < bytes.length) done += await pwrite(this.#fd, bytes, done, bytes.length - done, offset + done);
+    await pwriteFully(this.#fd, bytes, offset);
     if (fua) await fdatasyncAsync(this.#fd);
   }
 
   async writev(offset: number, chunks: Uint8Array[], fua: boolean): Promise<void> {
-    let pieces = chunks;
-    let at = offset;
-    let left = chunks.reduce((n, c) => n + c.length, 0);
-    while (left > 0) {
-      const written = await pwritev(this.#fd, pieces, at);
-      left -= written;
-      at += written;
-      if (left > 0) pieces = dropPrefix(pieces, written);
-    }
+    await pwritevFully(this.#fd, chunks, offset);
     if (fua) await fdatasyncAsync(this.#fd);
   }
 

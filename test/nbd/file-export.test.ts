@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { FileExport, dropPrefix } from '../../src/nbd/file-export.js';
+import { FileExport } from '../../src/nbd/file-export.js';
+import { dropPrefix } from '../../src/volume/positional-io.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { MiB, hasBinary, runTool } from './helpers.js';
 
