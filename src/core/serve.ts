@@ -32,7 +32,8 @@ import { loadPoint } from './restore.js';
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
 export const DEFAULT_READ_AHEAD_BYTES = 16 * 1024 * 1024;
 const DEFAULT_FETCH_UNIT_BYTES = 2 * 1024 * 1024;
-const DEFAULT_PREFETCH_CONCURRENCY = 8;
+const DEFAULT_PREFETCH_UNIT_BYTES = 8 * 1024 * 1024;
+const DEFAULT_PREFETCH_CONCURRENCY = 4;
 /** How many recent read ends are remembered to recognise sequential reads (clients pipeline). */
 const RECENT_ENDS = 16;
 
@@ -47,10 +48,12 @@ export interface PitExportOptions {
   cacheBytes?: number;
   /** Bytes prefetched ahead of sequential reads. Default 16 MiB (at most half the cache); 0 turns read-ahead off. */
   readAheadBytes?: number;
-  /** Background prefetch GETs in flight at once. Default 8 (the whole window at the default GET size). */
+  /** Background prefetch GETs in flight at once. Default 4. */
   prefetchConcurrency?: number;
-  /** Largest ranged GET (neighbouring regions of a pack are merged up to it). Default 2 MiB, at least one region. */
+  /** Largest ranged GET for a read's own regions (neighbours in a pack are merged up to it). Default 2 MiB, at least one region. */
   fetchUnitBytes?: number;
+  /** Largest ranged GET for read-ahead (the missing regions of a sequential read and the window after). Default 8 MiB, at least fetchUnitBytes. */
+  prefetchUnitBytes?: number;
   /** Threads that verify digests. Default one per core. */
   workers?: number;
   /** Where failed reads are reported (one line each). */
@@ -100,6 +103,7 @@ class PitReader {
   private readonly readAheadBytes: number;
   private readonly prefetchConcurrency: number;
   private readonly fetchUnitBytes: number;
+  private readonly prefetchUnitBytes: number;
   private readonly pool: RegionPool;
   private readonly abort = new AbortController();
   private readonly log: (line: string) => void;
@@ -117,7 +121,7 @@ class PitReader {
     readonly repo: Repository,
     readonly pit: PitMap,
     readonly seq: number,
-    options: Pick<PitExportOptions, 'cacheBytes' | 'readAheadBytes' | 'prefetchConcurrency' | 'fetchUnitBytes' | 'workers' | 'log'>,
+    options: Pick<PitExportOptions, 'cacheBytes' | 'readAheadBytes' | 'prefetchConcurrency' | 'fetchUnitBytes' | 'prefetchUnitBytes' | 'workers' | 'log'>,
   ) {
     this.geometry = repo.geometry;
     this.cacheBytes = nonNegative(options.cacheBytes ?? DEFAULT_CACHE_BYTES, 'cacheBytes');
@@ -125,6 +129,9 @@ class PitReader {
     this.readAheadBytes = Math.min(nonNegative(options.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES, 'readAheadBytes'), Math.floor(this.cacheBytes / 2));
     this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? DEFAULT_PREFETCH_CONCURRENCY);
     this.fetchUnitBytes = Math.max(this.geometry.regionSize, options.fetchUnitBytes ?? DEFAULT_FETCH_UNIT_BYTES);
+    // Read-ahead GETs are larger (fewer requests; an object store's cost is mostly per request),
+    // but never below a demand GET.
+    this.prefetchUnitBytes = Math.max(this.fetchUnitBytes, options.prefetchUnitBytes ?? DEFAULT_PREFETCH_UNIT_BYTES);
     this.log = options.log ?? (() => {});
     this.pool = new RegionPool(options.workers);
   }
@@ -142,8 +149,7 @@ class PitReader {
     this.recentEnds.push(end);
     if (this.recentEnds.length > RECENT_ENDS) this.recentEnds.shift();
 
-    // Fetch what is neither cached nor in flight (merged GETs), then take every region's bytes
-    // or promise before the first await, so nothing can be evicted in between.
+    // Fetch what is neither cached nor in flight (merged GETs).
     const slots: Array<Slot | undefined> = [];
     const missing: Slot[] = [];
     for (let region = first; region <= last; region++) {
@@ -156,28 +162,42 @@ class PitReader {
         missing.push(slot);
       }
     }
-    this.fetchSlots(missing, false);
-    if (sequential) this.prefetchAfter(last);
-    const waits = slots.map((slot) => (slot === undefined ? undefined : this.lookup(slot.id)));
+    // A sequential read fetches what it misses together with the read-ahead window, in large
+    // GETs (the first one holds the missing regions and starts at once); others fetch just what
+    // they miss.
+    if (sequential) this.fetchSlots([...missing, ...this.readAheadSlots(last)], this.prefetchUnitBytes, new Set(missing.map((m) => m.id)));
+    else this.fetchSlots(missing, this.fetchUnitBytes, new Set(missing.map((m) => m.id)));
+    // Every region is copied into target either now (zeros, cached bytes) or in the reaction to
+    // its fetch, registered now: a fetch buffer is recycled only after the microtask checkpoint
+    // that settles it, so no view is ever read after its buffer could be reused.
+    const arrivals: Array<Promise<void>> = [];
     for (let i = 0; i < slots.length; i++) {
-      const start = (first + i) * g.regionSize;
+      const region = first + i;
+      const start = region * g.regionSize;
       const from = Math.max(offset, start);
-      const to = Math.min(end, start + regionLength(g, first + i));
-      if (slots[i] === undefined) {
+      const to = Math.min(end, start + regionLength(g, region));
+      const slot = slots[i];
+      if (slot === undefined) {
         target.fill(0, from - offset, to - offset);
         continue;
       }
-      const wait = waits[i];
-      if (wait === undefined) throw new NbdRequestError('EIO', `region ${first + i} was neither cached nor fetched`);
-      let data: Uint8Array;
-      try {
-        data = await wait;
-      } catch (error) {
-        throw this.failed(first + i, error);
+      const found = this.lookup(slot.id);
+      if (found === undefined) throw new NbdRequestError('EIO', `region ${region} was neither cached nor fetched`);
+      if (found instanceof Uint8Array) target.set(found.subarray(from - start, to - start), from - offset);
+      else {
+        arrivals.push(
+          found.then(
+            (data) => target.set(data.subarray(from - start, to - start), from - offset),
+            (error: unknown) => {
+              throw this.failed(region, error);
+            },
+          ),
+        );
       }
-      // Copied at once, in the continuation the bytes arrived in (see the note on recycling).
-      target.set(data.subarray(from - start, to - start), from - offset);
     }
+    // All settle before the read does: target is the server's and must not be written later.
+    const failure = (await Promise.allSettled(arrivals)).find((r) => r.status === 'rejected');
+    if (failure !== undefined) throw failure.reason;
   }
 
   async close(): Promise<void> {
@@ -214,8 +234,8 @@ class PitReader {
   }
 
   /** Regions after `last` up to the read-ahead window that are neither cached nor in flight. */
-  private prefetchAfter(last: number): void {
-    if (this.readAheadBytes === 0 || this.closed) return;
+  private readAheadSlots(last: number): Slot[] {
+    if (this.readAheadBytes === 0 || this.closed) return [];
     const g = this.geometry;
     const wanted: Slot[] = [];
     const seen = new Set<string>();
@@ -227,41 +247,42 @@ class PitReader {
       seen.add(slot.id);
       wanted.push(slot);
     }
-    if (wanted.length > 0) this.fetchSlots(wanted, true);
+    return wanted;
   }
 
   /**
-   * Starts ranged GETs for the slots (in volume order): neighbours in one pack merge into one GET
-   * up to fetchUnitBytes. Prefetches start only while fewer than prefetchConcurrency are running;
-   * the rest are left for the next sequential read to ask for again.
+   * Starts ranged GETs for the slots (demand ones first, then in volume order): neighbours in one
+   * pack merge into one GET of up to `unitBytes`. A GET holding a `demand` slot always starts;
+   * pure prefetches only while fewer than prefetchConcurrency are running, the rest are left for
+   * the next sequential read to ask for again.
    */
-  private fetchSlots(slots: Slot[], prefetch: boolean): void {
+  private fetchSlots(slots: Slot[], unitBytes: number, demand: ReadonlySet<string>): void {
     const taken = new Set<string>();
     let unit: Slot[] = [];
-    let unitBytes = 0;
+    let bytes = 0;
     const flush = (): boolean => {
       if (unit.length === 0) return true;
+      const prefetch = !unit.some((slot) => demand.has(slot.id));
       if (prefetch && this.prefetching >= this.prefetchConcurrency) return false;
-      this.fetchUnit(unit, prefetch);
+      this.fetchUnit(unit, prefetch, demand);
       unit = [];
-      unitBytes = 0;
+      bytes = 0;
       return true;
     };
     for (const slot of slots) {
       // A deduplicated region already on its way (in this call or another).
       if (taken.has(slot.id) || this.inFlight.has(slot.id)) continue;
       const previous = unit.at(-1);
-      const joins =
-        previous !== undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset && unitBytes + slot.length <= this.fetchUnitBytes;
+      const joins = previous !== undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset && bytes + slot.length <= unitBytes;
       if (!joins && !flush()) return;
       taken.add(slot.id);
       unit.push(slot);
-      unitBytes += slot.length;
+      bytes += slot.length;
     }
     flush();
   }
 
-  private fetchUnit(slots: Slot[], prefetch: boolean): void {
+  private fetchUnit(slots: Slot[], prefetch: boolean, demand: ReadonlySet<string>): void {
     const head = slots[0]!;
     const length = slots.reduce((sum, s) => sum + s.length, 0);
     if (prefetch) this.prefetching++;
@@ -270,7 +291,7 @@ class PitReader {
       const bytes = await this.repo.readPackRange(head.pack, head.offset, length, this.abort.signal, into);
       this.stats.gets++;
       this.stats.bytesFetched += bytes.length;
-      if (prefetch) this.stats.prefetched += slots.length;
+      this.stats.prefetched += slots.filter((slot) => !demand.has(slot.id)).length;
       let at = 0;
       const slices = slots.map((slot) => {
         const slice = { at, length: slot.length, expected: this.pit.digest(slot.region).slice(), writes: [] };
@@ -384,7 +405,7 @@ class PitReader {
     this.retired.push(buffer);
     this.retiring ??= setImmediate(() => {
       this.retiring = undefined;
-      const limit = this.readAheadBytes + this.prefetchConcurrency * this.fetchUnitBytes;
+      const limit = this.readAheadBytes + this.prefetchConcurrency * this.prefetchUnitBytes;
       for (const retired of this.retired) {
         const size = retired.byteLength;
         if (size !== sizeClass(size) || this.spareBytes + size > limit) continue;
