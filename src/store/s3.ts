@@ -112,8 +112,18 @@ export class S3Store implements ObjectStore {
         signal === undefined ? {} : { abortSignal: signal },
       );
       if (output.Body === undefined) throw new StoreError('retryable', `GET ${key} in ${this.location} returned no body`, { key });
-      const body = await output.Body.transformToByteArray();
       const expected = range?.length ?? output.ContentLength;
+      const into = options?.into;
+      let body: Uint8Array;
+      if (into !== undefined && expected !== undefined && into.length >= expected && isAsyncIterable(output.Body)) {
+        const filled = await readBodyInto(output.Body, into.subarray(0, expected));
+        if (filled === undefined) {
+          throw new StoreError('retryable', `GET ${key} in ${this.location} returned more than the ${expected} bytes asked for`, { key });
+        }
+        body = filled;
+      } else {
+        body = await output.Body.transformToByteArray();
+      }
       if (body.length === expected) return body;
       if (range !== undefined && body.length < range.length) {
         // S3 answers a range that ends past the object with the bytes that exist.
@@ -345,4 +355,26 @@ function nonEmpty(value: string | undefined): string | undefined {
 function totalFromContentRange(header: string | undefined): number | undefined {
   const match = header === undefined ? null : /\/(\d+)\s*$/.exec(header);
   return match?.[1] === undefined ? undefined : Number(match[1]);
+}
+
+function isAsyncIterable(value: unknown): value is AsyncIterable<Uint8Array> {
+  return typeof value === 'object' && value !== null && Symbol.asyncIterator in value;
+}
+
+/**
+ * Copies a response body into `target` as it arrives (no concatenation, and the caller's buffer
+ * may be a recycled one). Returns the part filled, or undefined when the body is longer than
+ * target (then it is not what was asked for).
+ */
+async function readBodyInto(body: AsyncIterable<Uint8Array>, target: Uint8Array): Promise<Uint8Array | undefined> {
+  let filled = 0;
+  for await (const chunk of body) {
+    if (filled + chunk.length > target.length) {
+      (body as { destroy?: () => void }).destroy?.(); // the rest is not wanted: free the connection
+      return undefined;
+    }
+    target.set(chunk, filled);
+    filled += chunk.length;
+  }
+  return target.subarray(0, filled);
 }

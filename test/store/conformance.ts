@@ -94,6 +94,21 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect((await store.get('ranged', { range: { offset: body.length, length: 0 } })).length).toBe(0);
     });
 
+    it('reads a range into the caller\'s buffer when one is given', async () => {
+      const body = randomBytes(300_000);
+      await store.put('into', body);
+      const into = new Uint8Array(new ArrayBuffer(256 * 1024));
+      const got = await store.get('into', { range: { offset: 1000, length: 200_000 }, into });
+      expect(got.buffer).toBe(into.buffer);
+      expect(got.byteOffset).toBe(0);
+      expect(Buffer.from(got).equals(body.subarray(1000, 201_000))).toBe(true);
+      // A buffer too small is not used.
+      const small = new Uint8Array(10);
+      const whole = await store.get('into', { range: { offset: 0, length: 100 }, into: small });
+      expect(whole.buffer).not.toBe(small.buffer);
+      expect(Buffer.from(whole).equals(body.subarray(0, 100))).toBe(true);
+    });
+
     it('refuses ranges past the end', async () => {
       await store.put('short', randomBytes(1000));
       await expectStoreError(store.get('short', { range: { offset: 990, length: 20 } }), 'permanent');
