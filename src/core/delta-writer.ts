@@ -22,7 +22,7 @@ export interface ReadRegionsOptions {
   regions: Iterable<number>;
   /** The digest each region is expected to have (null: all zeros). */
   expected: (region: number) => Uint8Array | null;
-  /** Called once per region, one at a time, in completion order. */
+  /** Called once per region, one at a time, in the order of `regions`. */
   onResult: (region: number, result: ReadResult) => Promise<void> | void;
   onRead?: (region: number, length: number) => void;
   readAhead?: number;
@@ -31,7 +31,9 @@ export interface ReadRegionsOptions {
 
 /**
  * Reads the regions through the pool with up to readAhead in flight. Results are handed to
- * onResult one at a time; a 'changed' result's bytes are released to the pool after it returns.
+ * onResult one at a time in the order of `regions`, whatever order the threads finish in, so a
+ * backup packs regions in volume order and later reads of neighbouring regions merge into one
+ * ranged GET; a 'changed' result's bytes are released to the pool after onResult returns.
  * Stops at the first failure or when the signal fires, after the reads in flight settle.
  */
 export async function readRegions(options: ReadRegionsOptions): Promise<void> {
@@ -45,27 +47,32 @@ export async function readRegions(options: ReadRegionsOptions): Promise<void> {
     while (reads.size >= readAhead) await Promise.race(reads);
     const length = regionLength(g, region);
     const expected = options.expected(region);
-    const task = options.pool
-      .read({ fd: options.fd, offset: region * g.regionSize, length, expected: expected === null ? null : expected.slice() })
-      .then((result) => {
-        handling = handling.then(async () => {
-          try {
-            await options.onResult(region, result);
-          } finally {
-            if (result.status === 'changed') pool.release(result.bytes);
-          }
-          options.onRead?.(region, length);
-        });
-        return handling;
-      })
-      .catch((error: unknown) => {
+    const read = options.pool.read({ fd: options.fd, offset: region * g.regionSize, length, expected: expected === null ? null : expected.slice() });
+    read.catch(() => {}); // awaited in turn below; until then a failure must not count as unhandled
+    handling = handling.then(async () => {
+      let result: ReadResult;
+      try {
+        result = await read;
+      } catch (error) {
         failure ??= error;
-      });
-    const tracked = task.finally(() => reads.delete(tracked));
+        return;
+      }
+      try {
+        if (failure === undefined) {
+          await options.onResult(region, result);
+          options.onRead?.(region, length);
+        }
+      } catch (error) {
+        failure ??= error;
+      } finally {
+        if (result.status === 'changed') pool.release(result.bytes);
+      }
+    });
+    const tracked = handling.finally(() => reads.delete(tracked));
     reads.add(tracked);
   }
   await Promise.all(reads);
-  await handling.catch(() => {});
+  await handling;
   throwIfAborted(signal);
   if (failure !== undefined) throw failure;
 }

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +8,7 @@ import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
 
@@ -52,5 +54,29 @@ describe('backup and restore through the local store', () => {
     const unchanged = await backup({ store, source });
     expect(unchanged.regionsChanged).toBe(0);
     expect(unchanged.bytesStored).toBe(0);
+  });
+});
+
+describe('pack layout', () => {
+  it('packs the regions of a backup in volume order, whatever order the threads finish in', async () => {
+    const regionSize = 64 * 1024;
+    const packSize = 1024 * 1024;
+    const image = randomBytes(8 * 1024 * 1024); // no zeros, no repeats: every region is stored
+    const source = join(dir, 'ordered.img');
+    await writeFile(source, image);
+    const store = openStore(join(dir, 'ordered-repo'));
+    await init({ store, from: source, regionSize, packSize });
+    const { seq } = await backup({ store, source, workers: 2 });
+    const repo = await Repository.open(store);
+    const pit = await repo.loadPit(seq);
+    let adjacent = 0;
+    for (let region = 1; region < pit.regionCount; region++) {
+      const before = pit.location(region - 1)!;
+      const here = pit.location(region)!;
+      if (before.pack === here.pack && before.offset + regionSize === here.offset) adjacent++;
+      else expect(here.offset, `region ${region} starts a pack`).toBeLessThan(before.offset);
+    }
+    // Every neighbour follows its predecessor in the same pack, except where a new pack starts.
+    expect(adjacent).toBe(pit.regionCount - 1 - (pit.regionCount / (packSize / regionSize) - 1));
   });
 });
