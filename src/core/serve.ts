@@ -30,7 +30,7 @@ import type { PointSelector } from './points.js';
 import { loadPoint } from './restore.js';
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
-export const DEFAULT_READ_AHEAD_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_READ_AHEAD_BYTES = 32 * 1024 * 1024;
 const DEFAULT_FETCH_UNIT_BYTES = 2 * 1024 * 1024;
 const DEFAULT_PREFETCH_UNIT_BYTES = 8 * 1024 * 1024;
 const DEFAULT_PREFETCH_CONCURRENCY = 4;
@@ -46,7 +46,7 @@ export interface PitExportOptions {
   name?: string;
   /** Bytes of verified regions kept in memory. Default 256 MiB; 0 caches nothing. */
   cacheBytes?: number;
-  /** Bytes prefetched ahead of sequential reads. Default 16 MiB (at most half the cache); 0 turns read-ahead off. */
+  /** Bytes prefetched ahead of sequential reads. Default 32 MiB (at most half the cache); 0 turns read-ahead off. */
   readAheadBytes?: number;
   /** Background prefetch GETs in flight at once. Default 4. */
   prefetchConcurrency?: number;
@@ -165,8 +165,11 @@ class PitReader {
     // A sequential read fetches what it misses together with the read-ahead window, in large
     // GETs (the first one holds the missing regions and starts at once); others fetch just what
     // they miss.
-    if (sequential) this.fetchSlots([...missing, ...this.readAheadSlots(last)], this.prefetchUnitBytes, new Set(missing.map((m) => m.id)));
-    else this.fetchSlots(missing, this.fetchUnitBytes, new Set(missing.map((m) => m.id)));
+    const demand = new Set(missing.map((m) => m.id));
+    if (sequential) {
+      const ahead = this.readAheadSlots(last);
+      this.fetchSlots([...missing, ...ahead.slots], this.prefetchUnitBytes, demand, !ahead.toTheEnd);
+    } else this.fetchSlots(missing, this.fetchUnitBytes, demand, false);
     // Every region is copied into target either now (zeros, cached bytes) or in the reaction to
     // its fetch, registered now: a fetch buffer is recycled only after the microtask checkpoint
     // that settles it, so no view is ever read after its buffer could be reused.
@@ -233,30 +236,37 @@ class PitReader {
     return this.inFlight.get(id);
   }
 
-  /** Regions after `last` up to the read-ahead window that are neither cached nor in flight. */
-  private readAheadSlots(last: number): Slot[] {
-    if (this.readAheadBytes === 0 || this.closed) return [];
+  /**
+   * Regions after `last` up to the read-ahead window that are neither cached nor in flight, and
+   * whether the window reaches the end of the volume.
+   */
+  private readAheadSlots(last: number): { slots: Slot[]; toTheEnd: boolean } {
+    if (this.readAheadBytes === 0 || this.closed) return { slots: [], toTheEnd: false };
     const g = this.geometry;
     const wanted: Slot[] = [];
     const seen = new Set<string>();
     let bytes = 0;
-    for (let region = last + 1; region < g.regionCount && bytes < this.readAheadBytes; region++) {
+    let region = last + 1;
+    for (; region < g.regionCount && bytes < this.readAheadBytes; region++) {
       bytes += regionLength(g, region);
       const slot = this.slot(region);
       if (slot === undefined || seen.has(slot.id) || this.cache.has(slot.id) || this.inFlight.has(slot.id)) continue;
       seen.add(slot.id);
       wanted.push(slot);
     }
-    return wanted;
+    return { slots: wanted, toTheEnd: region >= g.regionCount };
   }
 
   /**
    * Starts ranged GETs for the slots (demand ones first, then in volume order): neighbours in one
    * pack merge into one GET of up to `unitBytes`. A GET holding a `demand` slot always starts;
    * pure prefetches only while fewer than prefetchConcurrency are running, the rest are left for
-   * the next sequential read to ask for again.
+   * the next sequential read to ask for again. With `deferPartialTail`, a last pure-prefetch GET
+   * that could still grow (less than a unit, or than half the window when that is smaller) waits
+   * until the window has moved on far enough to fill it: otherwise each read would extend the
+   * window by a region and every read-ahead GET would be one region long.
    */
-  private fetchSlots(slots: Slot[], unitBytes: number, demand: ReadonlySet<string>): void {
+  private fetchSlots(slots: Slot[], unitBytes: number, demand: ReadonlySet<string>, deferPartialTail: boolean): void {
     const taken = new Set<string>();
     let unit: Slot[] = [];
     let bytes = 0;
@@ -279,6 +289,8 @@ class PitReader {
       unit.push(slot);
       bytes += slot.length;
     }
+    const worthAGet = Math.min(unitBytes, Math.floor(this.readAheadBytes / 2));
+    if (deferPartialTail && bytes < worthAGet && !unit.some((slot) => demand.has(slot.id))) return;
     flush();
   }
 
