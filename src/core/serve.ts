@@ -10,19 +10,19 @@
 // `prefetchConcurrency` GETs at a time. Bytes that do not match their digest are never served:
 // the read fails with EIO and a log line. Writes, trims and zeroing fail with EPERM.
 //
-// The cache holds views of the fetched ranges and counts each range's memory once. Reads copy
-// into the buffer the NBD server supplies (readInto), so no view of a fetched range ever leaves
-// this file, and a range whose last view leaves the cache is recycled for a later fetch (fresh
-// 2 MiB buffers per GET cost page faults on every byte: ~12% of serve's CPU, measured). A range is
-// recycled only after the current microtask checkpoint: a read whose fetch just resolved copies
-// its bytes in the continuation it is resumed in, before any macrotask. Should the verifying
-// threads die, digests are checked on the main thread from then on.
+// The cache holds views of the fetched ranges and counts each range's memory once. The NBD server
+// gets a read as views (readViews: no copy; the buffers stay pinned until the reply is written)
+// or copied into its own buffer (readInto). A range no cache entry and no reply uses any more is
+// recycled for a later GET (a fresh buffer per GET costs page faults on every byte: ~12% of
+// serve's CPU, measured), but only after the current microtask checkpoint: a read whose fetch
+// just settled takes its bytes in the reaction it registered, before any macrotask. Should the
+// verifying threads die, digests are checked on the main thread from then on.
 
 import { createHash } from 'node:crypto';
 import { AbortedError, CdpError, IntegrityError } from '../errors.js';
 import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { NbdServer } from '../nbd/server.js';
-import { NbdRequestError, type NbdExport } from '../nbd/types.js';
+import { NbdRequestError, type NbdExport, type ReadViews } from '../nbd/types.js';
 import type { Repository } from '../repo/repository.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionPool, type VerifySlice } from '../volume/region-pool.js';
@@ -108,6 +108,9 @@ class PitReader {
   private readonly abort = new AbortController();
   private readonly log: (line: string) => void;
   private prefetching = 0;
+  private zeroRegion: Uint8Array | undefined;
+  /** Fetch buffers replies are still being sent from (readViews), with how many. */
+  private readonly pins = new Map<ArrayBufferLike, number>();
   /** Fetch buffers no cache entry uses any more: recycled once pending continuations have run. */
   private retired: ArrayBufferLike[] = [];
   private retiring: NodeJS.Immediate | undefined;
@@ -138,8 +141,42 @@ class PitReader {
 
   /** Fills `target` with the bytes at [offset, offset + target.length). */
   async readInto(offset: number, target: Uint8Array): Promise<void> {
+    await this.deliver(offset, target.length, (at, bytes) => target.set(bytes, at));
+  }
+
+  /**
+   * The bytes at [offset, offset + length) as views of cached (or fetched) regions and of shared
+   * zeros, no copy. The buffers they are views of are pinned (not recycled) until release().
+   */
+  async readViews(offset: number, length: number): Promise<ReadViews> {
+    const views: Uint8Array[] = [];
+    const pinned: ArrayBufferLike[] = [];
+    const unpinAll = (): void => {
+      for (const buffer of pinned.splice(0)) this.unpin(buffer);
+    };
+    try {
+      await this.deliver(offset, length, (_at, bytes, index) => {
+        views[index] = bytes;
+        if (bytes.buffer !== this.zeros.buffer) {
+          this.pins.set(bytes.buffer, (this.pins.get(bytes.buffer) ?? 0) + 1);
+          pinned.push(bytes.buffer);
+        }
+      });
+    } catch (error) {
+      unpinAll();
+      throw error;
+    }
+    return { views, release: unpinAll };
+  }
+
+  /**
+   * Hands each piece of the read to `take` (its position in the read, its bytes, its index in
+   * order): at once for zeros and cached regions, otherwise in the reaction to its fetch,
+   * registered here. A fetch buffer is recycled only after the microtask checkpoint that settles
+   * it and never while pinned, so `take` may copy or pin, but must not keep a view otherwise.
+   */
+  private async deliver(offset: number, length: number, take: (at: number, bytes: Uint8Array, index: number) => void): Promise<void> {
     if (this.closed) throw new NbdRequestError('ESHUTDOWN', 'the export is closed');
-    const length = target.length;
     if (length === 0) return;
     const g = this.geometry;
     const end = offset + length;
@@ -170,9 +207,7 @@ class PitReader {
       const ahead = this.readAheadSlots(last);
       this.fetchSlots([...missing, ...ahead.slots], this.prefetchUnitBytes, demand, !ahead.toTheEnd);
     } else this.fetchSlots(missing, this.fetchUnitBytes, demand, false);
-    // Every region is copied into target either now (zeros, cached bytes) or in the reaction to
-    // its fetch, registered now: a fetch buffer is recycled only after the microtask checkpoint
-    // that settles it, so no view is ever read after its buffer could be reused.
+
     const arrivals: Array<Promise<void>> = [];
     for (let i = 0; i < slots.length; i++) {
       const region = first + i;
@@ -181,16 +216,16 @@ class PitReader {
       const to = Math.min(end, start + regionLength(g, region));
       const slot = slots[i];
       if (slot === undefined) {
-        target.fill(0, from - offset, to - offset);
+        take(from - offset, this.zeros.subarray(0, to - from), i);
         continue;
       }
       const found = this.lookup(slot.id);
       if (found === undefined) throw new NbdRequestError('EIO', `region ${region} was neither cached nor fetched`);
-      if (found instanceof Uint8Array) target.set(found.subarray(from - start, to - start), from - offset);
+      if (found instanceof Uint8Array) take(from - offset, found.subarray(from - start, to - start), i);
       else {
         arrivals.push(
           found.then(
-            (data) => target.set(data.subarray(from - start, to - start), from - offset),
+            (data) => take(from - offset, data.subarray(from - start, to - start), i),
             (error: unknown) => {
               throw this.failed(region, error);
             },
@@ -198,9 +233,25 @@ class PitReader {
         );
       }
     }
-    // All settle before the read does: target is the server's and must not be written later.
+    // All settle before the read does: nothing is handed to `take` after this returns.
     const failure = (await Promise.allSettled(arrivals)).find((r) => r.status === 'rejected');
     if (failure !== undefined) throw failure.reason;
+  }
+
+  /** One region of zeros, shared by every read of zero regions (never recycled). */
+  private get zeros(): Uint8Array {
+    return (this.zeroRegion ??= new Uint8Array(this.geometry.regionSize));
+  }
+
+  private unpin(buffer: ArrayBufferLike): void {
+    const left = (this.pins.get(buffer) ?? 1) - 1;
+    if (left > 0) {
+      this.pins.set(buffer, left);
+      return;
+    }
+    this.pins.delete(buffer);
+    // Evicted (or never cached) while a reply was using it: it can be reused now.
+    if (!this.backing.has(buffer) && !this.closed) this.retire(buffer);
   }
 
   async close(): Promise<void> {
@@ -393,7 +444,7 @@ class PitReader {
       else {
         this.backing.delete(old.buffer);
         this.stats.cachedBytes -= old.buffer.byteLength;
-        this.retire(old.buffer);
+        if (!this.pins.has(old.buffer)) this.retire(old.buffer);
       }
     }
   }
@@ -513,6 +564,10 @@ export class PitExport implements NbdExport {
 
   readInto(offset: number, target: Uint8Array): Promise<void> {
     return this.reader.readInto(offset, target);
+  }
+
+  readViews(offset: number, length: number): Promise<ReadViews> {
+    return this.reader.readViews(offset, length);
   }
 
   write(_offset: number, _bytes: Uint8Array, _fua: boolean): Promise<void> {

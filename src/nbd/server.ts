@@ -6,7 +6,8 @@
 // messages. Requests
 // run concurrently and are answered in whatever order the backend finishes them (the protocol
 // allows it; clients match replies by their 8-byte handle). A reply's header and data are written
-// together, in one corked writev. Backends that implement the optional readInto() read into
+// together, in one corked writev. Backends that implement the optional readViews() answer with
+// views of their own memory, released once the reply is written; those with readInto() read into
 // recycled buffers (BufferPool), and writev() gets a write's payload as the socket chunks it
 // arrived in, so the hot paths neither allocate nor copy per request.
 //
@@ -627,11 +628,13 @@ class Connection {
     this.#inFlightBytes += charge;
     const pool = this.#context.pool;
     let reply: Uint8Array | undefined;
+    let giveBack: (() => void) | undefined;
     let released = false;
     const release = (): void => {
       if (released) return;
       released = true;
       if (reply !== undefined) pool.release(reply);
+      giveBack?.();
       if (holds !== undefined) this.#release(holds);
       this.#inFlight -= 1;
       this.#inFlightBytes -= charge;
@@ -641,7 +644,8 @@ class Connection {
     };
     this.#perform(request, payload).then(
       (result) => {
-        if (result?.pooled === true) reply = result.data;
+        if (result?.pooled === true) reply = result.data as Uint8Array;
+        giveBack = result?.release;
         if (this.#closed) return release();
         this.#reply(request.handle, 0, result?.data, release);
       },
@@ -666,11 +670,24 @@ class Connection {
     }
   }
 
-  async #perform(request: Request, payload: Buffer | Buffer[] | undefined): Promise<{ data: Uint8Array; pooled: boolean } | undefined> {
+  async #perform(
+    request: Request,
+    payload: Buffer | Buffer[] | undefined,
+  ): Promise<{ data: Uint8Array | Uint8Array[]; pooled: boolean; release?: () => void } | undefined> {
     const exp = this.#export!;
     const fua = (request.flags & P.CMD_FLAG_FUA) !== 0;
     switch (request.command) {
       case P.CMD_READ: {
+        if (exp.readViews !== undefined) {
+          const { views, release } = await exp.readViews(request.offset, request.length);
+          let total = 0;
+          for (const view of views) total += view.length;
+          if (total !== request.length) {
+            release();
+            throw new NbdRequestError('EIO', `the backend returned ${total} bytes for a ${request.length}-byte read`);
+          }
+          return { data: views, pooled: false, release };
+        }
         if (exp.readInto !== undefined) {
           const pool = this.#context.pool;
           const target = pool.acquire(request.length);
@@ -707,7 +724,7 @@ class Connection {
   }
 
   /** Sends a simple reply: the header and (for a successful READ) its data in one write. */
-  #reply(handle: Buffer, errno: number, data?: Uint8Array, written?: () => void): void {
+  #reply(handle: Buffer, errno: number, data?: Uint8Array | Uint8Array[], written?: () => void): void {
     this.#context.stats.replies += 1;
     const header = Buffer.allocUnsafe(P.SIMPLE_REPLY_HEADER_BYTES);
     header.writeUInt32BE(P.SIMPLE_REPLY_MAGIC, 0);
@@ -716,21 +733,23 @@ class Connection {
     this.#write(header, errno === 0 ? data : undefined, written);
   }
 
-  #write(header: Buffer, data: Uint8Array | undefined, written?: () => void): void {
+  #write(header: Buffer, data: Uint8Array | Uint8Array[] | undefined, written?: () => void): void {
     const socket = this.#socket;
     if (this.#closed || socket.destroyed || socket.writableEnded) {
       written?.();
       return;
     }
     const callback = written === undefined ? undefined : () => written();
-    if (data === undefined || data.length === 0) {
+    const pieces = data === undefined ? [] : Array.isArray(data) ? data.filter((piece) => piece.length > 0) : data.length > 0 ? [data] : [];
+    if (pieces.length === 0) {
       socket.write(header, callback);
       return;
     }
-    // One writev for both: the header never goes out without its data.
+    // One writev for all: the header never goes out without its data. The callback of the last
+    // write runs once everything before it has been written too.
     socket.cork();
     socket.write(header);
-    socket.write(data, callback);
+    for (let i = 0; i < pieces.length; i++) socket.write(pieces[i]!, i === pieces.length - 1 ? callback : undefined);
     socket.uncork();
   }
 

@@ -27,6 +27,13 @@ export interface NbdExport {
    * sent, so the backend must not keep it after the promise settles. Saves an allocation per read.
    */
   readInto?(offset: number, target: Uint8Array): Promise<void>;
+  /**
+   * Optional, and preferred over readInto() and read() when present: the bytes at [offset,
+   * offset + length) as views of the backend's own memory, in order, which the backend keeps
+   * unchanged until the server calls release() (once, after the reply has been handed to the
+   * kernel or dropped). Spares a copy per read for a backend that already holds the bytes.
+   */
+  readViews?(offset: number, length: number): Promise<ReadViews>;
   /** Durable before resolving when fua is set. */
   write(offset: number, bytes: Uint8Array, fua: boolean): Promise<void>;
   /**
@@ -41,4 +48,10 @@ export interface NbdExport {
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   /** The range reads as zeros afterwards. */
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
+}
+
+/** What readViews() gives: the pieces of a read, and how to hand them back. */
+export interface ReadViews {
+  views: Uint8Array[];
+  release(): void;
 }

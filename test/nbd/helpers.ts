@@ -6,7 +6,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
 import * as P from '../../src/nbd/protocol.js';
-import { NbdRequestError, type NbdExport } from '../../src/nbd/types.js';
+import { NbdRequestError, type NbdExport, type ReadViews } from '../../src/nbd/types.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -21,6 +21,8 @@ export interface MemoryExportOptions {
   contents?: Buffer;
   /** Also implement the optional readInto() and writev(), which the server then uses. */
   vectored?: boolean;
+  /** Also implement readViews(): each read as three views (the middle one empty when possible). */
+  views?: boolean;
 }
 
 export interface Operation {
@@ -46,6 +48,10 @@ export class MemoryExport implements NbdExport {
   peakInFlight = 0;
   completed = 0;
   readInto?: (offset: number, target: Uint8Array) => Promise<void>;
+  readViews?: (offset: number, length: number) => Promise<ReadViews>;
+  /** readViews() results not yet released, and how often release() was called in all. */
+  unreleasedViews = 0;
+  releaseCalls = 0;
   writev?: (offset: number, chunks: Uint8Array[], fua: boolean) => Promise<void>;
   /** Pieces each writev() call got. */
   readonly writevPieces: number[] = [];
@@ -56,6 +62,26 @@ export class MemoryExport implements NbdExport {
     this.readOnly = options.readOnly ?? false;
     this.delayMs = options.delayMs ?? 0;
     this.data = options.contents === undefined ? Buffer.alloc(size) : Buffer.from(options.contents);
+    if (options.views === true) {
+      this.readViews = async (offset, length) => {
+        await this.#enter({ op: 'read', offset, length });
+        // A snapshot, so a write racing with the reply cannot change what was read.
+        const copy = Buffer.from(this.data.subarray(offset, offset + length));
+        const cut = Math.floor(length / 3);
+        this.#leave();
+        this.unreleasedViews++;
+        let released = false;
+        return {
+          views: [copy.subarray(0, cut), copy.subarray(cut, cut), copy.subarray(cut)],
+          release: () => {
+            this.releaseCalls++;
+            if (released) throw new Error('released twice');
+            released = true;
+            this.unreleasedViews--;
+          },
+        };
+      };
+    }
     if (options.vectored === true) {
       this.readInto = async (offset, target) => {
         await this.#enter({ op: 'read', offset, length: target.length });

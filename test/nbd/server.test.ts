@@ -36,8 +36,8 @@ afterEach(async () => {
   for (const s of servers) expect(s.receiveSlabBytes).toBe(0);
 });
 
-async function start(options: Partial<NbdServerOptions> & { diskSize?: number; vectored?: boolean } = {}): Promise<Fixture> {
-  const disk = new MemoryExport(options.diskSize ?? 4 * MiB, { name: '', description: 'the disk', vectored: options.vectored ?? false });
+async function start(options: Partial<NbdServerOptions> & { diskSize?: number; vectored?: boolean; views?: boolean } = {}): Promise<Fixture> {
+  const disk = new MemoryExport(options.diskSize ?? 4 * MiB, { name: '', description: 'the disk', vectored: options.vectored ?? false, views: options.views ?? false });
   const ro = new MemoryExport(0, { name: 'ro', readOnly: true, contents: randomBytes(256 * KiB) });
   const errors: Fixture['errors'] = [];
   const logs: string[] = [];
@@ -644,6 +644,35 @@ describe.each([
       expect(disk.data.subarray(3 * MiB, 4 * MiB).equals(bytes)).toBe(true);
       expect(Math.max(...disk.writevPieces)).toBeGreaterThan(1);
       expect(disk.operations.at(-1)).toEqual({ op: 'write', offset: 3 * MiB, length: MiB, fua: true });
+    });
+
+    it('answers reads from backend views in one reply each, and releases every view once', async () => {
+      const size = 4 * MiB;
+      const contents = randomBytes(size);
+      const { port, disk, server } = await start({ views: true, diskSize: size });
+      disk.data.set(contents);
+      const client = await connect(port);
+      const batch: Buffer[] = [];
+      for (let i = 0; i < 100; i++) {
+        batch.push(RawClient.request(P.CMD_READ, i, i * 37 * KiB, 1 + i * 397));
+        client.expectRead(i, 1 + i * 397);
+      }
+      client.write(Buffer.concat(batch));
+      for (let i = 0; i < 100; i++) {
+        const reply = await client.reply();
+        const k = reply.handle.readUInt32BE(4);
+        expect(reply.data!.equals(contents.subarray(k * 37 * KiB, k * 37 * KiB + 1 + k * 397))).toBe(true);
+      }
+      await waitFor(() => disk.unreleasedViews === 0, 'every view released');
+      expect(disk.releaseCalls).toBe(100);
+      // Replies the client never reads: dropping the connection still releases them.
+      client.socket.pause();
+      for (let i = 0; i < 20; i++) client.send(P.CMD_READ, 200 + i, 0, 256 * KiB);
+      await waitFor(() => disk.completed >= 120, 'the reads to reach the backend');
+      client.destroy();
+      await waitFor(() => server.connections === 0, 'the connection to close');
+      await waitFor(() => disk.unreleasedViews === 0, 'every view released after the drop');
+      expect(disk.releaseCalls).toBe(120);
     });
 
     it('a failing readInto is an error reply, and the connection goes on', async () => {
