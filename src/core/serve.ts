@@ -6,9 +6,10 @@
 // merged into one GET of up to `fetchUnitBytes`), verified against their SHA-256 on a worker
 // thread, and kept in an LRU cache keyed by stored location (so deduplicated regions share an
 // entry). Concurrent reads of one region share one fetch. A read that starts where a recent one
-// ended is sequential: the next `readAheadBytes` are prefetched in the background, at most
-// `prefetchConcurrency` GETs at a time. Bytes that do not match their digest are never served:
-// the read fails with EIO and a log line. Writes, trims and zeroing fail with EPERM.
+// ended is sequential: the next `readAheadBytes` are prefetched in the background in GETs of up
+// to `prefetchUnitBytes`, at most `prefetchConcurrency` at a time. Bytes that do not match their
+// digest are never served: the read fails with EIO and a log line. Writes, trims and zeroing
+// fail with EPERM.
 //
 // The cache holds views of the fetched ranges and counts each range's memory once. The NBD server
 // gets a read as views (readViews: no copy; the buffers stay pinned until the reply is written)
