@@ -42,9 +42,12 @@ export async function readRegions(options: ReadRegionsOptions): Promise<void> {
   const reads = new Set<Promise<void>>();
   let failure: unknown;
   let handling: Promise<void> = Promise.resolve();
+  // A function, so the checks are made afresh after each await.
+  const stopping = (): boolean => failure !== undefined || signal?.aborted === true;
   for (const region of options.regions) {
-    if (failure !== undefined || signal?.aborted === true) break;
+    if (stopping()) break;
     while (reads.size >= readAhead) await Promise.race(reads);
+    if (stopping()) break;
     const length = regionLength(g, region);
     const expected = options.expected(region);
     const read = options.pool.read({ fd: options.fd, offset: region * g.regionSize, length, expected: expected === null ? null : expected.slice() });

@@ -113,7 +113,9 @@ class PitReader {
   /** Fetch buffers replies are still being sent from (readViews), with how many. */
   private readonly pins = new Map<ArrayBufferLike, number>();
   /** Fetch buffers no cache entry uses any more: recycled once pending continuations have run. */
-  private retired: ArrayBufferLike[] = [];
+  private readonly retired = new Set<ArrayBufferLike>();
+  /** Every buffer in `spare`, so none is ever there twice. */
+  private readonly spareSet = new Set<ArrayBufferLike>();
   private retiring: NodeJS.Immediate | undefined;
   /** Buffers ready for the next GETs, by size (powers of two), and their total bytes. */
   private readonly spare = new Map<number, ArrayBufferLike[]>();
@@ -206,8 +208,8 @@ class PitReader {
     const demand = new Set(missing.map((m) => m.id));
     if (sequential) {
       const ahead = this.readAheadSlots(last);
-      this.fetchSlots([...missing, ...ahead.slots], this.prefetchUnitBytes, demand, !ahead.toTheEnd);
-    } else this.fetchSlots(missing, this.fetchUnitBytes, demand, false);
+      this.fetchSlots([...missing, ...ahead.slots], this.prefetchUnitBytes, demand, ahead.growsAt);
+    } else this.fetchSlots(missing, this.fetchUnitBytes, demand, undefined);
 
     const arrivals: Array<Promise<void>> = [];
     for (let i = 0; i < slots.length; i++) {
@@ -221,7 +223,11 @@ class PitReader {
         continue;
       }
       const found = this.lookup(slot.id);
-      if (found === undefined) throw new NbdRequestError('EIO', `region ${region} was neither cached nor fetched`);
+      if (found === undefined) {
+        // Not expected (every miss was just fetched); still let what was registered settle first.
+        arrivals.push(Promise.reject(new NbdRequestError('EIO', `region ${region} was neither cached nor fetched`)));
+        break;
+      }
       if (found instanceof Uint8Array) take(from - offset, found.subarray(from - start, to - start), i);
       else {
         arrivals.push(
@@ -264,8 +270,9 @@ class PitReader {
     if (this.retiring !== undefined) clearImmediate(this.retiring);
     this.cache.clear();
     this.backing.clear();
-    this.retired = [];
+    this.retired.clear();
     this.spare.clear();
+    this.spareSet.clear();
     this.spareBytes = 0;
     this.stats.cachedBytes = 0;
   }
@@ -290,10 +297,10 @@ class PitReader {
 
   /**
    * Regions after `last` up to the read-ahead window that are neither cached nor in flight, and
-   * whether the window reaches the end of the volume.
+   * the window's last region if the window could still move on past it (not at the volume's end).
    */
-  private readAheadSlots(last: number): { slots: Slot[]; toTheEnd: boolean } {
-    if (this.readAheadBytes === 0 || this.closed) return { slots: [], toTheEnd: false };
+  private readAheadSlots(last: number): { slots: Slot[]; growsAt: number | undefined } {
+    if (this.readAheadBytes === 0 || this.closed) return { slots: [], growsAt: undefined };
     const g = this.geometry;
     const wanted: Slot[] = [];
     const seen = new Set<string>();
@@ -306,19 +313,21 @@ class PitReader {
       seen.add(slot.id);
       wanted.push(slot);
     }
-    return { slots: wanted, toTheEnd: region >= g.regionCount };
+    return { slots: wanted, growsAt: region >= g.regionCount ? undefined : region - 1 };
   }
 
   /**
    * Starts ranged GETs for the slots (demand ones first, then in volume order): neighbours in one
    * pack merge into one GET of up to `unitBytes`. A GET holding a `demand` slot always starts;
    * pure prefetches only while fewer than prefetchConcurrency are running, the rest are left for
-   * the next sequential read to ask for again. With `deferPartialTail`, a last pure-prefetch GET
-   * that could still grow (less than a unit, or than half the window when that is smaller) waits
-   * until the window has moved on far enough to fill it: otherwise each read would extend the
-   * window by a region and every read-ahead GET would be one region long.
+   * the next sequential read to ask for again. A last pure-prefetch GET that ends at `growsAt`
+   * (the window's edge, which the next reads move on) and is small (less than a unit, or than half
+   * the window when that is smaller) waits until the window has moved far enough to fill it:
+   * otherwise each read would extend the window by a region and every read-ahead GET would be one
+   * region long. A small GET that cannot grow (zeros, cached or fetched regions follow it up to
+   * the edge) starts at once.
    */
-  private fetchSlots(slots: Slot[], unitBytes: number, demand: ReadonlySet<string>, deferPartialTail: boolean): void {
+  private fetchSlots(slots: Slot[], unitBytes: number, demand: ReadonlySet<string>, growsAt: number | undefined): void {
     const taken = new Set<string>();
     let unit: Slot[] = [];
     let bytes = 0;
@@ -342,7 +351,8 @@ class PitReader {
       bytes += slot.length;
     }
     const worthAGet = Math.min(unitBytes, Math.floor(this.readAheadBytes / 2));
-    if (deferPartialTail && bytes < worthAGet && !unit.some((slot) => demand.has(slot.id))) return;
+    const canGrow = growsAt !== undefined && unit.at(-1)?.region === growsAt;
+    if (canGrow && bytes < worthAGet && !unit.some((slot) => demand.has(slot.id))) return;
     flush();
   }
 
@@ -454,6 +464,7 @@ class PitReader {
   private takeBuffer(length: number): ArrayBufferLike {
     const size = sizeClass(length);
     const buffer = this.spare.get(size)?.pop();
+    if (buffer !== undefined) this.spareSet.delete(buffer);
     if (buffer === undefined) return new ArrayBuffer(size);
     this.spareBytes -= size;
     this.stats.fetchBuffersReused++;
@@ -466,18 +477,22 @@ class PitReader {
    * what the read-ahead window and the GETs in flight can use at once.
    */
   private retire(buffer: ArrayBufferLike): void {
-    this.retired.push(buffer);
+    this.retired.add(buffer);
     this.retiring ??= setImmediate(() => {
       this.retiring = undefined;
       const limit = this.readAheadBytes + this.prefetchConcurrency * this.prefetchUnitBytes;
       for (const retired of this.retired) {
         const size = retired.byteLength;
+        // Back in use since it was retired (a later region of its GET was cached, or a reply
+        // pinned it): not spare after all.
+        if (this.backing.has(retired) || this.pins.has(retired) || this.spareSet.has(retired)) continue;
         if (size !== sizeClass(size) || this.spareBytes + size > limit) continue;
         const list = this.spare.get(size) ?? this.spare.set(size, []).get(size)!;
         list.push(retired);
+        this.spareSet.add(retired);
         this.spareBytes += size;
       }
-      this.retired = [];
+      this.retired.clear();
     });
   }
 

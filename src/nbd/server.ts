@@ -647,7 +647,15 @@ class Connection {
         if (result?.pooled === true) reply = result.data as Uint8Array;
         giveBack = result?.release;
         if (this.#closed) return release();
-        this.#reply(request.handle, 0, result?.data, release);
+        try {
+          this.#reply(request.handle, 0, result?.data, release);
+        } catch (error) {
+          // The backend handed back something the socket cannot send: this connection is done.
+          this.#context.log(`nbd: connection ${this.#id}: ${commandName(request.command)} reply failed: ${(error as Error).message}; closing the connection`);
+          this.#report(error instanceof Error ? error : new Error(String(error)), true);
+          release();
+          this.#socket.destroy();
+        }
       },
       (error: unknown) => {
         const err = error instanceof Error ? error : new Error(String(error));

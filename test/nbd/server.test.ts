@@ -675,6 +675,27 @@ describe.each([
       expect(disk.releaseCalls).toBe(120);
     });
 
+    it('a reply the socket cannot send closes that connection only, and its views are still released', async () => {
+      const { disk } = { disk: new MemoryExport(MiB, { views: true }) };
+      let releases = 0;
+      const broken = Object.assign(Object.create(disk) as MemoryExport, {
+        name: 'broken',
+        readViews: async (): Promise<{ views: Uint8Array[]; release(): void }> => ({
+          views: [{ length: 4096 } as unknown as Uint8Array], // not bytes: socket.write throws
+          release: () => void releases++,
+        }),
+      });
+      const { port, server, errors } = await start({ exports: [disk, broken] });
+      const bad = await connect(port, 'broken');
+      const good = await connect(port);
+      bad.send(P.CMD_READ, 1, 0, 4096);
+      expect(await isClosed(bad)).toBe(true);
+      expect(releases).toBe(1);
+      expect(errors.some((e) => e.info.fatal && e.info.export === 'broken')).toBe(true);
+      expect((await good.request(P.CMD_READ, 2, 0, 4096)).error).toBe(0);
+      await server.close({ drain: true });
+    });
+
     it('a failing readInto is an error reply, and the connection goes on', async () => {
       const { port, disk } = await start({ vectored: true });
       const client = await connect(port);
