@@ -31,10 +31,12 @@ import type { PointSelector } from './points.js';
 import { loadPoint } from './restore.js';
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
-export const DEFAULT_READ_AHEAD_BYTES = 32 * 1024 * 1024;
+// Eight GETs of 8 MiB in flight, as restore keeps: a single reader waits on the store's latency
+// otherwise (measured on s3rver with one request at a time: 1.16 s → 1.02 s for 256 MiB).
+export const DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024;
 const DEFAULT_FETCH_UNIT_BYTES = 2 * 1024 * 1024;
 const DEFAULT_PREFETCH_UNIT_BYTES = 8 * 1024 * 1024;
-const DEFAULT_PREFETCH_CONCURRENCY = 4;
+const DEFAULT_PREFETCH_CONCURRENCY = 8;
 /** How many recent read ends are remembered to recognise sequential reads (clients pipeline). */
 const RECENT_ENDS = 16;
 
@@ -47,9 +49,9 @@ export interface PitExportOptions {
   name?: string;
   /** Bytes of verified regions kept in memory. Default 256 MiB; 0 caches nothing. */
   cacheBytes?: number;
-  /** Bytes prefetched ahead of sequential reads. Default 32 MiB (at most half the cache); 0 turns read-ahead off. */
+  /** Bytes prefetched ahead of sequential reads. Default 64 MiB (at most half the cache); 0 turns read-ahead off. */
   readAheadBytes?: number;
-  /** Background prefetch GETs in flight at once. Default 4. */
+  /** Background prefetch GETs in flight at once. Default 8. */
   prefetchConcurrency?: number;
   /** Largest ranged GET for a read's own regions (neighbours in a pack are merged up to it). Default 2 MiB, at least one region. */
   fetchUnitBytes?: number;
