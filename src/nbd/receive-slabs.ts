@@ -15,6 +15,8 @@ import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 
 /** Something a received chunk belongs to, released when nobody needs the bytes any more. */
 export interface ChunkOwner {
+  /** Memory the owner keeps alive while referenced. */
+  readonly byteLength: number;
   ref(): void;
   unref(): void;
 }
@@ -22,6 +24,11 @@ export interface ChunkOwner {
 export const SLAB_BYTES = 1024 * 1024;
 /** A read is never offered less room than this; a slab with less left is retired. */
 export const MIN_READ_BYTES = 64 * 1024;
+/**
+ * A connection whose last read was shorter than this is idle or trickling (handshake, a few
+ * small requests): it reads into small slabs, so it does not keep a large one to itself.
+ */
+export const BULK_READ_BYTES = 32 * 1024;
 
 export class Slab implements ChunkOwner {
   readonly bytes: Buffer;
@@ -31,6 +38,14 @@ export class Slab implements ChunkOwner {
   constructor(bytes: Buffer, pool: SlabPool) {
     this.bytes = bytes;
     this.#pool = pool;
+  }
+
+  get byteLength(): number {
+    return this.bytes.length;
+  }
+
+  get pool(): SlabPool {
+    return this.#pool;
   }
 
   get refs(): number {
@@ -87,25 +102,30 @@ export class SlabPool {
 /**
  * One connection's reading position: the slab being filled and how far. `target()` is the room for
  * the next read; `received(n)` turns the n bytes just read there into a chunk (a view of the slab)
- * with the slab's reference for the caller to pass on.
+ * with the slab's reference for the caller to pass on. After a short read the next one goes into
+ * a small slab (`small`, MIN_READ_BYTES each), so an idle connection holds 64 KiB, not 1 MiB.
  */
 export class SlabReader {
   readonly #pool: SlabPool;
+  readonly #small: SlabPool;
   #slab: Slab | undefined;
   #used = 0;
+  #lastRead = 0;
   #closed = false;
 
-  constructor(pool: SlabPool) {
+  constructor(pool: SlabPool, small: SlabPool = pool) {
     this.#pool = pool;
+    this.#small = small;
   }
 
-  /** Room for the next read: the rest of the current slab, or a fresh slab. */
+  /** Room for the next read: the rest of the current slab, or a fresh slab of the size it needs. */
   target(): Buffer {
     // A socket may still ask for room after the connection let go of its reader; give it scratch.
     if (this.#closed) return Buffer.allocUnsafe(MIN_READ_BYTES);
-    if (this.#slab === undefined || this.#pool.slabBytes - this.#used < MIN_READ_BYTES) {
+    const pool = this.#lastRead >= BULK_READ_BYTES ? this.#pool : this.#small;
+    if (this.#slab === undefined || this.#slab.pool !== pool || pool.slabBytes - this.#used < MIN_READ_BYTES) {
       this.#slab?.unref();
-      this.#slab = this.#pool.acquire();
+      this.#slab = pool.acquire();
       this.#used = 0;
     }
     return this.#slab.bytes.subarray(this.#used);
@@ -117,6 +137,7 @@ export class SlabReader {
     if (slab === undefined || this.#closed) throw new Error('received() without a target()');
     const chunk = slab.bytes.subarray(this.#used, this.#used + n);
     this.#used += n;
+    this.#lastRead = n;
     slab.ref();
     return { chunk, owner: slab };
   }

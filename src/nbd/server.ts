@@ -114,6 +114,8 @@ interface ServerContext {
   readonly stats: NbdServerStats;
   readonly pool: BufferPool;
   readonly slabs: SlabPool;
+  /** Slabs of MIN_READ_BYTES for connections that are idle or trickling. */
+  readonly smallSlabs: SlabPool;
   readonly readIntoSlabs: boolean;
   log(line: string): void;
   report(error: Error, info: NbdErrorInfo): void;
@@ -153,6 +155,7 @@ export class NbdServer {
       stats: this.stats,
       pool: new BufferPool(Math.min(maxQueuedBytes, MAX_POOLED_BYTES)),
       slabs: new SlabPool(Math.min(maxQueuedBytes, MAX_POOLED_BYTES), slabBytesFor(maxQueuedBytes)),
+      smallSlabs: new SlabPool(Math.min(maxQueuedBytes, MAX_POOLED_BYTES) / 4, MIN_READ_BYTES),
       readIntoSlabs: options.readIntoSlabs ?? true,
       log,
       report: (error, info) => onError?.(error, info),
@@ -161,7 +164,7 @@ export class NbdServer {
 
   /** Bytes of receive slabs held right now (by connections, unparsed input and requests). */
   get receiveSlabBytes(): number {
-    return this.#context.slabs.bytesInUse;
+    return this.#context.slabs.bytesInUse + this.#context.smallSlabs.bytesInUse;
   }
 
   /** Open connections (handshaking or transmitting). */
@@ -257,8 +260,9 @@ class Connection {
   readonly #remote: string;
   readonly #input = new ByteQueue();
   readonly #reader: SlabReader;
-  /** Slabs that in-flight requests hold payload views of, with how many holds each. */
+  /** Slabs that in-flight requests hold payload views of, with how many holds each, and their bytes. */
   readonly #heldSlabs = new Map<ChunkOwner, number>();
+  #heldSlabBytes = 0;
   #resolveDone!: () => void;
 
   #phase: Phase = 'client-flags';
@@ -284,7 +288,7 @@ class Connection {
   constructor(id: number, accepted: Socket, context: ServerContext) {
     this.#id = id;
     this.#context = context;
-    this.#reader = new SlabReader(context.slabs);
+    this.#reader = new SlabReader(context.slabs, context.smallSlabs);
     const onChunk = (chunk: Buffer, owner?: ChunkOwner): void => {
       this.#input.push(chunk, owner);
       this.#pump();
@@ -373,7 +377,7 @@ class Connection {
    * when that is more (a small write can pin a whole slab).
    */
   #heldBytes(): number {
-    return Math.max(this.#inFlightBytes, this.#heldSlabs.size * this.#context.slabs.slabBytes);
+    return Math.max(this.#inFlightBytes, this.#heldSlabBytes);
   }
 
   /** Pauses the socket while over budget with a whole message already here; resumes otherwise. */
@@ -419,7 +423,11 @@ class Connection {
         const holds: ChunkOwner[] = [];
         const views = this.#input.takeViews(request.length, holds);
         if (this.#export!.writev !== undefined || views.length === 1) {
-          for (const owner of holds) this.#heldSlabs.set(owner, (this.#heldSlabs.get(owner) ?? 0) + 1);
+          for (const owner of holds) {
+            const n = this.#heldSlabs.get(owner) ?? 0;
+            if (n === 0) this.#heldSlabBytes += owner.byteLength;
+            this.#heldSlabs.set(owner, n + 1);
+          }
           return this.#dispatch(request, this.#export!.writev !== undefined ? views : views[0], holds);
         }
         const whole = Buffer.concat(views, request.length);
@@ -672,8 +680,10 @@ class Connection {
   #release(holds: ChunkOwner[]): void {
     for (const owner of holds) {
       const n = this.#heldSlabs.get(owner)! - 1;
-      if (n === 0) this.#heldSlabs.delete(owner);
-      else this.#heldSlabs.set(owner, n);
+      if (n === 0) {
+        this.#heldSlabs.delete(owner);
+        this.#heldSlabBytes -= owner.byteLength;
+      } else this.#heldSlabs.set(owner, n);
       owner.unref();
     }
   }

@@ -37,6 +37,29 @@ describe('SlabPool and SlabReader', () => {
     expect(pool.idleSlabs).toBe(2);
   });
 
+  it('reads into small slabs while reads are short, so an idle connection holds 64 KiB, not a large slab', () => {
+    const big = new SlabPool(4096 * KiB, 1024 * KiB);
+    const small = new SlabPool(1024 * KiB, MIN_READ_BYTES);
+    const reader = new SlabReader(big, small);
+    expect(reader.target().length).toBe(MIN_READ_BYTES); // the handshake: small
+    reader.received(100).owner.unref();
+    expect(reader.target().length).toBe(MIN_READ_BYTES);
+    const bulkTarget = reader.received(40 * KiB); // a full read: bulk traffic
+    bulkTarget.owner.unref();
+    expect(reader.target().length).toBe(1024 * KiB);
+    const bulk = reader.received(300 * KiB);
+    expect(reader.target().length).toBe(724 * KiB); // the same large slab goes on filling
+    const trickle = reader.received(2 * KiB); // traffic stops: the next read goes small again
+    expect(reader.target().length).toBe(MIN_READ_BYTES);
+    expect(big.bytesInUse).toBe(1024 * KiB); // the large slab lives on only for its chunks
+    bulk.owner.unref();
+    trickle.owner.unref();
+    expect(big.bytesInUse).toBe(0);
+    expect(small.bytesInUse).toBe(MIN_READ_BYTES);
+    reader.close();
+    expect(small.bytesInUse).toBe(0);
+  });
+
   it('reuses idle slabs, keeps at most maxIdleBytes of them, and refuses a double release', () => {
     const pool = new SlabPool(128 * KiB, 64 * KiB);
     const slabs = [pool.acquire(), pool.acquire(), pool.acquire()];
@@ -65,6 +88,7 @@ describe('SlabPool and SlabReader', () => {
 });
 
 class CountingOwner implements ChunkOwner {
+  readonly byteLength = 4;
   refs = 1;
   ref(): void {
     this.refs += 1;
