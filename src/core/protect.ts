@@ -13,14 +13,14 @@
 //  - on start, regions left in the DRL by a crash are shipped with the first seal (claims 5, 6).
 
 import { createHash } from 'node:crypto';
-import { type FileHandle, mkdir, open, realpath, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { type FileHandle, mkdir, open, readdir, readFile, realpath, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { hostname } from 'node:os';
 import { CdpError, NoPointInTimeError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
 import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
-import { sealEnvelope } from '../repo/envelope.js';
+import { FieldReader, openEnvelope, sealEnvelope } from '../repo/envelope.js';
 import { Repository } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import { NbdRequestError, type NbdExport } from '../nbd/types.js';
@@ -84,6 +84,8 @@ export interface ProtectedVolumeOptions {
 
 /** One point in time sealed during an outage: its regions' bytes in a local file. */
 interface SpoolSegment {
+  /** The delta it becomes: segments ship in order and nothing else commits while any wait. */
+  expectedSeq: number;
   sealTime: number;
   regions: number[];
   offsets: number[];
@@ -167,24 +169,41 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         throw new CdpError('VOLUME_MISMATCH', `${options.source} is ${actual} bytes but the repository's volume is ${g.volumeSize} bytes: protect the disk this repository holds`);
       }
       drl = await DirtyRegionLog.openOrCreate(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
-      // A spool left by a crash is dropped: its regions are in the DRL and go out with the first seal.
-      await rm(options.spoolDir ?? `${options.drl}.spool`, { recursive: true, force: true });
       if (options.forceUnlock === true) await forceUnlock(options.store, { signal: options.signal });
       lock = await acquireWriterLock(options.store, { command: 'protect', ttlMs: options.lockTtlMs, signal: options.signal });
       const seqs = await repo.deltaSeqs(options.signal);
       const latest = seqs.at(-1) ?? 0;
       if (latest === 0) throw new NoPointInTimeError(`${options.store.location} has no base yet: run cdp-s3 backup ${options.source} once, then protect`);
       const pit = await repo.loadPit(latest, { signal: options.signal });
+      // Points in time spooled during an outage before a crash ship first, in order; their
+      // regions are in the DRL too, so whatever cannot be recovered still goes out coalesced.
+      const spool = await recoverSpool(spoolDirOf(options), repo.config.volumeId, g.regionCount, latest, options.log);
       if (drl.created) {
         options.log?.(`created dirty region log ${options.drl}: writes made to ${options.source} outside cdp-s3 since the last backup are not tracked; run cdp-s3 scan to find them`);
       }
-      return new ProtectedVolume(repo, handle, drl, lock, pit, await realpath(options.source), options);
+      const volume = new ProtectedVolume(repo, handle, drl, lock, pit, await realpath(options.source), options);
+      volume.adoptSpool(spool);
+      return volume;
     } catch (error) {
       await lock?.release().catch(() => undefined);
       await drl?.close();
       await handle.close();
       throw error;
     }
+  }
+
+  /** Takes over segments recovered from a spool a crash left behind: shipping starts with them. */
+  private adoptSpool(segments: SpoolSegment[]): void {
+    if (segments.length === 0) return;
+    this.spool.push(...segments);
+    for (const segment of segments) this.spoolUsed += segment.bytes;
+    this.spoolCounter = Math.max(...segments.map((segment) => spoolNumber(segment.file)));
+    this.outage = true;
+    this.lastShipError = 'points in time spooled before a restart are not shipped yet';
+  }
+
+  private get spoolDir(): string {
+    return spoolDirOf(this.options);
   }
 
   status(): ProtectStatus {
@@ -432,12 +451,22 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     if (this.spoolUsed + this.open.count() * this.geometry.regionSize > limit) return; // full: coalesce
     const sealTime = Math.max(this.clock(), this.spool.at(-1)?.sealTime ?? 0, this.pit.time) + 1;
     const sealed = this.seal();
-    const dir = this.options.spoolDir ?? `${this.options.drl}.spool`;
-    const file = join(dir, `${String(++this.spoolCounter).padStart(8, '0')}.bin`);
-    const segment: SpoolSegment = { sealTime, regions: [], offsets: [], lengths: [], file, bytes: 0, firstWrite: sealed.firstWrite };
+    const dir = this.spoolDir;
+    const file = join(dir, `${String(++this.spoolCounter).padStart(8, '0')}${SPOOL_DATA}`);
+    const segment: SpoolSegment = {
+      expectedSeq: this.pit.seq + this.spool.length + 1,
+      sealTime,
+      regions: [],
+      offsets: [],
+      lengths: [],
+      file,
+      bytes: 0,
+      firstWrite: sealed.firstWrite,
+    };
     try {
       await mkdir(dir, { recursive: true });
       const out = await open(file, 'w');
+      const digest = createHash('sha256');
       try {
         for (const region of sealed.map.regions()) {
           const bytes = await this.readSealed(region);
@@ -445,12 +474,16 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
           segment.offsets.push(segment.bytes);
           segment.lengths.push(bytes.length);
           await out.write(bytes, 0, bytes.length, segment.bytes);
+          digest.update(bytes);
           segment.bytes += bytes.length;
         }
         await out.datasync();
       } finally {
         await out.close();
       }
+      // The index goes last and whole (temp file, rename, directory sync): a segment with an index
+      // is complete, so after a crash it can still be shipped as its own point in time.
+      await writeSpoolIndex(segment, this.repo.config.volumeId, digest.digest());
       this.spool.push(segment);
       this.spoolUsed += segment.bytes;
       this.options.log?.(`store unreachable: kept the point in time of ${new Date(sealTime).toISOString()} (${segment.regions.length} regions) in the local spool`);
@@ -459,6 +492,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.open.union(sealed.map);
       if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       await rm(file, { force: true });
+      await rm(spoolIndexPath(file), { force: true });
       this.options.log?.(`spooling failed, coalescing instead: ${(error as Error).message}`);
     } finally {
       this.releaseSealed(sealed);
@@ -498,6 +532,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         this.lastShipError = undefined;
         this.spool.shift();
         this.spoolUsed -= segment.bytes;
+        await rm(spoolIndexPath(segment.file), { force: true }); // the index first: no orphan index
         await rm(segment.file, { force: true });
         // Clear DRL bits no later spooled point, sealed map or open map still needs.
         const clear = new DeltaMap(this.geometry.regionCount);
@@ -656,6 +691,115 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     const n = await preadFully(this.handle.fd, buffer, position);
     if (n < buffer.length) throw new NbdRequestError('EIO', `unexpected end of the primary at byte ${position + n}`);
   }
+}
+
+const SPOOL_DATA = '.bin';
+const SPOOL_INDEX = '.idx';
+const SPOOL_INDEX_KIND = { magic: 'CDPS3SPL', version: 1, what: 'spool index' } as const;
+
+function spoolDirOf(options: Pick<ProtectedVolumeOptions, 'spoolDir' | 'drl'>): string {
+  return options.spoolDir ?? `${options.drl}.spool`;
+}
+
+function spoolIndexPath(dataFile: string): string {
+  return dataFile.slice(0, -SPOOL_DATA.length) + SPOOL_INDEX;
+}
+
+function spoolNumber(file: string): number {
+  return Number.parseInt(basename(file), 10);
+}
+
+async function writeSpoolIndex(segment: SpoolSegment, volumeId: string, dataDigest: Uint8Array): Promise<void> {
+  const index = spoolIndexPath(segment.file);
+  const temp = `${index}.tmp`;
+  const body = {
+    volumeId,
+    expectedSeq: segment.expectedSeq,
+    sealTime: segment.sealTime,
+    ...(segment.firstWrite === undefined ? {} : { firstWrite: segment.firstWrite }),
+    regions: segment.regions,
+    offsets: segment.offsets,
+    lengths: segment.lengths,
+    bytes: segment.bytes,
+    sha256: dataDigest,
+  };
+  const out = await open(temp, 'w');
+  try {
+    await out.writeFile(sealEnvelope(SPOOL_INDEX_KIND, body));
+    await out.datasync();
+  } finally {
+    await out.close();
+  }
+  await rename(temp, index);
+  const dir = await open(dirname(index), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
+/**
+ * The segments a crashed protect left in `dir` that can still ship as their own points in time,
+ * in order. A segment is taken only whole (index present, for this volume, data matching its
+ * SHA-256) and only as the next delta of the chain (`latest` + 1, + 2, …): one already committed
+ * (the crash came between its commit and its removal) is deleted, and at the first segment that
+ * is damaged or out of order, it and every later one are dropped, since a later point in time
+ * is only right on top of the earlier ones. Everything not taken is removed; the DRL still holds
+ * its regions.
+ */
+async function recoverSpool(dir: string, volumeId: string, regionCount: number, latest: number, log?: (line: string) => void): Promise<SpoolSegment[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
+  }
+  const taken: SpoolSegment[] = [];
+  const indexes = names.filter((name) => /^\d{8}\.idx$/.test(name)).sort();
+  let next = latest + 1;
+  for (const name of indexes) {
+    const file = join(dir, name.slice(0, -SPOOL_INDEX.length) + SPOOL_DATA);
+    let segment: SpoolSegment;
+    try {
+      const body = new FieldReader(`spool index ${name}`, openEnvelope(SPOOL_INDEX_KIND, await readFile(join(dir, name))));
+      if (body.string('volumeId') !== volumeId) throw new Error('it belongs to another volume');
+      const bytes = body.integer('bytes');
+      segment = {
+        expectedSeq: body.integer('expectedSeq', 1),
+        sealTime: body.integer('sealTime'),
+        firstWrite: body.has('firstWrite') ? body.integer('firstWrite') : undefined,
+        regions: body.integers('regions', 0, regionCount - 1),
+        offsets: body.integers('offsets'),
+        lengths: body.integers('lengths'),
+        file,
+        bytes,
+      };
+      const { regions, offsets, lengths } = segment;
+      if (offsets.length !== regions.length || lengths.length !== regions.length || regions.some((_, i) => offsets[i]! + lengths[i]! > bytes)) {
+        throw new Error('its index is inconsistent');
+      }
+      const data = await readFile(file);
+      if (data.length !== bytes || !Buffer.from(createHash('sha256').update(data).digest()).equals(Buffer.from(body.bytes('sha256')))) {
+        throw new Error('its data does not match its index');
+      }
+    } catch (error) {
+      log?.(`spool: ${name} cannot be shipped (${(error as Error).message}); it and later spooled points in time are dropped, their writes go out with the next point in time`);
+      break;
+    }
+    if (segment.expectedSeq < next) continue; // committed before the crash
+    if (segment.expectedSeq !== next) {
+      log?.(`spool: ${name} would be point in time ${segment.expectedSeq} but the chain ends at ${next - 1}; it and later ones are dropped, their writes go out with the next point in time`);
+      break;
+    }
+    taken.push(segment);
+    next += 1;
+  }
+  const keep = new Set(taken.flatMap((segment) => [basename(segment.file), basename(spoolIndexPath(segment.file))]));
+  for (const name of names) if (!keep.has(name)) await rm(join(dir, name), { force: true, recursive: true });
+  if (taken.length > 0) log?.(`spool: ${taken.length} point${taken.length === 1 ? '' : 's'} in time from before the restart will ship first`);
+  return taken;
 }
 
 async function blockDeviceSize(path: string): Promise<number> {

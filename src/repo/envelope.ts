@@ -113,6 +113,14 @@ export class FieldReader {
     return value;
   }
 
+  integers(field: string, min = 0, max = Number.MAX_SAFE_INTEGER): number[] {
+    const value = this.body[field];
+    if (!Array.isArray(value) || !value.every((v) => typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max)) {
+      this.fail(field, `a list of integers from ${min} to ${max}`);
+    }
+    return value as number[];
+  }
+
   strings(field: string): string[] {
     const value = this.body[field];
     if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) this.fail(field, 'a list of strings');

@@ -2,7 +2,7 @@
 // NbdExport interface (the NBD tests drive the same object with real clients).
 
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
@@ -144,6 +144,77 @@ for (const kind of ['fs', 's3'] as const) {
       expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(first));
       expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(second));
       expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
+    });
+
+    it('a crash during an outage: the spooled points in time survive the restart and ship first, in order', async () => {
+      const f = await makeFixture(kind);
+      const down = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (!key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      const spoolDir = join(f.work, 'spool');
+      const first = await ProtectedVolume.open({ store: down, source: f.source, drl: f.drl, spoolDir });
+      await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
+      expect(await first.sealAndShip()).toBeUndefined(); // fails: the outage begins
+      await first.write(2 * REGION, Buffer.alloc(REGION, 0xb2), false);
+      expect(await first.sealAndShip()).toBeUndefined(); // spooled: point 2 (regions 1, 2)
+      const atTwo = await readFile(f.source);
+      await first.write(1 * REGION, Buffer.alloc(REGION, 0xc3), false);
+      expect(await first.sealAndShip()).toBeUndefined(); // spooled: point 3 (region 1)
+      const atThree = await readFile(f.source);
+      await first.write(5 * REGION, Buffer.alloc(100, 0xd4), true); // written after the last seal
+      // The process dies here, the store comes back, protect starts again.
+      const logs: string[] = [];
+      const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
+      expect(logs.some((l) => /2 points in time from before the restart/.test(l))).toBe(true);
+      expect(again.status()).toMatchObject({ spooledPoints: 2, spoolBytes: 3 * REGION });
+      expect(await again.sealAndShip()).toEqual({ seq: 4, regions: 3 }); // 2 and 3 from the spool, then the DRL's regions
+      await again.close();
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(atTwo));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(atThree));
+      expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
+      expect(await readdir(spoolDir)).toEqual([]);
+      await forceUnlock(f.store);
+    });
+
+    it('a spool left by a crash: a damaged segment and those after it are dropped, a committed one is not shipped twice', async () => {
+      const f = await makeFixture(kind);
+      let down = true;
+      const flaky = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      const spoolDir = join(f.work, 'spool');
+      const first = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl, spoolDir });
+      await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
+      await first.sealAndShip(); // the outage begins
+      for (const [region, fill] of [[2, 0xb2], [3, 0xc3], [4, 0xd4]] as const) {
+        await first.write(region * REGION, Buffer.alloc(REGION, fill), false);
+        await first.sealAndShip(); // spooled: points 2, 3, 4
+      }
+      expect(first.status().spooledPoints).toBe(3);
+      const saved = new Map<string, Buffer>();
+      for (const name of await readdir(spoolDir)) saved.set(name, await readFile(join(spoolDir, name)));
+      down = false;
+      expect(await first.sealAndShip()).toEqual({ seq: 4, regions: 1 }); // drained: 2, 3, 4
+      // Crash "between commit and removal" for point 4, and point 5's segment damaged: put the
+      // old files back as a crash would have left them, plus a torn later segment.
+      for (const [name, bytes] of saved) await writeFile(join(spoolDir, name), bytes);
+      const third = [...saved.keys()].filter((n) => n.endsWith('.idx')).sort()[2]!;
+      const torn = Buffer.from(saved.get(third)!);
+      torn[20] = torn[20]! ^ 0xff;
+      await writeFile(join(spoolDir, '00000009.idx'), torn);
+      await writeFile(join(spoolDir, '00000009.bin'), saved.get(third.replace('.idx', '.bin'))!);
+      const logs: string[] = [];
+      const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
+      expect(again.status().spooledPoints).toBe(0); // 2-4 are committed; the damaged one is dropped
+      expect(logs.some((l) => /00000009\.idx cannot be shipped/.test(l))).toBe(true);
+      expect(await readdir(spoolDir)).toEqual([]);
+      expect((await log({ store: f.store })).entries.map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+      await again.close();
+      await forceUnlock(f.store);
     });
 
     it('a store that hangs: the shipment times out, and the next one goes on from the chain as it is', async () => {
