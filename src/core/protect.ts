@@ -13,12 +13,14 @@
 //  - on start, regions left in the DRL by a crash are shipped with the first seal (claims 5, 6).
 
 import { createHash } from 'node:crypto';
-import { type FileHandle, mkdir, open, readdir, readFile, realpath, rename, rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { type FileHandle, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { basename, dirname, join } from 'node:path';
 import { hostname } from 'node:os';
 import { CdpError, NoPointInTimeError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
+import { DIGEST_BYTES, type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../repo/envelope.js';
 import { Repository } from '../repo/repository.js';
@@ -177,7 +179,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       const pit = await repo.loadPit(latest, { signal: options.signal });
       // Points in time spooled during an outage before a crash ship first, in order; their
       // regions are in the DRL too, so whatever cannot be recovered still goes out coalesced.
-      const spool = await recoverSpool(spoolDirOf(options), repo.config.volumeId, g.regionCount, latest, options.log);
+      const spool = await recoverSpool(repo, spoolDirOf(options), latest, options.log);
       if (drl.created) {
         options.log?.(`created dirty region log ${options.drl}: writes made to ${options.source} outside cdp-s3 since the last backup are not tracked; run cdp-s3 scan to find them`);
       }
@@ -748,7 +750,9 @@ async function writeSpoolIndex(segment: SpoolSegment, volumeId: string, dataDige
  * is only right on top of the earlier ones. Everything not taken is removed; the DRL still holds
  * its regions.
  */
-async function recoverSpool(dir: string, volumeId: string, regionCount: number, latest: number, log?: (line: string) => void): Promise<SpoolSegment[]> {
+async function recoverSpool(repo: Repository, dir: string, latest: number, log?: (line: string) => void): Promise<SpoolSegment[]> {
+  const { volumeId } = repo.config;
+  const { regionCount } = repo.geometry;
   let names: string[];
   try {
     names = await readdir(dir);
@@ -780,15 +784,20 @@ async function recoverSpool(dir: string, volumeId: string, regionCount: number, 
       if (offsets.length !== regions.length || lengths.length !== regions.length || regions.some((_, i) => offsets[i]! + lengths[i]! > bytes)) {
         throw new Error('its index is inconsistent');
       }
-      const data = await readFile(file);
-      if (data.length !== bytes || !Buffer.from(createHash('sha256').update(data).digest()).equals(Buffer.from(body.bytes('sha256')))) {
+      if ((await stat(file)).size !== bytes || !(await sha256OfFile(file)).equals(Buffer.from(body.bytes('sha256', 32)))) {
         throw new Error('its data does not match its index');
       }
     } catch (error) {
       log?.(`spool: ${name} cannot be shipped (${(error as Error).message}); it and later spooled points in time are dropped, their writes go out with the next point in time`);
       break;
     }
-    if (segment.expectedSeq < next) continue; // committed before the crash
+    if (segment.expectedSeq < next) {
+      // Committed before the crash, if the delta with its number holds exactly its content (a
+      // shipment that timed out but landed anyway could have shifted the numbers: then it is not).
+      if (await committedAs(repo, segment)) continue;
+      log?.(`spool: ${name} is not point in time ${segment.expectedSeq} of the chain; it and later ones are dropped, their writes go out with the next point in time`);
+      break;
+    }
     if (segment.expectedSeq !== next) {
       log?.(`spool: ${name} would be point in time ${segment.expectedSeq} but the chain ends at ${next - 1}; it and later ones are dropped, their writes go out with the next point in time`);
       break;
@@ -800,6 +809,35 @@ async function recoverSpool(dir: string, volumeId: string, regionCount: number, 
   for (const name of names) if (!keep.has(name)) await rm(join(dir, name), { force: true, recursive: true });
   if (taken.length > 0) log?.(`spool: ${taken.length} point${taken.length === 1 ? '' : 's'} in time from before the restart will ship first`);
   return taken;
+}
+
+async function sha256OfFile(path: string): Promise<Buffer> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(path), hash);
+  return hash.digest();
+}
+
+/** True when delta `segment.expectedSeq` changed exactly the segment's regions to its bytes. */
+async function committedAs(repo: Repository, segment: SpoolSegment): Promise<boolean> {
+  const delta = await repo.readDelta(segment.expectedSeq);
+  try {
+    const changed = [...delta.changed.regions()];
+    if (changed.length !== segment.regions.length || changed.some((region, i) => region !== segment.regions[i])) return false;
+    const input = await open(segment.file, 'r');
+    try {
+      for (let i = 0; i < changed.length; i++) {
+        const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
+        await input.read(bytes, 0, bytes.length, segment.offsets[i]!);
+        const digest = kernels().isZero(bytes) ? Buffer.alloc(DIGEST_BYTES) : createHash('sha256').update(bytes).digest();
+        if (!digest.equals(delta.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) return false;
+      }
+    } finally {
+      await input.close();
+    }
+    return true;
+  } finally {
+    delta.changed.dispose();
+  }
 }
 
 async function blockDeviceSize(path: string): Promise<number> {

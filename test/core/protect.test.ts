@@ -217,6 +217,35 @@ for (const kind of ['fs', 's3'] as const) {
       await forceUnlock(f.store);
     });
 
+    it('a spooled segment whose number the chain has given to another delta is not taken for committed', async () => {
+      const f = await makeFixture(kind);
+      const down = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (!key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      const spoolDir = join(f.work, 'spool');
+      const first = await ProtectedVolume.open({ store: down, source: f.source, drl: f.drl, spoolDir });
+      await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
+      await first.sealAndShip(); // the outage begins
+      await first.write(2 * REGION, Buffer.alloc(REGION, 0xb2), false);
+      await first.sealAndShip(); // spooled, expecting to become point 2
+      // The process dies; meanwhile point 2 is taken by another delta (as a shipment that timed
+      // out but landed would): here a backup of the disk after a further change.
+      await first.write(3 * REGION, Buffer.alloc(REGION, 0xc3), false);
+      await forceUnlock(f.store);
+      await backup({ store: f.store, source: f.source, workers: 1 });
+      const logs: string[] = [];
+      const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
+      expect(logs.some((l) => /is not point in time 2 of the chain/.test(l))).toBe(true);
+      expect(again.status().spooledPoints).toBe(0);
+      await again.sealAndShip(); // the DRL's regions, on top of point 2
+      await again.close();
+      expect((await log({ store: f.store })).entries.map((e) => e.seq)).toEqual([1, 2, 3]);
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+      await forceUnlock(f.store);
+    });
+
     it('a store that hangs: the shipment times out, and the next one goes on from the chain as it is', async () => {
       const f = await makeFixture(kind);
       let hang = true;
