@@ -39,6 +39,15 @@ async function makeFixture(kind: 'fs' | 's3') {
   return { work, store, source, drl: join(work, 'disk.drl') };
 }
 
+/** The store with every put but the lock's failing while `isDown()`: an outage. */
+function outage(store: ObjectStore, isDown: () => boolean = () => true): FaultStore {
+  return new FaultStore(store, {
+    beforePut: (key) => {
+      if (isDown() && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+    },
+  });
+}
+
 async function restoreBytes(store: ObjectStore, work: string, at: string): Promise<Buffer> {
   const plan = await planRestore({ store, at: parsePointSelector(at) });
   const target = join(work, `r-${++counter}.img`);
@@ -94,11 +103,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('keeps serving writes while the store is unreachable, shows the lag, and ships everything when it is back', async () => {
       const f = await makeFixture(kind);
       let down = true;
-      const flaky = new FaultStore(f.store, {
-        beforePut: (key) => {
-          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
-        },
-      });
+      const flaky = outage(f.store, () => down);
       let now = 1_000_000_000_000;
       const volume = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl, clock: () => now });
       await volume.write(1 * REGION, Buffer.alloc(10, 1), false);
@@ -121,11 +126,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('during an outage each interval is kept in the local spool, and every point in time ships when the store is back', async () => {
       const f = await makeFixture(kind);
       let down = true;
-      const flaky = new FaultStore(f.store, {
-        beforePut: (key) => {
-          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
-        },
-      });
+      const flaky = outage(f.store, () => down);
       const volume = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl });
       await volume.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
       expect(await volume.sealAndShip()).toBeUndefined(); // fails: the outage begins
@@ -148,11 +149,7 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('a crash during an outage: the spooled points in time survive the restart and ship first, in order', async () => {
       const f = await makeFixture(kind);
-      const down = new FaultStore(f.store, {
-        beforePut: (key) => {
-          if (!key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
-        },
-      });
+      const down = outage(f.store);
       const spoolDir = join(f.work, 'spool');
       const first = await ProtectedVolume.open({ store: down, source: f.source, drl: f.drl, spoolDir });
       await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
@@ -181,11 +178,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('a spool left by a crash: a damaged segment and those after it are dropped, a committed one is not shipped twice', async () => {
       const f = await makeFixture(kind);
       let down = true;
-      const flaky = new FaultStore(f.store, {
-        beforePut: (key) => {
-          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
-        },
-      });
+      const flaky = outage(f.store, () => down);
       const spoolDir = join(f.work, 'spool');
       const first = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl, spoolDir });
       await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
@@ -219,11 +212,7 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('a spooled segment whose number the chain has given to another delta is not taken for committed', async () => {
       const f = await makeFixture(kind);
-      const down = new FaultStore(f.store, {
-        beforePut: (key) => {
-          if (!key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
-        },
-      });
+      const down = outage(f.store);
       const spoolDir = join(f.work, 'spool');
       const first = await ProtectedVolume.open({ store: down, source: f.source, drl: f.drl, spoolDir });
       await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
