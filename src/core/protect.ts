@@ -14,7 +14,7 @@
 
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { type FileHandle, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { basename, dirname, join } from 'node:path';
 import { hostname } from 'node:os';
@@ -26,6 +26,7 @@ import { FieldReader, openEnvelope, sealEnvelope } from '../repo/envelope.js';
 import { Repository } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import { NbdRequestError, type NbdExport } from '../nbd/types.js';
+import { FsStore } from '../store/fs.js';
 import type { ObjectStore } from '../store/types.js';
 import type { ChangeRecorder, ChangeSource } from '../volume/changes.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
@@ -504,23 +505,14 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** Ships spooled points in time in order; stops at the first failure. Returns the last shipped. */
   private async drainSpool(): Promise<{ seq: number; regions: number } | undefined> {
     let last: { seq: number; regions: number } | undefined;
-    const k = kernels();
     while (this.spool.length > 0) {
       const segment = this.spool[0]!;
       const working = this.pit.clone();
       const signal = AbortSignal.timeout(this.shipTimeoutMs);
       const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { signal });
       try {
-        const input = await open(segment.file, 'r');
-        try {
-          for (let i = 0; i < segment.regions.length; i++) {
-            const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
-            await input.read(bytes, 0, bytes.length, segment.offsets[i]!);
-            if (k.isZero(bytes)) await writer.apply(segment.regions[i]!, { status: 'zero' });
-            else await writer.apply(segment.regions[i]!, { status: 'changed', digest: createHash('sha256').update(bytes).digest(), bytes });
-          }
-        } finally {
-          await input.close();
+        for await (const { region, bytes, digest } of spoolRegions(segment)) {
+          await writer.apply(region, digest === undefined ? { status: 'zero' } : { status: 'changed', digest, bytes });
         }
         await writer.finish();
         const delta = writer.delta('host', Math.min(this.pit.time, segment.sealTime), Math.max(segment.sealTime, this.pit.time + 1));
@@ -713,7 +705,6 @@ function spoolNumber(file: string): number {
 
 async function writeSpoolIndex(segment: SpoolSegment, volumeId: string, dataDigest: Uint8Array): Promise<void> {
   const index = spoolIndexPath(segment.file);
-  const temp = `${index}.tmp`;
   const body = {
     volumeId,
     expectedSeq: segment.expectedSeq,
@@ -725,20 +716,9 @@ async function writeSpoolIndex(segment: SpoolSegment, volumeId: string, dataDige
     bytes: segment.bytes,
     sha256: dataDigest,
   };
-  const out = await open(temp, 'w');
-  try {
-    await out.writeFile(sealEnvelope(SPOOL_INDEX_KIND, body));
-    await out.datasync();
-  } finally {
-    await out.close();
-  }
-  await rename(temp, index);
-  const dir = await open(dirname(index), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+  // The local store's put is exactly the atomic, durable write wanted: temp file, fsync, rename,
+  // directory fsync.
+  await new FsStore(dirname(index)).put(basename(index), sealEnvelope(SPOOL_INDEX_KIND, body));
 }
 
 /**
@@ -817,22 +797,35 @@ async function sha256OfFile(path: string): Promise<Buffer> {
   return hash.digest();
 }
 
+/**
+ * A spool segment's regions in order, each with its bytes and their SHA-256 (undefined for a
+ * region of zeros, which ships as a zero entry).
+ */
+async function* spoolRegions(segment: SpoolSegment): AsyncGenerator<{ region: number; bytes: Buffer; digest: Buffer | undefined }> {
+  const input = await open(segment.file, 'r');
+  try {
+    for (let i = 0; i < segment.regions.length; i++) {
+      const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
+      if ((await preadFully(input.fd, bytes, segment.offsets[i]!)) < bytes.length) throw new Error(`${segment.file} is shorter than its index says`);
+      const digest = kernels().isZero(bytes) ? undefined : createHash('sha256').update(bytes).digest();
+      yield { region: segment.regions[i]!, bytes, digest };
+    }
+  } finally {
+    await input.close();
+  }
+}
+
 /** True when delta `segment.expectedSeq` changed exactly the segment's regions to its bytes. */
 async function committedAs(repo: Repository, segment: SpoolSegment): Promise<boolean> {
   const delta = await repo.readDelta(segment.expectedSeq);
   try {
     const changed = [...delta.changed.regions()];
     if (changed.length !== segment.regions.length || changed.some((region, i) => region !== segment.regions[i])) return false;
-    const input = await open(segment.file, 'r');
-    try {
-      for (let i = 0; i < changed.length; i++) {
-        const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
-        await input.read(bytes, 0, bytes.length, segment.offsets[i]!);
-        const digest = kernels().isZero(bytes) ? Buffer.alloc(DIGEST_BYTES) : createHash('sha256').update(bytes).digest();
-        if (!digest.equals(delta.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES))) return false;
-      }
-    } finally {
-      await input.close();
+    let i = 0;
+    for await (const { digest } of spoolRegions(segment)) {
+      const expected = delta.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
+      if (!(digest ?? Buffer.alloc(DIGEST_BYTES)).equals(expected)) return false;
+      i++;
     }
     return true;
   } finally {

@@ -22,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import { AbortedError, CdpError, IntegrityError } from '../errors.js';
 import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
+import { BufferPool } from '../nbd/buffer-pool.js';
 import { NbdServer } from '../nbd/server.js';
 import { NbdRequestError, type NbdExport, type ReadViews } from '../nbd/types.js';
 import type { Repository } from '../repo/repository.js';
@@ -116,12 +117,9 @@ class PitReader {
   private readonly pins = new Map<ArrayBufferLike, number>();
   /** Fetch buffers no cache entry uses any more: recycled once pending continuations have run. */
   private readonly retired = new Set<ArrayBufferLike>();
-  /** Every buffer in `spare`, so none is ever there twice. */
-  private readonly spareSet = new Set<ArrayBufferLike>();
   private retiring: NodeJS.Immediate | undefined;
-  /** Buffers ready for the next GETs, by size (powers of two), and their total bytes. */
-  private readonly spare = new Map<number, ArrayBufferLike[]>();
-  private spareBytes = 0;
+  /** Buffers ready for the next GETs (up to what the read-ahead window and its GETs can use). */
+  private readonly spare: BufferPool;
   private closed = false;
   private poolFailed: Error | undefined;
 
@@ -142,6 +140,7 @@ class PitReader {
     this.prefetchUnitBytes = Math.max(this.fetchUnitBytes, options.prefetchUnitBytes ?? DEFAULT_PREFETCH_UNIT_BYTES);
     this.log = options.log ?? (() => {});
     this.pool = new RegionPool(options.workers);
+    this.spare = new BufferPool(this.readAheadBytes + this.prefetchConcurrency * this.prefetchUnitBytes);
   }
 
   /** Fills `target` with the bytes at [offset, offset + target.length). */
@@ -273,9 +272,6 @@ class PitReader {
     this.cache.clear();
     this.backing.clear();
     this.retired.clear();
-    this.spare.clear();
-    this.spareSet.clear();
-    this.spareBytes = 0;
     this.stats.cachedBytes = 0;
   }
 
@@ -363,7 +359,7 @@ class PitReader {
     const length = slots.reduce((sum, s) => sum + s.length, 0);
     if (prefetch) this.prefetching++;
     const fetched = (async (): Promise<Array<Uint8Array | Error>> => {
-      const into = new Uint8Array(this.takeBuffer(length), 0, length);
+      const into = this.takeBuffer(length);
       const bytes = await this.repo.readPackRange(head.pack, head.offset, length, this.abort.signal, into);
       this.stats.gets++;
       this.stats.bytesFetched += bytes.length;
@@ -463,36 +459,25 @@ class PitReader {
   }
 
   /** A buffer for a GET of `length` bytes: a spare one of its size class, or a new one. */
-  private takeBuffer(length: number): ArrayBufferLike {
-    const size = sizeClass(length);
-    const buffer = this.spare.get(size)?.pop();
-    if (buffer !== undefined) this.spareSet.delete(buffer);
-    if (buffer === undefined) return new ArrayBuffer(size);
-    this.spareBytes -= size;
-    this.stats.fetchBuffersReused++;
+  private takeBuffer(length: number): Uint8Array {
+    const idle = this.spare.idleBytes;
+    const buffer = this.spare.acquire(length);
+    if (this.spare.idleBytes < idle) this.stats.fetchBuffersReused++;
     return buffer;
   }
 
   /**
    * A fetch buffer no cache entry uses: reused for a later GET, but only from the next macrotask
-   * on, when every read resumed with a view of it has copied its bytes. Spares are kept up to
-   * what the read-ahead window and the GETs in flight can use at once.
+   * on, when every read resumed with a view of it has copied or pinned its bytes.
    */
   private retire(buffer: ArrayBufferLike): void {
     this.retired.add(buffer);
     this.retiring ??= setImmediate(() => {
       this.retiring = undefined;
-      const limit = this.readAheadBytes + this.prefetchConcurrency * this.prefetchUnitBytes;
       for (const retired of this.retired) {
-        const size = retired.byteLength;
         // Back in use since it was retired (a later region of its GET was cached, or a reply
         // pinned it): not spare after all.
-        if (this.backing.has(retired) || this.pins.has(retired) || this.spareSet.has(retired)) continue;
-        if (size !== sizeClass(size) || this.spareBytes + size > limit) continue;
-        const list = this.spare.get(size) ?? this.spare.set(size, []).get(size)!;
-        list.push(retired);
-        this.spareSet.add(retired);
-        this.spareBytes += size;
+        if (!this.backing.has(retired) && !this.pins.has(retired)) this.spare.adopt(retired as ArrayBuffer);
       }
       this.retired.clear();
     });
@@ -510,11 +495,6 @@ class PitReader {
     this.log(`serve: point in time ${this.seq}, reading region ${region} failed: ${message}; answered EIO`);
     return new NbdRequestError('EIO', message);
   }
-}
-
-/** Fetch buffers come in powers of two from 4 KiB, so buffers of one class fit each other's GETs. */
-function sizeClass(length: number): number {
-  return 2 ** Math.ceil(Math.log2(Math.max(length, 4096)));
 }
 
 function nonNegative(value: number, name: string): number {

@@ -28,4 +28,20 @@ describe('BufferPool', () => {
     pool.release(new Uint8Array(8192));
     expect(pool.idleBytes).toBe(64 * 1024);
   });
+
+  it('adopts buffers of a size class it did not make, and never keeps one twice', () => {
+    const pool = new BufferPool(1024 * 1024);
+    const foreign = new ArrayBuffer(16 * 1024);
+    pool.adopt(foreign);
+    pool.adopt(new ArrayBuffer(5000)); // not a size class: ignored
+    expect(pool.idleBytes).toBe(16 * 1024);
+    pool.adopt(foreign); // already idle
+    pool.release(new Uint8Array(foreign));
+    expect(pool.idleBytes).toBe(16 * 1024);
+    const a = pool.acquire(10_000);
+    expect(a.buffer).toBe(foreign);
+    expect(pool.acquire(10_000).buffer).not.toBe(foreign);
+    pool.release(a);
+    expect(pool.idleBytes).toBe(16 * 1024);
+  });
 });
