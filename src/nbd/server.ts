@@ -3,9 +3,8 @@
 //
 // Per connection, the socket reads into recycled receive slabs (receive-slabs.ts: no allocation per
 // read, up to a slab per read), and the bytes received sit in a ByteQueue and are parsed as whole
-// messages. Requests
-// run concurrently and are answered in whatever order the backend finishes them (the protocol
-// allows it; clients match replies by their 8-byte handle). A reply's header and data are written
+// messages. Requests run concurrently and are answered in whatever order the backend finishes
+// them (the protocol allows it; clients match replies by their 8-byte handle). A reply's header and data are written
 // together, in one corked writev. Backends that implement the optional readViews() answer with
 // views of their own memory, released once the reply is written; those with readInto() read into
 // recycled buffers (BufferPool), and writev() gets a write's payload as the socket chunks it
@@ -423,11 +422,7 @@ class Connection {
         const holds: ChunkOwner[] = [];
         const views = this.#input.takeViews(request.length, holds);
         if (this.#export!.writev !== undefined || views.length === 1) {
-          for (const owner of holds) {
-            const n = this.#heldSlabs.get(owner) ?? 0;
-            if (n === 0) this.#heldSlabBytes += owner.byteLength;
-            this.#heldSlabs.set(owner, n + 1);
-          }
+          this.#hold(holds);
           return this.#dispatch(request, this.#export!.writev !== undefined ? views : views[0], holds);
         }
         const whole = Buffer.concat(views, request.length);
@@ -634,14 +629,12 @@ class Connection {
     const charge = request.command === P.CMD_READ || request.command === P.CMD_WRITE ? request.length : 0;
     this.#inFlight += 1;
     this.#inFlightBytes += charge;
-    const pool = this.#context.pool;
-    let reply: Uint8Array | undefined;
+    // What the reply's data must give back once it is written (a pooled buffer, backend views).
     let giveBack: (() => void) | undefined;
     let released = false;
     const release = (): void => {
       if (released) return;
       released = true;
-      if (reply !== undefined) pool.release(reply);
       giveBack?.();
       if (holds !== undefined) this.#release(holds);
       this.#inFlight -= 1;
@@ -652,7 +645,6 @@ class Connection {
     };
     this.#perform(request, payload).then(
       (result) => {
-        if (result?.pooled === true) reply = result.data as Uint8Array;
         giveBack = result?.release;
         if (this.#closed) return release();
         try {
@@ -676,6 +668,15 @@ class Connection {
     );
   }
 
+  /** Counts the slabs a request's payload views keep alive (against the memory bound). */
+  #hold(holds: ChunkOwner[]): void {
+    for (const owner of holds) {
+      const n = this.#heldSlabs.get(owner) ?? 0;
+      if (n === 0) this.#heldSlabBytes += owner.byteLength;
+      this.#heldSlabs.set(owner, n + 1);
+    }
+  }
+
   /** Lets go of the slabs a finished request held. */
   #release(holds: ChunkOwner[]): void {
     for (const owner of holds) {
@@ -691,7 +692,7 @@ class Connection {
   async #perform(
     request: Request,
     payload: Buffer | Buffer[] | undefined,
-  ): Promise<{ data: Uint8Array | Uint8Array[]; pooled: boolean; release?: () => void } | undefined> {
+  ): Promise<{ data: Uint8Array | Uint8Array[]; release?: () => void } | undefined> {
     const exp = this.#export!;
     const fua = (request.flags & P.CMD_FLAG_FUA) !== 0;
     switch (request.command) {
@@ -704,7 +705,7 @@ class Connection {
             release();
             throw new NbdRequestError('EIO', `the backend returned ${total} bytes for a ${request.length}-byte read`);
           }
-          return { data: views, pooled: false, release };
+          return { data: views, release };
         }
         if (exp.readInto !== undefined) {
           const pool = this.#context.pool;
@@ -715,13 +716,13 @@ class Connection {
             pool.release(target);
             throw error;
           }
-          return { data: target, pooled: true };
+          return { data: target, release: () => pool.release(target) };
         }
         const data = await exp.read(request.offset, request.length);
         if (data.length !== request.length) {
           throw new NbdRequestError('EIO', `the backend returned ${data.length} bytes for a ${request.length}-byte read`);
         }
-        return { data, pooled: false };
+        return { data };
       }
       case P.CMD_WRITE:
         if (Array.isArray(payload)) await exp.writev!(request.offset, payload, fua);
