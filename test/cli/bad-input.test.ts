@@ -6,7 +6,7 @@
 
 import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +26,21 @@ const fixture = useS3Fixture('bad', [BUCKET]);
 
 let counter = 0;
 /** A fresh, empty directory for one test's files. */
+
+/**
+ * A copy of the built CLI (dist/, build/ and the modules a local repository needs) under `dir`,
+ * for running as another user: the checkout itself may sit in a directory only its owner can
+ * enter (CI clones into a mktemp directory, mode 700). Returns the entry point.
+ */
+async function cliCopyForEveryone(dir: string): Promise<string> {
+  const root = join(CLI_ENTRY, '../../../..');
+  for (const part of ['dist', 'build', 'package.json']) await cp(join(root, part), join(dir, part), { recursive: true });
+  for (const module of ['commander', 'msgpackr', 'p-limit', 'yocto-queue']) {
+    await cp(join(root, 'node_modules', module), join(dir, 'node_modules', module), { recursive: true, dereference: true });
+  }
+  return join(dir, 'dist/src/cli/main.js');
+}
+
 async function freshDir(name: string): Promise<string> {
   const path = join(fixture.dir, `${name}-${++counter}`);
   await mkdir(path, { recursive: true });
@@ -580,9 +595,10 @@ describe('targets that need the operating system (local store)', () => {
     await writeFile(unreadable, fx.rounds[0]!.image);
     await chmod(unreadable, 0o000);
     const before = await snapshot(fx.raw);
+    const entry = await cliCopyForEveryone(join(fx.work, 'cli'));
     const run = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> =>
       new Promise((resolve) => {
-        const child = spawn(process.execPath, [CLI_ENTRY, ...args], { uid: 65534, gid: 65534, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(process.execPath, [entry, ...args], { uid: 65534, gid: 65534, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
         let stdout = '';
         let stderr = '';
         child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
