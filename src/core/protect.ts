@@ -467,8 +467,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       firstWrite: sealed.firstWrite,
     };
     try {
-      await mkdir(dir, { recursive: true });
-      const out = await open(file, 'w');
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const out = await open(file, 'w', 0o600);
       const digest = createHash('sha256');
       try {
         for (const region of sealed.map.regions()) {

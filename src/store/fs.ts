@@ -16,6 +16,9 @@ const fstatAsync = promisify(fstat);
 const closeAsync = promisify(close);
 
 const TEMP_PREFIX = '.tmp-';
+/** Modes of what the store creates (the umask can only take more away). */
+const PRIVATE_FILE_MODE = 0o600;
+const PRIVATE_DIR_MODE = 0o700;
 /** Files fsynced at once by sync(). */
 const SYNC_BATCH = 8;
 
@@ -73,7 +76,8 @@ export class FsStore implements ObjectStore {
     const dir = dirname(path);
     const temp = join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
     try {
-      const firstCreated = await mkdir(dir, { recursive: true });
+      // Objects hold disk contents: only the owner may read them, whatever the umask.
+      const firstCreated = await mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
       // A new directory is an entry in its parent: make each new entry durable too.
       if (firstCreated !== undefined) {
         for (let d = dir; d !== dirname(d); d = dirname(d)) {
@@ -81,7 +85,7 @@ export class FsStore implements ObjectStore {
           if (d === firstCreated) break;
         }
       }
-      const handle = await open(temp, 'wx');
+      const handle = await open(temp, 'wx', PRIVATE_FILE_MODE);
       try {
         // One write call for the whole body (writeFile would split it into small chunks).
         for (let written = 0; written < body.length; ) {

@@ -373,7 +373,7 @@ export class DirtyRegionLog {
 
     const temp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
     try {
-      const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
       try {
         await writeAt(handle, file, 0);
         await handle.sync();
