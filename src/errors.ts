@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'FORMAT_CORRUPT'
   | 'INTEGRITY'
   | 'NO_POINT_IN_TIME'
-  | 'LOCKED';
+  | 'LOCKED'
+  | 'OUTPUT_CLOSED';
 
 export type StoreErrorKind = 'not-found' | 'exists' | 'retryable' | 'auth' | 'no-bucket' | 'unreachable' | 'permanent';
 type StoreErrorCode =

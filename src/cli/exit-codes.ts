@@ -26,6 +26,11 @@ export const EXIT = {
   discrepancies: 10,
   /** Interrupted (Ctrl-C / SIGTERM); nothing half-done was committed. */
   interrupted: 130,
+  /**
+   * The reader of standard output went away (EPIPE, e.g. `| head`): the output stopped early.
+   * 128 + SIGPIPE, what a shell reports for a command that SIGPIPE ended.
+   */
+  outputClosed: 141,
 } as const;
 
 export function exitCodeFor(code: ErrorCode): number {
@@ -47,6 +52,8 @@ export function exitCodeFor(code: ErrorCode): number {
       return EXIT.locked;
     case 'ABORTED':
       return EXIT.interrupted;
+    case 'OUTPUT_CLOSED':
+      return EXIT.outputClosed;
     case 'INTEGRITY':
     case 'FORMAT_BAD_MAGIC':
     case 'FORMAT_UNSUPPORTED_VERSION':

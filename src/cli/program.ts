@@ -66,6 +66,8 @@ export async function run(argv: string[], options: RunOptions = {}): Promise<num
     }
     if (error instanceof CdpError) {
       const code = exitCodeFor(error.code);
+      // The reader closed the pipe on purpose (`| head`): stop quietly, like a command SIGPIPE ends.
+      if (code === EXIT.outputClosed && !debug) return code;
       // Damage is not fixed by retrying; say what still helps.
       const local = error instanceof FormatError && error.what.startsWith('dirty region log');
       const hint = code === EXIT.integrity && !local ? ' (stored data is damaged; other points in time may still restore: see cdp-s3 log)' : '';

@@ -7,6 +7,7 @@
 // interrupted restore never leaves a file that looks complete.
 
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { constants } from 'node:fs';
 import { type FileHandle, open, realpath, rename, stat, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -432,12 +433,23 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
   const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
   const window = options.fetchesInFlight ?? 8;
   const progress = options.progress ?? silentProgress;
+  // A failed write (the reader closed the pipe: EPIPE) is reported to the write's callback and
+  // by an 'error' event, possibly after write() returned; without a listener Node throws the
+  // event as an uncaught exception. The first failure stops the fetches and any wait for 'drain'.
+  const stop = new AbortController();
+  const signal = options.signal === undefined ? stop.signal : AbortSignal.any([options.signal, stop.signal]);
+  let outputError: unknown;
+  const onOutputError = (error: unknown): void => {
+    outputError ??= error;
+    stop.abort();
+  };
+  out.on('error', onOutputError);
   let downloaded = 0;
   const fetchRegion = async (region: number): Promise<Uint8Array> => {
     const length = regionLength(g, region);
     const location = context.pit.location(region);
     if (location === undefined) return new Uint8Array(length);
-    const bytes = await context.repo.readPackRange(location.pack, location.offset, length, options.signal);
+    const bytes = await context.repo.readPackRange(location.pack, location.offset, length, signal);
     downloaded += length;
     const expected = context.pit.digest(region).slice();
     const result = await pool.verify(bytes, [{ at: 0, length, expected, writes: [] }]);
@@ -447,27 +459,57 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
     }
     return result.bytes;
   };
+  const ahead: Array<Promise<Uint8Array>> = [];
   try {
     progress.phase('restore', plan.volumeSize);
-    const ahead: Array<Promise<Uint8Array>> = [];
     let next = 0;
-    for (let region = 0; region < plan.regions; region++) {
+    let flushed: Promise<void> = Promise.resolve();
+    for (let region = 0; region < plan.regions && outputError === undefined; region++) {
       while (next < plan.regions && ahead.length < window) {
         const fetched = fetchRegion(next++);
         // Awaited in order below; one that fails while an earlier one is awaited must not be an unhandled rejection.
         fetched.catch(() => {});
         ahead.push(fetched);
       }
-      const bytes = await ahead.shift()!;
+      const bytes = await ahead[0]!;
+      ahead.shift();
       throwIfAborted(options.signal);
-      if (!out.write(bytes)) await new Promise((resolve) => out.once('drain', resolve));
+      if (outputError !== undefined) break;
+      let full = false;
+      flushed = new Promise<void>((resolve) => {
+        full = !out.write(bytes, (error) => {
+          if (error != null) onOutputError(error);
+          resolve();
+        });
+      });
+      if (full) await once(out, 'drain', { signal: stop.signal });
       progress.advance(bytes.length);
     }
+    // Done only when the stream has taken the last bytes.
+    await flushed;
+    if (outputError !== undefined) throw outputFailure(outputError);
     progress.done();
     return restoreResult(plan, '-', 'stdout', downloaded);
+  } catch (error) {
+    throw outputError !== undefined ? outputFailure(outputError) : error;
   } finally {
+    // A failed stream may still emit 'error' later: keep the listener then.
+    if (outputError === undefined) out.off('error', onOutputError);
+    // No fetch may reach the pool after it closes.
+    await Promise.allSettled(ahead);
     await pool.close();
   }
+}
+
+/** Why writing standard output failed: its reader went away (quietly, in the CLI), or an I/O error. */
+function outputFailure(error: unknown): CdpError {
+  const code = (error as { code?: string }).code;
+  if (code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED') {
+    return new CdpError('OUTPUT_CLOSED', 'standard output was closed before the restore finished', { cause: error });
+  }
+  const mapped = targetError(error, 'standard output');
+  if (mapped instanceof CdpError) return mapped;
+  return new CdpError('TARGET', `writing standard output failed: ${(error as Error).message ?? String(error)}`, { cause: error });
 }
 
 function restoreResult(plan: RestorePlan, target: string, targetKind: RestoreResult['targetKind'], downloaded: number): RestoreResult {
