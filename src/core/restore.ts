@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { constants } from 'node:fs';
-import { type FileHandle, open, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { type FileHandle, open, rename, stat, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { AbortedError, CdpError, IntegrityError, throwIfAborted } from '../errors.js';
@@ -20,7 +20,7 @@ import { Repository } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
-import { openVolume } from '../volume/source.js';
+import { openVolume, sameStorage } from '../volume/source.js';
 import { readRegions } from './delta-writer.js';
 import { type ChosenPoint, type PointSelector, choosePoint } from './points.js';
 import { type Progress, silentProgress } from './progress.js';
@@ -221,8 +221,8 @@ export async function executeRestore(plan: RestorePlan, options: ExecuteRestoreO
 
 async function refuseProtectedSource(plan: RestorePlan, options: ExecuteRestoreOptions): Promise<void> {
   if (plan.source === undefined || plan.source.host !== hostname() || options.force === true) return;
-  const target = await realpath(options.to).catch(() => undefined);
-  if (target !== undefined && target === plan.source.path) {
+  // By identity, not by name: a symlink, a hard link or another name of the same device is the same disk.
+  if (await sameStorage(options.to, plan.source.path)) {
     throw new CdpError(
       'TARGET',
       `${options.to} is the disk this repository protects; restoring onto it overwrites the live volume: pass --force if that is intended`,

@@ -19,10 +19,8 @@ export interface OpenVolume {
 /** Size in bytes of the file or block device at `path` (an open handle's stat). */
 async function sizeOf(path: string, st: { isBlockDevice(): boolean; size: number; rdev: number }): Promise<number> {
   if (!st.isBlockDevice()) return st.size;
-  const major = Math.floor(st.rdev / 256) & 0xfff; // Linux dev_t: major in bits 8-19, minor in 0-7 and 20-31
-  const minor = (st.rdev & 0xff) | ((Math.floor(st.rdev / 2 ** 20) & 0xfff) << 8);
   try {
-    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+    const sectors = Number((await readFile(`${sysBlockDir(st.rdev)}/size`, 'utf8')).trim());
     return sectors * 512;
   } catch (error) {
     throw new CdpError('SOURCE', `${path}: cannot read the block device's size from /sys (${(error as Error).message})`, { cause: error });
@@ -53,13 +51,27 @@ export async function openVolume(path: string, mode: 'read' | 'write'): Promise<
   return { path, handle, size: await sizeOf(path, st), isBlockDevice: st.isBlockDevice(), dev: st.dev, ino: st.ino, rdev: st.rdev };
 }
 
-/** True if both paths name the same file or device (so a restore would overwrite its source). */
-export async function sameFile(a: string, b: string): Promise<boolean> {
-  try {
-    const [x, y] = await Promise.all([stat(a), stat(b)]);
-    if (x.isBlockDevice() && y.isBlockDevice()) return x.rdev === y.rdev;
-    return x.dev === y.dev && x.ino === y.ino;
-  } catch {
-    return false;
+/** The block device's directory in /sys, named by its device number. */
+function sysBlockDir(rdev: number): string {
+  const major = Math.floor(rdev / 256) & 0xfff; // Linux dev_t: major in bits 8-19, minor in 0-7 and 20-31
+  const minor = (rdev & 0xff) | ((Math.floor(rdev / 2 ** 20) & 0xfff) << 8);
+  return `/sys/dev/block/${major}:${minor}`;
+}
+
+/**
+ * True if writing one path would overwrite the other: the same file by identity (device and
+ * inode, so symlinks, hard links and bind mounts are seen through), the same block device under
+ * any name, or a loop device and its backing file. False when either cannot be looked at.
+ */
+export async function sameStorage(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([stat(a).catch(() => undefined), stat(b).catch(() => undefined)]);
+  if (x === undefined || y === undefined) return false;
+  if (x.isBlockDevice() && y.isBlockDevice()) return x.rdev === y.rdev;
+  if (x.isBlockDevice() !== y.isBlockDevice()) {
+    const [device, file] = x.isBlockDevice() ? [x, y] : [y, x];
+    const backing = await readFile(`${sysBlockDir(device.rdev)}/loop/backing_file`, 'utf8').catch(() => undefined);
+    const backed = backing === undefined ? undefined : await stat(backing.trimEnd()).catch(() => undefined);
+    return backed !== undefined && backed.dev === file.dev && backed.ino === file.ino;
   }
+  return x.dev === y.dev && x.ino === y.ino;
 }
