@@ -12,7 +12,7 @@ export function registerRestore(program: Command): void {
     .requiredOption('--at <when>', 'latest, a sequence number, or an ISO 8601 time (the newest point at or before it)')
     .option('--to <target>', 'file, block device, or - for stdout')
     .option('--dry-run', 'print the plan and write nothing')
-    .option('--force', 'replace an existing file, or write onto the disk this repository protects')
+    .option('--force', 'replace an existing file, write onto the disk this repository protects, or let --reuse-target overwrite a file of another size')
     .option('--reuse-target', 'the target holds an older copy: hash it and download and write only the regions that differ')
     .option('--allow-suspect', 'take the newest point at or before --at even if a scan marked it suspect or a verify found it damaged')
     .action(async (opts: { at: string; to?: string; dryRun?: boolean; force?: boolean; allowSuspect?: boolean; reuseTarget?: boolean }, command: Command) => {

@@ -175,7 +175,10 @@ function planFetches(pit: PitMap, g: Geometry, wanted: (region: number) => boole
 export interface ExecuteRestoreOptions {
   /** A file path, a block device, or "-" for standard output. */
   to: string;
-  /** Replace an existing file, or write onto the volume this repository protects. */
+  /**
+   * Replace an existing file, write onto the volume this repository protects, or (with
+   * reuseTarget) overwrite a file whose size is not the volume's.
+   */
   force?: boolean;
   signal?: AbortSignal;
   progress?: Progress;
@@ -186,7 +189,8 @@ export interface ExecuteRestoreOptions {
   stdout?: NodeJS.WritableStream;
   /**
    * The target already holds an older copy of the volume: hash its regions and download and
-   * write only those that differ from the point in time (in place, not atomically).
+   * write only those that differ from the point in time (in place, not atomically). A file must
+   * be exactly the volume's size (or `force`), a block device at least that size.
    */
   reuseTarget?: boolean;
 }
@@ -386,7 +390,16 @@ async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: 
     if (target.size < plan.volumeSize && target.isBlockDevice) {
       throw new CdpError('TARGET', `${options.to} holds ${target.size} bytes, the volume needs ${plan.volumeSize}: use a larger device`);
     }
-    // A shorter file reads as differing past its end; make it the volume's size first.
+    // A file of another size is not plausibly an older copy of this volume (it may be anything):
+    // overwriting it in place needs --force.
+    if (!target.isBlockDevice && target.size !== plan.volumeSize && options.force !== true) {
+      throw new CdpError(
+        'TARGET',
+        `${options.to} holds ${target.size} bytes, not the volume's ${plan.volumeSize}, so it is no older copy of this volume: ` +
+          'pass --force to overwrite it anyway, or choose another --to',
+      );
+    }
+    // With --force, a shorter file reads as differing past its end; make it the volume's size first.
     if (!target.isBlockDevice && target.size !== plan.volumeSize) await target.handle.truncate(plan.volumeSize);
     progress.phase('compare', plan.volumeSize);
     await readRegions({

@@ -55,6 +55,21 @@ async function makeRepo() {
 const PROTECTED = /is the disk this repository protects; restoring onto it overwrites the live volume: pass --force if that is intended/;
 
 describe('restore targets', () => {
+  it('--reuse-target onto an unrelated file of another size: refused and left as it was; overwritten with --force', async () => {
+    const { work, repo, second } = await makeRepo();
+    const target = join(work, 'existing.txt');
+    await writeFile(target, 'precious');
+    expectRefused(
+      await cli('--repo', repo, 'restore', '--at', 'latest', '--to', target, '--reuse-target'),
+      /existing\.txt holds 8 bytes, not the volume's 1048576, so it is no older copy of this volume: pass --force to overwrite it anyway, or choose another --to/,
+    );
+    expect(await readFile(target, 'utf8')).toBe('precious');
+    const forced = await cli('--repo', repo, 'restore', '--at', 'latest', '--to', target, '--reuse-target', '--force');
+    expect(forced.code, forced.stderr).toBe(EXIT.ok);
+    expect((await readFile(target)).equals(second)).toBe(true);
+    expect((await readdir(work)).sort()).toEqual(['disk.img', 'existing.txt', 'repo']);
+  });
+
   it('the protected disk through a symlink or a hard link, plain or with --reuse-target: refused, the disk untouched; done with --force', async () => {
     const { work, repo, source, first, second } = await makeRepo();
     const symbolic = join(work, 'symlink.img');

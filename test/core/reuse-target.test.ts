@@ -53,12 +53,15 @@ for (const kind of ['fs', 's3'] as const) {
       expect(sha(await readFile(target))).toBe(sha(old));
       expect((JSON.parse(back.stdout) as { regionsReused: number }).regionsReused).toBe(REGIONS - 5);
 
-      // A target shorter than the volume is grown; one longer is cut to the volume's size.
+      // A file of another size is no older copy of the volume: only with --force is a shorter one
+      // grown and a longer one cut to the volume's size.
       await truncate(target, 5 * REGION + 17);
-      expect((await cli('--repo', repoUrl, 'restore', '--at', 'latest', '--to', target, '--reuse-target')).code).toBe(0);
+      expect((await cli('--repo', repoUrl, 'restore', '--at', 'latest', '--to', target, '--reuse-target')).code).toBe(4);
+      expect((await cli('--repo', repoUrl, 'restore', '--at', 'latest', '--to', target, '--reuse-target', '--force')).code).toBe(0);
       expect(sha(await readFile(target))).toBe(sha(image));
       await writeFile(target, Buffer.concat([image, Buffer.alloc(REGION, 1)]));
-      expect((await cli('--repo', repoUrl, 'restore', '--at', 'latest', '--to', target, '--reuse-target')).code).toBe(0);
+      expect((await cli('--repo', repoUrl, 'restore', '--at', 'latest', '--to', target, '--reuse-target')).code).toBe(4);
+      expect((await cli('--repo', repoUrl, 'restore', '--at', 'latest', '--to', target, '--reuse-target', '--force')).code).toBe(0);
       expect(sha(await readFile(target))).toBe(sha(image));
     });
   });
