@@ -495,7 +495,7 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
           resolve();
         });
       });
-      if (full) await once(out, 'drain', { signal: stop.signal });
+      if (full) await once(out, 'drain', { signal });
       progress.advance(bytes.length);
     }
     // Done only when the stream has taken the last bytes.
@@ -504,7 +504,8 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
     progress.done();
     return restoreResult(plan, '-', 'stdout', downloaded);
   } catch (error) {
-    throw outputError !== undefined ? outputFailure(outputError) : error;
+    if (outputError !== undefined) throw outputFailure(outputError);
+    throw options.signal?.aborted === true ? new AbortedError('restore cancelled', { cause: error }) : error;
   } finally {
     // A failed stream may still emit 'error' later: keep the listener then.
     if (outputError === undefined) out.off('error', onOutputError);

@@ -46,6 +46,16 @@ class FailingOutput extends Writable {
   }
 }
 
+/** A stream whose reader never reads: the first write is never taken. */
+class StalledOutput extends Writable {
+  constructor(private readonly onWrite: () => void) {
+    super({ highWaterMark: 1 });
+  }
+  override _write(_chunk: Buffer, _encoding: BufferEncoding, _callback: (error?: Error | null) => void): void {
+    this.onWrite();
+  }
+}
+
 for (const kind of ['fs', 's3'] as const) {
   describe(`restore --to - when the reader goes away (${kind} store)`, () => {
     async function makeRepo() {
@@ -102,6 +112,16 @@ for (const kind of ['fs', 's3'] as const) {
         expect((failure as CdpError).message).toMatch(message);
         expect(stdout.taken).toBe(3 * REGION);
       }
+    });
+
+    it('executeRestore: cancelled while the output is stalled, it stops with ABORTED', async () => {
+      const { store } = await makeRepo();
+      const plan = await planRestore({ store, at: parsePointSelector('latest') });
+      const cancel = new AbortController();
+      const stdout = new StalledOutput(() => cancel.abort());
+      const failure = await executeRestore(plan, { to: '-', stdout, workers: 1, signal: cancel.signal }).catch((error: unknown) => error);
+      expect(failure).toBeInstanceOf(CdpError);
+      expect((failure as CdpError).code).toBe('ABORTED');
     });
   });
 }
