@@ -591,6 +591,8 @@ describe('targets that need the operating system (local store)', () => {
     // unprivileged user 65534 (nobody) against a mode-000 source; skipped where that is not allowed.
     const fx = await makeRepo('fs', 'unreadable', { rounds: 1 });
     for (let d = fx.work; d.startsWith(fixture.dir); d = join(d, '..')) await chmod(d, 0o755);
+    // The repository is private to its owner (root); that user must read it, not write it.
+    execFileSync('chmod', ['-R', 'go+rX', fx.repo]);
     const unreadable = join(fx.work, 'unreadable.img');
     await writeFile(unreadable, fx.rounds[0]!.image);
     await chmod(unreadable, 0o000);
