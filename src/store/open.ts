@@ -1,5 +1,6 @@
-// The one place where store layers are stacked: adapter → concurrency limit → retry.
-// Retry sits outside the limit so a call sleeping out its backoff does not hold a slot.
+// The one place where store layers are stacked: adapter → per-attempt timeout → concurrency
+// limit → retry. Retry sits outside the limit so a call sleeping out its backoff does not hold a
+// slot; the timeout sits inside it so waiting for a slot does not count against an attempt.
 
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,6 +8,7 @@ import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
+import { TimeoutStore, type TimeoutOptions } from './timeout.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export type RepoUrl = { kind: 's3'; bucket: string; prefix: string } | { kind: 'fs'; path: string };
@@ -18,6 +20,7 @@ export interface OpenStoreOptions {
   /** Store calls in flight at once. Default 8. */
   concurrency?: number;
   retry?: RetryOptions;
+  timeout?: TimeoutOptions;
 }
 
 const FORMS = 's3://bucket[/prefix], file:///absolute/path, or a directory path';
@@ -49,7 +52,7 @@ export function parseRepoUrl(url: string, cwd: string = process.cwd()): RepoUrl 
   return { kind: 'fs', path: resolve(cwd, url) };
 }
 
-/** Opens the repository store at `url` with retries and a concurrency limit stacked on. */
+/** Opens the repository store at `url` with timeouts, a concurrency limit and retries stacked on. */
 export function openStore(url: string, options: OpenStoreOptions = {}): ObjectStore {
   const parsed = parseRepoUrl(url);
   let adapter: ObjectStore;
@@ -68,7 +71,8 @@ export function openStore(url: string, options: OpenStoreOptions = {}): ObjectSt
   } else {
     adapter = new FsStore(parsed.path);
   }
-  const limited = new LimitedStore(adapter, options.concurrency !== undefined ? { concurrency: options.concurrency } : {});
+  const timed = new TimeoutStore(adapter, options.timeout);
+  const limited = new LimitedStore(timed, options.concurrency !== undefined ? { concurrency: options.concurrency } : {});
   return new RetryingStore(limited, options.retry);
 }
 
