@@ -4,7 +4,9 @@
 // Stacked inside the concurrency limit (open.ts), so time spent waiting for a slot is not
 // counted. The attempt is aborted through the AbortSignal handed to the adapter (the S3 SDK then
 // drops the connection), and the call fails at once even if the adapter ignores the signal.
-// The caller's own cancellation still surfaces as AbortedError.
+// The caller's own cancellation still surfaces as AbortedError. Only for adapters whose I/O
+// stops when the signal fires (S3): a local read cannot be aborted, and one given up on could
+// still land in a GET's `into` buffer after the caller has reused it.
 
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
@@ -29,6 +31,26 @@ const realTimer = (ms: number, fire: () => void): (() => void) => {
   return () => clearTimeout(handle);
 };
 
+/** The options with their defaults filled in; InvalidArgumentError names a bad one. */
+export function checkTimeoutOptions(options: TimeoutOptions = {}): Required<TimeoutOptions> {
+  const checked = {
+    baseMs: options.baseMs ?? 10_000,
+    minBytesPerSecond: options.minBytesPerSecond ?? MiB,
+    unsizedGetBytes: options.unsizedGetBytes ?? 32 * MiB,
+    timer: options.timer ?? realTimer,
+  };
+  if (!(Number.isFinite(checked.baseMs) && checked.baseMs > 0)) {
+    throw new InvalidArgumentError(`request timeout ${checked.baseMs} ms must be a finite number above 0`);
+  }
+  if (!(Number.isFinite(checked.minBytesPerSecond) && checked.minBytesPerSecond > 0)) {
+    throw new InvalidArgumentError(`minimum request throughput ${checked.minBytesPerSecond} bytes/s must be a finite number above 0`);
+  }
+  if (!(Number.isSafeInteger(checked.unsizedGetBytes) && checked.unsizedGetBytes >= 0)) {
+    throw new InvalidArgumentError(`unsized GET budget ${checked.unsizedGetBytes} bytes must be a whole number of at least 0`);
+  }
+  return checked;
+}
+
 export class TimeoutStore implements ObjectStore {
   readonly location: string;
   private readonly baseMs: number;
@@ -41,19 +63,7 @@ export class TimeoutStore implements ObjectStore {
     options: TimeoutOptions = {},
   ) {
     this.location = inner.location;
-    this.baseMs = options.baseMs ?? 10_000;
-    this.minBytesPerSecond = options.minBytesPerSecond ?? MiB;
-    this.unsizedGetBytes = options.unsizedGetBytes ?? 32 * MiB;
-    this.timer = options.timer ?? realTimer;
-    if (!(Number.isFinite(this.baseMs) && this.baseMs > 0)) {
-      throw new InvalidArgumentError(`request timeout ${this.baseMs} ms must be a finite number above 0`);
-    }
-    if (!(Number.isFinite(this.minBytesPerSecond) && this.minBytesPerSecond > 0)) {
-      throw new InvalidArgumentError(`minimum request throughput ${this.minBytesPerSecond} bytes/s must be a finite number above 0`);
-    }
-    if (!(Number.isSafeInteger(this.unsizedGetBytes) && this.unsizedGetBytes >= 0)) {
-      throw new InvalidArgumentError(`unsized GET budget ${this.unsizedGetBytes} bytes must be a whole number of at least 0`);
-    }
+    ({ baseMs: this.baseMs, minBytesPerSecond: this.minBytesPerSecond, unsizedGetBytes: this.unsizedGetBytes, timer: this.timer } = checkTimeoutOptions(options));
   }
 
   /** The budget of one attempt that moves `bytes`. */
