@@ -104,6 +104,17 @@ describe('the fault proxy and the store stack', () => {
     expect(Array.from(await store.get('k'))).toEqual([1]);
   });
 
+  it('503 SlowDown on every attempt: the final error says it was throttled and that it gave up', async () => {
+    const store = openStore(`s3://${BUCKET}/throttled`, { endpoint: proxy.endpoint, retry: { attempts: 4, baseDelayMs: 1, maxDelayMs: 5 } });
+    const before = proxy.counts.slowdown;
+    proxy.setProbabilities({ slowdown: 1 });
+    const error = await store.get('anything').catch((e: unknown) => e);
+    proxy.setProbabilities({});
+    expect(proxy.counts.slowdown - before).toBe(4);
+    expect((error as StoreError).kind).toBe('retryable');
+    expect((error as StoreError).message).toMatch(/^anything in bucket faults: SlowDown \(503\): Please reduce your request rate\. \(gave up after 4 attempts\)$/);
+  });
+
   it('the proxy emulates If-None-Match (s3rver ignores it): another writer\'s object stays "exists"', async () => {
     proxy.setProbabilities({});
     const store = openStore(`s3://${BUCKET}/inm`, { endpoint: proxy.endpoint, retry: { baseDelayMs: 1, maxDelayMs: 5 } });
