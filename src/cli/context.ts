@@ -6,8 +6,11 @@ import type { Progress } from '../core/progress.js';
 import { silentProgress } from '../core/progress.js';
 import { UsageError } from '../errors.js';
 import { openStore } from '../store/open.js';
+import type { RetryInfo } from '../store/retry.js';
+import type { TimeoutOptions } from '../store/timeout.js';
 import type { ObjectStore } from '../store/types.js';
 import { ProgressBar } from './progress-bar.js';
+import { parseDuration } from './units.js';
 
 export interface GlobalOptions {
   repo?: string;
@@ -16,6 +19,8 @@ export interface GlobalOptions {
   pathStyle?: boolean;
   json?: boolean;
   debug?: boolean;
+  /** --request-timeout: the per-attempt store timeout's base (a duration). */
+  requestTimeout?: string;
   progress?: boolean;
   /** --force-unlock: writers remove every repository lock before taking their own. */
   forceUnlock?: boolean;
@@ -80,10 +85,13 @@ export class CliContext {
     if (url === undefined || url === '') {
       throw new UsageError('no repository: pass --repo s3://bucket/prefix or --repo /path, or set CDP_S3_REPO');
     }
+    const requestTimeout = this.options.requestTimeout;
     return openStore(url, {
       endpoint: this.options.endpoint,
       region: this.options.region,
       forcePathStyle: this.options.pathStyle,
+      ...(requestTimeout !== undefined ? { timeout: requestTimeoutOptions(parseDuration(requestTimeout, '--request-timeout')) } : {}),
+      ...(this.options.debug === true ? { retry: { onRetry: (info: RetryInfo) => this.stderr.write(`${describeRetry(info)}\n`) } } : {}),
     });
   }
 
@@ -101,4 +109,17 @@ export class CliContext {
   note(text: string): void {
     if (!this.json) this.stderr.write(`${text}\n`);
   }
+}
+
+/**
+ * --request-timeout T: an attempt that moves no data gets T, and T more per 10 MiB it moves
+ * (the store's defaults are the same rule for T = 10 s).
+ */
+export function requestTimeoutOptions(baseMs: number): TimeoutOptions {
+  return { baseMs, minBytesPerSecond: (10 * 1024 * 1024 * 1000) / baseMs };
+}
+
+/** One --debug line per retry: what failed, why, and when it is tried again. */
+export function describeRetry(info: RetryInfo): string {
+  return `cdp-s3: ${info.operation} ${info.key} attempt ${info.attempt} failed, retrying in ${Math.round(info.delayMs)} ms: ${info.error.message}`;
 }

@@ -1,5 +1,7 @@
-// The one place where store layers are stacked: adapter → concurrency limit → retry.
-// Retry sits outside the limit so a call sleeping out its backoff does not hold a slot.
+// The one place where store layers are stacked: adapter → per-attempt timeout (S3 only: local
+// I/O cannot be aborted) → concurrency limit → retry. Retry sits outside the limit so a call
+// sleeping out its backoff does not hold a slot; the timeout sits inside it so waiting for a
+// slot does not count against an attempt.
 
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,6 +9,7 @@ import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
+import { TimeoutStore, checkTimeoutOptions, type TimeoutOptions } from './timeout.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export type RepoUrl = { kind: 's3'; bucket: string; prefix: string } | { kind: 'fs'; path: string };
@@ -18,6 +21,8 @@ export interface OpenStoreOptions {
   /** Store calls in flight at once. Default 8. */
   concurrency?: number;
   retry?: RetryOptions;
+  /** Per-attempt timeouts of S3 requests (a local directory has none). */
+  timeout?: TimeoutOptions;
 }
 
 const FORMS = 's3://bucket[/prefix], file:///absolute/path, or a directory path';
@@ -49,21 +54,24 @@ export function parseRepoUrl(url: string, cwd: string = process.cwd()): RepoUrl 
   return { kind: 'fs', path: resolve(cwd, url) };
 }
 
-/** Opens the repository store at `url` with retries and a concurrency limit stacked on. */
+/** Opens the repository store at `url` with timeouts, a concurrency limit and retries stacked on. */
 export function openStore(url: string, options: OpenStoreOptions = {}): ObjectStore {
   const parsed = parseRepoUrl(url);
+  const timeout = checkTimeoutOptions(options.timeout);
   let adapter: ObjectStore;
   if (parsed.kind === 's3') {
     // The AWS SDK takes ~130 ms to load: only S3 repositories pay for it.
     adapter = new LazyStore(`s3://${parsed.bucket}/${parsed.prefix}`, async () => {
       const { S3Store } = await import('./s3.js');
-      return new S3Store({
+      // Inside the lazy load, so loading the SDK does not count against the first attempt.
+      const s3 = new S3Store({
         bucket: parsed.bucket,
         prefix: parsed.prefix,
         ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
         ...(options.region !== undefined ? { region: options.region } : {}),
         ...(options.forcePathStyle !== undefined ? { forcePathStyle: options.forcePathStyle } : {}),
       });
+      return new TimeoutStore(s3, timeout);
     });
   } else {
     adapter = new FsStore(parsed.path);

@@ -2,12 +2,15 @@
 // full jitter (delay = random(0, min(max, base·2^(attempt-1)))), so many clients throttled at
 // once spread out instead of retrying in lockstep. Every other failure surfaces at once.
 //
-// Conditional puts: if an ifAbsent put fails ambiguously (e.g. the connection drops after the
-// server stored the object) and the retry then gets 'exists', that 'exists' is surfaced as is.
-// Callers must treat 'exists' from a conditional put as "maybe our own earlier write".
+// When the attempts run out, the last error surfaces with "(gave up after N attempts)" added.
+//
+// Conditional puts: if an ifAbsent put fails ambiguously (e.g. the reply is lost after the
+// server stored the object) and a retry then gets 'exists', the object is read back: if it is
+// byte for byte what this put wrote, it is our own earlier attempt and the put succeeded.
+// Otherwise 'exists' surfaces (another writer's object).
 
 import { setTimeout as delay } from 'node:timers/promises';
-import { AbortedError, StoreError, throwIfAborted } from '../errors.js';
+import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export interface RetryInfo {
@@ -23,7 +26,9 @@ export interface RetryInfo {
 export interface RetryOptions {
   /** Total attempts including the first. Default 6. */
   attempts?: number;
+  /** Backoff before the second attempt is at most this; it doubles per attempt. Default 100. */
   baseDelayMs?: number;
+  /** Cap of the backoff. Default 5000. */
   maxDelayMs?: number;
   /** Waits `ms`, rejecting when `signal` fires; injectable for tests. */
   sleep?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
@@ -45,9 +50,15 @@ export class RetryingStore implements ObjectStore {
     options: RetryOptions = {},
   ) {
     this.location = inner.location;
-    this.attempts = Math.max(1, options.attempts ?? 6);
+    this.attempts = options.attempts ?? 6;
     this.baseDelayMs = options.baseDelayMs ?? 100;
     this.maxDelayMs = options.maxDelayMs ?? 5000;
+    if (!Number.isSafeInteger(this.attempts) || this.attempts < 1) {
+      throw new InvalidArgumentError(`retry attempts ${this.attempts} must be a whole number of at least 1`);
+    }
+    for (const [name, value] of [['base delay', this.baseDelayMs], ['max delay', this.maxDelayMs]] as const) {
+      if (!Number.isFinite(value) || value < 0) throw new InvalidArgumentError(`retry ${name} ${value} ms must be a finite number of at least 0`);
+    }
     this.sleep = options.sleep ?? ((ms, signal) => delay(ms, undefined, signal === undefined ? {} : { signal }));
     this.onRetry = options.onRetry;
   }
@@ -57,7 +68,29 @@ export class RetryingStore implements ObjectStore {
   }
 
   put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
-    return this.run('put', key, options?.signal, () => this.inner.put(key, body, options));
+    let retried = false;
+    return this.run('put', key, options?.signal, async () => {
+      const isRetry = retried;
+      retried = true;
+      try {
+        await this.inner.put(key, body, options);
+      } catch (error) {
+        if (!isRetry || options?.ifAbsent !== true || !(error instanceof StoreError && error.kind === 'exists')) throw error;
+        // An earlier attempt may have stored the object and lost the reply (see the top).
+        if (!(await this.holds(key, body, options.signal))) throw error;
+      }
+    });
+  }
+
+  /** Whether `key` holds exactly `body`; a failure to read is thrown (and the put retried). */
+  private async holds(key: string, body: Uint8Array, signal: AbortSignal | undefined): Promise<boolean> {
+    try {
+      const stored = await this.inner.get(key, signal === undefined ? {} : { signal });
+      return Buffer.from(stored.buffer, stored.byteOffset, stored.length).equals(body);
+    } catch (error) {
+      if (error instanceof StoreError && error.kind === 'not-found') return false;
+      throw error;
+    }
   }
 
   head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
@@ -95,7 +128,11 @@ export class RetryingStore implements ObjectStore {
         return await fn();
       } catch (error) {
         if (signal?.aborted === true) throw new AbortedError('cancelled', { cause: error });
-        if (!(error instanceof StoreError) || !RETRIED.has(error.kind) || attempt >= this.attempts) throw error;
+        if (!(error instanceof StoreError) || !RETRIED.has(error.kind)) throw error;
+        if (attempt >= this.attempts) {
+          const tries = `${attempt} attempt${attempt === 1 ? '' : 's'}`;
+          throw new StoreError(error.kind, `${error.message} (gave up after ${tries})`, { cause: error, ...(error.key !== undefined ? { key: error.key } : {}) });
+        }
         const delayMs = Math.random() * Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
         this.onRetry?.({ operation, key, attempt, delayMs, error });
         await this.sleep(delayMs, signal).catch((sleepError: unknown) => {

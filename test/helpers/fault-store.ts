@@ -7,6 +7,8 @@ import type { GetOptions, ObjectStore, PutOptions } from '../../src/store/types.
 export interface FaultHooks {
   /** Runs before a put is delegated; throw to make the put fail without reaching the store. */
   beforePut?: (key: string, body: Uint8Array, options: PutOptions | undefined) => void | Promise<void>;
+  /** Runs after a put succeeded; throw to lose the reply of a put that the store did commit. */
+  afterPut?: (key: string, body: Uint8Array, options: PutOptions | undefined) => void | Promise<void>;
   /** Runs before a get is delegated. */
   beforeGet?: (key: string, options: GetOptions | undefined) => void | Promise<void>;
   /** Runs after a get returned its bytes (the caller still receives them). */
@@ -35,6 +37,7 @@ export class FaultStore extends DelegatingStore {
   override async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     this.puts.push(key);
     await this.hooks.beforePut?.(key, body, options);
-    return this.inner.put(key, body, options);
+    await this.inner.put(key, body, options);
+    await this.hooks.afterPut?.(key, body, options);
   }
 }

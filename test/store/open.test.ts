@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { UsageError } from '../../src/errors.js';
+import { InvalidArgumentError, UsageError } from '../../src/errors.js';
 import { openStore, parseRepoUrl } from '../../src/store/open.js';
 
 describe('parseRepoUrl', () => {
@@ -39,6 +39,14 @@ describe('openStore', () => {
       expect(Array.from(await store.get('k'))).toEqual([1, 2, 3]);
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses bad timeout or retry options up front, for either kind of store', () => {
+    for (const url of ['/tmp/x', 's3://bucket/p']) {
+      expect(() => openStore(url, { timeout: { baseMs: 0 } })).toThrow(/request timeout 0 ms must be a finite number above 0/);
+      expect(() => openStore(url, { timeout: { minBytesPerSecond: -1 } })).toThrow(InvalidArgumentError);
+      expect(() => openStore(url, { retry: { attempts: 0 } })).toThrow(/retry attempts 0/);
     }
   });
 

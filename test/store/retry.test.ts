@@ -1,7 +1,12 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { AbortedError, StoreError } from '../../src/errors.js';
+import { AbortedError, InvalidArgumentError, StoreError } from '../../src/errors.js';
+import { FsStore } from '../../src/store/fs.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
+import { FaultStore } from '../helpers/fault-store.js';
 import { collect, expectStoreError } from './conformance.js';
 
 /** An inner store whose get() answers from a script of errors, then succeeds. */
@@ -43,7 +48,7 @@ describe('RetryingStore', () => {
     const inner = scriptedStore([retryable(1), retryable(2), retryable(3), retryable(4)]);
     const store = new RetryingStore(inner, { attempts: 3, sleep: noSleep });
     const error = await expectStoreError(store.get('k'), 'retryable');
-    expect(error.message).toBe('slow down 3');
+    expect(error.message).toBe('slow down 3 (gave up after 3 attempts)');
     expect(inner.calls).toBe(3);
   });
 
@@ -116,5 +121,80 @@ describe('RetryingStore', () => {
     expect(starts).toBe(2);
     // A fresh iteration starts over and completes.
     expect((await collect(store.list(''))).map((o) => o.key)).toEqual(['a', 'b']);
+  });
+});
+
+describe('RetryingStore: a conditional put whose reply was lost', () => {
+  /** A real FsStore (its ifAbsent put is enforced by link()) that commits the first put of `key` and then loses the reply. */
+  async function lostReply(key: string) {
+    const dir = await mkdtemp(join(tmpdir(), 'cdp-retry-'));
+    const fs = new FsStore(dir);
+    let lost = 0;
+    const faults = new FaultStore(fs, {
+      afterPut: (putKey) => {
+        if (putKey === key && lost++ === 0) throw new StoreError('retryable', `${putKey}: socket hang up (injected after commit)`, { key: putKey });
+      },
+    });
+    const retries: RetryInfo[] = [];
+    const store = new RetryingStore(faults, { sleep: noSleep, onRetry: (info) => retries.push(info) });
+    return { fs, faults, store, retries, lost: () => lost, cleanup: () => rm(dir, { recursive: true, force: true }) };
+  }
+
+  it('is ours when the object read back is byte-identical: the put succeeds', async () => {
+    const t = await lostReply('deltas/1');
+    try {
+      const body = new Uint8Array([1, 2, 3, 4, 5]);
+      await t.store.put('deltas/1', body, { ifAbsent: true });
+      expect(t.lost()).toBe(1);
+      expect(t.retries.map((r) => [r.operation, r.key, r.attempt, r.error.kind])).toEqual([['put', 'deltas/1', 1, 'retryable']]);
+      expect(t.faults.puts).toEqual(['deltas/1', 'deltas/1']); // the retry reached the store and got 'exists'
+      expect(Array.from(await t.fs.get('deltas/1'))).toEqual(Array.from(body));
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it("is another writer's when the bytes differ: 'exists' surfaces and the stored object stays", async () => {
+    const t = await lostReply('deltas/1');
+    try {
+      await t.fs.put('deltas/1', new Uint8Array([9, 9, 9])); // the other writer's, before ours
+      // Our first attempt gets 'exists' at once: not retried, no read-back.
+      await expectStoreError(t.store.put('deltas/1', new Uint8Array([1, 2, 3]), { ifAbsent: true }), 'exists');
+      expect(t.faults.gets).toEqual([]);
+      // An ambiguous first attempt (reply lost before the store was reached), then 'exists' with other bytes.
+      let failed = false;
+      const store = new RetryingStore(
+        new FaultStore(t.fs, {
+          beforePut: () => {
+            if (!failed) {
+              failed = true;
+              throw new StoreError('retryable', 'socket hang up (injected)', { key: 'deltas/1' });
+            }
+          },
+        }),
+        { sleep: noSleep },
+      );
+      await expectStoreError(store.put('deltas/1', new Uint8Array([1, 2, 3]), { ifAbsent: true }), 'exists');
+      expect(Array.from(await t.fs.get('deltas/1'))).toEqual(Array.from(new Uint8Array([9, 9, 9])));
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it('a put without ifAbsent is not read back', async () => {
+    const t = await lostReply('packs/a');
+    try {
+      await t.store.put('packs/a', new Uint8Array([7]));
+      expect(t.faults.gets).toEqual([]);
+      expect(Array.from(await t.fs.get('packs/a'))).toEqual(Array.from(new Uint8Array([7])));
+    } finally {
+      await t.cleanup();
+    }
+  });
+});
+
+describe('RetryingStore options', () => {
+  it.each([{ attempts: 0 }, { attempts: 1.5 }, { baseDelayMs: -1 }, { maxDelayMs: Number.NaN }])('refuses %o', (options) => {
+    expect(() => new RetryingStore(scriptedStore([]), options)).toThrow(InvalidArgumentError);
   });
 });

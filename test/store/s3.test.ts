@@ -84,8 +84,9 @@ describe('S3Store', () => {
 
     const retries: RetryInfo[] = [];
     const store = new RetryingStore(raw, { attempts: 3, baseDelayMs: 1, onRetry: (info) => retries.push(info) });
-    await expectStoreError(store.head('k'), 'unreachable');
+    const final = await expectStoreError(store.head('k'), 'unreachable');
     expect(retries.map((r) => r.attempt)).toEqual([1, 2]);
+    expect(final.message).toMatch(/cannot reach .* \(gave up after 3 attempts\)$/);
   });
 
   it('reports an unknown access key as auth, pointing at the credential chain', async () => {

@@ -1,0 +1,155 @@
+// Bounds every store call attempt in time, so a request the server never answers (or answers
+// ever more slowly) fails as 'retryable' and RetryingStore tries again, instead of hanging the
+// command forever. The budget grows with the bytes moved: baseMs + bytes / minBytesPerSecond.
+// Stacked inside the concurrency limit (open.ts), so time spent waiting for a slot is not
+// counted. The attempt is aborted through the AbortSignal handed to the adapter (the S3 SDK then
+// drops the connection), and the call fails at once even if the adapter ignores the signal.
+// The caller's own cancellation still surfaces as AbortedError. Only for adapters whose I/O
+// stops when the signal fires (S3): a local read cannot be aborted, and one given up on could
+// still land in a GET's `into` buffer after the caller has reused it.
+
+import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+
+const MiB = 1024 * 1024;
+
+export interface TimeoutOptions {
+  /** Budget of an attempt that moves no data (HEAD, DELETE, a LIST page). Default 10 000. */
+  baseMs?: number;
+  /** An attempt may take bytes / this longer than baseMs. Default 1 MiB/s (10 s per 10 MiB). */
+  minBytesPerSecond?: number;
+  /** Bytes a whole-object GET is budgeted for, since its size is not known up front. Default 32 MiB. */
+  unsizedGetBytes?: number;
+  /** Calls `fire` after `ms` unless the returned cancel is called first; injectable for tests. */
+  timer?: (ms: number, fire: () => void) => () => void;
+}
+
+type Operation = 'get' | 'put' | 'head' | 'list' | 'delete';
+
+const realTimer = (ms: number, fire: () => void): (() => void) => {
+  const handle = setTimeout(fire, ms);
+  return () => clearTimeout(handle);
+};
+
+/** The options with their defaults filled in; InvalidArgumentError names a bad one. */
+export function checkTimeoutOptions(options: TimeoutOptions = {}): Required<TimeoutOptions> {
+  const checked = {
+    baseMs: options.baseMs ?? 10_000,
+    minBytesPerSecond: options.minBytesPerSecond ?? MiB,
+    unsizedGetBytes: options.unsizedGetBytes ?? 32 * MiB,
+    timer: options.timer ?? realTimer,
+  };
+  if (!(Number.isFinite(checked.baseMs) && checked.baseMs > 0)) {
+    throw new InvalidArgumentError(`request timeout ${checked.baseMs} ms must be a finite number above 0`);
+  }
+  if (!(Number.isFinite(checked.minBytesPerSecond) && checked.minBytesPerSecond > 0)) {
+    throw new InvalidArgumentError(`minimum request throughput ${checked.minBytesPerSecond} bytes/s must be a finite number above 0`);
+  }
+  if (!(Number.isSafeInteger(checked.unsizedGetBytes) && checked.unsizedGetBytes >= 0)) {
+    throw new InvalidArgumentError(`unsized GET budget ${checked.unsizedGetBytes} bytes must be a whole number of at least 0`);
+  }
+  return checked;
+}
+
+export class TimeoutStore implements ObjectStore {
+  readonly location: string;
+  private readonly baseMs: number;
+  private readonly minBytesPerSecond: number;
+  private readonly unsizedGetBytes: number;
+  private readonly timer: (ms: number, fire: () => void) => () => void;
+
+  constructor(
+    private readonly inner: ObjectStore,
+    options: TimeoutOptions = {},
+  ) {
+    this.location = inner.location;
+    ({ baseMs: this.baseMs, minBytesPerSecond: this.minBytesPerSecond, unsizedGetBytes: this.unsizedGetBytes, timer: this.timer } = checkTimeoutOptions(options));
+  }
+
+  /** The budget of one attempt that moves `bytes`. */
+  budgetMs(bytes: number): number {
+    return Math.ceil(this.baseMs + (bytes / this.minBytesPerSecond) * 1000);
+  }
+
+  get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    const bytes = options?.range?.length ?? this.unsizedGetBytes;
+    return this.attempt('get', key, bytes, options?.signal, (signal) => this.inner.get(key, { ...options, signal }));
+  }
+
+  put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    return this.attempt('put', key, body.length, options?.signal, (signal) => this.inner.put(key, body, { ...options, signal }));
+  }
+
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    return this.attempt('head', key, 0, options?.signal, (signal) => this.inner.head(key, { signal }));
+  }
+
+  delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
+    return this.attempt('delete', key, 0, options?.signal, (signal) => this.inner.delete(key, { signal }));
+  }
+
+  /** Durability of deferred local writes: bounded by the disk, not by a server. */
+  sync(options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.sync(options);
+  }
+
+  /** Each step of the listing (a page request, at most) has its own budget. */
+  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+    const caller = options?.signal;
+    // One signal for the whole listing, since the adapter takes it once; a step that runs out
+    // of time aborts it, which ends the listing (RetryingStore restarts one that yielded nothing).
+    const listing = new AbortController();
+    const forward = (): void => listing.abort(caller?.reason);
+    caller?.addEventListener('abort', forward, { once: true });
+    const iterator = this.inner.list(prefix, { signal: listing.signal })[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        const step = await this.attempt('list', prefix, 0, caller, () => iterator.next(), listing);
+        if (step.done === true) return;
+        yield step.value;
+      }
+    } finally {
+      caller?.removeEventListener('abort', forward);
+      await iterator.return?.().catch(() => undefined);
+    }
+  }
+
+  private async attempt<T>(
+    operation: Operation,
+    key: string,
+    bytes: number,
+    caller: AbortSignal | undefined,
+    fn: (signal: AbortSignal) => Promise<T>,
+    shared?: AbortController,
+  ): Promise<T> {
+    throwIfAborted(caller);
+    const ms = this.budgetMs(bytes);
+    const controller = shared ?? new AbortController();
+    const timeout = new StoreError(
+      'retryable',
+      `${operation.toUpperCase()} ${key} in ${this.location}: no answer within ${(ms / 1000).toFixed(1)} s (the per-attempt timeout${bytes > 0 ? ` for ${bytes} bytes` : ''})`,
+      { key },
+    );
+    let stop!: (error: Error) => void;
+    const stopped = new Promise<never>((_, reject) => (stop = reject));
+    const onCallerAbort = (): void => {
+      controller.abort(caller?.reason);
+      stop(new AbortedError('cancelled', { cause: caller?.reason }));
+    };
+    caller?.addEventListener('abort', onCallerAbort, { once: true });
+    const cancel = this.timer(ms, () => {
+      controller.abort(timeout);
+      stop(timeout);
+    });
+    try {
+      return await Promise.race([fn(controller.signal), stopped]);
+    } catch (error) {
+      if (caller?.aborted === true) throw error instanceof AbortedError ? error : new AbortedError('cancelled', { cause: error });
+      if (controller.signal.reason === timeout) throw timeout;
+      throw error;
+    } finally {
+      cancel();
+      caller?.removeEventListener('abort', onCallerAbort);
+    }
+  }
+}
