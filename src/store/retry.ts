@@ -27,6 +27,8 @@ export interface RetryOptions {
   maxDelayMs?: number;
   /** Waits `ms`, rejecting when `signal` fires; injectable for tests. */
   sleep?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+  /** A number in [0, 1) for the jitter; injectable for tests. Default Math.random. */
+  random?: () => number;
   onRetry?: (info: RetryInfo) => void;
 }
 
@@ -38,6 +40,7 @@ export class RetryingStore implements ObjectStore {
   private readonly baseDelayMs: number;
   private readonly maxDelayMs: number;
   private readonly sleep: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+  private readonly random: () => number;
   private readonly onRetry: ((info: RetryInfo) => void) | undefined;
 
   constructor(
@@ -49,6 +52,7 @@ export class RetryingStore implements ObjectStore {
     this.baseDelayMs = options.baseDelayMs ?? 100;
     this.maxDelayMs = options.maxDelayMs ?? 5000;
     this.sleep = options.sleep ?? ((ms, signal) => delay(ms, undefined, signal === undefined ? {} : { signal }));
+    this.random = options.random ?? Math.random;
     this.onRetry = options.onRetry;
   }
 
@@ -96,7 +100,7 @@ export class RetryingStore implements ObjectStore {
       } catch (error) {
         if (signal?.aborted === true) throw new AbortedError('cancelled', { cause: error });
         if (!(error instanceof StoreError) || !RETRIED.has(error.kind) || attempt >= this.attempts) throw error;
-        const delayMs = Math.random() * Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
+        const delayMs = this.random() * Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
         this.onRetry?.({ operation, key, attempt, delayMs, error });
         await this.sleep(delayMs, signal).catch((sleepError: unknown) => {
           if (signal?.aborted === true) throw new AbortedError('cancelled', { cause: sleepError });
