@@ -15,8 +15,6 @@ export interface MemoryExportOptions {
   name?: string;
   description?: string;
   readOnly?: boolean;
-  /** Milliseconds every operation waits before it runs. */
-  delayMs?: number;
   /** Initial contents (copied); otherwise zeros of `size`. */
   contents?: Buffer;
   /** Also implement the optional readInto() and writev(), which the server then uses. */
@@ -39,7 +37,6 @@ export class MemoryExport implements NbdExport {
   readonly readOnly: boolean;
   readonly data: Buffer;
   readonly operations: Operation[] = [];
-  delayMs: number;
   /** While set, every operation waits for it to resolve (tests hold requests in flight this way). */
   gate: Promise<void> | undefined;
   /** When set, the next operations fail with it. */
@@ -60,7 +57,6 @@ export class MemoryExport implements NbdExport {
     this.name = options.name ?? '';
     this.description = options.description;
     this.readOnly = options.readOnly ?? false;
-    this.delayMs = options.delayMs ?? 0;
     this.data = options.contents === undefined ? Buffer.alloc(size) : Buffer.from(options.contents);
     if (options.views === true) {
       this.readViews = async (offset, length) => {
@@ -122,7 +118,6 @@ export class MemoryExport implements NbdExport {
     this.inFlight += 1;
     this.peakInFlight = Math.max(this.peakInFlight, this.inFlight);
     try {
-      if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
       if (this.gate !== undefined) await this.gate;
       if (this.failWith !== undefined) throw this.failWith;
     } catch (error) {
