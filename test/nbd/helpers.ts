@@ -2,7 +2,7 @@
 // a raw protocol client that does the handshake itself and sends whatever bytes a test wants, and
 // a runner for the Debian NBD clients.
 
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
 import * as P from '../../src/nbd/protocol.js';
@@ -164,14 +164,7 @@ export class MemoryExport implements NbdExport {
 
 // ---- Debian clients ----
 
-export function hasBinary(name: string): boolean {
-  try {
-    execFileSync('which', [name], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { hasBinary } from '../helpers/requirements.js';
 
 export interface ToolResult {
   code: number;
