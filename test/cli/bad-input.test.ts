@@ -18,6 +18,7 @@ import { s3ServerEnv } from '../../src/dev/s3-server.js';
 import { CLI_ENTRY, type CliResult, cli, spawnCli } from '../helpers/cli.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
 import { requireOrSkip } from '../helpers/requirements.js';
+import { waitUntil } from '../helpers/wait.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot, versionOf, withVersion } from '../helpers/raw-objects.js';
 
@@ -648,12 +649,12 @@ describe('interrupting a real backup process (local store)', () => {
 
   /** Resolves once the backup has begun writing packs (the packs/ directory has an entry). */
   async function packsStarted(repo: string, child: ReturnType<typeof spawnCli>): Promise<boolean> {
-    for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) return false;
-      const entries = await readdir(join(repo, 'packs')).catch(() => []);
-      if (entries.length > 0) return true;
-      await new Promise((r) => setTimeout(r, 2));
-    }
+    let started = false;
+    await waitUntil(async () => {
+      started = (await readdir(join(repo, 'packs')).catch(() => [])).length > 0;
+      return started || child.exitCode !== null || child.signalCode !== null;
+    }, 'the backup to write a pack');
+    return started;
   }
 
   function exited(child: ReturnType<typeof spawnCli>): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {

@@ -558,8 +558,8 @@ for (const kind of ['fs', 's3'] as const) {
         if (nbdfuse !== undefined && nbdfuse.exitCode === null) {
           const exited = new Promise((resolve) => nbdfuse!.once('exit', resolve));
           await run('fusermount3', ['-u', fuseDir]).catch(() => run('umount', [fuseDir]));
-          await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-          if (nbdfuse.exitCode === null) nbdfuse.kill('SIGTERM');
+          if (nbdfuse.exitCode === null) nbdfuse.kill('SIGTERM'); // unmounted: it may go now, if it has not
+          await exited;
         }
       }
     });
