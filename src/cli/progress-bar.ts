@@ -13,19 +13,23 @@ export class ProgressBar implements Progress {
   private started = 0;
   private drawn = 0;
 
-  constructor(private readonly out: NodeJS.WritableStream & { columns?: number } = process.stderr) {}
+  constructor(
+    private readonly out: NodeJS.WritableStream & { columns?: number } = process.stderr,
+    /** Milliseconds; tests drive it by hand. */
+    private readonly clock: () => number = Date.now,
+  ) {}
 
   phase(name: string, totalBytes: number): void {
     this.name = name;
     this.total = totalBytes;
     this.done_ = 0;
-    this.started = Date.now();
+    this.started = this.clock();
     this.drawn = 0;
   }
 
   advance(bytes: number): void {
     this.done_ += bytes;
-    const now = Date.now();
+    const now = this.clock();
     if (now - this.drawn >= REDRAW_MS) {
       this.drawn = now;
       this.draw(now);

@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
 import type { DeltaMap } from '../model/delta-map.js';
 import type { Delta } from '../model/pit-map.js';
-import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
+import { type LockTimer, type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
@@ -46,6 +46,8 @@ export interface BackupOptions {
   forceUnlock?: boolean;
   /** Repository lock lifetime without refresh; default 5 minutes (tests shorten it). */
   lockTtlMs?: number;
+  /** Schedules the lock's refreshes; tests drive them by hand. */
+  lockTimer?: LockTimer;
 }
 
 export interface BackupResult {
@@ -98,7 +100,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     // One writer at a time, from before the chain is read to the end (the source is checked
     // first, so a bad source fails without writing anything).
     if (options.forceUnlock === true) await forceUnlock(store, { signal });
-    lock = await acquireWriterLock(store, { command: 'backup', ttlMs: options.lockTtlMs, signal });
+    lock = await acquireWriterLock(store, { command: 'backup', ttlMs: options.lockTtlMs, timer: options.lockTimer, signal });
     const seqs = await repo.deltaSeqs(signal);
     const previous = seqs.at(-1) ?? 0;
     // The PIT map of the newest point in time; it becomes the new one as regions change.

@@ -262,6 +262,10 @@ class PitReader {
     if (!this.backing.has(buffer) && !this.closed) this.retire(buffer);
   }
 
+  get fetching(): boolean {
+    return this.inFlight.size > 0 || this.prefetching > 0;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -552,6 +556,11 @@ export class PitExport implements NbdExport {
 
   get stats(): Readonly<PitExportStats> {
     return this.reader.stats;
+  }
+
+  /** Whether any GET (for a read or ahead of reads) is still running; tests wait on it instead of sleeping. */
+  get fetching(): boolean {
+    return this.reader.fetching;
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {

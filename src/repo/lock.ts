@@ -86,7 +86,27 @@ export interface AcquireLockOptions {
   signal?: AbortSignal;
   /** Wall-clock milliseconds since the epoch; tests may shift it. */
   clock?: () => number;
+  /** Schedules the refreshes; tests inject one they advance by hand. Default: real timers. */
+  timer?: LockTimer;
 }
+
+/** Runs the lock's refreshes. */
+export interface LockTimer {
+  /**
+   * Calls `callback` once, `ms` from now, without keeping the process alive; returns a function
+   * that cancels the call. (The callback's result is the refresh in progress, for timers that
+   * want to await it.)
+   */
+  schedule(callback: () => unknown, ms: number): () => void;
+}
+
+const realTimer: LockTimer = {
+  schedule(callback, ms) {
+    const timer = setTimeout(callback, ms);
+    timer.unref();
+    return () => clearTimeout(timer);
+  },
+};
 
 export interface WriterLock {
   readonly id: string;
@@ -241,7 +261,7 @@ export async function acquireWriterLock(store: ObjectStore, options: AcquireLock
     ttlMs,
     state: 'acquiring',
   };
-  const lock = new HeldLock(store, info, clock, refreshMs);
+  const lock = new HeldLock(store, info, clock, options.timer ?? realTimer, refreshMs);
   try {
     await lock.announce(io);
     // 3. Settle races with writers that announced themselves at the same time.
@@ -289,7 +309,7 @@ class HeldLock implements WriterLock {
   private info: LockInfo;
   /** Puts of our object, one at a time and in order. */
   private writes: Promise<void> = Promise.resolve();
-  private timer: NodeJS.Timeout | undefined;
+  private cancelRefresh: (() => void) | undefined;
   private refreshing: Promise<void> = Promise.resolve();
   private stopped = false;
   private lost: LockedError | undefined;
@@ -299,6 +319,7 @@ class HeldLock implements WriterLock {
     private readonly store: ObjectStore,
     info: LockInfo,
     private readonly clock: () => number,
+    private readonly timer: LockTimer,
     private readonly refreshMs: number,
   ) {
     this.info = info;
@@ -332,10 +353,7 @@ class HeldLock implements WriterLock {
 
   private schedule(): void {
     if (this.stopped || this.lost !== undefined) return;
-    this.timer = setTimeout(() => {
-      this.refreshing = this.refresh();
-    }, this.refreshMs);
-    this.timer.unref();
+    this.cancelRefresh = this.timer.schedule(() => (this.refreshing = this.refresh()), this.refreshMs);
   }
 
   private async refresh(): Promise<void> {
@@ -385,7 +403,7 @@ class HeldLock implements WriterLock {
 
   private async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.cancelRefresh?.();
     await this.refreshing;
     await this.writes;
   }

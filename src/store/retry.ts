@@ -32,6 +32,8 @@ export interface RetryOptions {
   maxDelayMs?: number;
   /** Waits `ms`, rejecting when `signal` fires; injectable for tests. */
   sleep?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+  /** A number in [0, 1) for the jitter; injectable for tests. Default Math.random. */
+  random?: () => number;
   onRetry?: (info: RetryInfo) => void;
 }
 
@@ -43,6 +45,7 @@ export class RetryingStore implements ObjectStore {
   private readonly baseDelayMs: number;
   private readonly maxDelayMs: number;
   private readonly sleep: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+  private readonly random: () => number;
   private readonly onRetry: ((info: RetryInfo) => void) | undefined;
 
   constructor(
@@ -60,6 +63,7 @@ export class RetryingStore implements ObjectStore {
       if (!Number.isFinite(value) || value < 0) throw new InvalidArgumentError(`retry ${name} ${value} ms must be a finite number of at least 0`);
     }
     this.sleep = options.sleep ?? ((ms, signal) => delay(ms, undefined, signal === undefined ? {} : { signal }));
+    this.random = options.random ?? Math.random;
     this.onRetry = options.onRetry;
   }
 
@@ -133,7 +137,7 @@ export class RetryingStore implements ObjectStore {
           const tries = `${attempt} attempt${attempt === 1 ? '' : 's'}`;
           throw new StoreError(error.kind, `${error.message} (gave up after ${tries})`, { cause: error, ...(error.key !== undefined ? { key: error.key } : {}) });
         }
-        const delayMs = Math.random() * Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
+        const delayMs = this.random() * Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
         this.onRetry?.({ operation, key, attempt, delayMs, error });
         await this.sleep(delayMs, signal).catch((sleepError: unknown) => {
           if (signal?.aborted === true) throw new AbortedError('cancelled', { cause: sleepError });

@@ -17,6 +17,8 @@ import { openStore } from '../../src/store/open.js';
 import { s3ServerEnv } from '../../src/dev/s3-server.js';
 import { CLI_ENTRY, type CliResult, cli, spawnCli } from '../helpers/cli.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
+import { requireOrSkip } from '../helpers/requirements.js';
+import { waitUntil } from '../helpers/wait.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot, versionOf, withVersion } from '../helpers/raw-objects.js';
 
@@ -94,8 +96,7 @@ async function makeRepo(kind: Kind, name: string, options: { rounds?: number; si
     const result = await cli('--repo', repo, '--json', 'backup', source);
     expect(result.code, result.stderr).toBe(EXIT.ok);
     const report = JSON.parse(result.stdout) as { seq: number; time: string };
-    rounds.push({ seq: report.seq, time: report.time, image: Buffer.from(image) });
-    await new Promise((r) => setTimeout(r, 3));
+    rounds.push({ seq: report.seq, time: report.time, image: Buffer.from(image) }); // backup makes each time later than the last
   }
   return { kind, repo, raw: rawFor(kind, repo, prefix), source, rounds, work };
 }
@@ -505,7 +506,7 @@ describe('targets that need the operating system (local store)', () => {
     const fx = await makeRepo('fs', 'disk-full', { rounds: 1, image: makeImage({ size: 4 * 1024 * 1024, regionSize: REGION, seed: 9, zero: 0, repeated: 0 }) });
     const mountpoint = await freshDir('tmpfs');
     const mounted = tryRun('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mountpoint]);
-    if (!mounted.ok) ctx.skip(`cannot mount a 2 MiB tmpfs to fill up (${mounted.why}); needs root with CAP_SYS_ADMIN`);
+    requireOrSkip(ctx, mounted.ok ? undefined : `cannot mount a 2 MiB tmpfs to fill up (${mounted.why}); needs root with CAP_SYS_ADMIN`);
     try {
       const target = join(mountpoint, 'restored.img');
       expectFailure(
@@ -565,7 +566,8 @@ describe('targets that need the operating system (local store)', () => {
 
     it('a device smaller than the volume: refused with the target exit code, the device untouched', async (ctx) => {
       const device = await loopDevice(VOLUME / 2);
-      if (device === undefined) return ctx.skip(`no loop device (losetup -f --show failed: ${setupError}); needs root and /dev/loop-control`);
+      requireOrSkip(ctx, device === undefined ? `no loop device (losetup -f --show failed: ${setupError}); needs root and /dev/loop-control` : undefined);
+      if (device === undefined) return;
       expectFailure(
         await cli('--repo', fx.repo, 'restore', '--at', 'latest', '--to', device),
         EXIT.volume,
@@ -576,7 +578,8 @@ describe('targets that need the operating system (local store)', () => {
 
     it('a device of the volume size: restored and read back bit-exact', async (ctx) => {
       const device = await loopDevice(VOLUME);
-      if (device === undefined) return ctx.skip(`no loop device (losetup -f --show failed: ${setupError}); needs root and /dev/loop-control`);
+      requireOrSkip(ctx, device === undefined ? `no loop device (losetup -f --show failed: ${setupError}); needs root and /dev/loop-control` : undefined);
+      if (device === undefined) return;
       for (const round of fx.rounds) {
         const result = await cli('--repo', fx.repo, '--json', 'restore', '--at', String(round.seq), '--to', device);
         expect(result.code, result.stderr).toBe(EXIT.ok);
@@ -609,7 +612,7 @@ describe('targets that need the operating system (local store)', () => {
         child.on('close', (code) => resolve({ code, stdout, stderr }));
       });
     const probe = await run(['--repo', fx.repo, '--json', 'log']);
-    if (probe.code !== 0) ctx.skip(`cannot run the CLI as user 65534 (${probe.error?.message ?? probe.stderr.trim()})`);
+    requireOrSkip(ctx, probe.code === 0 ? undefined : `cannot run the CLI as user 65534 (${probe.error?.message ?? probe.stderr.trim()})`);
     // init reads the source before it looks at the repository, so both name the source.
     for (const args of [['backup', unreadable], ['init', '--from', unreadable]]) {
       const result = await run(['--repo', fx.repo, ...args]);
@@ -648,12 +651,12 @@ describe('interrupting a real backup process (local store)', () => {
 
   /** Resolves once the backup has begun writing packs (the packs/ directory has an entry). */
   async function packsStarted(repo: string, child: ReturnType<typeof spawnCli>): Promise<boolean> {
-    for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) return false;
-      const entries = await readdir(join(repo, 'packs')).catch(() => []);
-      if (entries.length > 0) return true;
-      await new Promise((r) => setTimeout(r, 2));
-    }
+    let started = false;
+    await waitUntil(async () => {
+      started = (await readdir(join(repo, 'packs')).catch(() => [])).length > 0;
+      return started || child.exitCode !== null || child.signalCode !== null;
+    }, 'the backup to write a pack');
+    return started;
   }
 
   function exited(child: ReturnType<typeof spawnCli>): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {

@@ -5,7 +5,6 @@ import { randomFillSync } from 'node:crypto';
 import { mkdir, open, truncate, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { log } from '../../src/core/log.js';
@@ -14,6 +13,7 @@ import { openStore } from '../../src/store/open.js';
 import { type CliResult, cli, spawnCli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const BUCKET = 'cli-locks';
 const REGION = 64 * 1024;
@@ -92,11 +92,11 @@ for (const kind of ['fs', 's3'] as const) {
           child.on('close', (code, signal) => resolve({ code, signal })),
         );
         // Kill it as soon as it holds the lock, mid-way through reading the disk.
-        let held = false;
-        while (!held && child.exitCode === null) {
-          held = (await listLocks(store)).some((e) => e.lock?.pid === child.pid && e.lock?.state === 'held');
-          if (!held) await sleep(5);
-        }
+        await waitUntil(
+          async () => child.exitCode !== null || (await listLocks(store)).some((e) => e.lock?.pid === child.pid && e.lock?.state === 'held'),
+          'the backup to hold the lock',
+          5,
+        );
         child.kill('SIGKILL');
         const { code, signal } = await exited;
         if (code === EXIT.ok) continue; // finished before the kill: try a bigger disk

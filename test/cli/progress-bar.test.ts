@@ -17,13 +17,20 @@ class Screen extends Writable {
 }
 
 describe('progress on stderr', () => {
-  it('draws bytes done, rate and ETA on a terminal, and clears the line when done', async () => {
+  it('draws bytes done, rate and ETA on a terminal at most every 100 ms, and clears the line when done', () => {
     const screen = new Screen(true);
-    const bar = new ProgressBar(screen);
+    let now = 1_000_000;
+    const bar = new ProgressBar(screen, () => now);
     bar.phase('backup', 100 * 1024 * 1024);
-    await new Promise((r) => setTimeout(r, 120));
+    now += 2_000;
+    bar.advance(25 * 1024 * 1024); // 25 MiB in 2 s: 12.5 MiB/s, 75 MiB to go in 6 s
+    expect(screen.text).toBe('\r\x1b[Kbackup [######..................] 25.0 MiB / 100 MiB  12.5 MiB/s  ETA 00:06');
+    now += 99;
     bar.advance(25 * 1024 * 1024);
-    expect(screen.text).toMatch(/backup \[#{6}\.{18}\] 25\.0 MiB \/ 100 MiB {2}[\d.]+ \w+\/s {2}ETA \d\d:\d\d/);
+    expect(screen.text).not.toMatch(/50\.0 MiB/); // too soon to draw again
+    now += 1;
+    bar.advance(0);
+    expect(screen.text).toMatch(/\r\x1b\[Kbackup \[#{12}\.{12}\] 50\.0 MiB \/ 100 MiB {2}23\.8 MiB\/s {2}ETA 00:02$/);
     bar.done();
     expect(screen.text.endsWith('\r\x1b[K')).toBe(true);
   });

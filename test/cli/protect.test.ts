@@ -14,7 +14,9 @@ import { log } from '../../src/core/log.js';
 import { openStore } from '../../src/store/open.js';
 import { cli, spawnCli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
+import { missingBinaries, requireOrSkip } from '../helpers/requirements.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 const REGION = 64 * 1024;
@@ -23,13 +25,7 @@ const fixture = useS3Fixture('protectcli', ['protectcli']);
 let counter = 0;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-async function have(tool: string): Promise<boolean> {
-  return run('which', [tool]).then(
-    () => true,
-    () => false,
-  );
-}
-const clients = Promise.all(['qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy'].map(have)).then((all) => all.every(Boolean));
+const CLIENTS_MISSING = missingBinaries('qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy');
 
 async function makeRepo(kind: 'fs' | 's3') {
   const n = ++counter;
@@ -51,12 +47,10 @@ async function startProtect(repoUrl: string, source: string, extra: string[] = [
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`protect did not start: ${stderr}`)), 20_000);
     child.stdout!.on('data', (chunk: Buffer) => {
       stdout += chunk.toString();
       try {
         const info = JSON.parse(stdout) as { host: string; port: number };
-        clearTimeout(timer);
         resolve(`nbd://${info.host}:${info.port}`);
       } catch {
         // not all of the JSON yet
@@ -79,7 +73,7 @@ async function qemuIo(url: string, ...commands: string[]): Promise<string> {
 for (const kind of ['fs', 's3'] as const) {
   describe(`cdp-s3 protect with real NBD clients (${kind} store)`, () => {
     it('writes, discards and zeroes through the export become points in time; SIGTERM drains', async (ctx) => {
-      if (!(await clients)) return ctx.skip('qemu-io, qemu-img, nbdinfo or nbdcopy missing (apt-get install qemu-utils libnbd-bin)');
+      requireOrSkip(ctx, CLIENTS_MISSING);
       const f = await makeRepo(kind);
       const expected = await readFile(f.source);
       const p = await startProtect(f.repoUrl, f.source, ['--name', 'disk0']);
@@ -122,7 +116,7 @@ for (const kind of ['fs', 's3'] as const) {
     });
 
     it('SIGUSR1 asks the running protect for an integrity scan, which repairs a change made behind its back', async (ctx) => {
-      if (!(await clients)) return ctx.skip('qemu-io missing (apt-get install qemu-utils)');
+      requireOrSkip(ctx, CLIENTS_MISSING);
       const f = await makeRepo(kind);
       const p = await startProtect(f.repoUrl, f.source);
       try {
@@ -132,10 +126,10 @@ for (const kind of ['fs', 's3'] as const) {
         await file.close();
         p.child.kill('SIGUSR1');
         let scans: Array<{ type: string; discrepancies?: number }> = [];
-        for (let i = 0; i < 100 && scans.length === 0; i++) {
-          await new Promise((r) => setTimeout(r, 100));
+        await waitUntil(async () => {
           scans = (await log({ store: f.store })).timeline.filter((t) => t.type === 'scan') as typeof scans;
-        }
+          return scans.length > 0 || p.child.exitCode !== null;
+        }, 'the scan record', 50);
         expect(scans, p.stderr()).toEqual([expect.objectContaining({ type: 'scan', discrepancies: 1 })]);
         expect(p.stderr()).toMatch(/scan: \d+ regions, 1 differed/);
       } finally {
@@ -148,7 +142,7 @@ for (const kind of ['fs', 's3'] as const) {
     });
 
     it('SIGKILL mid-way, then a restart: the next point in time holds every write acknowledged as durable', async (ctx) => {
-      if (!(await clients)) return ctx.skip('qemu-io missing (apt-get install qemu-utils)');
+      requireOrSkip(ctx, CLIENTS_MISSING);
       const f = await makeRepo(kind);
       const first = await startProtect(f.repoUrl, f.source, ['--interval', '1h']); // nothing ships on its own
       await qemuIo(first.url, 'write -P 0x11 64k 256k', 'flush', 'write -P 0x22 1M 64k', 'flush');

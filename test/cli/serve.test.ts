@@ -10,12 +10,13 @@ import { EXIT } from '../../src/cli/exit-codes.js';
 import { cli, spawnCli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
-import { hasBinary, runTool } from '../nbd/helpers.js';
+import { runTool } from '../nbd/helpers.js';
+import { missingBinaries, skipOutsideCi, skipTitle } from '../helpers/requirements.js';
 
 const REGION = 64 * 1024;
 const BUCKET = 'servecli';
 const fixture = useS3Fixture('serve-cli', [BUCKET]);
-const HAVE_NBDCOPY = hasBinary('nbdcopy');
+const NBDCOPY_MISSING = missingBinaries('nbdcopy');
 
 interface Served {
   child: ReturnType<typeof spawnCli>;
@@ -35,14 +36,23 @@ function start(args: string[]): Served {
   return { child, stdout: () => stdout, stderr: () => stderr, exited };
 }
 
+/** Waits for output (or the exit) until `value` finds what it looks for; only the test's timeout bounds it. */
 async function until<T>(value: () => T | undefined, served: Served, what: string): Promise<T> {
-  const deadline = Date.now() + 20_000;
   for (;;) {
     const v = value();
     if (v !== undefined) return v;
     if (served.child.exitCode !== null) throw new Error(`serve exited (${served.child.exitCode}) before ${what}: ${served.stderr()}`);
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${served.stderr()}`);
-    await new Promise((r) => setTimeout(r, 10));
+    await new Promise<void>((resolve) => {
+      const next = (): void => {
+        served.child.stdout!.off('data', next);
+        served.child.stderr!.off('data', next);
+        served.child.off('exit', next);
+        resolve();
+      };
+      served.child.stdout!.on('data', next);
+      served.child.stderr!.on('data', next);
+      served.child.on('exit', next);
+    });
   }
 }
 
@@ -74,7 +84,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect(backedUp.code, backedUp.stderr).toBe(0);
     });
 
-    it.skipIf(!HAVE_NBDCOPY)('prints where it serves, serves under both names, and exits 0 on SIGINT', async () => {
+    it.skipIf(skipOutsideCi(NBDCOPY_MISSING))(skipTitle('prints where it serves, serves under both names, and exits 0 on SIGINT', NBDCOPY_MISSING), async () => {
       const served = start(['--repo', repo, 'serve', '--at', 'latest', '--listen', '127.0.0.1:0', '--name', 'disk0', '--cache-size', '16MiB']);
       const line = await until(() => /^.*\n/.exec(served.stdout())?.[0], served, 'the serving line');
       const m = /^serving point in time 1 \((\d{4}-\d\d-\d\dT[\d:.]+Z)\) read-only at nbd:\/\/127\.0\.0\.1:(\d+)\/disk0\n$/.exec(line);
@@ -94,7 +104,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect(served.stderr().split('\n').filter((l) => l !== '').every((l) => l.startsWith('cdp-s3: '))).toBe(true);
     });
 
-    it.skipIf(kind !== 'fs' || !HAVE_NBDCOPY)('listens on an IPv6 address given as [::1]:PORT', async (context) => {
+    it.skipIf(kind !== 'fs' || skipOutsideCi(NBDCOPY_MISSING))(skipTitle('listens on an IPv6 address given as [::1]:PORT (skipped where there is no IPv6 loopback)', NBDCOPY_MISSING), async (context) => {
       const probe = createServer();
       const v6 = await new Promise<boolean>((resolve) => probe.once('error', () => resolve(false)).listen(0, '::1', () => resolve(true)));
       if (v6) await new Promise((resolve) => probe.close(resolve));

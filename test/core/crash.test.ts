@@ -22,6 +22,7 @@ import { FaultStore } from '../helpers/fault-store.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { FsRawObjects, type RawObjects, S3RawObjects } from '../helpers/raw-objects.js';
+import { turns } from '../helpers/wait.js';
 
 const REGION = 64 * 1024;
 const BUCKET = 'crash';
@@ -231,9 +232,14 @@ for (const kind of ['fs', 's3'] as const) {
       const fx = await makeRepo(kind, 1, { zero: 0, repeated: 0 });
       const failure = new StoreError('permanent', 'injected: the second region cannot be read');
       let ranged = 0;
+      let fetchFailed!: () => void;
+      const failedFetch = new Promise<void>((resolve) => (fetchFailed = resolve));
       const fault = new FaultStore(fx.store, {
         beforeGet: (_key, options) => {
-          if (options?.range !== undefined && ++ranged === 2) throw failure;
+          if (options?.range !== undefined && ++ranged === 2) {
+            fetchFailed();
+            throw failure;
+          }
         },
       });
       const unhandled: unknown[] = [];
@@ -245,12 +251,13 @@ for (const kind of ['fs', 's3'] as const) {
           highWaterMark: 1,
           write(chunk: Buffer, _encoding, callback) {
             chunks.push(chunk);
-            setTimeout(callback, 20); // a slow consumer: the loop waits for 'drain' while fetches run
+            // A slow consumer: the loop waits for 'drain' while the failing fetch runs.
+            void failedFetch.then(() => setImmediate(callback));
           },
         });
         const plan = await planRestore({ store: fault, at: parsePointSelector('1') });
         await expect(executeRestore(plan, { to: '-', stdout, workers: 2 })).rejects.toBe(failure);
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await turns(); // an unhandled rejection is reported at the end of the turn it happens in
         expect(unhandled).toEqual([]);
         // Only verified regions before the failing one were written.
         expect(Buffer.concat(chunks).equals(fx.points.get(1)!.subarray(0, REGION))).toBe(true);

@@ -79,16 +79,21 @@ for (const kind of ['fs', 's3'] as const) {
       let release!: () => void;
       const held = new Promise<void>((resolve) => (release = resolve));
       let holding = true;
+      let putReached!: () => void;
+      const shippingHeld = new Promise<void>((resolve) => (putReached = resolve));
       const slow = new FaultStore(f.store, {
         beforePut: async (key) => {
-          if (holding && key.startsWith('packs/')) await held; // shipping is held back
+          if (holding && key.startsWith('packs/')) {
+            putReached();
+            await held; // shipping is held back
+          }
         },
       });
       const volume = await ProtectedVolume.open({ store: slow, source: f.source, drl: f.drl });
       await volume.write(5 * REGION, Buffer.alloc(2 * REGION, 0xa1), false); // A
       const a = await readFile(f.source);
       const shipping = volume.sealAndShip(); // seals now
-      await new Promise((r) => setTimeout(r, 50));
+      await shippingHeld; // sealed, read and packed: its pack is on the way
       await volume.write(5 * REGION, Buffer.alloc(2 * REGION, 0xb2), false); // B, to the same regions, while shipping
       holding = false;
       release();

@@ -23,6 +23,8 @@ import { seededRandom } from '../../src/demo/sample-image.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { cli } from '../helpers/cli.js';
 import { RawClient, hasBinary, runTool } from '../nbd/helpers.js';
+import { missingBinaries, requireOrSkip, skipOutsideCi, skipTitle } from '../helpers/requirements.js';
+import { turns, waitUntil } from '../helpers/wait.js';
 
 const REGION = 64 * 1024;
 const SIZE = 40 * REGION + 12345; // a short last region
@@ -55,8 +57,7 @@ async function makeRepo(kind: 'fs' | 's3', name: string): Promise<Repo> {
       await writeFile(source, image);
     }
     const result = await backup({ store, source });
-    rounds.push({ seq: result.seq, time: result.time, image: Buffer.from(image) });
-    await new Promise((r) => setTimeout(r, 3));
+    rounds.push({ seq: result.seq, time: result.time, image: Buffer.from(image) }); // backup makes each time later than the last
   }
   return { url, rounds, raw };
 }
@@ -69,13 +70,8 @@ function failThreads(pit: PitExport): void {
 /** Ranged GETs (pack bytes) a FaultStore saw since `from`. */
 const rangedGets = (store: FaultStore, from = 0): number => store.gets.slice(from).filter((g) => g.ranged).length;
 
-async function until(condition: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5000;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** Waits until the export's GETs, read-ahead included, have landed. */
+const fetchesLanded = (pit: PitExport): Promise<void> => waitUntil(() => !pit.fetching, 'the GETs to land');
 
 describe('PitExport read-ahead on a sparse volume', () => {
   it('prefetches small islands of data between zeros instead of leaving each to a miss', async () => {
@@ -100,7 +96,7 @@ describe('PitExport read-ahead on a sparse volume', () => {
       const chunk = 32 * 1024;
       for (let offset = 0; offset < regions * REGION; offset += chunk) {
         expect(Buffer.from(await pit.read(offset, chunk)).equals(image.subarray(offset, offset + chunk))).toBe(true);
-        await new Promise((r) => setTimeout(r, 1));
+        await fetchesLanded(pit); // a reader slower than the store
       }
       // Only the first read misses; every later island was fetched ahead (a tail that could not
       // grow used to wait for the reader, so each island missed).
@@ -225,7 +221,7 @@ for (const kind of ['fs', 's3'] as const) {
                 } else {
                   // Views are held a while, as a slow socket would, while the churn goes on.
                   const { views, release } = await pit.readViews!(offset, length);
-                  await new Promise((r) => setTimeout(r, Math.floor(rand() * 4)));
+                  await turns(Math.floor(rand() * 4));
                   expect(Buffer.concat(views).equals(image.subarray(offset, offset + length)), `views ${offset}+${length}`).toBe(true);
                   release();
                 }
@@ -254,11 +250,11 @@ for (const kind of ['fs', 's3'] as const) {
       // Two reads that do not follow each other: no read-ahead.
       await pit.read(30 * REGION, 4096);
       await pit.read(2 * REGION, 4096);
-      await new Promise((r) => setTimeout(r, 50));
+      await fetchesLanded(pit);
       expect(pit.stats.prefetched).toBe(0);
       // A read that starts where the last one ended: the next regions come in the background.
       await pit.read(2 * REGION + 4096, 4096);
-      await until(() => pit.stats.prefetched > 0 && rangedGets(store) >= 1, 'read-ahead');
+      await waitUntil(() => pit.stats.prefetched > 0 && rangedGets(store) >= 1, 'read-ahead');
       // Keep reading sequentially: the following regions are there before they are asked for.
       let offset = 2 * REGION + 8192;
       const chunk = 16 * 1024;
@@ -266,7 +262,7 @@ for (const kind of ['fs', 's3'] as const) {
         const bytes = await pit.read(offset, chunk);
         expect(Buffer.from(bytes).equals(image.subarray(offset, offset + chunk))).toBe(true);
         offset += chunk;
-        await new Promise((r) => setTimeout(r, 1));
+        await fetchesLanded(pit);
       }
       expect(pit.stats.prefetched).toBeGreaterThanOrEqual(5);
       // Nearly every region after the first was fetched ahead of the reads (misses: the first two and at most one race).
@@ -280,7 +276,7 @@ for (const kind of ['fs', 's3'] as const) {
       for (let offset = 0; offset < 32 * REGION; offset += chunk) {
         const bytes = await pit.read(offset, chunk);
         expect(Buffer.from(bytes).equals(image.subarray(offset, offset + chunk))).toBe(true);
-        await new Promise((r) => setTimeout(r, 1));
+        await fetchesLanded(pit);
       }
       // 32 regions, of which 22 are stored (a quarter are zeros, and repeats break the runs in
       // the packs), in GETs of up to 4: 11 here. Extending the window a region per read took 20.
@@ -404,10 +400,10 @@ for (const kind of ['fs', 's3'] as const) {
 
 // ---- end to end: the NBD server in front of a PitExport, read by real clients ----
 
-const CLIENTS = ['qemu-img', 'qemu-io', 'nbdcopy'].filter((b) => !hasBinary(b));
+const CLIENTS_MISSING = missingBinaries('qemu-img', 'qemu-io', 'nbdcopy');
 
 for (const kind of ['fs', 's3'] as const) {
-  describe.skipIf(CLIENTS.length > 0)(`serve over NBD (${kind} store)${CLIENTS.length > 0 ? `: skipped, ${CLIENTS.join(', ')} not installed` : ''}`, () => {
+  describe.skipIf(skipOutsideCi(CLIENTS_MISSING))(skipTitle(`serve over NBD (${kind} store)`, CLIENTS_MISSING), () => {
     let repo: Repo;
     const handles: ServeHandle[] = [];
     beforeAll(async () => {
@@ -508,7 +504,7 @@ for (const kind of ['fs', 's3'] as const) {
       const { client } = await RawClient.open(handle.port);
       client.send(P.CMD_READ, 1, 0, 8 * REGION);
       // Once the read has reached the backend, stop: the server answers it before closing.
-      await until(() => handle.pit.stats.cacheMisses > 0, 'the read to reach the backend');
+      await waitUntil(() => handle.pit.stats.cacheMisses > 0, 'the read to reach the backend');
       controller.abort();
       const reply = await client.reply();
       expect(reply.error).toBe(0);
@@ -519,12 +515,7 @@ for (const kind of ['fs', 's3'] as const) {
     });
 
     it('mounts a served ext4 file system read-only (nbdfuse, losetup -r, mount -o ro)', async (context) => {
-      const why = await mountUnsupported();
-      if (why !== undefined) {
-        console.warn(`serve mount test skipped: ${why}`);
-        context.skip(why);
-        return;
-      }
+      requireOrSkip(context, await mountUnsupported());
       const work = join(fixture.dir, `mount-${kind}`);
       const content = join(work, 'content');
       await mkdir(join(content, 'dir'), { recursive: true });
@@ -552,7 +543,7 @@ for (const kind of ['fs', 's3'] as const) {
         nbdfuse = spawn('nbdfuse', ['-r', join(fuseDir, 'disk'), `nbd://127.0.0.1:${handle.port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
         let fuseErr = '';
         nbdfuse.stderr!.setEncoding('utf8').on('data', (c: string) => (fuseErr += c));
-        await until(() => existsSync(join(fuseDir, 'disk')) || nbdfuse!.exitCode !== null, 'nbdfuse');
+        await waitUntil(() => existsSync(join(fuseDir, 'disk')) || nbdfuse!.exitCode !== null, 'nbdfuse');
         expect(nbdfuse.exitCode, fuseErr).toBeNull();
         expect((await stat(join(fuseDir, 'disk'))).size).toBe(16 * 1024 * 1024);
         loop = (await run('losetup', ['-r', '-f', '--show', join(fuseDir, 'disk')])).trim();
@@ -567,8 +558,8 @@ for (const kind of ['fs', 's3'] as const) {
         if (nbdfuse !== undefined && nbdfuse.exitCode === null) {
           const exited = new Promise((resolve) => nbdfuse!.once('exit', resolve));
           await run('fusermount3', ['-u', fuseDir]).catch(() => run('umount', [fuseDir]));
-          await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-          if (nbdfuse.exitCode === null) nbdfuse.kill('SIGTERM');
+          if (nbdfuse.exitCode === null) nbdfuse.kill('SIGTERM'); // unmounted: it may go now, if it has not
+          await exited;
         }
       }
     });

@@ -2,7 +2,7 @@
 // a raw protocol client that does the handshake itself and sends whatever bytes a test wants, and
 // a runner for the Debian NBD clients.
 
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
 import * as P from '../../src/nbd/protocol.js';
@@ -15,8 +15,6 @@ export interface MemoryExportOptions {
   name?: string;
   description?: string;
   readOnly?: boolean;
-  /** Milliseconds every operation waits before it runs. */
-  delayMs?: number;
   /** Initial contents (copied); otherwise zeros of `size`. */
   contents?: Buffer;
   /** Also implement the optional readInto() and writev(), which the server then uses. */
@@ -39,7 +37,6 @@ export class MemoryExport implements NbdExport {
   readonly readOnly: boolean;
   readonly data: Buffer;
   readonly operations: Operation[] = [];
-  delayMs: number;
   /** While set, every operation waits for it to resolve (tests hold requests in flight this way). */
   gate: Promise<void> | undefined;
   /** When set, the next operations fail with it. */
@@ -60,7 +57,6 @@ export class MemoryExport implements NbdExport {
     this.name = options.name ?? '';
     this.description = options.description;
     this.readOnly = options.readOnly ?? false;
-    this.delayMs = options.delayMs ?? 0;
     this.data = options.contents === undefined ? Buffer.alloc(size) : Buffer.from(options.contents);
     if (options.views === true) {
       this.readViews = async (offset, length) => {
@@ -122,7 +118,6 @@ export class MemoryExport implements NbdExport {
     this.inFlight += 1;
     this.peakInFlight = Math.max(this.peakInFlight, this.inFlight);
     try {
-      if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
       if (this.gate !== undefined) await this.gate;
       if (this.failWith !== undefined) throw this.failWith;
     } catch (error) {
@@ -169,14 +164,7 @@ export class MemoryExport implements NbdExport {
 
 // ---- Debian clients ----
 
-export function hasBinary(name: string): boolean {
-  try {
-    execFileSync('which', [name], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { hasBinary } from '../helpers/requirements.js';
 
 export interface ToolResult {
   code: number;

@@ -9,9 +9,11 @@ import { CdpError, InvalidArgumentError } from '../../src/errors.js';
 import * as P from '../../src/nbd/protocol.js';
 import { NbdProtocolError, NbdServer, slabBytesFor, type NbdErrorInfo, type NbdServerOptions } from '../../src/nbd/server.js';
 import { NbdRequestError } from '../../src/nbd/types.js';
+import { IN_CI } from '../helpers/requirements.js';
+import { quiesce, turns, waitUntil } from '../helpers/wait.js';
 import { KiB, MemoryExport, MiB, RawClient, hasBinary, runTool } from './helpers.js';
 
-const NBDINFO = hasBinary('nbdinfo');
+const NBDINFO = hasBinary('nbdinfo') || IN_CI; // CI installs it: there the check runs (and fails without it)
 
 interface Fixture {
   server: NbdServer;
@@ -66,22 +68,23 @@ async function rawConnect(port: number): Promise<RawClient> {
   return client;
 }
 
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
-
 function pattern(length: number, seed: number): Buffer {
   const out = Buffer.alloc(length);
   for (let i = 0; i < length; i++) out[i] = (i * 31 + seed * 7) & 0xff;
   return out;
 }
 
-async function isClosed(client: RawClient, timeoutMs = 2000): Promise<boolean> {
-  return Promise.race([client.closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs))]);
+/** Resolves when the server has closed the client's connection (the test's timeout bounds it). */
+async function isClosed(client: RawClient): Promise<boolean> {
+  await client.closed;
+  return true;
+}
+
+/** Whether the connection has closed by now, without waiting. */
+function closedNow(client: RawClient): () => boolean {
+  let closed = false;
+  void client.closed.then(() => (closed = true));
+  return () => closed;
 }
 
 describe.each([
@@ -212,7 +215,7 @@ describe.each([
 
       expect(errors.map((e) => e.error.message)).toEqual(['unknown client flags 0x80', 'bad option magic']);
       expect(errors.every((e) => e.error instanceof NbdProtocolError && e.info.fatal)).toBe(true);
-      await waitFor(() => server.connections === 0, 'connections to close');
+      await waitUntil(() => server.connections === 0, 'connections to close');
     });
   });
 
@@ -372,12 +375,12 @@ describe.each([
       const release = disk.hold();
       const client = await connect(port);
       client.send(P.CMD_WRITE, 1, 0, 4, 0, Buffer.from('abcd'));
-      await waitFor(() => disk.inFlight === 1, 'the write to reach the backend');
+      await waitUntil(() => disk.inFlight === 1, 'the write to reach the backend');
       client.write(Buffer.alloc(28, 0x41));
       expect(await isClosed(client)).toBe(true);
       let closed = false;
       const closing = server.close({ drain: false }).then(() => (closed = true));
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await turns();
       expect(closed).toBe(false); // close waits for the backend call it started
       release();
       await closing;
@@ -404,7 +407,7 @@ describe.each([
         }
       }
       client.write(Buffer.concat(batch)); // one burst
-      await waitFor(() => disk.inFlight === 64, 'all 64 requests to be in flight at once');
+      await waitUntil(() => disk.inFlight === 64, 'all 64 requests to be in flight at once');
       release();
       const seen = new Map<string, Buffer | undefined>();
       for (let i = 0; i < 64; i++) {
@@ -435,7 +438,7 @@ describe.each([
       const client = await connect(port);
       const releaseFirst = disk.hold();
       client.send(P.CMD_READ, 1, 0, 4096);
-      await waitFor(() => disk.inFlight === 1, 'the first read');
+      await waitUntil(() => disk.inFlight === 1, 'the first read');
       disk.gate = undefined; // later requests pass; the first stays held
       client.send(P.CMD_READ, 2, 0, 4096);
       client.send(P.CMD_FLUSH, 3, 0, 0);
@@ -451,12 +454,15 @@ describe.each([
       const maxQueuedBytes = 256 * KiB;
       const maxRequestBytes = 64 * KiB;
       const { port, disk, server } = await start({ maxQueuedBytes, maxRequestBytes, diskSize: 8 * MiB });
-      disk.delayMs = 5;
+      const release = disk.hold(); // a backend slower than the client: the budget fills
       const client = await connect(port);
       const count = 128;
       const payloads: Buffer[] = [];
       for (let i = 0; i < count; i++) payloads.push(RawClient.request(P.CMD_WRITE, i, i * 64 * KiB, 64 * KiB, 0, pattern(64 * KiB, i)));
       client.write(Buffer.concat(payloads)); // 8 MiB in one go
+      await waitUntil(() => server.stats.pauses > 0, 'the server to pause the socket');
+      expect(disk.inFlight).toBeLessThanOrEqual(maxQueuedBytes / (64 * KiB) + 1);
+      release();
       for (let i = 0; i < count; i++) expect((await client.reply()).error).toBe(0);
       for (let i = 0; i < count; i++) expect(disk.data.subarray(i * 64 * KiB, (i + 1) * 64 * KiB).equals(pattern(64 * KiB, i))).toBe(true);
       expect(server.stats.pauses).toBeGreaterThan(0);
@@ -475,9 +481,10 @@ describe.each([
       const batch: Buffer[] = [];
       for (let i = 0; i < 200; i++) batch.push(RawClient.request(P.CMD_READ, i, 0, 256 * KiB));
       client.write(Buffer.concat(batch)); // 50 MiB of reply data asked for
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      // Only what fits in the budget and the kernel socket buffers was read from the backend.
-      expect(disk.completed).toBeLessThanOrEqual(64);
+      await waitUntil(() => disk.completed > 0, 'the first read');
+      // The server stops on its own: only what fits in the budget and the kernel socket buffers
+      // was read from the backend (without the bound it would read all 200 meanwhile).
+      expect(await quiesce(() => disk.completed)).toBeLessThanOrEqual(64);
       expect(server.stats.peakQueuedBytes).toBeLessThanOrEqual(512 * KiB + 2 * 256 * KiB + 64 * KiB);
       client.destroy();
     });
@@ -490,9 +497,11 @@ describe.each([
       client.send(P.CMD_WRITE, 2, 8192, 6, P.CMD_FLAG_FUA, Buffer.from('second'));
       client.send(P.CMD_READ, 3, 4096, 4);
       client.send(P.CMD_FLUSH, 4, 0, 0);
+      const closed = closedNow(client);
       client.disconnect();
-      await waitFor(() => disk.inFlight === 4, 'four requests in flight');
-      expect(await isClosed(client, 50)).toBe(false);
+      await waitUntil(() => disk.inFlight === 4, 'four requests in flight');
+      await turns();
+      expect(closed()).toBe(false);
       release();
       const handles = [];
       for (let i = 0; i < 4; i++) {
@@ -504,7 +513,7 @@ describe.each([
       expect(await isClosed(client)).toBe(true);
       expect(disk.data.toString('latin1', 0, 5)).toBe('first');
       expect(disk.data.toString('latin1', 8192, 8198)).toBe('second');
-      await waitFor(() => server.connections === 0, 'the connection to go');
+      await waitUntil(() => server.connections === 0, 'the connection to go');
     });
 
     it('EOF without DISC: requests in flight still finish in the backend', async () => {
@@ -512,11 +521,11 @@ describe.each([
       const client = await connect(port);
       const release = disk.hold();
       client.send(P.CMD_WRITE, 1, 0, 3, 0, Buffer.from('eof'));
-      await waitFor(() => disk.inFlight === 1, 'the write');
+      await waitUntil(() => disk.inFlight === 1, 'the write');
       client.socket.end();
       release();
       expect(await isClosed(client)).toBe(true);
-      await waitFor(() => server.connections === 0, 'the connection to go');
+      await waitUntil(() => server.connections === 0, 'the connection to go');
       expect(disk.data.toString('latin1', 0, 3)).toBe('eof');
     });
 
@@ -532,7 +541,7 @@ describe.each([
       client.write(Buffer.concat(batch));
       client.socket.end(); // half-close: no DISC
       // Only what fits the 64 KiB budget runs; the rest waits, parsed later.
-      await waitFor(() => disk.inFlight === 4, 'the budget to fill');
+      await waitUntil(() => disk.inFlight === 4, 'the budget to fill');
       release();
       const handles = new Set<number>();
       for (let i = 0; i < 20; i++) {
@@ -553,11 +562,11 @@ describe.each([
       const release = disk.hold();
       a.send(P.CMD_WRITE, 1, 0, 4, P.CMD_FLAG_FUA, Buffer.from('aaaa'));
       b.send(P.CMD_READ, 2, 0, 4);
-      await waitFor(() => disk.inFlight === 2, 'both requests');
+      await waitUntil(() => disk.inFlight === 2, 'both requests');
       let closed = false;
       const closing = server.close({ drain: true }).then(() => (closed = true));
       expect(await isClosed(handshaking)).toBe(true); // nothing in flight there
-      await new Promise((resolve) => setTimeout(resolve, 30));
+      await turns();
       expect(closed).toBe(false);
       await expect(RawClient.connect(port)).rejects.toThrow(/ECONNREFUSED/);
       release();
@@ -577,7 +586,7 @@ describe.each([
       const client = await connect(port);
       const release = disk.hold();
       client.send(P.CMD_WRITE, 1, 0, 4, 0, Buffer.from('dddd'));
-      await waitFor(() => disk.inFlight === 1, 'the write');
+      await waitUntil(() => disk.inFlight === 1, 'the write');
       let closed = false;
       const closing = server.close({ drain: false }).then(() => (closed = true));
       expect(await isClosed(client)).toBe(true);
@@ -663,15 +672,15 @@ describe.each([
         const k = reply.handle.readUInt32BE(4);
         expect(reply.data!.equals(contents.subarray(k * 37 * KiB, k * 37 * KiB + 1 + k * 397))).toBe(true);
       }
-      await waitFor(() => disk.unreleasedViews === 0, 'every view released');
+      await waitUntil(() => disk.unreleasedViews === 0, 'every view released');
       expect(disk.releaseCalls).toBe(100);
       // Replies the client never reads: dropping the connection still releases them.
       client.socket.pause();
       for (let i = 0; i < 20; i++) client.send(P.CMD_READ, 200 + i, 0, 256 * KiB);
-      await waitFor(() => disk.completed >= 120, 'the reads to reach the backend');
+      await waitUntil(() => disk.completed >= 120, 'the reads to reach the backend');
       client.destroy();
-      await waitFor(() => server.connections === 0, 'the connection to close');
-      await waitFor(() => disk.unreleasedViews === 0, 'every view released after the drop');
+      await waitUntil(() => server.connections === 0, 'the connection to close');
+      await waitUntil(() => disk.unreleasedViews === 0, 'every view released after the drop');
       expect(disk.releaseCalls).toBe(120);
     });
 
@@ -733,9 +742,9 @@ describe.each([
       expect(server.connections).toBe(0);
       const a = await connect(port);
       await rawConnect(port);
-      await waitFor(() => server.connections === 2, 'two connections');
+      await waitUntil(() => server.connections === 2, 'two connections');
       a.disconnect();
-      await waitFor(() => server.connections === 1, 'one connection');
+      await waitUntil(() => server.connections === 1, 'one connection');
     });
 
     it('validates its options', () => {

@@ -6,18 +6,18 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { AbortedError, LockedError } from '../../src/errors.js';
 import { LOCK_PREFIX } from '../../src/repo/keys.js';
-import { type LockInfo, type WriterLock, acquireWriterLock, encodeLock, forceUnlock, listLocks, lockKey } from '../../src/repo/lock.js';
+import { DEFAULT_LOCK_TTL_MS, type LockInfo, type WriterLock, acquireWriterLock, encodeLock, forceUnlock, listLocks, lockKey } from '../../src/repo/lock.js';
 import { openStore } from '../../src/store/open.js';
 import type { ObjectInfo, ObjectStore, PutOptions } from '../../src/store/types.js';
 import { FaultStore } from '../helpers/fault-store.js';
 import { makeImage } from '../helpers/images.js';
+import { ManualClock } from '../helpers/manual-clock.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 
 const BUCKET = 'locks';
@@ -94,21 +94,6 @@ class GatedStore implements ObjectStore {
   }
 }
 
-/**
- * Removes every lock until none comes back for `settleMs` (longer than the holder's refresh
- * interval). A refresh that checked its lock just before a removal puts it back once: without
- * conditional writes that cannot be told apart, which is why --force-unlock is for when no
- * writer runs. The refresh after that finds the lock gone.
- */
-async function removeUntilGone(store: ObjectStore, settleMs: number): Promise<void> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    await forceUnlock(store);
-    await sleep(settleMs);
-    if ((await listLocks(store)).length === 0) return;
-  }
-  throw new Error('the lock keeps coming back');
-}
-
 /** Of racing acquires, exactly one wins and the others fail with LOCKED; returns the winner. */
 async function exactlyOneWins(attempts: Array<Promise<WriterLock>>): Promise<WriterLock> {
   const settled = await Promise.allSettled(attempts);
@@ -165,11 +150,14 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('a writer that stops refreshing loses its lock to the next one and notices', async () => {
       const store = freshStore(kind);
-      // A refresh interval far beyond the TTL: like a process frozen or killed after taking the lock.
-      const frozen = await acquireWriterLock(store, { command: 'backup', ttlMs: 200, refreshMs: 3_600_000 });
-      await expectLocked(acquireWriterLock(store, { command: 'backup' }));
-      await sleep(300);
-      const next = await acquireWriterLock(store, { command: 'backup' });
+      // Its refresh timer never fires: like a process frozen or killed after taking the lock.
+      const clock = new ManualClock();
+      const frozen = await acquireWriterLock(store, { command: 'backup', ttlMs: 60_000, clock: clock.now, timer: clock });
+      clock.time += 59_999;
+      await expectLocked(acquireWriterLock(store, { command: 'backup', clock: clock.now }));
+      frozen.check();
+      clock.time += 1;
+      const next = await acquireWriterLock(store, { command: 'backup', clock: clock.now });
       expect(() => frozen.check()).toThrow(LockedError);
       expect(() => frozen.check()).toThrow(/this backup lost its lock on the repository: locks\/[0-9a-f]{32} went unrefreshed/);
       await expectLocked(frozen.release(), /lost its lock/);
@@ -181,13 +169,14 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('refreshing keeps a lock alive well past its TTL', async () => {
       const store = freshStore(kind);
-      const lock = await acquireWriterLock(store, { command: 'backup', ttlMs: 600 });
+      const clock = new ManualClock();
+      const lock = await acquireWriterLock(store, { command: 'backup', ttlMs: 600, clock: clock.now, timer: clock });
       const first = (await listLocks(store))[0]!.lock!;
-      await sleep(1_500);
+      await clock.advance(1_500); // refreshes every 200 ms: the last at 1 400
       const later = (await listLocks(store))[0]!.lock!;
-      expect(later.refreshed).toBeGreaterThan(first.refreshed);
+      expect(later.refreshed).toBe(first.refreshed + 1_400);
       expect(later.since).toBe(first.since);
-      await expectLocked(acquireWriterLock(store, { command: 'scan' }), /locked by cdp-s3 backup/);
+      await expectLocked(acquireWriterLock(store, { command: 'scan', clock: clock.now }), /locked by cdp-s3 backup/);
       lock.check();
       await lock.release();
       expect(await listLocks(store)).toEqual([]);
@@ -233,20 +222,25 @@ for (const kind of ['fs', 's3'] as const) {
       let letSlowPut!: () => void;
       const slowMayPut = new Promise<void>((resolve) => (letSlowPut = resolve));
       let slowListed!: () => void;
+      let slowLists = 0;
       const slowHasListed = new Promise<void>((resolve) => (slowListed = resolve));
       const slowStore = new GatedStore(inner, {
-        afterLockList: () => slowListed(),
+        afterLockList: () => {
+          slowLists++;
+          slowListed();
+        },
         beforeLockPut: async (options) => {
           if (options?.ifAbsent === true) await slowMayPut;
         },
       });
-      const slow = acquireWriterLock(slowStore, { command: 'scan' });
+      const started = Date.now();
+      const slow = acquireWriterLock(slowStore, { command: 'scan', clock: () => started });
       await slowHasListed;
-      await sleep(5); // a later start time than the slow writer's
-      const fast = await acquireWriterLock(inner, { command: 'backup' });
+      const fast = await acquireWriterLock(inner, { command: 'backup', clock: () => started + 1 }); // a later start time
       letSlowPut();
       const error = await expectLocked(slow, /locked by cdp-s3 backup/);
       expect(error.holder?.key).toBe(fast.key);
+      expect(slowLists).toBe(2); // it backed off at its first list after its put, without waiting for the winner
       expect((await listLocks(inner)).map((e) => e.key)).toEqual([fast.key]);
       fast.check();
       await fast.release();
@@ -272,13 +266,16 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('forceUnlock removes live locks; their holder finds out at its next refresh and does not put its lock back', async () => {
       const store = freshStore(kind);
-      const holder = await acquireWriterLock(store, { command: 'backup', ttlMs: 3_000, refreshMs: 50 });
+      const clock = new ManualClock();
+      const holder = await acquireWriterLock(store, { command: 'backup', ttlMs: 3_000, refreshMs: 50, timer: clock });
       const stale = deadLock({ ttlMs: 60_000, refreshed: Date.now() });
       await store.put(lockKey(stale.id), encodeLock(stale));
       const removed = await forceUnlock(store);
       expect(removed.map((e) => e.key).sort()).toEqual([holder.key, lockKey(stale.id)].sort());
       expect(removed.find((e) => e.key === holder.key)?.lock).toMatchObject({ pid: process.pid, command: 'backup', state: 'held' });
-      await removeUntilGone(store, 200);
+      holder.check(); // it cannot know yet
+      await clock.advance(50); // its next refresh
+      expect(clock.waiting).toBe(0); // and no more refreshes
       expect(() => holder.check()).toThrow(/this backup lost its lock on the repository: locks\/[0-9a-f]{32} was removed by another process/);
       expect(await listLocks(store)).toEqual([]);
       await expectLocked(holder.release(), /was removed/);
@@ -328,15 +325,17 @@ for (const kind of ['fs', 's3'] as const) {
       it('commits nothing when its lock is removed while it runs', async () => {
         const { store, source } = await repoWithSource();
         let removed = false;
+        const clock = new ManualClock();
         const fault = new FaultStore(store, {
           beforePut: async (key) => {
             if (key.startsWith('packs/') && !removed) {
               removed = true;
-              await removeUntilGone(store, 200); // a few refreshes: one finds the lock gone
+              await forceUnlock(store);
+              await clock.advance(DEFAULT_LOCK_TTL_MS); // the next refresh finds the lock gone
             }
           },
         });
-        await expectLocked(backup({ store: fault, source, workers: 1, lockTtlMs: 150 }), /this backup lost its lock on the repository/);
+        await expectLocked(backup({ store: fault, source, workers: 1, lockTimer: clock }), /this backup lost its lock on the repository/);
         expect(removed).toBe(true);
         expect((await log({ store })).entries).toEqual([]);
         expect(await listLocks(store)).toEqual([]);

@@ -2,15 +2,18 @@ import { describe, expect, it } from 'vitest';
 import { AbortedError } from '../../src/errors.js';
 import { LimitedStore } from '../../src/store/limit.js';
 import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
+import { turns, waitUntil } from '../helpers/wait.js';
 
 describe('LimitedStore', () => {
   it('never runs more than the limit at once, across operations', async () => {
     let active = 0;
     let peak = 0;
+    // Each call stays running until the test lets it finish.
+    const running: Array<() => void> = [];
     const slow = async <T>(value: T): Promise<T> => {
       active++;
       peak = Math.max(peak, active);
-      await new Promise((resolve) => setTimeout(resolve, 2));
+      await new Promise<void>((resolve) => running.push(resolve));
       active--;
       return value;
     };
@@ -36,6 +39,14 @@ describe('LimitedStore', () => {
           return store.delete('k');
       }
     });
+    let finished = 0;
+    for (const call of calls) void call.then(() => finished++);
+    while (finished < 40) {
+      await turns(); // queued calls start as soon as a slot is free
+      expect(active).toBe(Math.min(3, 40 - finished));
+      running.shift()!();
+      await turns();
+    }
     await Promise.all(calls);
     expect(peak).toBe(3);
   });
@@ -61,7 +72,7 @@ describe('LimitedStore', () => {
     const controller = new AbortController();
     const queued = store.get('b', { signal: controller.signal });
     controller.abort();
-    await new Promise((resolve) => setTimeout(resolve, 1));
+    await waitUntil(() => calls === 1, 'the first call to reach the store');
     release();
     await first;
     await expect(queued).rejects.toBeInstanceOf(AbortedError);

@@ -59,35 +59,43 @@ describe('RetryingStore', () => {
     expect(inner.calls).toBe(1);
   });
 
-  it('keeps full-jitter delays within min(max, base * 2^(attempt-1))', async () => {
-    const delays: number[] = [];
+  it('backs off by full jitter: random · min(max, base · 2^(attempt-1)), through the injected sleep', async () => {
+    // Fractions near 1 make every delay close to its cap, so a schedule without backoff (or with
+    // the wrong growth, cap or jitter) cannot match.
+    const fractions = [0.5, 0.999, 0.25, 0.999, 0.75, 0.999, 0.999, 0.1, 0.999];
+    const slept: number[] = [];
+    const reported: number[] = [];
     const inner = scriptedStore(Array.from({ length: 9 }, (_, i) => retryable(i)));
+    let draws = 0;
     const store = new RetryingStore(inner, {
       attempts: 10,
       baseDelayMs: 100,
       maxDelayMs: 1000,
+      random: () => fractions[draws++]!,
       sleep: async (ms) => {
-        delays.push(ms);
+        slept.push(ms);
       },
+      onRetry: (info) => reported.push(info.delayMs),
     });
     await store.get('k');
-    expect(delays).toHaveLength(9);
-    delays.forEach((ms, i) => {
-      expect(ms).toBeGreaterThanOrEqual(0);
-      expect(ms).toBeLessThanOrEqual(Math.min(1000, 100 * 2 ** i));
-    });
+    const caps = [100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000];
+    const expected = caps.map((cap, i) => fractions[i]! * cap);
+    expect(slept).toEqual(expected);
+    expect(reported).toEqual(expected);
+    expect(draws).toBe(9);
   });
 
-  it('stops promptly when the signal fires during a backoff sleep', async () => {
+  it('stops when the signal fires during a backoff sleep', async () => {
     const inner = scriptedStore(Array.from({ length: 100 }, (_, i) => retryable(i)));
-    // The real sleep: a 60 s backoff that the abort must cut short.
-    const store = new RetryingStore(inner, { baseDelayMs: 60_000, maxDelayMs: 60_000, attempts: 100 });
+    // The real sleep, for an hour: only the abort can end it before the test times out.
+    let retried!: () => void;
+    const backingOff = new Promise<void>((resolve) => (retried = resolve));
+    const store = new RetryingStore(inner, { baseDelayMs: 3_600_000, maxDelayMs: 3_600_000, attempts: 100, random: () => 1 - Number.EPSILON, onRetry: () => retried() });
     const controller = new AbortController();
-    const started = Date.now();
     const pending = store.get('k', { signal: controller.signal });
-    setTimeout(() => controller.abort(), 20);
+    await backingOff; // onRetry runs just before the sleep starts
+    controller.abort();
     await expect(pending).rejects.toBeInstanceOf(AbortedError);
-    expect(Date.now() - started).toBeLessThan(2000);
     expect(inner.calls).toBe(1);
   });
 

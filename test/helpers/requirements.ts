@@ -1,0 +1,49 @@
+// Tests that need root (tmpfs, loop devices, mounts) or a Debian tool (qemu-io, nbdcopy, aws, …)
+// skip with the reason on a developer machine that lacks it. In CI (.ci/run: CI=true, root, every
+// tool installed) a missing requirement is a failure: a test CI cannot run must not pass silently.
+
+import { execFileSync } from 'node:child_process';
+
+export const IN_CI = process.env.CI === 'true';
+
+export function hasBinary(name: string): boolean {
+  try {
+    execFileSync('which', [name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Why the test cannot run here (the first missing tool), or undefined. */
+export function missingBinaries(...names: string[]): string | undefined {
+  const missing = names.filter((name) => !hasBinary(name));
+  return missing.length === 0 ? undefined : `${missing.join(', ')} not installed`;
+}
+
+export function notRoot(): string | undefined {
+  return process.getuid?.() === 0 ? undefined : 'needs root';
+}
+
+/**
+ * Inside a test: returns if `why` is undefined; otherwise skips the test with `why`, or in CI
+ * throws (fails it).
+ */
+export function requireOrSkip(context: { skip: (note?: string) => void }, why: string | undefined): void {
+  if (why === undefined) return;
+  if (IN_CI) throw new Error(`CI must run this test, but ${why}`);
+  context.skip(why);
+}
+
+/**
+ * For it.skipIf / describe.skipIf: skip where `why` is set, except in CI, where the test runs
+ * (and fails at the missing tool). Titles carry the reason through skipTitle.
+ */
+export function skipOutsideCi(why: string | undefined): boolean {
+  return why !== undefined && !IN_CI;
+}
+
+/** A test title that says why it is skipped, when it is. */
+export function skipTitle(title: string, why: string | undefined): string {
+  return skipOutsideCi(why) ? `${title} (skipped: ${why})` : title;
+}
