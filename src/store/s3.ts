@@ -316,7 +316,9 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
     return make('auth', `no AWS credentials found for ${what}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (the SDK's default chain)`);
   }
   if (AUTH_NAMES.has(name) || AUTH_NAMES.has(code) || status === 401 || status === 403) {
-    return make('auth', `access to ${what} denied (${name || status}): check the credentials from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and their permissions`);
+    // An error without a body (every HEAD) reaches us named 'Unknown': the status says more.
+    const why = name !== '' && name !== 'Unknown' ? name : status !== undefined ? `HTTP ${status}` : 'no reason given';
+    return make('auth', `access to ${what} denied (${why}): check the credentials from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and their permissions`);
   }
   if (name === 'PreconditionFailed' || status === 412) {
     return make('exists', `${what} already exists`);

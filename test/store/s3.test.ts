@@ -207,6 +207,12 @@ describe('classifyS3Error', () => {
     Object.assign(new Error(`${name} happened`), { name, ...(status !== undefined ? { $metadata: { httpStatusCode: status } } : {}) });
   const errno = (code: string): unknown => Object.assign(new Error(`connect ${code}`), { code });
 
+  it('names the HTTP status when a refusal has no error body (a HEAD: the SDK says Unknown)', () => {
+    const mapped = classifyS3Error(Object.assign(new Error('UnknownError'), { name: 'Unknown', $metadata: { httpStatusCode: 403 } }), 'config', { bucket: 'b' });
+    expect(mapped.kind).toBe('auth');
+    expect(mapped.message).toMatch(/^access to config in bucket b denied \(HTTP 403\): /);
+  });
+
   it.each([
     [sdkError('NoSuchKey', 404), 'not-found'],
     [sdkError('NotFound', 404), 'not-found'],
