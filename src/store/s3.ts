@@ -24,6 +24,8 @@ const MiB = 1024 * 1024;
 /** S3's limits: parts are at least 5 MiB (except the last), at most 10 000 of them. */
 const MIN_PART_SIZE = 5 * MiB;
 const MAX_PARTS = 10_000;
+/** S3's limit for one PutObject. */
+const MAX_SINGLE_PUT = 5 * 1024 * MiB;
 /** Parts of one multipart upload in flight at once. */
 const PART_CONCURRENCY = 4;
 
@@ -40,7 +42,7 @@ export interface S3StoreOptions {
   client?: S3Client;
   /** Default 16 MiB; at least 5 MiB. */
   partSize?: number;
-  /** Bodies larger than this use a multipart upload. Default 64 MiB. */
+  /** Bodies larger than this use a multipart upload, except conditional puts (see put). Default 64 MiB. */
   multipartThreshold?: number;
 }
 
@@ -141,7 +143,12 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     const signal = options?.signal;
     const ifAbsent = options?.ifAbsent === true ? { IfNoneMatch: '*' } : {};
-    if (body.length > this.multipartThreshold) return this.putMultipart(key, body, ifAbsent, signal);
+    // A conditional put is always one PutObject: Ceph RGW (16.2) ignores If-None-Match on
+    // CompleteMultipartUpload, so a multipart upload would replace an existing object.
+    if (options?.ifAbsent === true && body.length > MAX_SINGLE_PUT) {
+      throw new StoreError('permanent', `${key} (${body.length} bytes) is too large for a conditional put: S3 takes at most ${MAX_SINGLE_PUT} bytes in one PutObject`, { key });
+    }
+    if (body.length > this.multipartThreshold && options?.ifAbsent !== true) return this.putMultipart(key, body, signal);
     await this.call(key, signal, () =>
       this.client.send(
         new PutObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), Body: body, ContentLength: body.length, ...ifAbsent }),
@@ -207,7 +214,7 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  private async putMultipart(key: string, body: Uint8Array, ifAbsent: { IfNoneMatch?: string }, signal: AbortSignal | undefined): Promise<void> {
+  private async putMultipart(key: string, body: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
     const partCount = Math.ceil(body.length / this.partSize);
     if (partCount > MAX_PARTS) {
       throw new StoreError('permanent', `${key} (${body.length} bytes) needs ${partCount} parts of ${this.partSize} bytes; S3 allows ${MAX_PARTS}: raise the part size`, { key });
@@ -237,7 +244,7 @@ export class S3Store implements ObjectStore {
       );
       await this.call(key, signal, () =>
         this.client.send(
-          new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: parts }, ...ifAbsent }),
+          new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: parts } }),
           sendOptions,
         ),
       );

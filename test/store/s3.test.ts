@@ -125,6 +125,25 @@ describe('S3Store', () => {
     client.destroy();
   });
 
+  it('sends a conditional put above the threshold as one PutObject (RGW ignores If-None-Match on multipart completion)', async () => {
+    const client = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, maxAttempts: 1, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+    const sent: Array<{ command: string; ifNoneMatch: unknown }> = [];
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        sent.push({ command: String(context.commandName), ifNoneMatch: (args.input as { IfNoneMatch?: unknown }).IfNoneMatch });
+        return next(args);
+      },
+      { step: 'initialize' },
+    );
+    const store = makeStore({ client, multipartThreshold: 6 * MiB, partSize: 5 * MiB });
+    const body = randomBytes(7 * MiB);
+    await store.put('conditional-big', body, { ifAbsent: true });
+    expect(sent).toEqual([{ command: 'PutObjectCommand', ifNoneMatch: '*' }]);
+    expect(Buffer.from(await store.get('conditional-big')).equals(body)).toBe(true);
+    await emptyPrefix(store);
+    client.destroy();
+  });
+
   it('turns a request cancelled in flight into AbortedError', async () => {
     const store = makeStore();
     await store.put('large', randomBytes(20 * MiB));
