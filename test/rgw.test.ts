@@ -120,6 +120,13 @@ describe.skipIf(skipped)(`Ceph RGW${skipNote}`, () => {
       client.destroy();
     });
 
+    it('reports a missing bucket as no-bucket', async () => {
+      const store = makeStore({ bucket: 'no-such-bucket' });
+      expect((await expectStoreError(store.get('k'), 'no-bucket')).message).toMatch(/no-such-bucket.*create it/);
+      await expectStoreError(store.put('k', new Uint8Array(1)), 'no-bucket');
+      await expectStoreError(collect(store.list('')), 'no-bucket');
+    });
+
     it('ifAbsent refuses an existing key above the multipart threshold too', async () => {
       // RGW ignores If-None-Match on CompleteMultipartUpload: a conditional multipart upload
       // would silently replace the object.
