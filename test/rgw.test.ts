@@ -127,6 +127,12 @@ describe.skipIf(skipped)(`Ceph RGW${skipNote}`, () => {
       await expectStoreError(collect(store.list('')), 'no-bucket');
     });
 
+    it("reports a refusal with RGW's empty error message by its code, without the SDK's 'UnknownError'", async () => {
+      const store = makeStore();
+      const error = await expectStoreError(store.put('k'.repeat(1100), new Uint8Array(1)), 'permanent');
+      expect(error.message).toMatch(/: InvalidObjectName \(HTTP 400\)$/);
+    });
+
     it('ifAbsent refuses an existing key above the multipart threshold too', async () => {
       // RGW ignores If-None-Match on CompleteMultipartUpload: a conditional multipart upload
       // would silently replace the object.

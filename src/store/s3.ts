@@ -307,6 +307,8 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
   const code = [e.code, e.Code, inner?.code].find((c): c is string => typeof c === 'string') ?? '';
   const status = e.$metadata?.httpStatusCode;
   const message = typeof e.message === 'string' ? e.message : String(error);
+  // The SDK says 'UnknownError' when the server sent no message (Ceph RGW's are empty).
+  const detail = message === 'UnknownError' || message.trim() === '' ? '' : `: ${oneLine(message)}`;
   const bucket = where?.bucket;
   const what = key !== undefined ? `${key}${bucket !== undefined ? ` in bucket ${bucket}` : ''}` : bucket !== undefined ? `bucket ${bucket}` : 'S3';
   const endpoint = where?.endpoint ?? 'the AWS S3 endpoint';
@@ -344,12 +346,12 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
     status === 429 ||
     (status !== undefined && status >= 500)
   ) {
-    return make('retryable', `${what}: ${name || code || 'error'} (${status ?? 'no HTTP status'}): ${oneLine(message)}`);
+    return make('retryable', `${what}: ${name || code || 'error'} (${status ?? 'no HTTP status'})${detail}`);
   }
   if (/region is missing/i.test(message)) {
     return make('permanent', `no AWS region configured for ${what}: set AWS_REGION or pass --region`);
   }
-  return make('permanent', `${what}: ${name || code || 'error'}${status !== undefined ? ` (HTTP ${status})` : ''}: ${oneLine(message)}`);
+  return make('permanent', `${what}: ${name || code || 'error'}${status !== undefined ? ` (HTTP ${status})` : ''}${detail}`);
 }
 
 function oneLine(text: string): string {

@@ -232,6 +232,12 @@ describe('classifyS3Error', () => {
     expect(mapped.message).toMatch(/^access to config in bucket b denied \(HTTP 403\): /);
   });
 
+  it("leaves out the SDK's 'UnknownError' placeholder for an empty error message (Ceph RGW sends those)", () => {
+    const empty = (name: string, status: number): unknown => Object.assign(new Error('UnknownError'), { name, $metadata: { httpStatusCode: status } });
+    expect(classifyS3Error(empty('InvalidObjectName', 400), 'k').message).toBe('k: InvalidObjectName (HTTP 400)');
+    expect(classifyS3Error(empty('ServiceUnavailable', 503), 'k').message).toBe('k: ServiceUnavailable (503)');
+  });
+
   it.each([
     [sdkError('NoSuchKey', 404), 'not-found'],
     [sdkError('NotFound', 404), 'not-found'],
