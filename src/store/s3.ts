@@ -24,6 +24,8 @@ const MiB = 1024 * 1024;
 /** S3's limits: parts are at least 5 MiB (except the last), at most 10 000 of them. */
 const MIN_PART_SIZE = 5 * MiB;
 const MAX_PARTS = 10_000;
+/** S3's limit for one PutObject. */
+const MAX_SINGLE_PUT = 5 * 1024 * MiB;
 /** Parts of one multipart upload in flight at once. */
 const PART_CONCURRENCY = 4;
 
@@ -40,7 +42,7 @@ export interface S3StoreOptions {
   client?: S3Client;
   /** Default 16 MiB; at least 5 MiB. */
   partSize?: number;
-  /** Bodies larger than this use a multipart upload. Default 64 MiB. */
+  /** Bodies larger than this use a multipart upload, except conditional puts (see put). Default 64 MiB. */
   multipartThreshold?: number;
 }
 
@@ -141,7 +143,12 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     const signal = options?.signal;
     const ifAbsent = options?.ifAbsent === true ? { IfNoneMatch: '*' } : {};
-    if (body.length > this.multipartThreshold) return this.putMultipart(key, body, ifAbsent, signal);
+    // A conditional put is always one PutObject: Ceph RGW (16.2) ignores If-None-Match on
+    // CompleteMultipartUpload, so a multipart upload would replace an existing object.
+    if (options?.ifAbsent === true && body.length > MAX_SINGLE_PUT) {
+      throw new StoreError('permanent', `${key} (${body.length} bytes) is too large for a conditional put: S3 takes at most ${MAX_SINGLE_PUT} bytes in one PutObject`, { key });
+    }
+    if (body.length > this.multipartThreshold && options?.ifAbsent !== true) return this.putMultipart(key, body, signal);
     await this.call(key, signal, () =>
       this.client.send(
         new PutObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), Body: body, ContentLength: body.length, ...ifAbsent }),
@@ -207,7 +214,7 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  private async putMultipart(key: string, body: Uint8Array, ifAbsent: { IfNoneMatch?: string }, signal: AbortSignal | undefined): Promise<void> {
+  private async putMultipart(key: string, body: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
     const partCount = Math.ceil(body.length / this.partSize);
     if (partCount > MAX_PARTS) {
       throw new StoreError('permanent', `${key} (${body.length} bytes) needs ${partCount} parts of ${this.partSize} bytes; S3 allows ${MAX_PARTS}: raise the part size`, { key });
@@ -237,7 +244,7 @@ export class S3Store implements ObjectStore {
       );
       await this.call(key, signal, () =>
         this.client.send(
-          new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: parts }, ...ifAbsent }),
+          new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId, MultipartUpload: { Parts: parts } }),
           sendOptions,
         ),
       );
@@ -300,6 +307,8 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
   const code = [e.code, e.Code, inner?.code].find((c): c is string => typeof c === 'string') ?? '';
   const status = e.$metadata?.httpStatusCode;
   const message = typeof e.message === 'string' ? e.message : String(error);
+  // The SDK says 'UnknownError' when the server sent no message (Ceph RGW's are empty).
+  const detail = message === 'UnknownError' || message.trim() === '' ? '' : `: ${oneLine(message)}`;
   const bucket = where?.bucket;
   const what = key !== undefined ? `${key}${bucket !== undefined ? ` in bucket ${bucket}` : ''}` : bucket !== undefined ? `bucket ${bucket}` : 'S3';
   const endpoint = where?.endpoint ?? 'the AWS S3 endpoint';
@@ -316,7 +325,9 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
     return make('auth', `no AWS credentials found for ${what}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (the SDK's default chain)`);
   }
   if (AUTH_NAMES.has(name) || AUTH_NAMES.has(code) || status === 401 || status === 403) {
-    return make('auth', `access to ${what} denied (${name || status}): check the credentials from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and their permissions`);
+    // An error without a body (every HEAD) reaches us named 'Unknown': the status says more.
+    const why = name !== '' && name !== 'Unknown' ? name : status !== undefined ? `HTTP ${status}` : 'no reason given';
+    return make('auth', `access to ${what} denied (${why}): check the credentials from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and their permissions`);
   }
   if (name === 'PreconditionFailed' || status === 412) {
     return make('exists', `${what} already exists`);
@@ -335,12 +346,12 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
     status === 429 ||
     (status !== undefined && status >= 500)
   ) {
-    return make('retryable', `${what}: ${name || code || 'error'} (${status ?? 'no HTTP status'}): ${oneLine(message)}`);
+    return make('retryable', `${what}: ${name || code || 'error'} (${status ?? 'no HTTP status'})${detail}`);
   }
   if (/region is missing/i.test(message)) {
     return make('permanent', `no AWS region configured for ${what}: set AWS_REGION or pass --region`);
   }
-  return make('permanent', `${what}: ${name || code || 'error'}${status !== undefined ? ` (HTTP ${status})` : ''}: ${oneLine(message)}`);
+  return make('permanent', `${what}: ${name || code || 'error'}${status !== undefined ? ` (HTTP ${status})` : ''}${detail}`);
 }
 
 function oneLine(text: string): string {

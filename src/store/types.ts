@@ -17,6 +17,8 @@ export interface PutOptions {
    * Fail with StoreError kind 'exists' if the key already exists. Adapters use the server's
    * conditional write where it has one; where the server ignores it (some S3-compatible
    * servers), the put may still replace the object, and callers must stay correct then too.
+   * The S3 adapter sends a conditional put as one PutObject whatever its size (at most 5 GiB),
+   * because Ceph RGW ignores the condition on a multipart upload's completion.
    */
   ifAbsent?: boolean;
   signal?: AbortSignal;

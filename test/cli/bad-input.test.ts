@@ -469,7 +469,7 @@ for (const kind of ['fs', 's3'] as const) {
             expectFailure(
               await cli('--repo', fx.repo, ...args),
               EXIT.store,
-              /access to .* denied \(\w+\): check the credentials from the AWS chain \(AWS_ACCESS_KEY_ID\/AWS_SECRET_ACCESS_KEY or AWS_PROFILE\)/,
+              /access to .* denied \((?!Unknown\))[\w ]+\): check the credentials from the AWS chain \(AWS_ACCESS_KEY_ID\/AWS_SECRET_ACCESS_KEY or AWS_PROFILE\)/,
             );
           }
         } finally {

@@ -58,12 +58,14 @@ export class S3RawObjects implements RawObjects {
     readonly bucket: string,
     readonly prefix: string,
     endpoint: string,
+    /** Default: s3rver's. */
+    credentials = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
   ) {
     this.client = new S3Client({
       endpoint,
       region: 'us-east-1',
       forcePathStyle: true,
-      credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+      credentials,
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
     });

@@ -127,6 +127,25 @@ describe('S3Store', () => {
     client.destroy();
   });
 
+  it('sends a conditional put above the threshold as one PutObject (RGW ignores If-None-Match on multipart completion)', async () => {
+    const client = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, maxAttempts: 1, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+    const sent: Array<{ command: string; ifNoneMatch: unknown }> = [];
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        sent.push({ command: String(context.commandName), ifNoneMatch: (args.input as { IfNoneMatch?: unknown }).IfNoneMatch });
+        return next(args);
+      },
+      { step: 'initialize' },
+    );
+    const store = makeStore({ client, multipartThreshold: 6 * MiB, partSize: 5 * MiB });
+    const body = randomBytes(7 * MiB);
+    await store.put('conditional-big', body, { ifAbsent: true });
+    expect(sent).toEqual([{ command: 'PutObjectCommand', ifNoneMatch: '*' }]);
+    expect(Buffer.from(await store.get('conditional-big')).equals(body)).toBe(true);
+    await emptyPrefix(store);
+    client.destroy();
+  });
+
   it('turns a request cancelled in flight into AbortedError', async () => {
     const store = makeStore();
     await store.put('large', randomBytes(20 * MiB));
@@ -234,6 +253,18 @@ describe('classifyS3Error', () => {
   const sdkError = (name: string, status?: number): unknown =>
     Object.assign(new Error(`${name} happened`), { name, ...(status !== undefined ? { $metadata: { httpStatusCode: status } } : {}) });
   const errno = (code: string): unknown => Object.assign(new Error(`connect ${code}`), { code });
+
+  it('names the HTTP status when a refusal has no error body (a HEAD: the SDK says Unknown)', () => {
+    const mapped = classifyS3Error(Object.assign(new Error('UnknownError'), { name: 'Unknown', $metadata: { httpStatusCode: 403 } }), 'config', { bucket: 'b' });
+    expect(mapped.kind).toBe('auth');
+    expect(mapped.message).toMatch(/^access to config in bucket b denied \(HTTP 403\): /);
+  });
+
+  it("leaves out the SDK's 'UnknownError' placeholder for an empty error message (Ceph RGW sends those)", () => {
+    const empty = (name: string, status: number): unknown => Object.assign(new Error('UnknownError'), { name, $metadata: { httpStatusCode: status } });
+    expect(classifyS3Error(empty('InvalidObjectName', 400), 'k').message).toBe('k: InvalidObjectName (HTTP 400)');
+    expect(classifyS3Error(empty('ServiceUnavailable', 503), 'k').message).toBe('k: ServiceUnavailable (503)');
+  });
 
   it.each([
     [sdkError('NoSuchKey', 404), 'not-found'],
