@@ -228,8 +228,8 @@ for (const kind of ['fs', 's3'] as const) {
       const work = await freshDir(`${kind}-sources`);
       const missing = join(work, 'missing.img');
       expectFailure(await cli('--repo', fx.repo, 'backup', missing), EXIT.volume, /missing\.img does not exist; check the path/);
-      expectFailure(await cli('--repo', fx.repo, 'backup', work), EXIT.volume, new RegExp(`${work} is neither a regular file nor a block device`));
-      expectFailure(await cli('--repo', fx.repo, 'backup', '/dev/null'), EXIT.volume, /\/dev\/null is neither a regular file nor a block device/);
+      expectFailure(await cli('--repo', fx.repo, 'backup', work), EXIT.volume, new RegExp(`${work} is a directory, not a disk: give an image file or a block device`));
+      expectFailure(await cli('--repo', fx.repo, 'backup', '/dev/null'), EXIT.volume, /\/dev\/null is a character device, not a disk: give an image file or a block device/);
       // A path through a file (ENOTDIR) cannot be opened either.
       expectFailure(await cli('--repo', fx.repo, 'backup', join(fx.source, 'x')), EXIT.volume, /disk\.img\/x cannot be opened \(ENOTDIR\)/);
 
@@ -252,8 +252,35 @@ for (const kind of ['fs', 's3'] as const) {
       const repo = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/init-source-${counter}`;
       const raw = rawFor(kind, repo, `init-source-${counter}`);
       expectFailure(await cli('--repo', repo, 'init', '--from', join(work, 'missing.img')), EXIT.volume, /missing\.img does not exist; check the path/);
-      expectFailure(await cli('--repo', repo, 'init', '--from', work), EXIT.volume, /is neither a regular file nor a block device/);
+      expectFailure(await cli('--repo', repo, 'init', '--from', work), EXIT.volume, /is a directory, not a disk/);
       expect(await raw.keys()).toEqual([]);
+    });
+
+    it('a FIFO or a socket as the source of backup, init --from, scan or protect: refused before opening it (open() of a FIFO blocks)', async () => {
+      const before = await snapshot(fx.raw);
+      const work = await freshDir(`${kind}-not-disks`);
+      const fifo = join(work, 'pipe');
+      execFileSync('mkfifo', [fifo]);
+      const socketPath = join(work, 'socket');
+      const server = createServer();
+      await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+      try {
+        const fresh = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/not-disks-${counter}`;
+        const raw = rawFor(kind, fresh, `not-disks-${counter}`);
+        for (const [path, what] of [[fifo, 'a FIFO \\(named pipe\\)'], [socketPath, 'a socket']] as const) {
+          const message = new RegExp(`${path} is ${what}, not a disk: give an image file or a block device`);
+          expectFailure(await cli('--repo', fx.repo, 'backup', path), EXIT.volume, message);
+          expectFailure(await cli('--repo', fx.repo, 'scan', path), EXIT.volume, message);
+          expectFailure(await cli('--repo', fresh, 'init', '--from', path), EXIT.volume, message);
+          const protect = await cli('--repo', fx.repo, 'protect', path, '--drl', join(work, 'p.drl'), '--listen', '127.0.0.1:0');
+          expect(protect.code, protect.stderr).toBe(EXIT.volume);
+          expect(protect.stderr).toMatch(message);
+        }
+        expect(await raw.keys()).toEqual([]);
+      } finally {
+        await new Promise((resolve) => server.close(resolve));
+      }
+      expect(await snapshot(fx.raw)).toEqual(before);
     });
 
     it('--at unparseable (usage), before the first point, in the future, or past the newest sequence number (no point in time)', async () => {
