@@ -9,6 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { CdpError, StoreError, throwIfAborted } from '../errors.js';
 import { preadFully } from '../volume/positional-io.js';
+import { hasBadSegment } from './paths.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const openAsync = promisify(openFd);
@@ -202,7 +203,7 @@ export class FsStore implements ObjectStore {
 
   private path(key: string): string {
     const segments = key.split('/');
-    const bad = segments.some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TEMP_PREFIX) || s.includes('\0'));
+    const bad = hasBadSegment(key) || segments.some((s) => s.startsWith(TEMP_PREFIX));
     if (bad) {
       throw new StoreError(
         'permanent',

@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
+import { hasBadSegment, isBucketName } from './paths.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
@@ -30,10 +31,17 @@ export function parseRepoUrl(url: string, cwd: string = process.cwd()): RepoUrl 
   if (url === '') throw new UsageError(`empty repository location: use ${FORMS}`);
   const scheme = /^([a-zA-Z][a-zA-Z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
   if (scheme === 's3') {
-    const match = /^s3:\/\/([^/]*)\/*(.*)$/i.exec(url);
+    const match = /^s3:\/\/([^/]*)(?:\/(.*))?$/i.exec(url);
     const bucket = match?.[1] ?? '';
-    if (bucket === '' || /\s/.test(bucket)) throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: use s3://bucket[/prefix]`);
-    return { kind: 's3', bucket, prefix: (match?.[2] ?? '').replace(/\/+$/, '') };
+    if (!isBucketName(bucket)) {
+      throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: the bucket name may hold only letters, digits, '.', '-' and '_'; use s3://bucket[/prefix]`);
+    }
+    // One trailing '/' is allowed; otherwise every segment must name a directory level.
+    const prefix = (match?.[2] ?? '').replace(/\/$/, '');
+    if (prefix !== '' && hasBadSegment(prefix)) {
+      throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: the prefix may not have empty, '.' or '..' segments; use s3://bucket[/prefix] with a plain prefix such as hosts/db1`);
+    }
+    return { kind: 's3', bucket, prefix };
   }
   if (scheme === 'file') {
     try {

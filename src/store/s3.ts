@@ -18,6 +18,7 @@ import {
 } from '@aws-sdk/client-s3';
 import pLimit from 'p-limit';
 import { AbortedError, CdpError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
+import { hasBadSegment, isBucketName } from './paths.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;
@@ -54,7 +55,13 @@ export class S3Store implements ObjectStore {
   private readonly multipartThreshold: number;
 
   constructor(options: S3StoreOptions) {
-    if (options.bucket === '') throw new InvalidArgumentError('S3 bucket name is empty');
+    if (!isBucketName(options.bucket)) {
+      throw new InvalidArgumentError(`S3 bucket name ${JSON.stringify(options.bucket)} is not a bucket name: letters, digits, '.', '-' and '_' only`);
+    }
+    const prefix = options.prefix.replace(/\/$/, '');
+    if (prefix !== '' && hasBadSegment(prefix)) {
+      throw new InvalidArgumentError(`S3 prefix ${JSON.stringify(options.prefix)} may not have empty, '.' or '..' segments (they would leave the repository)`);
+    }
     this.bucket = options.bucket;
     this.base = options.prefix === '' ? '' : options.prefix.replace(/\/$/, '') + '/';
     this.location = `s3://${options.bucket}/${options.prefix}`;
@@ -261,7 +268,9 @@ export class S3Store implements ObjectStore {
   }
 
   private fullKey(key: string): string {
-    if (key === '') throw new StoreError('permanent', `empty key in ${this.location}`, { key });
+    if (hasBadSegment(key)) {
+      throw new StoreError('permanent', `invalid key ${JSON.stringify(key)} in ${this.location}: keys are '/'-separated relative paths without empty, '.' or '..' segments`, { key });
+    }
     return this.base + key;
   }
 

@@ -22,7 +22,9 @@ import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot, ve
 
 const REGION = 64 * 1024;
 const BUCKET = 'bad';
-const fixture = useS3Fixture('bad', [BUCKET]);
+/** A second bucket, which repositories in BUCKET must never reach. */
+const OTHER_BUCKET = 'other';
+const fixture = useS3Fixture('bad', [BUCKET, OTHER_BUCKET]);
 
 let counter = 0;
 /** A fresh, empty directory for one test's files. */
@@ -461,6 +463,23 @@ for (const kind of ['fs', 's3'] as const) {
     });
 
     if (kind === 's3') {
+      it("a prefix with '..', '.' or empty segments: refused as usage, nothing written here or in another bucket", async () => {
+        const work = await freshDir('escape');
+        const source = join(work, 'disk.img');
+        await writeFile(source, makeImage({ size: 256 * 1024, regionSize: REGION, seed: 11 }));
+        const other = new S3RawObjects(OTHER_BUCKET, '', fixture.server.endpoint);
+        const mine = new S3RawObjects(BUCKET, '', fixture.server.endpoint);
+        fixture.onTeardown(() => (other.destroy(), mine.destroy()));
+        const before = await snapshot(mine);
+        for (const repo of [`s3://${BUCKET}/../${OTHER_BUCKET}`, `s3://${BUCKET}/a/../../${OTHER_BUCKET}/x`, `s3://${BUCKET}/./x`, `s3://${BUCKET}/a//x`]) {
+          for (const args of [['init', '--from', source], ['init', '--size', '1MiB'], ['log']]) {
+            expectFailure(await cli('--repo', repo, ...args), EXIT.usage, /bad S3 repository .*: the prefix may not have empty, '\.' or '\.\.' segments; use s3:\/\/bucket\[\/prefix\]/);
+          }
+        }
+        expect(await other.keys()).toEqual([]);
+        expect(await snapshot(mine)).toEqual(before);
+      });
+
       it('bucket missing: the store exit code, the message says the bucket is missing', async () => {
         const out = await freshDir('no-bucket');
         const target = join(out, 'restored.img');

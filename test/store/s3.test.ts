@@ -67,6 +67,19 @@ async function closedPort(): Promise<number> {
 }
 
 describe('S3Store', () => {
+  it("refuses a prefix or a key with '.', '..' or empty segments before sending anything", async () => {
+    for (const prefix of ['../escape', 'a/../../b', './x', 'a//b']) {
+      expect(() => makeStore({ prefix }), prefix).toThrow(/may not have empty, '\.' or '\.\.' segments/);
+    }
+    expect(() => makeStore({ bucket: '..' })).toThrow(/is not a bucket name/);
+    const store = makeStore();
+    for (const key of ['../otherrepo/obj', 'packs/../../x', 'a//b', '', './config']) {
+      const error = await expectStoreError(store.get(key), 'permanent');
+      expect(error.message).toContain('invalid key');
+      await expectStoreError(store.put(key, new Uint8Array(1)), 'permanent');
+    }
+  });
+
   it('reports a missing bucket as no-bucket, telling to create it', async () => {
     const store = makeStore({ bucket: 'no-such-bucket' });
     const error = await expectStoreError(store.get('k'), 'no-bucket');
