@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { init } from '../../src/core/init.js';
+import { decodeCheckpoint, decodeDelta, encodeCheckpoint, encodeDelta } from '../../src/repo/chain-codec.js';
+import { decodeConfig } from '../../src/repo/config.js';
 import { openStore } from '../../src/store/open.js';
 import { s3ServerEnv } from '../../src/dev/s3-server.js';
 import { CLI_ENTRY, type CliResult, cli, spawnCli } from '../helpers/cli.js';
@@ -406,6 +408,31 @@ for (const kind of ['fs', 's3'] as const) {
           await writeFile(path, bytes);
         }
         await expectIntact(fx);
+      });
+
+      it('a delta or checkpoint naming a pack outside the repository (crafted, valid checksum): the integrity code; nothing fetched from elsewhere', async () => {
+        const config = decodeConfig(await fx.raw.get('config'));
+        const regionCount = Math.ceil(config.volumeSize / config.regionSize);
+        const delta = decodeDelta(await fx.raw.get('deltas/0000000000000003'), 3, config.volumeId, regionCount);
+        const escape = `../otherrepo/${delta.packs[0]!}`;
+        const crafted = Buffer.from(encodeDelta({ ...delta, packs: delta.packs.map(() => escape) }, config.volumeId));
+        const out = await freshDir(`${kind}-crafted`);
+        const target = join(out, 'restored.img');
+        const message = /^cdp-s3: delta 0000000000000003: names pack "\.\.\/otherrepo\/packs\/\d{16}-[0-9a-f]{8}", which is not a pack key \(packs\/<16-digit seq>-<8 hex digits>\)/;
+        await withDamaged(fx, 'deltas/0000000000000003', () => crafted, async () => {
+          expectFailure(await cli('--repo', fx.repo, 'restore', '--at', '3', '--to', target), EXIT.integrity, message);
+          expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.integrity, message);
+          await expectNoTarget(target);
+        });
+        // A checkpoint naming one is skipped like any damaged checkpoint: point 2 folds from the deltas.
+        const pit = decodeCheckpoint(await fx.raw.get('checkpoints/0000000000000002'), 2, config.volumeId, regionCount);
+        for (let region = 0; region < regionCount; region++) {
+          const location = pit.location(region);
+          if (location !== undefined) pit.setRegion(region, { pack: `../otherrepo/${location.pack}`, offset: location.offset }, pit.digest(region));
+        }
+        await withDamaged(fx, 'checkpoints/0000000000000002', () => Buffer.from(encodeCheckpoint(pit, config.volumeId)), async () => {
+          await expectRestores(fx, fx.rounds[1]!);
+        });
       });
 
       it('pack with a flipped data byte: restore refuses with the integrity code (digest mismatch), no target', async () => {
