@@ -435,6 +435,22 @@ for (const kind of ['fs', 's3'] as const) {
         });
       });
 
+      if (kind === 'fs') it('a pack replaced by a symbolic link to a file outside the repository: not followed; restore and verify report it missing', async () => {
+        const own = await makeRepo('fs', 'linked-pack', { rounds: 1 });
+        const pack = (await own.raw.keys('packs/'))[0]!;
+        const path = join(own.repo, pack);
+        const outside = join(await freshDir('outside'), 'pack');
+        await cp(path, outside); // the same bytes: only following the link could make it look intact
+        await rm(path);
+        await symlink(outside, path);
+        const target = join(await freshDir('linked-pack'), 'restored.img');
+        expectFailure(await cli('--repo', own.repo, 'restore', '--at', '1', '--to', target), EXIT.integrity, new RegExp(`pack ${pack}: is missing from file://`));
+        await expectNoTarget(target);
+        const verified = await cli('--repo', own.repo, '--json', 'verify');
+        expect(verified.code, verified.stderr).toBe(EXIT.integrity);
+        expect(verified.stdout).toContain(pack);
+      });
+
       it('pack with a flipped data byte: restore refuses with the integrity code (digest mismatch), no target', async () => {
         const pack = (await fx.raw.keys('packs/0000000000000001-'))[0]!;
         // Byte 16 is the first byte of the first region stored in the base pack (after the 16-byte header).
