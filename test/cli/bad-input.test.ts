@@ -291,8 +291,12 @@ for (const kind of ['fs', 's3'] as const) {
       const out = await freshDir(`${kind}-at`);
       const target = join(out, 'restored.img');
       const restore = (at: string): Promise<CliResult> => cli('--repo', fx.repo, 'restore', '--at', at, '--to', target);
-      for (const at of ['yesterday', '2026-13-45', '2026-11-26T10:00:00', 'latest-1']) {
+      for (const at of ['yesterday', '2026-11-26T10:00:00', 'latest-1']) {
         expectFailure(await restore(at), EXIT.usage, /is not a point in time: give latest, a sequence number \(see cdp-s3 log\), or an ISO 8601 time with a zone/);
+      }
+      // Dates and times that do not exist are refused, not rolled over (Feb 30 is not March 2).
+      for (const at of ['2026-13-45', '2026-02-30T00:00:00Z', '2026-11-26T24:00Z']) {
+        expectFailure(await restore(at), EXIT.usage, /is not a real date and time \(.+\): give an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z/);
       }
       expectFailure(await restore('0'), EXIT.usage, /--at 0: sequence numbers start at 1/);
       expectFailure(await restore('2000-01-01T00:00:00Z'), EXIT.noPointInTime, /is before the first point in time \(\d{4}-/);
