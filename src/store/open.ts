@@ -4,6 +4,7 @@
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
+import { endpointProblem, redactUserinfo } from './endpoint.js';
 import { FsStore } from './fs.js';
 import { hasBadSegment, isBucketName } from './paths.js';
 import { LimitedStore } from './limit.js';
@@ -62,6 +63,7 @@ export function openStore(url: string, options: OpenStoreOptions = {}): ObjectSt
   const parsed = parseRepoUrl(url);
   let adapter: ObjectStore;
   if (parsed.kind === 's3') {
+    checkEndpoint(options.endpoint);
     // The AWS SDK takes ~130 ms to load: only S3 repositories pay for it.
     adapter = new LazyStore(`s3://${parsed.bucket}/${parsed.prefix}`, async () => {
       const { S3Store } = await import('./s3.js');
@@ -78,6 +80,21 @@ export function openStore(url: string, options: OpenStoreOptions = {}): ObjectSt
   }
   const limited = new LimitedStore(adapter, options.concurrency !== undefined ? { concurrency: options.concurrency } : {});
   return new RetryingStore(limited, options.retry);
+}
+
+/** The endpoint S3 requests will go to (the option, else the environment) must be an http(s) URL. */
+function checkEndpoint(option: string | undefined): void {
+  const [name, value] =
+    option !== undefined
+      ? ['--endpoint', option]
+      : process.env['AWS_ENDPOINT_URL_S3']
+        ? ['AWS_ENDPOINT_URL_S3', process.env['AWS_ENDPOINT_URL_S3']]
+        : ['AWS_ENDPOINT_URL', process.env['AWS_ENDPOINT_URL']];
+  if (value === undefined || (value === '' && option === undefined)) return;
+  const problem = endpointProblem(value);
+  if (problem !== undefined) {
+    throw new UsageError(`${name} ${JSON.stringify(redactUserinfo(value))} ${problem}: give the server's URL, e.g. http://127.0.0.1:9000 or https://s3.example.com`);
+  }
 }
 
 /** Builds its adapter on first use, so that loading the adapter's code costs only when used. */

@@ -527,6 +527,54 @@ for (const kind of ['fs', 's3'] as const) {
         expect(await snapshot(mine)).toEqual(before);
       });
 
+      it('an endpoint that is not an http(s) URL: usage, naming where it came from; user:password@ is never echoed', async () => {
+        for (const endpoint of ['not a url', 'ftp://user:secret@127.0.0.1/x', '']) {
+          const result = await cli('--repo', fx.repo, '--endpoint', endpoint, 'log');
+          expectFailure(result, EXIT.usage, /^cdp-s3: --endpoint ".*" (is not a URL|has scheme ftp, not http or https): give the server's URL, e\.g\. http:\/\/127\.0\.0\.1:9000/);
+          expect(result.stderr).not.toContain('secret');
+        }
+        const saved = process.env['AWS_ENDPOINT_URL'];
+        process.env['AWS_ENDPOINT_URL'] = 'localhost:9000';
+        try {
+          expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.usage, /^cdp-s3: AWS_ENDPOINT_URL "localhost:9000" has scheme localhost, not http or https/);
+        } finally {
+          process.env['AWS_ENDPOINT_URL'] = saved;
+        }
+        // A URL with userinfo works, and messages show ***@ in its place.
+        const withUser = fixture.server.endpoint.replace('http://', 'http://user:secret@');
+        const result = await cli('--repo', 's3://no-such-bucket/x', '--endpoint', withUser, 'log');
+        expectFailure(result, EXIT.store, /bucket no-such-bucket does not exist at http:\/\/\*\*\*@127\.0\.0\.1:\d+: create it or fix --repo/);
+        expect(result.stderr).not.toContain('secret');
+        const listed = await cli('--repo', fx.repo, '--endpoint', withUser, '--json', 'log');
+        expect(listed.code, listed.stderr).toBe(EXIT.ok);
+      });
+
+      it('no region in the environment or the AWS config: us-east-1, as --region says (every S3 command failed)', async () => {
+        const work = await freshDir('no-region');
+        const env: NodeJS.ProcessEnv = {
+          ...process.env,
+          AWS_CONFIG_FILE: join(work, 'no-config'),
+          AWS_SHARED_CREDENTIALS_FILE: join(work, 'no-credentials'),
+          AWS_EC2_METADATA_DISABLED: 'true',
+        };
+        for (const name of ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_PROFILE']) delete env[name];
+        const run = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+          new Promise((resolve) => {
+            const child = spawnCli(args, env);
+            let stdout = '';
+            let stderr = '';
+            child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+            child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+            child.on('close', (code) => resolve({ code, stdout, stderr }));
+          });
+        const repo = `s3://${BUCKET}/no-region-${counter}`;
+        const created = await run(['--repo', repo, 'init', '--size', '1MiB', '--region-size', '64KiB']);
+        expect(created.code, created.stderr).toBe(EXIT.ok);
+        const listed = await run(['--repo', repo, '--json', 'log']);
+        expect(listed.code, listed.stderr).toBe(EXIT.ok);
+        expect(JSON.parse(listed.stdout)).toEqual([]);
+      });
+
       it('bucket missing: the store exit code, the message says the bucket is missing', async () => {
         const out = await freshDir('no-bucket');
         const target = join(out, 'restored.img');
