@@ -218,6 +218,16 @@ for (const kind of ['fs', 's3'] as const) {
       }
     });
 
+    if (kind === 'fs') it('protect and serve --listen :PORT: refused alike (protect bound every interface); a host is required', async () => {
+      const before = await snapshot(fx.raw);
+      const message = /^cdp-s3: --listen ":0" is not an address: use HOST:PORT or \[IPV6\]:PORT, e\.g\. 127\.0\.0\.1:10809 or \[::1\]:10809 \(a host is required: 0\.0\.0\.0:0 listens on every interface\)$/;
+      const drl = join(await freshDir('listen'), 'disk.drl');
+      expectFailure(await cli('--repo', fx.repo, 'protect', fx.source, '--drl', drl, '--listen', ':0'), EXIT.usage, message);
+      expectFailure(await cli('--repo', fx.repo, 'serve', '--at', 'latest', '--listen', ':0'), EXIT.usage, message);
+      expect(await exists(drl)).toBe(false);
+      expect(await snapshot(fx.raw)).toEqual(before);
+    });
+
     it('init twice: refused, the repository as it was', async () => {
       const before = await snapshot(fx.raw);
       for (const args of [['--from', fx.source], ['--size', '1MiB']]) {
