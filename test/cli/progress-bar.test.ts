@@ -19,13 +19,42 @@ class Screen extends Writable {
 describe('progress on stderr', () => {
   it('draws bytes done, rate and ETA on a terminal, and clears the line when done', async () => {
     const screen = new Screen(true);
-    const bar = new ProgressBar(screen);
+    let now = 1_000_000;
+    const bar = new ProgressBar(screen, () => now);
     bar.phase('backup', 100 * 1024 * 1024);
-    await new Promise((r) => setTimeout(r, 120));
+    now += 120;
     bar.advance(25 * 1024 * 1024);
     expect(screen.text).toMatch(/backup \[#{6}\.{18}\] 25\.0 MiB \/ 100 MiB {2}[\d.]+ \w+\/s {2}ETA \d\d:\d\d/);
     bar.done();
     expect(screen.text.endsWith('\r\x1b[K')).toBe(true);
+  });
+
+  it('fits the terminal with whole fields: the bar shrinks, then fields go; the ETA is never cut', () => {
+    const MiB = 1024 * 1024;
+    // A slow start on a big volume: a long ETA and long sizes.
+    const lineAt = (columns: number): string => {
+      const screen = new Screen(true);
+      screen.columns = columns;
+      let now = 1_000_000;
+      const bar = new ProgressBar(screen, () => now);
+      bar.phase('compare', 999 * 1024 * 1024 * MiB);
+      now += 1_000_000;
+      bar.advance(MiB);
+      const lines = screen.text.split('\r\x1b[K').filter((l) => l !== '');
+      expect(lines).toHaveLength(1);
+      return lines[0]!;
+    };
+    const full = lineAt(200);
+    expect(full).toMatch(/^compare \[\.{24}\] 1\.0 MiB \/ 999 TiB {2}1\.0 KiB\/s {2}ETA \d+:\d\d:\d\d$/);
+    const eta = / {2}ETA \d+:\d\d:\d\d$/.exec(full)![0].trim();
+    for (const columns of [100, 80, 60, 45, 30, 20]) {
+      const line = lineAt(columns);
+      expect(line.length, `${columns} columns: ${line}`).toBeLessThan(columns);
+      expect(line.endsWith(eta), `${columns} columns: ${line}`).toBe(true);
+    }
+    expect(lineAt(80)).toMatch(/^compare \[\.{8,}\] 1\.0 MiB \/ 999 TiB {2}1\.0 KiB\/s {2}ETA /);
+    expect(lineAt(60)).toBe(`compare 1.0 MiB / 999 TiB  1.0 KiB/s  ${eta}`);
+    expect(lineAt(20)).toBe(eta);
   });
 
   it('is silent on a pipe and with --json', () => {
