@@ -228,6 +228,24 @@ for (const kind of ['fs', 's3'] as const) {
       expect(await snapshot(fx.raw)).toEqual(before);
     });
 
+    if (kind === 'fs') it('init --size beyond what a volume can hold: usage, naming the maximum for the region size; nothing written', async () => {
+      const work = await freshDir('too-large');
+      const repo = join(work, 'repo');
+      expectFailure(
+        await cli('--repo', repo, 'init', '--size', '1000TiB'),
+        EXIT.usage,
+        /^cdp-s3: a volume of 1000 TiB in 1 MiB regions needs 1048576000 regions; at most 16777216 fit \(16 TiB with 1 MiB regions\): choose larger regions \(--region-size 16MiB holds up to 256 TiB\)$/,
+      );
+      expectFailure(await cli('--repo', repo, 'init', '--size', String(16 * 2 ** 40 + 1)), EXIT.usage, /needs 16777217 regions; at most 16777216 fit \(16 TiB with 1 MiB regions\)/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '64TiB', '--region-size', '64KiB'), EXIT.usage, /at most 16777216 fit \(1 TiB with 64 KiB regions\)/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '1000TiB', '--region-size', '16MiB'), EXIT.usage, /\(256 TiB with 16 MiB regions\): this version cannot protect it as one volume$/);
+      expect(await exists(repo)).toBe(false);
+      // The largest volume for the region size is accepted.
+      const largest = await cli('--repo', repo, '--json', 'init', '--size', '16TiB');
+      expect(largest.code, largest.stderr).toBe(EXIT.ok);
+      expect((JSON.parse(largest.stdout) as { volumeSize: number }).volumeSize).toBe(16 * 2 ** 40);
+    });
+
     it('init twice: refused, the repository as it was', async () => {
       const before = await snapshot(fx.raw);
       for (const args of [['--from', fx.source], ['--size', '1MiB']]) {
