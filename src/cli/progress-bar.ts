@@ -44,11 +44,21 @@ export class ProgressBar implements Progress {
     const seconds = Math.max((now - this.started) / 1000, 0.001);
     const rate = this.done_ / seconds;
     const fraction = this.total > 0 ? Math.min(1, this.done_ / this.total) : 0;
-    const width = 24;
-    const filled = Math.round(fraction * width);
-    const bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
-    const eta = rate > 0 && this.total > 0 ? formatDuration((this.total - this.done_) / rate) : '--:--';
-    const text = `${this.name} ${bar} ${formatSize(this.done_)} / ${formatSize(this.total)}  ${formatSize(rate)}/s  ETA ${eta}`;
-    this.out.write(`\r\x1b[K${text.slice(0, (this.out.columns ?? 100) - 1)}`);
+    const eta = `ETA ${rate > 0 && this.total > 0 ? formatDuration((this.total - this.done_) / rate) : '--:--'}`;
+    const sizes = `${formatSize(this.done_)} / ${formatSize(this.total)}`;
+    const tail = `${sizes}  ${formatSize(rate)}/s  ${eta}`;
+    // Whole fields only (a cut "ETA 00:0" misleads): the bar shrinks to fit, then goes, then the
+    // rate, the phase name and the sizes.
+    const room = (this.out.columns ?? 100) - 1;
+    const barWidth = Math.min(24, room - this.name.length - tail.length - 4);
+    let text: string;
+    if (barWidth >= 8) {
+      const filled = Math.round(fraction * barWidth);
+      text = `${this.name} [${'#'.repeat(filled)}${'.'.repeat(barWidth - filled)}] ${tail}`;
+    } else {
+      const shorter = [`${this.name} ${tail}`, `${this.name} ${sizes}  ${eta}`, `${sizes}  ${eta}`, eta];
+      text = shorter.find((t) => t.length <= room) ?? '';
+    }
+    this.out.write(`\r\x1b[K${text}`);
   }
 }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { protect } from '../core/protect.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
-import { parseDuration, parseListenAddress, parseSize } from './units.js';
+import { parseDuration, parseListen, parseSize } from './units.js';
 
 export function registerProtect(program: Command): void {
   program
@@ -26,7 +26,7 @@ export function registerProtect(program: Command): void {
         store: cli.store(),
         source,
         drl: opts.drl === '' ? `${source}.cdp-s3-drl` : opts.drl,
-        listen: parseListenAddress(opts.listen),
+        listen: parseListen(opts.listen),
         names: opts.name === undefined ? [] : [opts.name],
         intervalMs: parseDuration(opts.interval, '--interval'),
         scanEveryMs: opts.scanEvery === undefined ? undefined : parseDuration(opts.scanEvery, '--scan-every'),

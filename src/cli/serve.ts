@@ -1,21 +1,12 @@
 import type { Command } from 'commander';
 import { parsePointSelector } from '../core/points.js';
 import { serve } from '../core/serve.js';
-import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
-import { parseSize } from './units.js';
+import { parseListen, parseSize } from './units.js';
 
 export const DEFAULT_LISTEN = '127.0.0.1:10809';
 
-/** "HOST:PORT" or "[IPV6]:PORT" (port 0: any free port). */
-export function parseListen(text: string, option = '--listen'): { host: string; port: number } {
-  const m = /^\[([0-9a-fA-F:.%a-zA-Z]+)\]:(\d{1,5})$/.exec(text) ?? /^([^\s:[\]/]+):(\d{1,5})$/.exec(text);
-  const port = m === null ? Number.NaN : Number(m[2]);
-  if (m === null || !Number.isInteger(port) || port > 65535) {
-    throw new UsageError(`${option} ${JSON.stringify(text)} is not an address: use HOST:PORT or [IPV6]:PORT, e.g. ${DEFAULT_LISTEN} or [::1]:10809`);
-  }
-  return { host: m[1]!, port };
-}
+export { parseListen };
 
 /** nbd://HOST:PORT[/NAME] as qemu and libnbd take it. */
 export function nbdUri(host: string, port: number, name = ''): string {

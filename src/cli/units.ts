@@ -63,14 +63,19 @@ export function parseDuration(text: string, option: string): number {
   return Math.round(value);
 }
 
-/** "127.0.0.1:10809", "[::1]:10809", "localhost:0", or ":10809" (all interfaces is not the default). */
-export function parseListenAddress(text: string, option = '--listen'): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text.trim());
-  const port = Number(m?.[3]);
-  if (m === null || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new UsageError(`${option} ${JSON.stringify(text)} is not HOST:PORT: use e.g. 127.0.0.1:10809 or [::1]:10809`);
+/**
+ * An NBD listen address, the one parser of serve and protect: "HOST:PORT" or "[IPV6]:PORT" (port
+ * 0: any free port). A host is required: every interface must be asked for (0.0.0.0:PORT), never
+ * implied by ":PORT", since the export is unauthenticated.
+ */
+export function parseListen(text: string, option = '--listen'): { host: string; port: number } {
+  const m = /^\[([0-9a-fA-F:.%a-zA-Z]+)\]:(\d{1,5})$/.exec(text) ?? /^([^\s:[\]/]+):(\d{1,5})$/.exec(text);
+  const port = m === null ? Number.NaN : Number(m[2]);
+  if (m === null || !Number.isInteger(port) || port > 65535) {
+    const noHost = /^:\d+$/.test(text) ? ` (a host is required: 0.0.0.0${text} listens on every interface)` : '';
+    throw new UsageError(`${option} ${JSON.stringify(text)} is not an address: use HOST:PORT or [IPV6]:PORT, e.g. 127.0.0.1:10809 or [::1]:10809${noHost}`);
   }
-  return { host: m[1] ?? (m[2] === '' ? '0.0.0.0' : m[2]!), port };
+  return { host: m[1]!, port };
 }
 
 /** "1 region", "3 regions". */

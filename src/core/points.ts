@@ -9,7 +9,23 @@ import type { Repository } from '../repo/repository.js';
 export type PointSelector = { kind: 'latest' } | { kind: 'seq'; seq: number } | { kind: 'time'; time: number; text: string };
 
 // RFC 3339 / ISO 8601 with a date, optionally a time, and a zone (Z or ±hh:mm) when a time is given.
-const ISO_TIME = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2}))?$/i;
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(?:Z|[+-](\d{2}):?(\d{2})))?$/i;
+
+/**
+ * Why the fields of an ISO time name no real instant, or undefined if they do. Date.parse
+ * rolls them over instead (2026-02-30 is March 2, T24:00 the next day).
+ */
+function impossible(fields: Array<string | undefined>): string | undefined {
+  const [year, month, day, hour, minute, second, zoneHours, zoneMinutes] = fields.map((f) => (f === undefined ? 0 : Number(f)));
+  if (month! < 1 || month! > 12) return `there is no month ${month}`;
+  const leap = year! % 4 === 0 && (year! % 100 !== 0 || year! % 400 === 0);
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month! - 1]!;
+  if (day! < 1 || day! > days) return `${fields[0]}-${fields[1]} has ${days} days`;
+  if (hour! > 23) return 'hours go from 00 to 23';
+  if (minute! > 59 || second! > 59) return 'minutes and seconds go from 00 to 59';
+  if (zoneHours! > 23 || zoneMinutes! > 59) return 'the zone offset is out of range';
+  return undefined;
+}
 
 export function parsePointSelector(text: string): PointSelector {
   const value = text.trim();
@@ -19,7 +35,12 @@ export function parsePointSelector(text: string): PointSelector {
     if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--at ${text}: sequence numbers start at 1`);
     return { kind: 'seq', seq };
   }
-  const time = ISO_TIME.test(value) ? Date.parse(value.replace(' ', 'T')) : Number.NaN;
+  const match = ISO_TIME.exec(value);
+  const why = match === null ? undefined : impossible(match.slice(1));
+  if (why !== undefined) {
+    throw new UsageError(`--at ${JSON.stringify(text)} is not a real date and time (${why}): give an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`);
+  }
+  const time = match !== null ? Date.parse(value.replace(' ', 'T')) : Number.NaN;
   if (Number.isNaN(time)) {
     throw new UsageError(
       `--at ${JSON.stringify(text)} is not a point in time: give latest, a sequence number (see cdp-s3 log), or an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`,

@@ -31,6 +31,7 @@ import type { ObjectStore } from '../store/types.js';
 import type { ChangeRecorder, ChangeSource } from '../volume/changes.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { preadFully, pwriteFully, pwritevFully } from '../volume/positional-io.js';
+import { openVolume } from '../volume/source.js';
 import { kernels } from '../kernels/index.js';
 import { DeltaWriter } from './delta-writer.js';
 import { type ScanResult, scan } from './scan.js';
@@ -159,15 +160,11 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   static async open(options: ProtectedVolumeOptions): Promise<ProtectedVolume> {
     const repo = await Repository.open(options.store, options.signal);
     const g = repo.geometry;
-    const handle = await open(options.source, 'r+').catch((error: unknown) => {
-      const code = (error as NodeJS.ErrnoException).code;
-      throw new CdpError('SOURCE', `${options.source} cannot be opened for writing (${code ?? String(error)}); check the path and permissions`, { cause: error });
-    });
+    // openVolume refuses what is not a disk (a FIFO, a socket, a character device) before opening it.
+    const { handle, size: actual } = await openVolume(options.source, 'write');
     let drl: DirtyRegionLog | undefined;
     let lock: WriterLock | undefined;
     try {
-      const stat = await handle.stat();
-      const actual = stat.isBlockDevice() ? await blockDeviceSize(options.source) : stat.size;
       if (actual !== g.volumeSize) {
         throw new CdpError('VOLUME_MISMATCH', `${options.source} is ${actual} bytes but the repository's volume is ${g.volumeSize} bytes: protect the disk this repository holds`);
       }
@@ -831,13 +828,6 @@ async function committedAs(repo: Repository, segment: SpoolSegment): Promise<boo
   } finally {
     delta.changed.dispose();
   }
-}
-
-async function blockDeviceSize(path: string): Promise<number> {
-  const { openVolume } = await import('../volume/source.js');
-  const volume = await openVolume(path, 'read');
-  await volume.handle.close();
-  return volume.size;
 }
 
 /** Where a running protect publishes its status (lag, DRL, pre-images) for `cdp-s3 status`. */

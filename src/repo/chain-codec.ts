@@ -6,7 +6,7 @@ import { FormatError } from '../errors.js';
 import { decodeDeltaMap, encodeDeltaMap } from '../model/delta-map-codec.js';
 import { DELTA_KINDS, type Delta, DIGEST_BYTES, PitMap, ZERO_REGION } from '../model/pit-map.js';
 import { FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
-import { seqName } from './keys.js';
+import { isPackKey, seqName } from './keys.js';
 
 export const DELTA_MAGIC = 'CDPS3DLT';
 export const CHECKPOINT_MAGIC = 'CDPS3CKP';
@@ -22,6 +22,18 @@ function u32Bytes(values: Uint32Array): Uint8Array {
 function u32Array(bytes: Uint8Array): Uint32Array {
   const copy = new Uint8Array(bytes); // a copy: aligned and owned (Buffer.slice would be a view)
   return new Uint32Array(copy.buffer, 0, copy.length / 4);
+}
+
+/** The `packs` field, each a well-formed pack key (never a path out of the repository). */
+function packKeys(r: FieldReader, what: string): string[] {
+  const packs = r.strings('packs');
+  for (const key of packs) {
+    if (!isPackKey(key)) {
+      const shown = JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}…` : key);
+      throw new FormatError('FORMAT_CORRUPT', what, `names pack ${shown}, which is not a pack key (packs/<16-digit seq>-<8 hex digits>)`);
+    }
+  }
+  return packs;
 }
 
 export function encodeDelta(delta: Delta, volumeId: string): Uint8Array {
@@ -59,7 +71,7 @@ export function decodeDelta(bytes: Uint8Array, expectedSeq: number, volumeId: st
     throw new FormatError('FORMAT_CORRUPT', what, `covers ${changed.regionCount} regions, the volume has ${regionCount}`);
   }
   const count = changed.count();
-  const packs = r.strings('packs');
+  const packs = packKeys(r, what);
   const entryPack = u32Array(r.bytes('entryPack', count * 4));
   for (const p of entryPack) {
     if (p !== ZERO_REGION && p >= packs.length) throw new FormatError('FORMAT_CORRUPT', what, `entry names pack ${p} of ${packs.length}`);
@@ -103,7 +115,7 @@ export function decodeCheckpoint(bytes: Uint8Array, expectedSeq: number, volumeI
   if (seq !== expectedSeq) throw new FormatError('FORMAT_CORRUPT', what, `holds seq ${seq}; the key says ${expectedSeq}`);
   if (r.string('volumeId') !== volumeId) throw new FormatError('FORMAT_CORRUPT', what, 'belongs to another volume');
   if (r.integer('regionCount') !== regionCount) throw new FormatError('FORMAT_CORRUPT', what, 'region count differs from the config');
-  const packs = r.strings('packs');
+  const packs = packKeys(r, what);
   const packOf = u32Array(r.bytes('packOf', regionCount * 4));
   const offsetOf = u32Array(r.bytes('offsetOf', regionCount * 4));
   const digests = r.bytes('digests', regionCount * DIGEST_BYTES);

@@ -13,6 +13,13 @@ export const MAX_REGION_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_REGION_SIZE = 1024 * 1024;
 export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_CHECKPOINT_INTERVAL = 16;
+/**
+ * The most regions a new volume may have. Backup's deduplication index and restore's fetch plan
+ * hold one Map entry per stored region, and a JavaScript Map holds at most 2^24 entries; the
+ * checkpoint (about 72 bytes a region at worst) then also stays well inside one 4 GiB object.
+ * Paged maps will raise this.
+ */
+export const MAX_VOLUME_REGIONS = 2 ** 24;
 
 export interface RepoConfig {
   volumeId: string;
@@ -38,6 +45,7 @@ export interface NewConfigOptions {
 export function newConfig(options: NewConfigOptions): RepoConfig {
   const regionSize = options.regionSize ?? DEFAULT_REGION_SIZE;
   validateGeometry(options.volumeSize, regionSize);
+  checkCapacity(options.volumeSize, regionSize);
   const packSize = options.packSize ?? DEFAULT_PACK_SIZE;
   if (!Number.isInteger(packSize) || packSize < 1 || packSize > 2 ** 31) {
     throw new InvalidArgumentError(`pack size must be 1 byte to 2 GiB, got ${packSize}`);
@@ -67,6 +75,28 @@ export function validateGeometry(volumeSize: number, regionSize: number): void {
   if (Math.ceil(volumeSize / regionSize) > MAX_REGION_COUNT) {
     throw new InvalidArgumentError(`a ${volumeSize}-byte volume has too many ${regionSize}-byte regions; choose larger regions`);
   }
+}
+
+/** Refuses a new volume with more regions than this version can hold (MAX_VOLUME_REGIONS). */
+function checkCapacity(volumeSize: number, regionSize: number): void {
+  const regions = Math.ceil(volumeSize / regionSize);
+  if (regions <= MAX_VOLUME_REGIONS) return;
+  const larger =
+    regionSize < MAX_REGION_SIZE
+      ? `choose larger regions (--region-size ${binarySize(MAX_REGION_SIZE, '')} holds up to ${binarySize(MAX_REGION_SIZE * MAX_VOLUME_REGIONS)})`
+      : 'this version cannot protect it as one volume';
+  throw new InvalidArgumentError(
+    `a volume of ${binarySize(volumeSize)} in ${binarySize(regionSize)} regions needs ${regions} regions; at most ${MAX_VOLUME_REGIONS} fit ` +
+      `(${binarySize(regionSize * MAX_VOLUME_REGIONS)} with ${binarySize(regionSize)} regions): ${larger}`,
+  );
+}
+
+/** Bytes in the largest binary unit that divides them exactly ("16 TiB", "1 MiB", "1000000 bytes"). */
+function binarySize(bytes: number, space = ' '): string {
+  for (const [unit, size] of [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size}${space}${unit}`;
+  }
+  return space === ' ' ? `${bytes} bytes` : String(bytes);
 }
 
 export function configGeometry(config: RepoConfig): Geometry {

@@ -27,6 +27,17 @@ export function packKey(seq: number, random: string): string {
   return `${PACK_PREFIX}${seqName(seq)}-${random}`;
 }
 
+const PACK_KEY = /^packs\/\d{16}-[0-9a-f]{8}$/;
+
+/**
+ * True if `key` is a pack key as writers make them (`packs/<16-digit seq>-<8 lowercase hex>`).
+ * Pack keys are read from deltas and checkpoints, which could be crafted: only this form is
+ * fetched, so a stored object can never name one outside the repository's prefix.
+ */
+export function isPackKey(key: string): boolean {
+  return PACK_KEY.test(key);
+}
+
 /** The sequence number in a deltas/ or checkpoints/ key, or undefined for any other key. */
 export function seqOfKey(key: string, prefix: string): number | undefined {
   if (!key.startsWith(prefix)) return undefined;

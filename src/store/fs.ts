@@ -1,14 +1,18 @@
 // ObjectStore over a local directory. Keys map to relative paths; writes go to a temp file in
 // the target directory and are renamed (or linked, for ifAbsent) into place, so a reader sees
 // the old object or the new one, and a crash leaves at most a '.tmp-' file that list() skips.
+// Symbolic links inside the root are never followed (a planted packs/x -> /elsewhere would read or
+// write outside the repository): objects are opened O_NOFOLLOW and a key's directories are
+// checked with lstat; a link reads as no object, and writing through one is refused.
 
 import { randomBytes } from 'node:crypto';
-import { close, fstat, open as openFd, type Dirent } from 'node:fs';
-import { open, mkdir, rename, link, unlink, readdir, stat } from 'node:fs/promises';
+import { close, constants, fstat, open as openFd, type Dirent } from 'node:fs';
+import { open, mkdir, rename, link, unlink, readdir, lstat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { CdpError, StoreError, throwIfAborted } from '../errors.js';
 import { preadFully } from '../volume/positional-io.js';
+import { hasBadSegment } from './paths.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const openAsync = promisify(openFd);
@@ -43,7 +47,8 @@ export class FsStore implements ObjectStore {
     // and FileHandle's promise machinery plus an fstat per call cost more than the read itself.
     let fd: number | undefined;
     try {
-      fd = await openAsync(path, 'r');
+      await this.refuseLinkedDirectory(key, 'read');
+      fd = await openAsync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
       const offset = range?.offset ?? 0;
       const length = range?.length ?? (await fstatAsync(fd)).size;
       // The caller's buffer, or one with its own ArrayBuffer (not a pool slice), so callers can
@@ -85,6 +90,7 @@ export class FsStore implements ObjectStore {
           if (d === firstCreated) break;
         }
       }
+      await this.refuseLinkedDirectory(key, 'write');
       const handle = await open(temp, 'wx', PRIVATE_FILE_MODE);
       try {
         // One write call for the whole body (writeFile would split it into small chunks).
@@ -140,7 +146,8 @@ export class FsStore implements ObjectStore {
     throwIfAborted(options?.signal);
     const path = this.path(key);
     try {
-      const info = await stat(path);
+      await this.refuseLinkedDirectory(key, 'read');
+      const info = await lstat(path);
       return info.isFile() ? { key, size: info.size } : undefined;
     } catch (error) {
       const mapped = this.classify(error, key);
@@ -157,6 +164,7 @@ export class FsStore implements ObjectStore {
     throwIfAborted(options?.signal);
     const path = this.path(key);
     try {
+      await this.refuseLinkedDirectory(key, 'read');
       await unlink(path);
       await syncDirectory(dirname(path));
     } catch (error) {
@@ -190,7 +198,7 @@ export class FsStore implements ObjectStore {
         if (!child.key.startsWith(prefix)) continue;
         let size: number;
         try {
-          size = (await stat(join(this.root, child.key))).size;
+          size = (await lstat(join(this.root, child.key))).size;
         } catch (error) {
           // Deleted between readdir and stat: it is simply not there any more.
           const mapped = this.classify(error, child.key);
@@ -204,9 +212,28 @@ export class FsStore implements ObjectStore {
     }
   }
 
+  /**
+   * Throws if a directory on the key's path inside the root is a symbolic link: for reading as
+   * "no such object" (it is not in the repository), for writing as a refusal.
+   */
+  private async refuseLinkedDirectory(key: string, op: 'read' | 'write'): Promise<void> {
+    const segments = key.split('/');
+    for (let i = 1; i < segments.length; i++) {
+      const dir = segments.slice(0, i).join('/');
+      const info = await lstat(join(this.root, dir)).catch(() => undefined);
+      if (info === undefined) return; // missing: nothing below it to follow
+      if (info.isSymbolicLink()) {
+        const text = `${dir} in ${this.location} is a symbolic link, which the local store does not follow: remove it`;
+        throw op === 'read'
+          ? new StoreError('not-found', `${key} does not exist (${text})`, { key })
+          : new StoreError('permanent', `cannot write ${key}: ${text}`, { key });
+      }
+    }
+  }
+
   private path(key: string): string {
     const segments = key.split('/');
-    const bad = segments.some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TEMP_PREFIX) || s.includes('\0'));
+    const bad = hasBadSegment(key) || segments.some((s) => s.startsWith(TEMP_PREFIX));
     if (bad) {
       throw new StoreError(
         'permanent',
@@ -231,6 +258,11 @@ export class FsStore implements ObjectStore {
         return op === 'read'
           ? new StoreError('not-found', `${where} does not exist`, { key, cause: error })
           : new StoreError('permanent', `cannot write ${where}: a file or directory in the way (${code})`, { key, cause: error });
+      case 'ELOOP':
+        // O_NOFOLLOW met a symbolic link where the object should be.
+        return op === 'read'
+          ? new StoreError('not-found', `${where} does not exist (it is a symbolic link, which the local store does not follow: remove it)`, { key, cause: error })
+          : new StoreError('permanent', `cannot write ${where}: a symbolic link is in the way (${code})`, { key, cause: error });
       case 'ENOSPC':
       case 'EDQUOT':
         return new StoreError('permanent', `cannot write ${where}: the disk is full; free space or use another repository`, { key, cause: error });

@@ -6,7 +6,9 @@
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
+import { endpointProblem, redactUserinfo } from './endpoint.js';
 import { FsStore } from './fs.js';
+import { hasBadSegment, isBucketName } from './paths.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
 import { TimeoutStore, checkTimeoutOptions, type TimeoutOptions } from './timeout.js';
@@ -35,10 +37,17 @@ export function parseRepoUrl(url: string, cwd: string = process.cwd()): RepoUrl 
   if (url === '') throw new UsageError(`empty repository location: use ${FORMS}`);
   const scheme = /^([a-zA-Z][a-zA-Z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
   if (scheme === 's3') {
-    const match = /^s3:\/\/([^/]*)\/*(.*)$/i.exec(url);
+    const match = /^s3:\/\/([^/]*)(?:\/(.*))?$/i.exec(url);
     const bucket = match?.[1] ?? '';
-    if (bucket === '' || /\s/.test(bucket)) throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: use s3://bucket[/prefix]`);
-    return { kind: 's3', bucket, prefix: (match?.[2] ?? '').replace(/\/+$/, '') };
+    if (!isBucketName(bucket)) {
+      throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: the bucket name may hold only letters, digits, '.', '-' and '_'; use s3://bucket[/prefix]`);
+    }
+    // One trailing '/' is allowed; otherwise every segment must name a directory level.
+    const prefix = (match?.[2] ?? '').replace(/\/$/, '');
+    if (prefix !== '' && hasBadSegment(prefix)) {
+      throw new UsageError(`bad S3 repository ${JSON.stringify(url)}: the prefix may not have empty, '.' or '..' segments; use s3://bucket[/prefix] with a plain prefix such as hosts/db1`);
+    }
+    return { kind: 's3', bucket, prefix };
   }
   if (scheme === 'file') {
     try {
@@ -60,6 +69,7 @@ export function openStore(url: string, options: OpenStoreOptions = {}): ObjectSt
   const timeout = checkTimeoutOptions(options.timeout);
   let adapter: ObjectStore;
   if (parsed.kind === 's3') {
+    checkEndpoint(options.endpoint);
     // The AWS SDK takes ~130 ms to load: only S3 repositories pay for it.
     adapter = new LazyStore(`s3://${parsed.bucket}/${parsed.prefix}`, async () => {
       const { S3Store } = await import('./s3.js');
@@ -78,6 +88,21 @@ export function openStore(url: string, options: OpenStoreOptions = {}): ObjectSt
   }
   const limited = new LimitedStore(adapter, options.concurrency !== undefined ? { concurrency: options.concurrency } : {});
   return new RetryingStore(limited, options.retry);
+}
+
+/** The endpoint S3 requests will go to (the option, else the environment) must be an http(s) URL. */
+function checkEndpoint(option: string | undefined): void {
+  const [name, value] =
+    option !== undefined
+      ? ['--endpoint', option]
+      : process.env['AWS_ENDPOINT_URL_S3']
+        ? ['AWS_ENDPOINT_URL_S3', process.env['AWS_ENDPOINT_URL_S3']]
+        : ['AWS_ENDPOINT_URL', process.env['AWS_ENDPOINT_URL']];
+  if (value === undefined || (value === '' && option === undefined)) return;
+  const problem = endpointProblem(value);
+  if (problem !== undefined) {
+    throw new UsageError(`${name} ${JSON.stringify(redactUserinfo(value))} ${problem}: give the server's URL, e.g. http://127.0.0.1:9000 or https://s3.example.com`);
+  }
 }
 
 /** Builds its adapter on first use, so that loading the adapter's code costs only when used. */

@@ -18,6 +18,8 @@ import {
 } from '@aws-sdk/client-s3';
 import pLimit from 'p-limit';
 import { AbortedError, CdpError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
+import { endpointProblem, redactUserinfo } from './endpoint.js';
+import { hasBadSegment, isBucketName } from './paths.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;
@@ -56,7 +58,13 @@ export class S3Store implements ObjectStore {
   private readonly multipartThreshold: number;
 
   constructor(options: S3StoreOptions) {
-    if (options.bucket === '') throw new InvalidArgumentError('S3 bucket name is empty');
+    if (!isBucketName(options.bucket)) {
+      throw new InvalidArgumentError(`S3 bucket name ${JSON.stringify(options.bucket)} is not a bucket name: letters, digits, '.', '-' and '_' only`);
+    }
+    const prefix = options.prefix.replace(/\/$/, '');
+    if (prefix !== '' && hasBadSegment(prefix)) {
+      throw new InvalidArgumentError(`S3 prefix ${JSON.stringify(options.prefix)} may not have empty, '.' or '..' segments (they would leave the repository)`);
+    }
     this.bucket = options.bucket;
     this.base = options.prefix === '' ? '' : options.prefix.replace(/\/$/, '') + '/';
     this.location = `s3://${options.bucket}/${options.prefix}`;
@@ -69,7 +77,11 @@ export class S3Store implements ObjectStore {
       throw new InvalidArgumentError(`S3 multipart threshold ${this.multipartThreshold} must be at least the part size ${this.partSize}`);
     }
     const env = process.env;
-    this.endpoint = options.endpoint ?? nonEmpty(env['AWS_ENDPOINT_URL_S3']) ?? nonEmpty(env['AWS_ENDPOINT_URL']);
+    const endpoint = options.endpoint ?? nonEmpty(env['AWS_ENDPOINT_URL_S3']) ?? nonEmpty(env['AWS_ENDPOINT_URL']);
+    const problem = endpoint === undefined ? undefined : endpointProblem(endpoint);
+    if (problem !== undefined) throw new InvalidArgumentError(`S3 endpoint ${JSON.stringify(redactUserinfo(endpoint!))} ${problem}: give an http:// or https:// URL`);
+    // Messages name the endpoint, never the user:password@ a URL may carry.
+    this.endpoint = endpoint === undefined ? undefined : redactUserinfo(endpoint);
     if (options.client !== undefined) {
       this.client = options.client;
     } else {
@@ -79,10 +91,10 @@ export class S3Store implements ObjectStore {
         // servers store as data; we send plain Buffers and verify what we read ourselves.
         requestChecksumCalculation: 'WHEN_REQUIRED',
         responseChecksumValidation: 'WHEN_REQUIRED',
-        forcePathStyle: options.forcePathStyle ?? this.endpoint !== undefined,
+        forcePathStyle: options.forcePathStyle ?? endpoint !== undefined,
       };
-      if (this.endpoint !== undefined) config.endpoint = this.endpoint;
-      if (options.region !== undefined) config.region = options.region;
+      if (endpoint !== undefined) config.endpoint = endpoint;
+      config.region = options.region ?? regionOrDefault(config);
       this.client = new S3Client(config);
     }
   }
@@ -268,7 +280,9 @@ export class S3Store implements ObjectStore {
   }
 
   private fullKey(key: string): string {
-    if (key === '') throw new StoreError('permanent', `empty key in ${this.location}`, { key });
+    if (hasBadSegment(key)) {
+      throw new StoreError('permanent', `invalid key ${JSON.stringify(key)} in ${this.location}: keys are '/'-separated relative paths without empty, '.' or '..' segments`, { key });
+    }
     return this.base + key;
   }
 
@@ -311,7 +325,7 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
   const detail = message === 'UnknownError' || message.trim() === '' ? '' : `: ${oneLine(message)}`;
   const bucket = where?.bucket;
   const what = key !== undefined ? `${key}${bucket !== undefined ? ` in bucket ${bucket}` : ''}` : bucket !== undefined ? `bucket ${bucket}` : 'S3';
-  const endpoint = where?.endpoint ?? 'the AWS S3 endpoint';
+  const endpoint = redactUserinfo(where?.endpoint ?? 'the AWS S3 endpoint');
   const options = key !== undefined ? { key, cause: error } : { cause: error };
   const make = (kind: StoreError['kind'], text: string): StoreError => new StoreError(kind, text, options);
 
@@ -355,7 +369,30 @@ export function classifyS3Error(error: unknown, key?: string, where?: { bucket?:
 }
 
 function oneLine(text: string): string {
-  return text.replace(/\s+/g, ' ').trim();
+  return redactUserinfo(text.replace(/\s+/g, ' ').trim());
+}
+
+/** Where S3 is when the AWS configuration names no region: the default that --region promises. */
+export const DEFAULT_REGION = 'us-east-1';
+
+/**
+ * The SDK's own region chain (AWS_REGION, the shared config's profile, instance metadata), but
+ * us-east-1 where it finds none instead of failing every request with "Region is missing".
+ */
+function regionOrDefault(config: S3ClientConfig): () => Promise<string> {
+  // The chain is what a client without a region resolves; a probe client lends it, so the
+  // precedence stays the SDK's.
+  const probe = new S3Client({ ...config, region: undefined });
+  const chain = probe.config.region;
+  probe.destroy();
+  return async () => {
+    try {
+      return await chain();
+    } catch (error) {
+      if (/region is missing/i.test((error as Error).message ?? '')) return DEFAULT_REGION;
+      throw error;
+    }
+  };
 }
 
 function nonEmpty(value: string | undefined): string | undefined {

@@ -2,6 +2,7 @@
 // from the kernel (/sys/dev/block/MAJOR:MINOR/size, in 512-byte sectors), since stat says 0.
 
 import { constants } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
 import { CdpError } from '../errors.js';
 
@@ -27,26 +28,50 @@ async function sizeOf(path: string, st: { isBlockDevice(): boolean; size: number
   }
 }
 
+/** What a path is, in words, when it is neither a regular file nor a block device. */
+function kindOf(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isDirectory()) return 'a directory';
+  return 'neither a regular file nor a block device';
+}
+
+function notADisk(path: string, st: Stats): CdpError {
+  return new CdpError('SOURCE', `${path} is ${kindOf(st)}, not a disk: give an image file or a block device`);
+}
+
+function openFailed(path: string, mode: 'read' | 'write', error: unknown): CdpError {
+  const code = (error as NodeJS.ErrnoException).code;
+  const why =
+    code === 'ENOENT'
+      ? 'does not exist; check the path'
+      : code === 'EACCES' || code === 'EPERM'
+        ? `is not ${mode === 'read' ? 'readable' : 'writable'} by this user; run with the needed permissions`
+        : `cannot be opened (${code ?? (error as Error).message})`;
+  return new CdpError('SOURCE', `${path} ${why}`, { cause: error });
+}
+
 export async function openVolume(path: string, mode: 'read' | 'write'): Promise<OpenVolume> {
+  // Look before opening: open() of a FIFO blocks until a writer appears (in a thread-pool thread
+  // that no signal can interrupt), and a character device is not a disk either.
+  let before: Stats;
+  try {
+    before = await stat(path);
+  } catch (error) {
+    throw openFailed(path, mode, error);
+  }
+  if (!before.isFile() && !before.isBlockDevice()) throw notADisk(path, before);
   let handle: FileHandle;
   try {
     handle = await open(path, mode === 'read' ? constants.O_RDONLY : constants.O_RDWR);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    const why =
-      code === 'ENOENT'
-        ? 'does not exist; check the path'
-        : code === 'EACCES' || code === 'EPERM'
-          ? `is not ${mode === 'read' ? 'readable' : 'writable'} by this user; run with the needed permissions`
-          : code === 'EISDIR'
-            ? 'is a directory; give an image file or a block device'
-            : `cannot be opened (${code ?? (error as Error).message})`;
-    throw new CdpError('SOURCE', `${path} ${why}`, { cause: error });
+    throw openFailed(path, mode, error);
   }
   const st = await handle.stat();
   if (!st.isFile() && !st.isBlockDevice()) {
     await handle.close();
-    throw new CdpError('SOURCE', `${path} is neither a regular file nor a block device`);
+    throw notADisk(path, st);
   }
   return { path, handle, size: await sizeOf(path, st), isBlockDevice: st.isBlockDevice(), dev: st.dev, ino: st.ino, rdev: st.rdev };
 }

@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { init } from '../../src/core/init.js';
+import { decodeCheckpoint, decodeDelta, encodeCheckpoint, encodeDelta } from '../../src/repo/chain-codec.js';
+import { decodeConfig } from '../../src/repo/config.js';
 import { openStore } from '../../src/store/open.js';
 import { s3ServerEnv } from '../../src/dev/s3-server.js';
 import { CLI_ENTRY, type CliResult, cli, spawnCli } from '../helpers/cli.js';
@@ -24,7 +26,9 @@ import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot, ve
 
 const REGION = 64 * 1024;
 const BUCKET = 'bad';
-const fixture = useS3Fixture('bad', [BUCKET]);
+/** A second bucket, which repositories in BUCKET must never reach. */
+const OTHER_BUCKET = 'other';
+const fixture = useS3Fixture('bad', [BUCKET, OTHER_BUCKET]);
 
 let counter = 0;
 /** A fresh, empty directory for one test's files. */
@@ -215,6 +219,34 @@ for (const kind of ['fs', 's3'] as const) {
       }
     });
 
+    if (kind === 'fs') it('protect and serve --listen :PORT: refused alike (protect bound every interface); a host is required', async () => {
+      const before = await snapshot(fx.raw);
+      const message = /^cdp-s3: --listen ":0" is not an address: use HOST:PORT or \[IPV6\]:PORT, e\.g\. 127\.0\.0\.1:10809 or \[::1\]:10809 \(a host is required: 0\.0\.0\.0:0 listens on every interface\)$/;
+      const drl = join(await freshDir('listen'), 'disk.drl');
+      expectFailure(await cli('--repo', fx.repo, 'protect', fx.source, '--drl', drl, '--listen', ':0'), EXIT.usage, message);
+      expectFailure(await cli('--repo', fx.repo, 'serve', '--at', 'latest', '--listen', ':0'), EXIT.usage, message);
+      expect(await exists(drl)).toBe(false);
+      expect(await snapshot(fx.raw)).toEqual(before);
+    });
+
+    if (kind === 'fs') it('init --size beyond what a volume can hold: usage, naming the maximum for the region size; nothing written', async () => {
+      const work = await freshDir('too-large');
+      const repo = join(work, 'repo');
+      expectFailure(
+        await cli('--repo', repo, 'init', '--size', '1000TiB'),
+        EXIT.usage,
+        /^cdp-s3: a volume of 1000 TiB in 1 MiB regions needs 1048576000 regions; at most 16777216 fit \(16 TiB with 1 MiB regions\): choose larger regions \(--region-size 16MiB holds up to 256 TiB\)$/,
+      );
+      expectFailure(await cli('--repo', repo, 'init', '--size', String(16 * 2 ** 40 + 1)), EXIT.usage, /needs 16777217 regions; at most 16777216 fit \(16 TiB with 1 MiB regions\)/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '64TiB', '--region-size', '64KiB'), EXIT.usage, /at most 16777216 fit \(1 TiB with 64 KiB regions\)/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '1000TiB', '--region-size', '16MiB'), EXIT.usage, /\(256 TiB with 16 MiB regions\): this version cannot protect it as one volume$/);
+      expect(await exists(repo)).toBe(false);
+      // The largest volume for the region size is accepted.
+      const largest = await cli('--repo', repo, '--json', 'init', '--size', '16TiB');
+      expect(largest.code, largest.stderr).toBe(EXIT.ok);
+      expect((JSON.parse(largest.stdout) as { volumeSize: number }).volumeSize).toBe(16 * 2 ** 40);
+    });
+
     it('init twice: refused, the repository as it was', async () => {
       const before = await snapshot(fx.raw);
       for (const args of [['--from', fx.source], ['--size', '1MiB']]) {
@@ -229,8 +261,8 @@ for (const kind of ['fs', 's3'] as const) {
       const work = await freshDir(`${kind}-sources`);
       const missing = join(work, 'missing.img');
       expectFailure(await cli('--repo', fx.repo, 'backup', missing), EXIT.volume, /missing\.img does not exist; check the path/);
-      expectFailure(await cli('--repo', fx.repo, 'backup', work), EXIT.volume, new RegExp(`${work} is neither a regular file nor a block device`));
-      expectFailure(await cli('--repo', fx.repo, 'backup', '/dev/null'), EXIT.volume, /\/dev\/null is neither a regular file nor a block device/);
+      expectFailure(await cli('--repo', fx.repo, 'backup', work), EXIT.volume, new RegExp(`${work} is a directory, not a disk: give an image file or a block device`));
+      expectFailure(await cli('--repo', fx.repo, 'backup', '/dev/null'), EXIT.volume, /\/dev\/null is a character device, not a disk: give an image file or a block device/);
       // A path through a file (ENOTDIR) cannot be opened either.
       expectFailure(await cli('--repo', fx.repo, 'backup', join(fx.source, 'x')), EXIT.volume, /disk\.img\/x cannot be opened \(ENOTDIR\)/);
 
@@ -253,16 +285,47 @@ for (const kind of ['fs', 's3'] as const) {
       const repo = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/init-source-${counter}`;
       const raw = rawFor(kind, repo, `init-source-${counter}`);
       expectFailure(await cli('--repo', repo, 'init', '--from', join(work, 'missing.img')), EXIT.volume, /missing\.img does not exist; check the path/);
-      expectFailure(await cli('--repo', repo, 'init', '--from', work), EXIT.volume, /is neither a regular file nor a block device/);
+      expectFailure(await cli('--repo', repo, 'init', '--from', work), EXIT.volume, /is a directory, not a disk/);
       expect(await raw.keys()).toEqual([]);
+    });
+
+    it('a FIFO or a socket as the source of backup, init --from, scan or protect: refused before opening it (open() of a FIFO blocks)', async () => {
+      const before = await snapshot(fx.raw);
+      const work = await freshDir(`${kind}-not-disks`);
+      const fifo = join(work, 'pipe');
+      execFileSync('mkfifo', [fifo]);
+      const socketPath = join(work, 'socket');
+      const server = createServer();
+      await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+      try {
+        const fresh = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/not-disks-${counter}`;
+        const raw = rawFor(kind, fresh, `not-disks-${counter}`);
+        for (const [path, what] of [[fifo, 'a FIFO \\(named pipe\\)'], [socketPath, 'a socket']] as const) {
+          const message = new RegExp(`${path} is ${what}, not a disk: give an image file or a block device`);
+          expectFailure(await cli('--repo', fx.repo, 'backup', path), EXIT.volume, message);
+          expectFailure(await cli('--repo', fx.repo, 'scan', path), EXIT.volume, message);
+          expectFailure(await cli('--repo', fresh, 'init', '--from', path), EXIT.volume, message);
+          const protect = await cli('--repo', fx.repo, 'protect', path, '--drl', join(work, 'p.drl'), '--listen', '127.0.0.1:0');
+          expect(protect.code, protect.stderr).toBe(EXIT.volume);
+          expect(protect.stderr).toMatch(message);
+        }
+        expect(await raw.keys()).toEqual([]);
+      } finally {
+        await new Promise((resolve) => server.close(resolve));
+      }
+      expect(await snapshot(fx.raw)).toEqual(before);
     });
 
     it('--at unparseable (usage), before the first point, in the future, or past the newest sequence number (no point in time)', async () => {
       const out = await freshDir(`${kind}-at`);
       const target = join(out, 'restored.img');
       const restore = (at: string): Promise<CliResult> => cli('--repo', fx.repo, 'restore', '--at', at, '--to', target);
-      for (const at of ['yesterday', '2026-13-45', '2026-11-26T10:00:00', 'latest-1']) {
+      for (const at of ['yesterday', '2026-11-26T10:00:00', 'latest-1']) {
         expectFailure(await restore(at), EXIT.usage, /is not a point in time: give latest, a sequence number \(see cdp-s3 log\), or an ISO 8601 time with a zone/);
+      }
+      // Dates and times that do not exist are refused, not rolled over (Feb 30 is not March 2).
+      for (const at of ['2026-13-45', '2026-02-30T00:00:00Z', '2026-11-26T24:00Z']) {
+        expectFailure(await restore(at), EXIT.usage, /is not a real date and time \(.+\): give an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z/);
       }
       expectFailure(await restore('0'), EXIT.usage, /--at 0: sequence numbers start at 1/);
       expectFailure(await restore('2000-01-01T00:00:00Z'), EXIT.noPointInTime, /is before the first point in time \(\d{4}-/);
@@ -380,6 +443,47 @@ for (const kind of ['fs', 's3'] as const) {
         await expectIntact(fx);
       });
 
+      it('a delta or checkpoint naming a pack outside the repository (crafted, valid checksum): the integrity code; nothing fetched from elsewhere', async () => {
+        const config = decodeConfig(await fx.raw.get('config'));
+        const regionCount = Math.ceil(config.volumeSize / config.regionSize);
+        const delta = decodeDelta(await fx.raw.get('deltas/0000000000000003'), 3, config.volumeId, regionCount);
+        const escape = `../otherrepo/${delta.packs[0]!}`;
+        const crafted = Buffer.from(encodeDelta({ ...delta, packs: delta.packs.map(() => escape) }, config.volumeId));
+        const out = await freshDir(`${kind}-crafted`);
+        const target = join(out, 'restored.img');
+        const message = /^cdp-s3: delta 0000000000000003: names pack "\.\.\/otherrepo\/packs\/\d{16}-[0-9a-f]{8}", which is not a pack key \(packs\/<16-digit seq>-<8 hex digits>\)/;
+        await withDamaged(fx, 'deltas/0000000000000003', () => crafted, async () => {
+          expectFailure(await cli('--repo', fx.repo, 'restore', '--at', '3', '--to', target), EXIT.integrity, message);
+          expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.integrity, message);
+          await expectNoTarget(target);
+        });
+        // A checkpoint naming one is skipped like any damaged checkpoint: point 2 folds from the deltas.
+        const pit = decodeCheckpoint(await fx.raw.get('checkpoints/0000000000000002'), 2, config.volumeId, regionCount);
+        for (let region = 0; region < regionCount; region++) {
+          const location = pit.location(region);
+          if (location !== undefined) pit.setRegion(region, { pack: `../otherrepo/${location.pack}`, offset: location.offset }, pit.digest(region));
+        }
+        await withDamaged(fx, 'checkpoints/0000000000000002', () => Buffer.from(encodeCheckpoint(pit, config.volumeId)), async () => {
+          await expectRestores(fx, fx.rounds[1]!);
+        });
+      });
+
+      if (kind === 'fs') it('a pack replaced by a symbolic link to a file outside the repository: not followed; restore and verify report it missing', async () => {
+        const own = await makeRepo('fs', 'linked-pack', { rounds: 1 });
+        const pack = (await own.raw.keys('packs/'))[0]!;
+        const path = join(own.repo, pack);
+        const outside = join(await freshDir('outside'), 'pack');
+        await cp(path, outside); // the same bytes: only following the link could make it look intact
+        await rm(path);
+        await symlink(outside, path);
+        const target = join(await freshDir('linked-pack'), 'restored.img');
+        expectFailure(await cli('--repo', own.repo, 'restore', '--at', '1', '--to', target), EXIT.integrity, new RegExp(`pack ${pack}: is missing from file://`));
+        await expectNoTarget(target);
+        const verified = await cli('--repo', own.repo, '--json', 'verify');
+        expect(verified.code, verified.stderr).toBe(EXIT.integrity);
+        expect(verified.stdout).toContain(pack);
+      });
+
       it('pack with a flipped data byte: restore refuses with the integrity code (digest mismatch), no target', async () => {
         const pack = (await fx.raw.keys('packs/0000000000000001-'))[0]!;
         // Byte 16 is the first byte of the first region stored in the base pack (after the 16-byte header).
@@ -435,6 +539,71 @@ for (const kind of ['fs', 's3'] as const) {
     });
 
     if (kind === 's3') {
+      it("a prefix with '..', '.' or empty segments: refused as usage, nothing written here or in another bucket", async () => {
+        const work = await freshDir('escape');
+        const source = join(work, 'disk.img');
+        await writeFile(source, makeImage({ size: 256 * 1024, regionSize: REGION, seed: 11 }));
+        const other = new S3RawObjects(OTHER_BUCKET, '', fixture.server.endpoint);
+        const mine = new S3RawObjects(BUCKET, '', fixture.server.endpoint);
+        fixture.onTeardown(() => (other.destroy(), mine.destroy()));
+        const before = await snapshot(mine);
+        for (const repo of [`s3://${BUCKET}/../${OTHER_BUCKET}`, `s3://${BUCKET}/a/../../${OTHER_BUCKET}/x`, `s3://${BUCKET}/./x`, `s3://${BUCKET}/a//x`]) {
+          for (const args of [['init', '--from', source], ['init', '--size', '1MiB'], ['log']]) {
+            expectFailure(await cli('--repo', repo, ...args), EXIT.usage, /bad S3 repository .*: the prefix may not have empty, '\.' or '\.\.' segments; use s3:\/\/bucket\[\/prefix\]/);
+          }
+        }
+        expect(await other.keys()).toEqual([]);
+        expect(await snapshot(mine)).toEqual(before);
+      });
+
+      it('an endpoint that is not an http(s) URL: usage, naming where it came from; user:password@ is never echoed', async () => {
+        for (const endpoint of ['not a url', 'ftp://user:secret@127.0.0.1/x', '']) {
+          const result = await cli('--repo', fx.repo, '--endpoint', endpoint, 'log');
+          expectFailure(result, EXIT.usage, /^cdp-s3: --endpoint ".*" (is not a URL|has scheme ftp, not http or https): give the server's URL, e\.g\. http:\/\/127\.0\.0\.1:9000/);
+          expect(result.stderr).not.toContain('secret');
+        }
+        const saved = process.env['AWS_ENDPOINT_URL'];
+        process.env['AWS_ENDPOINT_URL'] = 'localhost:9000';
+        try {
+          expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.usage, /^cdp-s3: AWS_ENDPOINT_URL "localhost:9000" has scheme localhost, not http or https/);
+        } finally {
+          process.env['AWS_ENDPOINT_URL'] = saved;
+        }
+        // A URL with userinfo works, and messages show ***@ in its place.
+        const withUser = fixture.server.endpoint.replace('http://', 'http://user:secret@');
+        const result = await cli('--repo', 's3://no-such-bucket/x', '--endpoint', withUser, 'log');
+        expectFailure(result, EXIT.store, /bucket no-such-bucket does not exist at http:\/\/\*\*\*@127\.0\.0\.1:\d+: create it or fix --repo/);
+        expect(result.stderr).not.toContain('secret');
+        const listed = await cli('--repo', fx.repo, '--endpoint', withUser, '--json', 'log');
+        expect(listed.code, listed.stderr).toBe(EXIT.ok);
+      });
+
+      it('no region in the environment or the AWS config: us-east-1, as --region says (every S3 command failed)', async () => {
+        const work = await freshDir('no-region');
+        const env: NodeJS.ProcessEnv = {
+          ...process.env,
+          AWS_CONFIG_FILE: join(work, 'no-config'),
+          AWS_SHARED_CREDENTIALS_FILE: join(work, 'no-credentials'),
+          AWS_EC2_METADATA_DISABLED: 'true',
+        };
+        for (const name of ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_PROFILE']) delete env[name];
+        const run = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+          new Promise((resolve) => {
+            const child = spawnCli(args, env);
+            let stdout = '';
+            let stderr = '';
+            child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+            child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+            child.on('close', (code) => resolve({ code, stdout, stderr }));
+          });
+        const repo = `s3://${BUCKET}/no-region-${counter}`;
+        const created = await run(['--repo', repo, 'init', '--size', '1MiB', '--region-size', '64KiB']);
+        expect(created.code, created.stderr).toBe(EXIT.ok);
+        const listed = await run(['--repo', repo, '--json', 'log']);
+        expect(listed.code, listed.stderr).toBe(EXIT.ok);
+        expect(JSON.parse(listed.stdout)).toEqual([]);
+      });
+
       it('bucket missing: the store exit code, the message says the bucket is missing', async () => {
         const out = await freshDir('no-bucket');
         const target = join(out, 'restored.img');

@@ -35,6 +35,34 @@ describe('progress on stderr', () => {
     expect(screen.text.endsWith('\r\x1b[K')).toBe(true);
   });
 
+  it('fits the terminal with whole fields: the bar shrinks, then fields go; the ETA is never cut', () => {
+    const MiB = 1024 * 1024;
+    // A slow start on a big volume: a long ETA and long sizes.
+    const lineAt = (columns: number): string => {
+      const screen = new Screen(true);
+      screen.columns = columns;
+      let now = 1_000_000;
+      const bar = new ProgressBar(screen, () => now);
+      bar.phase('compare', 999 * 1024 * 1024 * MiB);
+      now += 1_000_000;
+      bar.advance(MiB);
+      const lines = screen.text.split('\r\x1b[K').filter((l) => l !== '');
+      expect(lines).toHaveLength(1);
+      return lines[0]!;
+    };
+    const full = lineAt(200);
+    expect(full).toMatch(/^compare \[\.{24}\] 1\.0 MiB \/ 999 TiB {2}1\.0 KiB\/s {2}ETA \d+:\d\d:\d\d$/);
+    const eta = / {2}ETA \d+:\d\d:\d\d$/.exec(full)![0].trim();
+    for (const columns of [100, 80, 60, 45, 30, 20]) {
+      const line = lineAt(columns);
+      expect(line.length, `${columns} columns: ${line}`).toBeLessThan(columns);
+      expect(line.endsWith(eta), `${columns} columns: ${line}`).toBe(true);
+    }
+    expect(lineAt(80)).toMatch(/^compare \[\.{8,}\] 1\.0 MiB \/ 999 TiB {2}1\.0 KiB\/s {2}ETA /);
+    expect(lineAt(60)).toBe(`compare 1.0 MiB / 999 TiB  1.0 KiB/s  ${eta}`);
+    expect(lineAt(20)).toBe(eta);
+  });
+
   it('is silent on a pipe and with --json', () => {
     const pipe = new Screen(false);
     expect(new CliContext({}, new Screen(false), pipe).progress()).toBe(silentProgress);

@@ -168,7 +168,7 @@ describe('cdp-s3 protect refuses bad input', () => {
       expect(lines, result.stderr).toHaveLength(1);
       expect(lines[0]).toMatch(message);
     };
-    expectOneLine(await cli('--repo', f.repoUrl, 'protect', join(f.work, 'nope.img'), '--listen', '127.0.0.1:0'), 4, /nope\.img cannot be opened/);
+    expectOneLine(await cli('--repo', f.repoUrl, 'protect', join(f.work, 'nope.img'), '--listen', '127.0.0.1:0'), 4, /nope\.img does not exist; check the path/);
     const small = join(f.work, 'small.img');
     await writeFile(small, Buffer.alloc(REGION));
     expectOneLine(await cli('--repo', f.repoUrl, 'protect', small, '--listen', '127.0.0.1:0'), 4, /is 65536 bytes but the repository's volume is/);

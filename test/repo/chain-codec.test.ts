@@ -15,7 +15,7 @@ function sampleDelta(): Delta {
     start: 1000,
     end: 2000,
     changed,
-    packs: ['packs/0000000000000001-aa'],
+    packs: ['packs/0000000000000001-000000aa'],
     entryPack: new Uint32Array([0, ZERO_REGION, 0]),
     entryOffset: new Uint32Array([16, 0, 1040]),
     digests,
@@ -54,6 +54,27 @@ describe('chain codecs', () => {
     flipped[40] = flipped[40]! ^ 1;
     expect(() => decodeDelta(flipped, 1, 'vol', 100)).toThrow(FormatError);
     expect(() => decodeDelta(bytes.subarray(0, bytes.length - 5), 1, 'vol', 100)).toThrow(/checksum mismatch/);
+  });
+
+  it('refuses a delta or a checkpoint naming a pack key that is not packs/<16-digit seq>-<8 hex digits>', () => {
+    const crafted = [
+      '../otherrepo/obj',
+      'packs/../../otherrepo/packs/0000000000000001-00000000',
+      'packs/0000000000000001-00000000/../../config',
+      'config',
+      'packs/1-00000000',
+      'packs/0000000000000001-0000000g',
+      'packs/0000000000000001-000000AA',
+      '/packs/0000000000000001-00000000',
+    ];
+    for (const key of crafted) {
+      const delta = { ...sampleDelta(), packs: [key] };
+      expect(() => decodeDelta(encodeDelta(delta, 'vol'), 1, 'vol', 100), key).toThrow(FormatError);
+      expect(() => decodeDelta(encodeDelta(delta, 'vol'), 1, 'vol', 100), key).toThrow(/delta 0000000000000001: names pack .*, which is not a pack key \(packs\/<16-digit seq>-<8 hex digits>\)/);
+      const pit = new PitMap(100);
+      pit.apply(delta);
+      expect(() => decodeCheckpoint(encodeCheckpoint(pit, 'vol'), 1, 'vol', 100), key).toThrow(/checkpoint 0000000000000001: names pack .*, which is not a pack key/);
+    }
   });
 
   it('round-trips a checkpoint of a PIT map', () => {

@@ -44,6 +44,33 @@ describe('FsStore', () => {
     }
   });
 
+  it('follows no symbolic link inside the root: a linked object or directory is no object, and is never written through', async () => {
+    const outside = await tempDir();
+    try {
+      const { symlink, writeFile, readFile } = await import('node:fs/promises');
+      await writeFile(join(outside, 'secret'), 'outside the repository');
+      await store.put('packs/real', new Uint8Array([1]));
+      // A link where an object should be.
+      await symlink(join(outside, 'secret'), join(dir, 'packs', 'linked'));
+      const error = await expectStoreError(store.get('packs/linked'), 'not-found');
+      expect(error.message).toMatch(/packs\/linked in file:.* does not exist \(it is a symbolic link, which the local store does not follow: remove it\)/);
+      await expectStoreError(store.get('packs/linked', { range: { offset: 0, length: 3 } }), 'not-found');
+      expect(await store.head('packs/linked')).toBeUndefined();
+      // A linked directory.
+      await symlink(outside, join(dir, 'deltas'));
+      await expectStoreError(store.get('deltas/secret'), 'not-found');
+      expect(await store.head('deltas/secret')).toBeUndefined();
+      const refused = await expectStoreError(store.put('deltas/new', new Uint8Array([2])), 'permanent');
+      expect(refused.message).toMatch(/cannot write deltas\/new: deltas in file:.* is a symbolic link, which the local store does not follow: remove it/);
+      await store.delete('deltas/secret');
+      expect(await collect(store.list(''))).toEqual([{ key: 'packs/real', size: 1 }]);
+      expect((await readdir(outside)).sort()).toEqual(['secret']);
+      expect(await readFile(join(outside, 'secret'), 'utf8')).toBe('outside the repository');
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
+  });
+
   it('skips temp files in listings', async () => {
     await store.put('d/x', new Uint8Array(1));
     const { writeFile } = await import('node:fs/promises');

@@ -24,6 +24,14 @@ describe('parseRepoUrl', () => {
     expect(() => parseRepoUrl(url)).toThrow(UsageError);
   });
 
+  it.each(['s3://bkt/../escape', 's3://bkt/a/../../escape', 's3://bkt/./x', 's3://bkt/a//b', 's3://bkt//a', 's3://bkt/a/b//', 's3://bkt/..', 's3://../x', 's3://./x', 's3://b%2fx/y'])(
+    'refuses %j: a prefix that would leave the repository, or not a bucket name',
+    (url) => {
+      expect(() => parseRepoUrl(url)).toThrow(UsageError);
+      expect(() => parseRepoUrl(url)).toThrow(/bad S3 repository .*: (the prefix may not have empty, '\.' or '\.\.' segments|the bucket name may hold only)/);
+    },
+  );
+
   it('names the accepted forms for an unknown scheme', () => {
     expect(() => parseRepoUrl('gs://b')).toThrow(/s3:\/\/bucket\[\/prefix\], file:\/\/\/absolute\/path, or a directory path/);
   });

@@ -3,12 +3,15 @@
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { StoreError } from '../../src/errors.js';
+import { InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { S3Store, classifyS3Error, type S3StoreOptions } from '../../src/store/s3.js';
 import { skipOutsideCi, skipTitle } from '../helpers/requirements.js';
@@ -68,6 +71,68 @@ async function closedPort(): Promise<number> {
 }
 
 describe('S3Store', () => {
+  it("refuses a prefix or a key with '.', '..' or empty segments before sending anything", async () => {
+    for (const prefix of ['../escape', 'a/../../b', './x', 'a//b']) {
+      expect(() => makeStore({ prefix }), prefix).toThrow(/may not have empty, '\.' or '\.\.' segments/);
+    }
+    expect(() => makeStore({ bucket: '..' })).toThrow(/is not a bucket name/);
+    const store = makeStore();
+    for (const key of ['../otherrepo/obj', 'packs/../../x', 'a//b', '', './config']) {
+      const error = await expectStoreError(store.get(key), 'permanent');
+      expect(error.message).toContain('invalid key');
+      await expectStoreError(store.put(key, new Uint8Array(1)), 'permanent');
+    }
+  });
+
+  it('refuses an endpoint that is not an http(s) URL, and never names the user:password@ of one', async () => {
+    for (const endpoint of ['not a url', 'ftp://user:secret@host/x', 'http://']) {
+      expect(() => makeStore({ endpoint }), endpoint).toThrow(InvalidArgumentError);
+      expect(() => makeStore({ endpoint }), endpoint).toThrow(/^S3 endpoint ".*" (is not a URL|has scheme ftp, not http or https): give an http:\/\/ or https:\/\/ URL$/);
+      expect(() => makeStore({ endpoint })).not.toThrow(/secret/);
+    }
+    // A working endpoint with userinfo: requests work; messages show ***@ instead.
+    const endpoint = server.endpoint.replace('http://', 'http://user:secret@');
+    const store = makeStore({ endpoint });
+    await store.put('k', new Uint8Array([7]));
+    expect(Array.from(await store.get('k'))).toEqual([7]);
+    const error = await expectStoreError(makeStore({ endpoint, bucket: 'no-such-bucket' }).get('k'), 'no-bucket');
+    expect(error.message).toContain(server.endpoint.replace('http://', 'http://***@'));
+    expect(error.message).not.toContain('secret');
+    await emptyPrefix(store);
+  });
+
+  it('uses us-east-1 when neither the environment nor the shared config names a region (as --region promises), else theirs', async () => {
+    const saved = { ...process.env };
+    const dir = await mkdtemp(join(tmpdir(), 'cdp-region-'));
+    let cleanup = async (): Promise<void> => {};
+    try {
+      for (const name of ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_PROFILE']) delete process.env[name];
+      Object.assign(process.env, {
+        AWS_CONFIG_FILE: join(dir, 'config'),
+        AWS_SHARED_CREDENTIALS_FILE: join(dir, 'credentials'),
+        AWS_EC2_METADATA_DISABLED: 'true',
+      });
+      await writeFile(join(dir, 'config'), '');
+      await writeFile(join(dir, 'credentials'), '');
+      const store = makeStore();
+      await store.put('k', new Uint8Array([1, 2]));
+      expect(Array.from(await store.get('k'))).toEqual([1, 2]);
+      expect(await (store as unknown as { client: S3Client }).client.config.region()).toBe('us-east-1');
+      cleanup = () => emptyPrefix(store); // its own client needs the region back
+
+      // The SDK's chain still comes first: a region in the shared config file (a new one, not cached).
+      process.env['AWS_CONFIG_FILE'] = join(dir, 'config-with-region');
+      await writeFile(join(dir, 'config-with-region'), '[default]\nregion = eu-west-3\n');
+      expect(await (makeStore() as unknown as { client: S3Client }).client.config.region()).toBe('eu-west-3');
+      process.env['AWS_REGION'] = 'ap-south-1';
+      expect(await (makeStore() as unknown as { client: S3Client }).client.config.region()).toBe('ap-south-1');
+    } finally {
+      process.env = saved;
+      await cleanup();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reports a missing bucket as no-bucket, telling to create it', async () => {
     const store = makeStore({ bucket: 'no-such-bucket' });
     const error = await expectStoreError(store.get('k'), 'no-bucket');
