@@ -3,6 +3,7 @@
 
 import type { DeltaKind } from '../model/pit-map.js';
 import type { ScanRecord } from '../repo/records.js';
+import { deltaKey } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
 import { readScanRecords, readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
@@ -31,6 +32,17 @@ export interface LogEntry {
   suspect: boolean;
   marks: LogMark[];
   checkpoint: boolean;
+  /** False when a delta before it is missing and no stored checkpoint stands in for it. */
+  restorable: boolean;
+}
+
+/** A delta missing from the chain (it sits in the timeline after the stored delta before it). */
+export interface MissingDeltaEntry {
+  type: 'missing';
+  seq: number;
+  key: string;
+  /** Later points in time it keeps from being built (those with no checkpoint past it). */
+  unrestorable: number[];
 }
 
 export interface ScanEvent extends Omit<ScanRecord, 'start' | 'end'> {
@@ -41,7 +53,7 @@ export interface ScanEvent extends Omit<ScanRecord, 'start' | 'end'> {
   start: string;
 }
 
-export type TimelineEntry = LogEntry | ScanEvent;
+export type TimelineEntry = LogEntry | ScanEvent | MissingDeltaEntry;
 
 export interface LogResult {
   location: string;
@@ -52,19 +64,16 @@ export interface LogResult {
   timeline: TimelineEntry[];
   /** Just the deltas. */
   entries: LogEntry[];
+  /** Deltas missing from the chain. */
+  missing: MissingDeltaEntry[];
 }
 
 export async function log(options: { store: ObjectStore; signal?: AbortSignal }): Promise<LogResult> {
   const { store, signal } = options;
   const repo = await Repository.open(store, signal);
-  const [seqs, checkpoints, trust, scans] = await Promise.all([
-    repo.deltaSeqs(signal),
-    repo.checkpointSeqs(signal),
-    readTrust(store, signal),
-    readScanRecords(store, signal),
-  ]);
-  const withCheckpoint = new Set(checkpoints);
-  const deltas = await repo.readDeltas(seqs, signal);
+  const [chain, trust, scans] = await Promise.all([repo.listChain(signal), readTrust(store, signal), readScanRecords(store, signal)]);
+  const withCheckpoint = new Set(chain.checkpoints);
+  const deltas = await repo.readDeltas(chain.seqs, signal);
   const entries = deltas.map((delta): LogEntry => {
     const marks = (trust.marks.get(delta.seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
     const entry: LogEntry = {
@@ -78,10 +87,14 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
       suspect: marks.length > 0,
       marks,
       checkpoint: withCheckpoint.has(delta.seq),
+      restorable: chain.blockedBy(delta.seq) === undefined,
     };
     delta.changed.dispose();
     return entry;
   });
+  const missing = chain.missing.map(
+    (seq): MissingDeltaEntry => ({ type: 'missing', seq, key: deltaKey(seq), unrestorable: entries.filter((e) => chain.blockedBy(e.seq) === seq).map((e) => e.seq) }),
+  );
   const events = scans.map(({ key, value }): ScanEvent => ({
     ...value,
     type: 'scan',
@@ -89,7 +102,14 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
     time: new Date(value.end).toISOString(),
     start: new Date(value.start).toISOString(),
   }));
-  const timeline: TimelineEntry[] = [...entries, ...events].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.type === 'delta' ? -1 : 1));
+  const sorted: Array<LogEntry | ScanEvent> = [...entries, ...events].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.type === 'delta' ? -1 : 1));
+  // A missing delta has no time: it goes right after the stored delta before it.
+  const missingBySeq = new Map(missing.map((m) => [m.seq, m]));
+  const timeline: TimelineEntry[] = missing.filter((m) => m.seq < chain.seqs[0]!);
+  for (const t of sorted) {
+    timeline.push(t);
+    if (t.type === 'delta') for (let seq = t.seq + 1; missingBySeq.has(seq); seq++) timeline.push(missingBySeq.get(seq)!);
+  }
   return {
     location: store.location,
     volumeId: repo.config.volumeId,
@@ -97,5 +117,6 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
     regionSize: repo.config.regionSize,
     timeline,
     entries,
+    missing,
   };
 }

@@ -87,7 +87,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const trust = await readTrust(store, signal);
 
   // The chain: every delta readable, no gaps. A damaged delta breaks every later point in time.
-  const listed = await listSeqs(repo, signal);
+  const listed = await repo.deltaSeqs(signal);
   const last = listed.at(-1) ?? 0;
   const all = (from: number): number[] => Array.from({ length: Math.max(0, last - from + 1) }, (_, i) => from + i);
   let chainEnd = last; // points after a broken link cannot be folded
@@ -136,7 +136,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
       }
       entry++;
     }
-    pit ??= await repo.loadPit(0, { checkpoints: [], signal });
+    pit ??= await repo.loadPit(0, { signal });
     pit.apply(delta);
     delta.changed.dispose();
     if (checkpointsAt.has(seq)) folded.set(seq, pit.clone());
@@ -239,21 +239,6 @@ function regionsOf(locations: Map<string, Location>, problem: VerifyProblem, seq
     }
   }
   return out.sort((a, b) => a - b);
-}
-
-async function listSeqs(repo: Repository, signal?: AbortSignal): Promise<number[]> {
-  try {
-    return await repo.deltaSeqs(signal);
-  } catch (error) {
-    if (!(error instanceof FormatError)) throw error;
-    // A gap: list what is there and let the caller report each missing one.
-    const seqs: number[] = [];
-    for await (const info of repo.store.list('deltas/', { signal })) {
-      const m = /^deltas\/(\d{16})$/.exec(info.key);
-      if (m !== null) seqs.push(Number(m[1]));
-    }
-    return seqs.sort((a, b) => a - b);
-  }
 }
 
 async function countObjects(store: ObjectStore, prefix: string, signal?: AbortSignal): Promise<number> {
