@@ -3,10 +3,11 @@ import { type LogEntry, log } from '../core/log.js';
 import { CliContext } from './context.js';
 import { count, formatSize } from './units.js';
 
-/** What restore makes of a point: `-` (trusted), its mark kinds, or UNRESTORABLE. */
+/** What restore makes of a point: `-` (trusted), its mark kinds (UNKNOWN: marks unreadable), or UNRESTORABLE. */
 function trustOf(entry: LogEntry): string {
   if (!entry.restorable) return 'UNRESTORABLE';
   const kinds = [...new Set(entry.marks.map((m) => m.kind.toUpperCase()))];
+  if (entry.marksUnreadable.length > 0) kinds.push('UNKNOWN');
   return kinds.length === 0 ? '-' : kinds.join('+');
 }
 
@@ -58,7 +59,12 @@ export function registerLog(program: Command): void {
         if (rows.length === 0) return `${title}\nno points in time yet: run cdp-s3 backup`;
         const footnote = result.entries.some((e) => e.checkpoint) ? ['(* a checkpoint PIT map is stored at this point in time)'] : [];
         const body = rows.flatMap((row) => [line(row), ...(notes.get(Number(row[0])) ?? [])]);
-        return [title, line(header), ...(notes.get(0) ?? []), ...body, ...footnote].join('\n');
+        const warnings = result.unreadableMarks.map(
+          (u) =>
+            `warning: trust marks ${u.key} cannot be read (${u.error}): points in time ${u.possiblyMarked.join(', ') || '(none yet)'} may be marked ` +
+            'and show UNKNOWN; restore passes over them unless --allow-suspect (see cdp-s3 verify)',
+        );
+        return [title, ...warnings, line(header), ...(notes.get(0) ?? []), ...body, ...footnote].join('\n');
       });
     });
 }

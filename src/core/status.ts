@@ -30,6 +30,8 @@ export interface StatusResult {
   /** Deltas missing from the chain, and the points in time that cannot be built because of them. */
   missingDeltas: number[];
   unrestorable: number[];
+  /** `marks/` objects that cannot be read (restore treats the points before them as possibly marked). */
+  unreadableMarks: Array<{ key: string; error: string }>;
   lastScan: { time: string; scanned: number; discrepancies: number; fixupSeq: number | undefined; suspect: number[] } | undefined;
   protects: ProtectReport[];
 }
@@ -66,6 +68,7 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
     untrusted: [...trust.marks.keys()].sort((a, b) => a - b),
     missingDeltas: chain.missing,
     unrestorable: chain.seqs.filter((seq) => chain.blockedBy(seq) !== undefined),
+    unreadableMarks: trust.unreadable.map(({ key, error }) => ({ key, error })),
     lastScan:
       scan === undefined
         ? undefined

@@ -36,8 +36,11 @@ export interface VerifyOptions {
 }
 
 export interface VerifyProblem {
-  /** 'delta', 'checkpoint', 'pack' (missing or short), 'region' (bytes do not match). */
-  object: 'delta' | 'checkpoint' | 'pack' | 'region';
+  /**
+   * 'delta', 'checkpoint', 'pack' (missing or short), 'region' (bytes do not match), 'marks' (a
+   * trust marks object that cannot be read: `affects` are the points it could concern).
+   */
+  object: 'delta' | 'checkpoint' | 'pack' | 'region' | 'marks';
   key: string;
   detail: string;
   /** Points in time that cannot be restored as they were because of it. */
@@ -109,6 +112,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const checkpointsAt = new Set(await repo.checkpointSeqs(signal));
   const folded = new Map<number, PitMap>(); // seq → PIT map, for checkpoints only
   let pit: PitMap | undefined;
+  const ends = new Map<number, number>(); // seq → end, of the deltas read
   progress.phase('chain', 0);
   for (let seq = 1; seq <= chainEnd; seq++) {
     let delta: Delta;
@@ -120,6 +124,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
       chainEnd = seq - 1;
       break;
     }
+    ends.set(seq, delta.end);
     let entry = 0;
     for (const region of delta.changed.regions()) {
       closeSpan(region, seq - 1);
@@ -142,6 +147,14 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     if (checkpointsAt.has(seq)) folded.set(seq, pit.clone());
   }
   for (let region = 0; region < g.regionCount; region++) closeSpan(region, chainEnd);
+
+  // A marks object nobody can read: restore treats every point that ended before it as possibly
+  // marked. Verify cannot tell what it said; it names it (and marks nothing because of it).
+  for (const u of trust.unreadable) {
+    const affects = [...ends].filter(([, end]) => u.time === undefined || end <= u.time).map(([seq]) => seq);
+    const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
+    problems.push({ object: 'marks', key: u.key, detail, affects });
+  }
 
   // Checkpoints must equal the fold (a bad one only slows restores: they fall back to deltas).
   for (const seq of checkpointsAt) {
@@ -201,7 +214,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const damagedSeqs = new Set<number>();
   const marks: TrustMark[] = [];
   for (const problem of problems) {
-    if (problem.object === 'checkpoint') continue;
+    if (problem.object === 'checkpoint' || problem.object === 'marks') continue;
     for (const seq of problem.affects) {
       if (damagedSeqs.has(seq) || (trust.marks.get(seq) ?? []).some((m) => m.kind === 'damaged')) continue;
       damagedSeqs.add(seq);

@@ -12,6 +12,7 @@ import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { verify } from '../../src/core/verify.js';
 import { scan } from '../../src/core/scan.js';
 import { PitExport } from '../../src/core/serve.js';
 import { status } from '../../src/core/status.js';
@@ -19,7 +20,7 @@ import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import { FsRawObjects, type RawObjects, S3RawObjects, snapshot } from '../helpers/raw-objects.js';
+import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot } from '../helpers/raw-objects.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
@@ -160,6 +161,64 @@ for (const kind of ['fs', 's3'] as const) {
       expect(scanned.suspect).toEqual([6, 5, 4, 3, 2, 1]);
       expect(scanned.fixupSeq).toBe(7);
       expect((await planRestore({ store: f.store, at: parsePointSelector('latest') })).seq).toBe(7);
+    });
+  });
+}
+
+for (const kind of ['fs', 's3'] as const) {
+  describe(`a garbled marks object (${kind} store)`, () => {
+    it('verify names it, restore passes over every point it could concern, and everything else keeps working', async () => {
+      const f = await makeFixture(kind);
+      // A scan finds region 5 (written by delta 5) changed behind cdp-s3's back: fix-up 6, 5 suspect.
+      const scanTime = Date.parse(f.points.get(5)!.time) + 60_000;
+      f.image.fill(0x55, 5 * REGION, 5 * REGION + 10);
+      await writeFile(f.source, f.image);
+      const scanned = await scan({ store: f.store, source: f.source, workers: 2, clock: () => scanTime });
+      expect(scanned).toMatchObject({ suspect: [5], fixupSeq: 6 });
+      f.points.set(6, { digest: sha(f.image), time: new Date(scanTime).toISOString() });
+      const [marksKey] = await f.raw.keys('marks/');
+      expect(marksKey).toBe(`marks/${String(scanTime).padStart(16, '0')}-${marksKey!.slice(-8)}`);
+      await f.raw.put(marksKey!, flipBodyByte(await f.raw.get(marksKey!)));
+
+      // Backup keeps working; its point ended after the unreadable object was written, so it is trusted.
+      f.image.fill(0x07, 7 * REGION, 7 * REGION + 10);
+      await writeFile(f.source, f.image);
+      expect((await backup({ store: f.store, source: f.source, workers: 2, clock: () => scanTime + 1000 })).seq).toBe(7);
+      f.points.set(7, { digest: sha(f.image), time: '' });
+      expect(await restored(f, 'latest')).toEqual(restoresAs(f, 7));
+      const served = await PitExport.open({ store: f.store, at: parsePointSelector('latest'), cacheBytes: 0 });
+      expect(served.seq).toBe(7);
+      await served.close();
+
+      // Points that ended before it may be marked by it: passed over, and with none left, refused.
+      const refused = await cli('--repo', f.repoUrl, 'restore', '--at', '6', '--to', join(f.work, 'no.img'));
+      expect(refused.code).toBe(EXIT.noPointInTime);
+      expect(refused.stderr).toMatch(/^cdp-s3: every point in time at or before 6 is marked untrusted \(6-1 marks-unreadable\): see cdp-s3 log; pass --allow-suspect/);
+      const allowed = await planRestore({ store: f.store, at: parsePointSelector('6'), allowSuspect: true });
+      expect(allowed).toMatchObject({ seq: 6, untrusted: ['marks-unreadable'], skipped: [] });
+
+      const found = await verify({ store: f.store, workers: 2, dryRun: true });
+      expect(found.problems).toEqual([
+        expect.objectContaining({ object: 'marks', key: marksKey, detail: expect.stringMatching(/^cannot be read \(checksum mismatch/), affects: [1, 2, 3, 4, 5, 6] }),
+      ]);
+      expect(found.damaged).toEqual([]);
+      const viaCli = await cli('--repo', f.repoUrl, 'verify');
+      expect(viaCli.code).toBe(EXIT.integrity);
+      expect(viaCli.stdout).toContain(`marks ${marksKey}: cannot be read (checksum mismatch`);
+
+      const logged = await cli('--repo', f.repoUrl, 'log');
+      expect(logged.code, logged.stderr).toBe(EXIT.ok);
+      expect(logged.stdout).toContain(`warning: trust marks ${marksKey} cannot be read (checksum mismatch`);
+      expect(logged.stdout).toMatch(/^\s*6 .* UNKNOWN$/m);
+      expect(logged.stdout).toMatch(/^\s*7 .* -$/m);
+      const json = JSON.parse((await cli('--repo', f.repoUrl, '--json', 'log')).stdout) as Array<Record<string, unknown>>;
+      expect(json).toContainEqual(expect.objectContaining({ type: 'unreadable-marks', key: marksKey, possiblyMarked: [1, 2, 3, 4, 5, 6] }));
+      expect(json.find((e) => e['seq'] === 7)).toMatchObject({ suspect: false, marksUnreadable: [] });
+      const statusCli = await cli('--repo', f.repoUrl, 'status');
+      expect(statusCli.code, statusCli.stderr).toBe(EXIT.ok);
+      expect(statusCli.stdout).toContain(`warning: trust marks ${marksKey} cannot be read (checksum mismatch`);
+      expect(await status({ store: f.store })).toMatchObject({ unreadableMarks: [{ key: marksKey }] });
+      expect((await scan({ store: f.store, source: f.source, workers: 2, clock: () => scanTime + 2000 })).discrepancies).toBe(0);
     });
   });
 }
