@@ -45,6 +45,8 @@ export interface VerifyProblem {
   detail: string;
   /** Points in time that cannot be restored as they were because of it. */
   affects: number[];
+  /** For 'pack' and 'region': how many stored regions of that pack object are bad. */
+  regions?: number;
 }
 
 export interface VerifyResult {
@@ -176,20 +178,37 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const packSizes = new Map<string, number>();
   for await (const info of store.list(PACK_PREFIX, { signal })) packSizes.set(info.key, info.size);
   const damaged: DamagedLocation[] = [];
-  const affectsOf = (location: Location): number[] => {
+  const affectsOf = (list: Location[]): number[] => {
     const seqs = new Set<number>();
-    for (const [, from, to] of location.spans) for (let s = from; s <= to; s++) seqs.add(s);
+    for (const location of list) for (const [, from, to] of location.spans) for (let s = from; s <= to; s++) seqs.add(s);
     return [...seqs].sort((a, b) => a - b);
   };
+  const badLocations = new Map<VerifyProblem, Location[]>(); // the stored regions behind each pack or region problem
+  // One problem per pack object (not per region in it), with every point its bad regions affect.
+  const reportPerPack = (object: 'pack' | 'region', bad: Location[], detailOf: (pack: string, list: Location[]) => string): void => {
+    const byPack = new Map<string, Location[]>();
+    for (const l of [...bad].sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset))) {
+      (byPack.get(l.pack) ?? byPack.set(l.pack, []).get(l.pack)!).push(l);
+    }
+    for (const [pack, list] of byPack) {
+      const problem: VerifyProblem = { object, key: pack, detail: detailOf(pack, list), affects: affectsOf(list), regions: list.length };
+      problems.push(problem);
+      badLocations.set(problem, list);
+    }
+  };
   const readable: Location[] = [];
+  const short: Location[] = [];
   for (const location of locations.values()) {
     const size = packSizes.get(location.pack);
     if (size === undefined || location.offset + location.length > size) {
-      const detail = size === undefined ? 'missing' : `${size} bytes, but a region ends at byte ${location.offset + location.length}`;
-      problems.push({ object: 'pack', key: location.pack, detail, affects: affectsOf(location) });
+      short.push(location);
       damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'missing' });
     } else readable.push(location);
   }
+  reportPerPack('pack', short, (pack, list) => {
+    const size = packSizes.get(pack);
+    return size === undefined ? 'missing' : `${size} bytes, but regions end up to byte ${list.reduce((end, l) => Math.max(end, l.offset + l.length), 0)}`;
+  });
 
   // Region data: all of it, or this run's slice of the packs.
   let subset: VerifyResult['subset'];
@@ -204,10 +223,11 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     subset = { percent: subsetPercent, slice, slices };
   } else if (options.readData === true) toRead = readable;
   const { locationsRead, bytesRead, corrupt } = await readAndCheck(repo, toRead, options, progress);
-  for (const location of corrupt) {
-    problems.push({ object: 'region', key: location.pack, detail: `bytes at ${location.offset} do not match their SHA-256`, affects: affectsOf(location) });
-    damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'corrupt' });
-  }
+  for (const location of corrupt) damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'corrupt' });
+  reportPerPack('region', corrupt, (_pack, list) => {
+    const at = list.slice(0, 8).map((l) => l.offset).join(', ') + (list.length > 8 ? ', …' : '');
+    return `bytes at ${at} do not match their SHA-256`;
+  });
 
   // Record what is newly damaged, so restore avoids it and backups upload it again.
   const fresh = damaged.filter((d) => !trust.damaged.has(locationId(d)));
@@ -218,7 +238,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     for (const seq of problem.affects) {
       if (damagedSeqs.has(seq) || (trust.marks.get(seq) ?? []).some((m) => m.kind === 'damaged')) continue;
       damagedSeqs.add(seq);
-      marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: regionsOf(locations, problem, seq) });
+      marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: regionsOf(badLocations.get(problem) ?? [], seq) });
     }
   }
   let record: string | undefined;
@@ -243,10 +263,10 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   };
 }
 
-function regionsOf(locations: Map<string, Location>, problem: VerifyProblem, seq: number): number[] {
+/** Some of the regions whose PIT map at `seq` points at one of these stored locations. */
+function regionsOf(list: Location[], seq: number): number[] {
   const out: number[] = [];
-  for (const location of locations.values()) {
-    if (location.pack !== problem.key) continue;
+  for (const location of list) {
     for (const [region, from, to] of location.spans) {
       if (from <= seq && seq <= to && out.length < MAX_REGIONS_LISTED) out.push(region);
     }
