@@ -91,17 +91,13 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const problems: VerifyProblem[] = [];
   const trust = await readTrust(store, signal);
 
-  // The chain: every delta readable, no gaps. A damaged delta breaks every later point in time.
+  // The chain: every delta readable, no gaps. A missing or damaged delta breaks the points from
+  // it on, up to the first readable checkpoint after it, which stands in for the lost link (as
+  // in restore: docs/FORMAT.md, "Keys"); the fold resumes there.
   const listed = await repo.deltaSeqs(signal);
   const last = listed.at(-1) ?? 0;
-  const all = (from: number): number[] => Array.from({ length: Math.max(0, last - from + 1) }, (_, i) => from + i);
-  let chainEnd = last; // points after a broken link cannot be folded
-  for (let seq = 1; seq <= last; seq++) {
-    if (!listed.includes(seq)) {
-      problems.push({ object: 'delta', key: `deltas/${seqName(seq)}`, detail: 'missing', affects: all(seq) });
-      chainEnd = Math.min(chainEnd, seq - 1);
-    }
-  }
+  const stored = new Set(listed);
+  const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i);
 
   // Fold the chain, remembering for every stored location which PIT maps point at it.
   const locations = new Map<string, Location>();
@@ -111,35 +107,86 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     if (open !== undefined) locations.get(open.id)!.spans.push([region, open.since, until]);
     current[region] = undefined;
   };
-  const checkpointsAt = new Set(await repo.checkpointSeqs(signal));
+  const openSpan = (region: number, location: { pack: string; offset: number }, digest: Uint8Array, since: number): void => {
+    const id = locationId(location);
+    if (!locations.has(id)) locations.set(id, { ...location, length: regionLength(g, region), digest, spans: [] });
+    current[region] = { id, since };
+  };
+  const checkpointList = await repo.checkpointSeqs(signal);
+  const checkpointsAt = new Set(checkpointList);
+  /** The oldest readable checkpoint at or after `from`; unreadable ones on the way are problems. */
+  const resumeFrom = async (from: number): Promise<PitMap | undefined> => {
+    for (const c of checkpointList.filter((c) => c >= from)) {
+      try {
+        return await repo.readCheckpoint(c, signal);
+      } catch (error) {
+        if (!(error instanceof FormatError)) throw error;
+        problems.push({ object: 'checkpoint', key: `checkpoints/${seqName(c)}`, detail: error.message, affects: [] });
+        unreadableCheckpoints.add(c);
+      }
+    }
+    return undefined;
+  };
+  const unreadableCheckpoints = new Set<number>();
   const folded = new Map<number, PitMap>(); // seq → PIT map, for checkpoints only
   let pit: PitMap | undefined;
+  let deltasRead = 0;
+  let chainEnd = last; // the newest point the fold reached
   const ends = new Map<number, number>(); // seq → end, of the deltas read
   progress.phase('chain', 0);
-  for (let seq = 1; seq <= chainEnd; seq++) {
-    let delta: Delta;
-    try {
-      delta = await repo.readDelta(seq, signal);
-    } catch (error) {
-      if (!(error instanceof FormatError)) throw error;
-      problems.push({ object: 'delta', key: `deltas/${seqName(seq)}`, detail: error.message, affects: all(seq) });
-      chainEnd = seq - 1;
-      break;
+  for (let seq = 1; seq <= last; seq++) {
+    let delta: Delta | undefined;
+    let broken = 'missing';
+    if (stored.has(seq)) {
+      try {
+        delta = await repo.readDelta(seq, signal);
+      } catch (error) {
+        if (!(error instanceof FormatError)) throw error;
+        broken = error.message;
+      }
     }
+    if (delta === undefined) {
+      for (let region = 0; region < g.regionCount; region++) closeSpan(region, seq - 1);
+      const resume = await resumeFrom(seq);
+      // Points up to the resume point cannot be built (the resume point itself only if its delta is bad).
+      const until = resume === undefined ? last : resume.seq === seq || !stored.has(resume.seq) ? resume.seq : resume.seq - 1;
+      for (const lost of range(seq, until)) {
+        if (lost === seq || !stored.has(lost)) {
+          problems.push({ object: 'delta', key: `deltas/${seqName(lost)}`, detail: lost === seq ? broken : 'missing', affects: range(lost, until) });
+        }
+      }
+      if (resume === undefined) {
+        chainEnd = seq - 1;
+        break;
+      }
+      pit = resume;
+      for (let region = 0; region < g.regionCount; region++) {
+        const location = pit.location(region);
+        if (location !== undefined) openSpan(region, location, pit.digest(region).slice(), pit.seq);
+      }
+      // Choosing the resume point needs its delta (for its time): check that it reads.
+      if (stored.has(pit.seq) && pit.seq !== seq) {
+        try {
+          const own = await repo.readDelta(pit.seq, signal);
+          deltasRead++;
+          ends.set(own.seq, own.end);
+          own.changed.dispose();
+        } catch (error) {
+          if (!(error instanceof FormatError)) throw error;
+          problems.push({ object: 'delta', key: `deltas/${seqName(pit.seq)}`, detail: error.message, affects: [pit.seq] });
+        }
+      }
+      seq = pit.seq;
+      continue;
+    }
+    deltasRead++;
     ends.set(seq, delta.end);
     let entry = 0;
     for (const region of delta.changed.regions()) {
       closeSpan(region, seq - 1);
       const pack = delta.entryPack[entry]!;
       if (pack !== ZERO_REGION) {
-        const location = { pack: delta.packs[pack]!, offset: delta.entryOffset[entry]! };
-        const id = locationId(location);
-        let known = locations.get(id);
-        if (known === undefined) {
-          known = { ...location, length: regionLength(g, region), digest: delta.digests.slice(entry * 32, entry * 32 + 32), spans: [] };
-          locations.set(id, known);
-        }
-        current[region] = { id, since: seq };
+        openSpan(region, { pack: delta.packs[pack]!, offset: delta.entryOffset[entry]! }, delta.digests.slice(entry * 32, entry * 32 + 32), seq);
       }
       entry++;
     }
@@ -161,7 +208,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   // Checkpoints must equal the fold (a bad one only slows restores: they fall back to deltas).
   for (const seq of checkpointsAt) {
     const expected = folded.get(seq);
-    if (expected === undefined) continue; // past a broken link; reported with the delta
+    if (expected === undefined || unreadableCheckpoints.has(seq)) continue; // past a broken link: reported above
     try {
       const checkpoint = await repo.readCheckpoint(seq, signal);
       const region = firstDifference(checkpoint, expected);
@@ -250,7 +297,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     await store.put(record, sealEnvelope(VERIFY_KIND, summary), { signal, ifAbsent: true });
   }
   return {
-    deltas: chainEnd,
+    deltas: deltasRead,
     checkpoints: checkpointsAt.size,
     packs: packSizes.size,
     locations: locations.size,

@@ -126,6 +126,17 @@ for (const kind of ['fs', 's3'] as const) {
       const viaCli = await cli('--repo', f.repoUrl, 'restore', '--at', '5', '--to', target);
       expect(viaCli.code, viaCli.stderr).toBe(EXIT.ok);
       expect(viaCli.stderr).toContain('chose point in time 3; passed over 5 unrestorable, 4 missing');
+
+      // verify agrees: each missing delta costs the points up to the checkpoint that stands in for it.
+      const verified = await verify({ store: f.store, readData: true, workers: 2 });
+      expect(verified.problems).toEqual([
+        { object: 'delta', key: 'deltas/0000000000000002', detail: 'missing', affects: [2] },
+        { object: 'delta', key: 'deltas/0000000000000004', detail: 'missing', affects: [4, 5] },
+      ]);
+      expect(verified).toMatchObject({ deltas: 2, damaged: [2, 4, 5], locationsRead: verified.locations });
+      // Its marks change nothing that restore could use.
+      expect(await restored(f, '3')).toEqual(restoresAs(f, 3));
+      expect(await restored(f, 'latest')).toEqual(restoresAs(f, 3, '5 unrestorable, 4 missing'));
     });
 
     it('a writer refuses when the newest point cannot be built, and writes after the newest (never into the gap) when a checkpoint stands in', async () => {
