@@ -274,7 +274,7 @@ export class ChainGapError extends FormatError {
       'FORMAT_CORRUPT',
       `delta ${seqName(missing)}`,
       `is missing and no readable checkpoint from it to point in time ${point} stands in for it, so ${missing === point ? 'that point' : `points ${missing + 1} to ${point}`} cannot be built; ` +
-        'earlier points still restore (see cdp-s3 log and cdp-s3 verify)',
+        (missing === 1 ? 'no earlier point exists' : 'earlier points still restore') + ' (see cdp-s3 log and cdp-s3 verify)',
     );
   }
 }
