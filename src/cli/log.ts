@@ -1,7 +1,15 @@
 import type { Command } from 'commander';
-import { log } from '../core/log.js';
+import { type LogEntry, log } from '../core/log.js';
 import { CliContext } from './context.js';
 import { count, formatSize } from './units.js';
+
+/** What restore makes of a point: `-` (trusted), its mark kinds (UNKNOWN: marks unreadable), or UNRESTORABLE. */
+function trustOf(entry: LogEntry): string {
+  if (!entry.restorable) return 'UNRESTORABLE';
+  const kinds = [...new Set(entry.marks.map((m) => m.kind.toUpperCase()))];
+  if (entry.marksUnreadable.length > 0) kinds.push('UNKNOWN');
+  return kinds.length === 0 ? '-' : kinds.join('+');
+}
 
 export function registerLog(program: Command): void {
   program
@@ -11,15 +19,22 @@ export function registerLog(program: Command): void {
       const cli = CliContext.of(command);
       const result = await log({ store: cli.store(), signal: cli.signal });
       cli.result(result.timeline, () => {
-        const header = ['seq', 'time (UTC)', 'kind', 'regions', 'stored', 'suspect'];
-        const rows = result.entries.map((e) => [
-          String(e.seq),
-          e.time.replace('T', ' ').replace('Z', ''),
-          e.kind + (e.checkpoint ? '*' : ''),
-          String(e.regions),
-          formatSize(e.bytes),
-          e.suspect ? 'SUSPECT' : '-',
-        ]);
+        const header = ['seq', 'time (UTC)', 'kind', 'regions', 'stored', 'trust'];
+        // Stored and missing deltas in chain order; the last column says why restore would pass one over.
+        const rows = [...result.entries, ...result.missing]
+          .sort((a, b) => a.seq - b.seq)
+          .map((e) =>
+            e.type === 'missing'
+              ? [String(e.seq), '-', '-', '-', '-', 'MISSING']
+              : [
+                  String(e.seq),
+                  e.time.replace('T', ' ').replace('Z', ''),
+                  e.kind + (e.checkpoint ? '*' : ''),
+                  String(e.regions),
+                  formatSize(e.bytes),
+                  trustOf(e),
+                ],
+          );
         const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
         // Marks and scans go on lines of their own under the point in time they follow.
         const notes = new Map<number, string[]>();
@@ -27,10 +42,14 @@ export function registerLog(program: Command): void {
         for (const e of result.entries) {
           for (const m of e.marks) note(e.seq, `     ${m.kind.toUpperCase()} (${m.record}): ${m.reason}`);
         }
+        for (const m of result.missing) {
+          const lost = m.unrestorable.length === 0 ? 'a checkpoint stands in for it, so later points still restore' : `points ${m.unrestorable.join(', ')} cannot be restored (no checkpoint past it)`;
+          note(m.seq, `     ${m.key} is missing: ${lost}; earlier points are not affected (see cdp-s3 verify)`);
+        }
         let lastSeq = 0;
         for (const t of result.timeline) {
           if (t.type === 'delta') lastSeq = t.seq;
-          else {
+          else if (t.type === 'scan') {
             const what = t.discrepancies === 0 ? 'in sync' : `${count(t.discrepancies, 'region')} differed${t.fixupSeq === undefined ? '' : `, fix-up ${t.fixupSeq}`}`;
             note(lastSeq, `     scan ${t.time.replace('T', ' ').replace('Z', '')} of ${t.source}: ${count(t.scanned, 'region')}, ${what}${t.suspect.length > 0 ? `, marked ${t.suspect.length} suspect` : ''}`);
           }
@@ -39,8 +58,13 @@ export function registerLog(program: Command): void {
         const title = `${result.location}: volume ${result.volumeId}, ${formatSize(result.volumeSize)}, ${formatSize(result.regionSize)} regions`;
         if (rows.length === 0) return `${title}\nno points in time yet: run cdp-s3 backup`;
         const footnote = result.entries.some((e) => e.checkpoint) ? ['(* a checkpoint PIT map is stored at this point in time)'] : [];
-        const body = rows.flatMap((row, i) => [line(row), ...(notes.get(result.entries[i]!.seq) ?? [])]);
-        return [title, line(header), ...(notes.get(0) ?? []), ...body, ...footnote].join('\n');
+        const body = rows.flatMap((row) => [line(row), ...(notes.get(Number(row[0])) ?? [])]);
+        const warnings = result.unreadableMarks.map(
+          (u) =>
+            `warning: trust marks ${u.key} cannot be read (${u.error}): points in time ${u.possiblyMarked.join(', ') || '(none yet)'} may be marked ` +
+            'and show UNKNOWN; restore passes over them unless --allow-suspect (see cdp-s3 verify)',
+        );
+        return [title, ...warnings, line(header), ...(notes.get(0) ?? []), ...body, ...footnote].join('\n');
       });
     });
 }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { parsePointSelector } from '../core/points.js';
+import { describeSkipped, parsePointSelector } from '../core/points.js';
 import { executeRestore, planRestore } from '../core/restore.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
@@ -21,7 +21,7 @@ export function registerRestore(program: Command): void {
       if (opts.to === undefined && opts.dryRun !== true) throw new UsageError('restore needs --to FILE|DEVICE|- (or --dry-run)');
       const plan = await planRestore({ store: cli.store(), at, allowSuspect: opts.allowSuspect, signal: cli.signal });
       if (plan.skipped.length > 0) {
-        cli.note(`chose point in time ${plan.seq}; passed over ${plan.skipped.map((s) => `${s.seq} (${s.kinds.join(', ')})`).join(', ')}: see cdp-s3 log, or --allow-suspect`);
+        cli.note(`chose point in time ${plan.seq}; passed over ${describeSkipped(plan.skipped)}: see cdp-s3 log, or --allow-suspect for marked ones`);
       }
       if (plan.untrusted.length > 0) cli.note(`point in time ${plan.seq} is marked ${plan.untrusted.join(' and ')}; restoring it because of --allow-suspect`);
       const summary = {

@@ -23,6 +23,11 @@ export function registerScan(program: Command): void {
         progress: cli.progress(),
       });
       if (result.discrepancies > 0) cli.setExitCode(EXIT.discrepancies);
+      if (result.missingDeltas.length > 0) {
+        cli.note(
+          `cdp-s3: warning: the chain is missing deltas ${result.missingDeltas.join(', ')}; new points in time go after the newest, never into the gap, and suspects are marked across it (see cdp-s3 log and verify)`,
+        );
+      }
       cli.result(result, () => {
         const lines = [`scanned ${count(result.scanned, 'region')} against point in time ${result.scanStartSeq}: ${result.discrepancies} differ`];
         if (result.presentSeq !== undefined) lines.unshift(`sealed pending host changes as point in time ${result.presentSeq}`);

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { parsePointSelector } from '../core/points.js';
+import { describeSkipped, parsePointSelector } from '../core/points.js';
 import { serve } from '../core/serve.js';
 import { CliContext } from './context.js';
 import { parseListen, parseSize } from './units.js';
@@ -40,7 +40,7 @@ export function registerServe(program: Command): void {
         log: (line) => cli.stderr.write(`cdp-s3: ${line}\n`),
       });
       if (handle.skipped.length > 0) {
-        cli.note(`chose point in time ${handle.seq}; passed over ${handle.skipped.map((s) => `${s.seq} (${s.kinds.join(', ')})`).join(', ')}: see cdp-s3 log, or --allow-suspect`);
+        cli.note(`chose point in time ${handle.seq}; passed over ${describeSkipped(handle.skipped)}: see cdp-s3 log, or --allow-suspect for marked ones`);
       }
       if (handle.untrusted.length > 0) cli.note(`point in time ${handle.seq} is marked ${handle.untrusted.join(' and ')}; serving it because of --allow-suspect`);
       cli.result(

@@ -13,6 +13,16 @@ export function registerStatus(program: Command): void {
       cli.result(result, () => {
         const lines = [`${result.location}: volume ${result.volumeId}, ${formatSize(result.volumeSize)}`];
         lines.push(result.newest === undefined ? 'no points in time yet' : `newest point in time ${result.newest.seq} (${result.newest.kind}, ${result.newest.time})`);
+        if (result.missingDeltas.length > 0) {
+          lines.push(
+            `missing deltas: ${result.missingDeltas.join(', ')}; ` +
+              (result.unrestorable.length === 0 ? 'checkpoints stand in for them' : `points in time ${result.unrestorable.join(', ')} cannot be restored`) +
+              ' (see cdp-s3 log and verify)',
+          );
+        }
+        for (const u of result.unreadableMarks) {
+          lines.push(`warning: trust marks ${u.key} cannot be read (${u.error}); restore treats the points in time before it as possibly marked (see cdp-s3 verify)`);
+        }
         if (result.untrusted.length > 0) lines.push(`untrusted points in time: ${result.untrusted.join(', ')} (see cdp-s3 log)`);
         const scan = result.lastScan;
         lines.push(

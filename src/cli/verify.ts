@@ -3,7 +3,7 @@ import { verify } from '../core/verify.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
-import { formatSize } from './units.js';
+import { count, formatSize } from './units.js';
 
 export function registerVerify(program: Command): void {
   program
@@ -33,8 +33,10 @@ export function registerVerify(program: Command): void {
             (result.subset === undefined ? '' : ` — slice ${result.subset.slice + 1} of ${result.subset.slices}`),
         ];
         for (const p of result.problems) {
-          const affects = p.affects.length === 0 ? 'no point in time (restores fall back to deltas)' : `points in time ${p.affects.join(', ')}`;
-          lines.push(`  ${p.object} ${p.key}: ${p.detail} — affects ${affects}`);
+          const none = p.object === 'checkpoint' ? 'no point in time (restores fall back to deltas)' : 'no point in time';
+          const affects = p.affects.length === 0 ? none : `points in time ${p.affects.join(', ')}`;
+          const regions = p.regions === undefined ? '' : ` (${count(p.regions, 'stored region')})`;
+          lines.push(`  ${p.object} ${p.key}: ${p.detail}${regions} — affects ${affects}`);
         }
         if (result.problems.length === 0) lines.push('no problems found');
         else if (result.damaged.length > 0) {

@@ -11,7 +11,7 @@ import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
 import type { DeltaMap } from '../model/delta-map.js';
 import type { Delta } from '../model/pit-map.js';
 import { type LockTimer, type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
-import { Repository } from '../repo/repository.js';
+import { Repository, loadNewestForWriting } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
@@ -66,6 +66,8 @@ export interface BackupResult {
   checkpointError?: string;
   /** Regions stored again because a verify found their stored copy damaged. */
   regionsRepaired: number;
+  /** Deltas missing from the chain (a checkpoint past them let this backup add to it). */
+  missingDeltas: number[];
 }
 
 export async function backup(options: BackupOptions): Promise<BackupResult> {
@@ -101,10 +103,10 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     // first, so a bad source fails without writing anything).
     if (options.forceUnlock === true) await forceUnlock(store, { signal });
     lock = await acquireWriterLock(store, { command: 'backup', ttlMs: options.lockTtlMs, timer: options.lockTimer, signal });
-    const seqs = await repo.deltaSeqs(signal);
-    const previous = seqs.at(-1) ?? 0;
+    const chain = await repo.listChain(signal);
+    const previous = chain.latest;
     // The PIT map of the newest point in time; it becomes the new one as regions change.
-    const pit = await repo.loadPit(previous, { signal });
+    const pit = await loadNewestForWriting(repo, chain, 'backup', signal);
     const previousTime = pit.time;
     const trust = await readTrust(store, signal);
     const writer = new DeltaWriter(repo, pit, previous + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
@@ -168,6 +170,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       checkpoint,
       ...(checkpointError === undefined ? {} : { checkpointError }),
       regionsRepaired,
+      missingDeltas: chain.missing,
     };
   } finally {
     // A lock that cannot be removed (or was lost after the last check) expires by itself; the

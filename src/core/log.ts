@@ -3,8 +3,9 @@
 
 import type { DeltaKind } from '../model/pit-map.js';
 import type { ScanRecord } from '../repo/records.js';
+import { deltaKey } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
-import { readScanRecords, readTrust } from '../repo/trust.js';
+import { type UnreadableMarks, readScanRecords, readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface LogMark {
@@ -27,10 +28,23 @@ export interface LogEntry {
   regions: number;
   /** Region bytes this delta stored (after deduplication). */
   bytes: number;
-  /** Marked suspect by a scan or damaged by a verify: restore passes over it. */
+  /** Marked suspect by a scan or damaged by a verify, or possibly marked: restore passes over it. */
   suspect: boolean;
+  /** Unreadable marks objects that could concern this point (written after it ended). */
+  marksUnreadable: string[];
   marks: LogMark[];
   checkpoint: boolean;
+  /** False when a delta before it is missing and no stored checkpoint stands in for it. */
+  restorable: boolean;
+}
+
+/** A delta missing from the chain (it sits in the timeline after the stored delta before it). */
+export interface MissingDeltaEntry {
+  type: 'missing';
+  seq: number;
+  key: string;
+  /** Later points in time it keeps from being built (those with no checkpoint past it). */
+  unrestorable: number[];
 }
 
 export interface ScanEvent extends Omit<ScanRecord, 'start' | 'end'> {
@@ -41,7 +55,18 @@ export interface ScanEvent extends Omit<ScanRecord, 'start' | 'end'> {
   start: string;
 }
 
-export type TimelineEntry = LogEntry | ScanEvent;
+/** A `marks/` object that cannot be read (it sits in the timeline at its key's time). */
+export interface UnreadableMarksEntry {
+  type: 'unreadable-marks';
+  key: string;
+  /** When it was written (from the key), ISO 8601 UTC; '' if the key has no time. */
+  time: string;
+  error: string;
+  /** The points in time it could concern: restore passes over them unless --allow-suspect. */
+  possiblyMarked: number[];
+}
+
+export type TimelineEntry = LogEntry | ScanEvent | MissingDeltaEntry | UnreadableMarksEntry;
 
 export interface LogResult {
   location: string;
@@ -52,21 +77,22 @@ export interface LogResult {
   timeline: TimelineEntry[];
   /** Just the deltas. */
   entries: LogEntry[];
+  /** Deltas missing from the chain. */
+  missing: MissingDeltaEntry[];
+  unreadableMarks: UnreadableMarksEntry[];
 }
 
 export async function log(options: { store: ObjectStore; signal?: AbortSignal }): Promise<LogResult> {
   const { store, signal } = options;
   const repo = await Repository.open(store, signal);
-  const [seqs, checkpoints, trust, scans] = await Promise.all([
-    repo.deltaSeqs(signal),
-    repo.checkpointSeqs(signal),
-    readTrust(store, signal),
-    readScanRecords(store, signal),
-  ]);
-  const withCheckpoint = new Set(checkpoints);
-  const deltas = await repo.readDeltas(seqs, signal);
+  const [chain, trust, scans] = await Promise.all([repo.listChain(signal), readTrust(store, signal), readScanRecords(store, signal)]);
+  const withCheckpoint = new Set(chain.checkpoints);
+  const deltas = await repo.readDeltas(chain.seqs, signal);
+  // A marks object nobody can read may concern any point that ended before it was written.
+  const concerns = (u: UnreadableMarks, end: number): boolean => u.time === undefined || end <= u.time;
   const entries = deltas.map((delta): LogEntry => {
     const marks = (trust.marks.get(delta.seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
+    const marksUnreadable = trust.unreadable.filter((u) => concerns(u, delta.end)).map((u) => u.key);
     const entry: LogEntry = {
       type: 'delta',
       seq: delta.seq,
@@ -75,13 +101,18 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
       kind: delta.kind,
       regions: delta.changed.count(),
       bytes: delta.storedBytes,
-      suspect: marks.length > 0,
+      suspect: marks.length > 0 || marksUnreadable.length > 0,
+      marksUnreadable,
       marks,
       checkpoint: withCheckpoint.has(delta.seq),
+      restorable: chain.blockedBy(delta.seq) === undefined,
     };
     delta.changed.dispose();
     return entry;
   });
+  const missing = chain.missing.map(
+    (seq): MissingDeltaEntry => ({ type: 'missing', seq, key: deltaKey(seq), unrestorable: entries.filter((e) => chain.blockedBy(e.seq) === seq).map((e) => e.seq) }),
+  );
   const events = scans.map(({ key, value }): ScanEvent => ({
     ...value,
     type: 'scan',
@@ -89,7 +120,23 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
     time: new Date(value.end).toISOString(),
     start: new Date(value.start).toISOString(),
   }));
-  const timeline: TimelineEntry[] = [...entries, ...events].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.type === 'delta' ? -1 : 1));
+  const unreadableMarks = trust.unreadable.map(
+    (u): UnreadableMarksEntry => ({
+      type: 'unreadable-marks',
+      key: u.key,
+      time: u.time === undefined ? '' : new Date(u.time).toISOString(),
+      error: u.error,
+      possiblyMarked: entries.filter((e) => e.marksUnreadable.includes(u.key)).map((e) => e.seq),
+    }),
+  );
+  const sorted: Array<LogEntry | ScanEvent | UnreadableMarksEntry> = [...entries, ...events, ...unreadableMarks].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.type === 'delta' ? -1 : 1));
+  // A missing delta has no time: it goes right after the stored delta before it.
+  const missingBySeq = new Map(missing.map((m) => [m.seq, m]));
+  const timeline: TimelineEntry[] = missing.filter((m) => m.seq < chain.seqs[0]!);
+  for (const t of sorted) {
+    timeline.push(t);
+    if (t.type === 'delta') for (let seq = t.seq + 1; missingBySeq.has(seq); seq++) timeline.push(missingBySeq.get(seq)!);
+  }
   return {
     location: store.location,
     volumeId: repo.config.volumeId,
@@ -97,5 +144,7 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
     regionSize: repo.config.regionSize,
     timeline,
     entries,
+    missing,
+    unreadableMarks,
   };
 }

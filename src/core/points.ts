@@ -4,7 +4,7 @@
 
 import { NoPointInTimeError, UsageError } from '../errors.js';
 import type { Delta } from '../model/pit-map.js';
-import type { Repository } from '../repo/repository.js';
+import { type ChainListing, ChainGapError, type Repository } from '../repo/repository.js';
 
 export type PointSelector = { kind: 'latest' } | { kind: 'seq'; seq: number } | { kind: 'time'; time: number; text: string };
 
@@ -52,70 +52,137 @@ export function parsePointSelector(text: string): PointSelector {
 export interface ChosenPoint {
   seq: number;
   delta: Delta;
-  /** Newer points in time at or before the request that were passed over as untrusted. */
+  /**
+   * Newer points in time at or before the request that were passed over: untrusted ones
+   * (`suspect`, `damaged`, or `marks-unreadable`: a marks object that could concern the point
+   * cannot be read), and ones that cannot be built (`missing`: the delta itself is missing;
+   * `unrestorable`: a delta before it is missing and no checkpoint stands in for it).
+   */
   skipped: Array<{ seq: number; kinds: string[] }>;
   /** The chosen point itself is marked (only with allowSuspect). */
   untrusted: string[];
 }
 
 export interface ChooseOptions {
-  seqs?: number[];
+  /** The chain as listed (one LIST each of deltas/ and checkpoints/ otherwise). */
+  chain?: ChainListing;
   now?: number;
   signal?: AbortSignal;
   /** Marks by seq (suspect after a scan, damaged after a verify): such points are passed over. */
   untrusted?: ReadonlyMap<number, ReadonlyArray<{ kind: string }>>;
+  /**
+   * Times (the keys' times; undefined when the key has none) of marks objects that cannot be
+   * read: every point whose `end` is at or before such a time may be marked, so it is passed
+   * over like a marked one.
+   */
+  unreadableMarks?: ReadonlyArray<number | undefined>;
   /** Take the newest point at or before the request even if it is marked. */
   allowSuspect?: boolean;
 }
 
 /** The delta that is the selected point in time. */
 export async function choosePoint(repo: Repository, selector: PointSelector, options: ChooseOptions = {}): Promise<ChosenPoint> {
-  const candidate = await newestAtOrBefore(repo, selector, options);
-  const kindsOf = (seq: number): string[] => [...new Set((options.untrusted?.get(seq) ?? []).map((m) => m.kind))];
-  if (options.allowSuspect === true || kindsOf(candidate.seq).length === 0) {
-    return { ...candidate, skipped: [], untrusted: kindsOf(candidate.seq) };
+  const chain = options.chain ?? (await repo.listChain(options.signal));
+  const candidate = await newestAtOrBefore(repo, chain, selector, options);
+  // Points at or before this one may be marked by a marks object nobody can read.
+  let unknownUntil = 0;
+  for (const time of options.unreadableMarks ?? []) {
+    unknownUntil = Math.max(unknownUntil, time === undefined ? chain.latest : await lastAtOrBefore(repo, chain, time, options.signal));
+  }
+  const marksOf = (seq: number): string[] => {
+    const kinds = new Set((options.untrusted?.get(seq) ?? []).map((m) => m.kind));
+    if (seq <= unknownUntil) kinds.add('marks-unreadable');
+    return [...kinds];
+  };
+  const reasonsOf = (seq: number): string[] => {
+    const gap = chain.blockedBy(seq);
+    if (gap === seq) return ['missing'];
+    if (gap !== undefined) return ['unrestorable'];
+    return options.allowSuspect === true ? [] : marksOf(seq);
+  };
+  if (reasonsOf(candidate.seq).length === 0) {
+    return { seq: candidate.seq, delta: candidate.delta!, skipped: [], untrusted: marksOf(candidate.seq) };
   }
   const skipped: ChosenPoint['skipped'] = [];
   let seq = candidate.seq;
-  for (; seq >= 1 && kindsOf(seq).length > 0; seq--) skipped.push({ seq, kinds: kindsOf(seq) });
-  candidate.delta.changed.dispose();
+  for (; seq >= 1 && reasonsOf(seq).length > 0; seq--) skipped.push({ seq, kinds: reasonsOf(seq) });
+  candidate.delta?.changed.dispose();
   if (seq === 0) {
+    const gap = [...skipped].reverse().find((s) => s.kinds.includes('missing'))?.seq; // the oldest
+    const marked = skipped.some((s) => !s.kinds.includes('missing') && !s.kinds.includes('unrestorable'));
+    // Nothing usable because of a lost delta is damage (exit 7); because of marks, a choice to make.
+    if (gap !== undefined && !marked) throw new ChainGapError(gap, candidate.seq);
+    const what = gap === undefined ? 'is marked untrusted' : 'is marked untrusted or cannot be built';
     throw new NoPointInTimeError(
-      `every point in time at or before ${candidate.seq} is marked untrusted (${skipped.map((s) => `${s.seq} ${s.kinds.join('+')}`).join(', ')}): ` +
-        'see cdp-s3 log; pass --allow-suspect to restore one anyway',
+      `every point in time at or before ${candidate.seq} ${what} (${describeSkipped(skipped)}): ` +
+        'see cdp-s3 log; pass --allow-suspect to restore a marked one anyway',
     );
   }
-  return { seq, delta: await repo.readDelta(seq, options.signal), skipped, untrusted: [] };
+  return { seq, delta: await repo.readDelta(seq, options.signal), skipped, untrusted: options.allowSuspect === true ? marksOf(seq) : [] };
 }
 
-/** The newest point in time at or before the selector, marked or not. */
-async function newestAtOrBefore(repo: Repository, selector: PointSelector, options: ChooseOptions): Promise<{ seq: number; delta: Delta }> {
-  const seqs = options.seqs ?? (await repo.deltaSeqs(options.signal));
-  const last = seqs.at(-1);
+/** Skipped points, runs of neighbours with the same reasons as one range: `9-5 unrestorable, 4 missing`. */
+export function describeSkipped(skipped: ReadonlyArray<{ seq: number; kinds: string[] }>): string {
+  const parts: string[] = [];
+  for (let i = 0; i < skipped.length; ) {
+    let j = i;
+    const kinds = skipped[i]!.kinds.join('+');
+    while (j + 1 < skipped.length && skipped[j + 1]!.seq === skipped[j]!.seq - 1 && skipped[j + 1]!.kinds.join('+') === kinds) j++;
+    parts.push(`${j === i ? skipped[i]!.seq : `${skipped[i]!.seq}-${skipped[j]!.seq}`} ${kinds}`);
+    i = j + 1;
+  }
+  return parts.join(', ');
+}
+
+/**
+ * The newest point in time at or before the selector, marked or not. With a sequence number it
+ * may be a missing delta (no `delta` then); otherwise it is a stored one.
+ */
+async function newestAtOrBefore(repo: Repository, chain: ChainListing, selector: PointSelector, options: ChooseOptions): Promise<{ seq: number; delta: Delta | undefined }> {
+  const last = chain.seqs.at(-1);
   if (last === undefined) throw new NoPointInTimeError(`${repo.store.location} has no points in time yet: run cdp-s3 backup first`);
   const read = (seq: number): Promise<Delta> => repo.readDelta(seq, options.signal);
 
   if (selector.kind === 'latest') return { seq: last, delta: await read(last) };
   if (selector.kind === 'seq') {
     if (selector.seq > last) throw new NoPointInTimeError(`no point in time ${selector.seq}: the newest is ${last}`);
-    return { seq: selector.seq, delta: await read(selector.seq) };
+    return { seq: selector.seq, delta: chain.has(selector.seq) ? await read(selector.seq) : undefined };
   }
   const now = options.now ?? Date.now();
   if (selector.time > now) {
     throw new NoPointInTimeError(`--at ${selector.text} is in the future; use latest for the newest point in time`);
   }
-  const first = await read(1);
-  if (selector.time < first.end) {
+  const found = await searchByTime(repo, chain, selector.time, options.signal);
+  if (found === undefined) {
+    const first = await read(chain.seqs[0]!);
+    first.changed.dispose();
     throw new NoPointInTimeError(`--at ${selector.text} is before the first point in time (${new Date(first.end).toISOString()})`);
   }
-  // Largest seq whose end <= time.
-  let lo = 1;
+  return found;
+}
+
+/** The newest stored point whose end is at or before `time` (0 if none). */
+async function lastAtOrBefore(repo: Repository, chain: ChainListing, time: number, signal?: AbortSignal): Promise<number> {
+  const found = await searchByTime(repo, chain, time, signal);
+  found?.delta.changed.dispose();
+  return found?.seq ?? 0;
+}
+
+/** Binary search over the stored deltas (ends grow with seq): the largest seq whose end <= time. */
+async function searchByTime(repo: Repository, chain: ChainListing, time: number, signal?: AbortSignal): Promise<{ seq: number; delta: Delta } | undefined> {
+  const seqs = chain.seqs;
+  const first = await repo.readDelta(seqs[0]!, signal);
+  if (time < first.end) {
+    first.changed.dispose();
+    return undefined;
+  }
+  let lo = 0;
   let loDelta = first;
-  let hi = last;
+  let hi = seqs.length - 1;
   while (lo < hi) {
     const mid = Math.ceil((lo + hi) / 2);
-    const delta = await read(mid);
-    if (delta.end <= selector.time) {
+    const delta = await repo.readDelta(seqs[mid]!, signal);
+    if (delta.end <= time) {
       lo = mid;
       loDelta.changed.dispose();
       loDelta = delta;
@@ -124,5 +191,5 @@ async function newestAtOrBefore(repo: Repository, selector: PointSelector, optio
       delta.changed.dispose();
     }
   }
-  return { seq: lo, delta: loDelta };
+  return { seq: seqs[lo]!, delta: loDelta };
 }

@@ -23,7 +23,7 @@ import { DeltaMap } from '../model/delta-map.js';
 import { DIGEST_BYTES, type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../repo/envelope.js';
-import { Repository } from '../repo/repository.js';
+import { Repository, loadNewestForWriting } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import { NbdRequestError, type NbdExport } from '../nbd/types.js';
 import { FsStore } from '../store/fs.js';
@@ -171,10 +171,13 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       drl = await DirtyRegionLog.openOrCreate(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
       if (options.forceUnlock === true) await forceUnlock(options.store, { signal: options.signal });
       lock = await acquireWriterLock(options.store, { command: 'protect', ttlMs: options.lockTtlMs, signal: options.signal });
-      const seqs = await repo.deltaSeqs(options.signal);
-      const latest = seqs.at(-1) ?? 0;
+      const chain = await repo.listChain(options.signal);
+      const latest = chain.latest;
       if (latest === 0) throw new NoPointInTimeError(`${options.store.location} has no base yet: run cdp-s3 backup ${options.source} once, then protect`);
-      const pit = await repo.loadPit(latest, { signal: options.signal });
+      const pit = await loadNewestForWriting(repo, chain, 'protect', options.signal);
+      if (chain.missing.length > 0) {
+        options.log?.(`the chain is missing deltas ${chain.missing.join(', ')}; new points in time go after the newest (a checkpoint past the gap stands in for it), never into the gap (see cdp-s3 log and verify)`);
+      }
       // Points in time spooled during an outage before a crash ship first, in order; their
       // regions are in the DRL too, so whatever cannot be recovered still goes out coalesced.
       const spool = await recoverSpool(repo, spoolDirOf(options), latest, options.log);

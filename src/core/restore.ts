@@ -90,14 +90,16 @@ const contexts = new WeakMap<RestorePlan, PlanContext>();
  */
 export async function loadPoint(options: PlanRestoreOptions): Promise<{ repo: Repository; pit: PitMap; chosen: ChosenPoint }> {
   const repo = await Repository.open(options.store, options.signal);
-  const trust = await readTrust(options.store, options.signal);
+  const [trust, chain] = await Promise.all([readTrust(options.store, options.signal), repo.listChain(options.signal)]);
   const chosen = await choosePoint(repo, options.at, {
+    chain,
     signal: options.signal,
     now: options.now,
     untrusted: trust.marks,
+    unreadableMarks: trust.unreadable.map((u) => u.time),
     allowSuspect: options.allowSuspect,
   });
-  const pit = await repo.loadPit(chosen.seq, { signal: options.signal });
+  const pit = await repo.loadPit(chosen.seq, { chain, signal: options.signal });
   return { repo, pit, chosen };
 }
 

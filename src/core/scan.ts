@@ -21,7 +21,7 @@ import { CdpError, NoPointInTimeError, throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
-import { Repository } from '../repo/repository.js';
+import { Repository, loadNewestForWriting } from '../repo/repository.js';
 import { putMarks, putScanRecord, readTrust, scanRecordKey } from '../repo/trust.js';
 import { CountingStore } from '../store/counting.js';
 import type { ObjectStore } from '../store/types.js';
@@ -94,6 +94,8 @@ export interface ScanResult extends Omit<ScanRecord, 'start' | 'end' | 'source' 
   record: string | undefined;
   /** Discrepant regions, in order (at most MAX_REGIONS_LISTED). */
   discrepantRegions: number[];
+  /** Deltas missing from the chain: new deltas went after the newest, and the walk back could not subtract them. */
+  missingDeltas: number[];
 }
 
 function firstRegions(map: DeltaMap): number[] {
@@ -152,11 +154,11 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     }
     const activeLock = options.heldLock ?? lock;
     const sourcePath = await realpath(options.source);
-    const seqs = await repo.deltaSeqs(signal);
-    let latest = seqs.at(-1) ?? 0;
+    const chain = await repo.listChain(signal);
+    let latest = chain.latest;
     if (latest === 0) throw new NoPointInTimeError(`${store.location} has no points in time to compare with: run cdp-s3 backup first`);
     const trust = await readTrust(store, signal);
-    const pit = await repo.loadPit(latest, { signal });
+    const pit = await loadNewestForWriting(repo, chain, 'scan', signal);
     const read = (regions: Iterable<number>, expected: (r: number) => Uint8Array | null, onResult: Parameters<typeof readRegions>[0]['onResult']) =>
       readRegions({ pool, fd: volume.handle.fd, geometry: g, regions, expected, onResult, readAhead: options.readAhead, signal });
     const commit = async (writer: DeltaWriter, kind: 'host' | 'fixup', start: number): Promise<number> => {
@@ -213,6 +215,8 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     const unexplained = track(revised.clone());
     for (let seq = scanStartSeq; seq >= 1 && !unexplained.isEmpty(); seq--) {
       suspectDetails.push({ seq, regions: firstRegions(unexplained) });
+      // A missing delta's regions are unknown: explain nothing by it and go on (more suspects, never fewer).
+      if (!chain.has(seq)) continue;
       const delta = await repo.readDelta(seq, signal);
       unexplained.subtract(delta.changed);
       delta.changed.dispose();
@@ -297,6 +301,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       dryRun,
       record,
       discrepantRegions: firstRegions(compare),
+      missingDeltas: chain.missing,
     };
   } finally {
     await lock?.release().catch(() => undefined);

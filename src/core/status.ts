@@ -27,6 +27,11 @@ export interface StatusResult {
   newest: { seq: number; time: string; kind: string } | undefined;
   /** Points in time marked suspect or damaged. */
   untrusted: number[];
+  /** Deltas missing from the chain, and the points in time that cannot be built because of them. */
+  missingDeltas: number[];
+  unrestorable: number[];
+  /** `marks/` objects that cannot be read (restore treats the points before them as possibly marked). */
+  unreadableMarks: Array<{ key: string; error: string }>;
   lastScan: { time: string; scanned: number; discrepancies: number; fixupSeq: number | undefined; suspect: number[] } | undefined;
   protects: ProtectReport[];
 }
@@ -34,8 +39,8 @@ export interface StatusResult {
 export async function status(options: { store: ObjectStore; signal?: AbortSignal; now?: number }): Promise<StatusResult> {
   const { store, signal } = options;
   const repo = await Repository.open(store, signal);
-  const seqs = await repo.deltaSeqs(signal);
-  const last = seqs.at(-1);
+  const chain = await repo.listChain(signal);
+  const last = chain.seqs.at(-1);
   let newest: StatusResult['newest'];
   if (last !== undefined) {
     const delta = await repo.readDelta(last, signal);
@@ -61,6 +66,9 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
     volumeSize: repo.config.volumeSize,
     newest,
     untrusted: [...trust.marks.keys()].sort((a, b) => a - b),
+    missingDeltas: chain.missing,
+    unrestorable: chain.seqs.filter((seq) => chain.blockedBy(seq) !== undefined),
+    unreadableMarks: trust.unreadable.map(({ key, error }) => ({ key, error })),
     lastScan:
       scan === undefined
         ? undefined

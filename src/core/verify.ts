@@ -36,12 +36,17 @@ export interface VerifyOptions {
 }
 
 export interface VerifyProblem {
-  /** 'delta', 'checkpoint', 'pack' (missing or short), 'region' (bytes do not match). */
-  object: 'delta' | 'checkpoint' | 'pack' | 'region';
+  /**
+   * 'delta', 'checkpoint', 'pack' (missing or short), 'region' (bytes do not match), 'marks' (a
+   * trust marks object that cannot be read: `affects` are the points it could concern).
+   */
+  object: 'delta' | 'checkpoint' | 'pack' | 'region' | 'marks';
   key: string;
   detail: string;
   /** Points in time that cannot be restored as they were because of it. */
   affects: number[];
+  /** For 'pack' and 'region': how many stored regions of that pack object are bad. */
+  regions?: number;
 }
 
 export interface VerifyResult {
@@ -86,17 +91,13 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const problems: VerifyProblem[] = [];
   const trust = await readTrust(store, signal);
 
-  // The chain: every delta readable, no gaps. A damaged delta breaks every later point in time.
-  const listed = await listSeqs(repo, signal);
+  // The chain: every delta readable, no gaps. A missing or damaged delta breaks the points from
+  // it on, up to the first readable checkpoint after it, which stands in for the lost link (as
+  // in restore: docs/FORMAT.md, "Keys"); the fold resumes there.
+  const listed = await repo.deltaSeqs(signal);
   const last = listed.at(-1) ?? 0;
-  const all = (from: number): number[] => Array.from({ length: Math.max(0, last - from + 1) }, (_, i) => from + i);
-  let chainEnd = last; // points after a broken link cannot be folded
-  for (let seq = 1; seq <= last; seq++) {
-    if (!listed.includes(seq)) {
-      problems.push({ object: 'delta', key: `deltas/${seqName(seq)}`, detail: 'missing', affects: all(seq) });
-      chainEnd = Math.min(chainEnd, seq - 1);
-    }
-  }
+  const stored = new Set(listed);
+  const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i);
 
   // Fold the chain, remembering for every stored location which PIT maps point at it.
   const locations = new Map<string, Location>();
@@ -106,47 +107,108 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     if (open !== undefined) locations.get(open.id)!.spans.push([region, open.since, until]);
     current[region] = undefined;
   };
-  const checkpointsAt = new Set(await repo.checkpointSeqs(signal));
+  const openSpan = (region: number, location: { pack: string; offset: number }, digest: Uint8Array, since: number): void => {
+    const id = locationId(location);
+    if (!locations.has(id)) locations.set(id, { ...location, length: regionLength(g, region), digest, spans: [] });
+    current[region] = { id, since };
+  };
+  const checkpointList = await repo.checkpointSeqs(signal);
+  const checkpointsAt = new Set(checkpointList);
+  /** The oldest readable checkpoint at or after `from`; unreadable ones on the way are problems. */
+  const resumeFrom = async (from: number): Promise<PitMap | undefined> => {
+    for (const c of checkpointList.filter((c) => c >= from)) {
+      try {
+        return await repo.readCheckpoint(c, signal);
+      } catch (error) {
+        if (!(error instanceof FormatError)) throw error;
+        problems.push({ object: 'checkpoint', key: `checkpoints/${seqName(c)}`, detail: error.message, affects: [] });
+        unreadableCheckpoints.add(c);
+      }
+    }
+    return undefined;
+  };
+  const unreadableCheckpoints = new Set<number>();
   const folded = new Map<number, PitMap>(); // seq → PIT map, for checkpoints only
   let pit: PitMap | undefined;
+  let deltasRead = 0;
+  let chainEnd = last; // the newest point the fold reached
+  const ends = new Map<number, number>(); // seq → end, of the deltas read
   progress.phase('chain', 0);
-  for (let seq = 1; seq <= chainEnd; seq++) {
-    let delta: Delta;
-    try {
-      delta = await repo.readDelta(seq, signal);
-    } catch (error) {
-      if (!(error instanceof FormatError)) throw error;
-      problems.push({ object: 'delta', key: `deltas/${seqName(seq)}`, detail: error.message, affects: all(seq) });
-      chainEnd = seq - 1;
-      break;
+  for (let seq = 1; seq <= last; seq++) {
+    let delta: Delta | undefined;
+    let broken = 'missing';
+    if (stored.has(seq)) {
+      try {
+        delta = await repo.readDelta(seq, signal);
+      } catch (error) {
+        if (!(error instanceof FormatError)) throw error;
+        broken = error.message;
+      }
     }
+    if (delta === undefined) {
+      for (let region = 0; region < g.regionCount; region++) closeSpan(region, seq - 1);
+      const resume = await resumeFrom(seq);
+      // Points up to the resume point cannot be built (the resume point itself only if its delta is bad).
+      const until = resume === undefined ? last : resume.seq === seq || !stored.has(resume.seq) ? resume.seq : resume.seq - 1;
+      for (const lost of range(seq, until)) {
+        if (lost === seq || !stored.has(lost)) {
+          problems.push({ object: 'delta', key: `deltas/${seqName(lost)}`, detail: lost === seq ? broken : 'missing', affects: range(lost, until) });
+        }
+      }
+      if (resume === undefined) {
+        chainEnd = seq - 1;
+        break;
+      }
+      pit = resume;
+      for (let region = 0; region < g.regionCount; region++) {
+        const location = pit.location(region);
+        if (location !== undefined) openSpan(region, location, pit.digest(region).slice(), pit.seq);
+      }
+      // Choosing the resume point needs its delta (for its time): check that it reads.
+      if (stored.has(pit.seq) && pit.seq !== seq) {
+        try {
+          const own = await repo.readDelta(pit.seq, signal);
+          deltasRead++;
+          ends.set(own.seq, own.end);
+          own.changed.dispose();
+        } catch (error) {
+          if (!(error instanceof FormatError)) throw error;
+          problems.push({ object: 'delta', key: `deltas/${seqName(pit.seq)}`, detail: error.message, affects: [pit.seq] });
+        }
+      }
+      seq = pit.seq;
+      continue;
+    }
+    deltasRead++;
+    ends.set(seq, delta.end);
     let entry = 0;
     for (const region of delta.changed.regions()) {
       closeSpan(region, seq - 1);
       const pack = delta.entryPack[entry]!;
       if (pack !== ZERO_REGION) {
-        const location = { pack: delta.packs[pack]!, offset: delta.entryOffset[entry]! };
-        const id = locationId(location);
-        let known = locations.get(id);
-        if (known === undefined) {
-          known = { ...location, length: regionLength(g, region), digest: delta.digests.slice(entry * 32, entry * 32 + 32), spans: [] };
-          locations.set(id, known);
-        }
-        current[region] = { id, since: seq };
+        openSpan(region, { pack: delta.packs[pack]!, offset: delta.entryOffset[entry]! }, delta.digests.slice(entry * 32, entry * 32 + 32), seq);
       }
       entry++;
     }
-    pit ??= await repo.loadPit(0, { checkpoints: [], signal });
+    pit ??= await repo.loadPit(0, { signal });
     pit.apply(delta);
     delta.changed.dispose();
     if (checkpointsAt.has(seq)) folded.set(seq, pit.clone());
   }
   for (let region = 0; region < g.regionCount; region++) closeSpan(region, chainEnd);
 
+  // A marks object nobody can read: restore treats every point that ended before it as possibly
+  // marked. Verify cannot tell what it said; it names it (and marks nothing because of it).
+  for (const u of trust.unreadable) {
+    const affects = [...ends].filter(([, end]) => u.time === undefined || end <= u.time).map(([seq]) => seq);
+    const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
+    problems.push({ object: 'marks', key: u.key, detail, affects });
+  }
+
   // Checkpoints must equal the fold (a bad one only slows restores: they fall back to deltas).
   for (const seq of checkpointsAt) {
     const expected = folded.get(seq);
-    if (expected === undefined) continue; // past a broken link; reported with the delta
+    if (expected === undefined || unreadableCheckpoints.has(seq)) continue; // past a broken link: reported above
     try {
       const checkpoint = await repo.readCheckpoint(seq, signal);
       const region = firstDifference(checkpoint, expected);
@@ -163,20 +225,37 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const packSizes = new Map<string, number>();
   for await (const info of store.list(PACK_PREFIX, { signal })) packSizes.set(info.key, info.size);
   const damaged: DamagedLocation[] = [];
-  const affectsOf = (location: Location): number[] => {
+  const affectsOf = (list: Location[]): number[] => {
     const seqs = new Set<number>();
-    for (const [, from, to] of location.spans) for (let s = from; s <= to; s++) seqs.add(s);
+    for (const location of list) for (const [, from, to] of location.spans) for (let s = from; s <= to; s++) seqs.add(s);
     return [...seqs].sort((a, b) => a - b);
   };
+  const badLocations = new Map<VerifyProblem, Location[]>(); // the stored regions behind each pack or region problem
+  // One problem per pack object (not per region in it), with every point its bad regions affect.
+  const reportPerPack = (object: 'pack' | 'region', bad: Location[], detailOf: (pack: string, list: Location[]) => string): void => {
+    const byPack = new Map<string, Location[]>();
+    for (const l of [...bad].sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset))) {
+      (byPack.get(l.pack) ?? byPack.set(l.pack, []).get(l.pack)!).push(l);
+    }
+    for (const [pack, list] of byPack) {
+      const problem: VerifyProblem = { object, key: pack, detail: detailOf(pack, list), affects: affectsOf(list), regions: list.length };
+      problems.push(problem);
+      badLocations.set(problem, list);
+    }
+  };
   const readable: Location[] = [];
+  const short: Location[] = [];
   for (const location of locations.values()) {
     const size = packSizes.get(location.pack);
     if (size === undefined || location.offset + location.length > size) {
-      const detail = size === undefined ? 'missing' : `${size} bytes, but a region ends at byte ${location.offset + location.length}`;
-      problems.push({ object: 'pack', key: location.pack, detail, affects: affectsOf(location) });
+      short.push(location);
       damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'missing' });
     } else readable.push(location);
   }
+  reportPerPack('pack', short, (pack, list) => {
+    const size = packSizes.get(pack);
+    return size === undefined ? 'missing' : `${size} bytes, but regions end up to byte ${list.reduce((end, l) => Math.max(end, l.offset + l.length), 0)}`;
+  });
 
   // Region data: all of it, or this run's slice of the packs.
   let subset: VerifyResult['subset'];
@@ -191,21 +270,22 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     subset = { percent: subsetPercent, slice, slices };
   } else if (options.readData === true) toRead = readable;
   const { locationsRead, bytesRead, corrupt } = await readAndCheck(repo, toRead, options, progress);
-  for (const location of corrupt) {
-    problems.push({ object: 'region', key: location.pack, detail: `bytes at ${location.offset} do not match their SHA-256`, affects: affectsOf(location) });
-    damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'corrupt' });
-  }
+  for (const location of corrupt) damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'corrupt' });
+  reportPerPack('region', corrupt, (_pack, list) => {
+    const at = list.slice(0, 8).map((l) => l.offset).join(', ') + (list.length > 8 ? ', …' : '');
+    return `bytes at ${at} do not match their SHA-256`;
+  });
 
   // Record what is newly damaged, so restore avoids it and backups upload it again.
   const fresh = damaged.filter((d) => !trust.damaged.has(locationId(d)));
   const damagedSeqs = new Set<number>();
   const marks: TrustMark[] = [];
   for (const problem of problems) {
-    if (problem.object === 'checkpoint') continue;
+    if (problem.object === 'checkpoint' || problem.object === 'marks') continue;
     for (const seq of problem.affects) {
       if (damagedSeqs.has(seq) || (trust.marks.get(seq) ?? []).some((m) => m.kind === 'damaged')) continue;
       damagedSeqs.add(seq);
-      marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: regionsOf(locations, problem, seq) });
+      marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: regionsOf(badLocations.get(problem) ?? [], seq) });
     }
   }
   let record: string | undefined;
@@ -217,7 +297,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     await store.put(record, sealEnvelope(VERIFY_KIND, summary), { signal, ifAbsent: true });
   }
   return {
-    deltas: chainEnd,
+    deltas: deltasRead,
     checkpoints: checkpointsAt.size,
     packs: packSizes.size,
     locations: locations.size,
@@ -230,30 +310,15 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   };
 }
 
-function regionsOf(locations: Map<string, Location>, problem: VerifyProblem, seq: number): number[] {
+/** Some of the regions whose PIT map at `seq` points at one of these stored locations. */
+function regionsOf(list: Location[], seq: number): number[] {
   const out: number[] = [];
-  for (const location of locations.values()) {
-    if (location.pack !== problem.key) continue;
+  for (const location of list) {
     for (const [region, from, to] of location.spans) {
       if (from <= seq && seq <= to && out.length < MAX_REGIONS_LISTED) out.push(region);
     }
   }
   return out.sort((a, b) => a - b);
-}
-
-async function listSeqs(repo: Repository, signal?: AbortSignal): Promise<number[]> {
-  try {
-    return await repo.deltaSeqs(signal);
-  } catch (error) {
-    if (!(error instanceof FormatError)) throw error;
-    // A gap: list what is there and let the caller report each missing one.
-    const seqs: number[] = [];
-    for await (const info of repo.store.list('deltas/', { signal })) {
-      const m = /^deltas\/(\d{16})$/.exec(info.key);
-      if (m !== null) seqs.push(Number(m[1]));
-    }
-    return seqs.sort((a, b) => a - b);
-  }
 }
 
 async function countObjects(store: ObjectStore, prefix: string, signal?: AbortSignal): Promise<number> {

@@ -54,15 +54,18 @@ export class Repository {
     return new Repository(store, decodeConfig(bytes));
   }
 
-  /** Sequence numbers of committed deltas, ascending; throws if the chain has a gap. */
+  /**
+   * Sequence numbers of the deltas stored, ascending. A missing delta (a gap) is simply absent:
+   * `listChain` says which points in time it keeps from being built.
+   */
   async deltaSeqs(signal?: AbortSignal): Promise<number[]> {
-    const seqs = await this.listSeqs(DELTA_PREFIX, signal);
-    for (let i = 0; i < seqs.length; i++) {
-      if (seqs[i] !== i + 1) {
-        throw new FormatError('FORMAT_CORRUPT', 'delta chain', `delta ${seqName(i + 1)} is missing; the chain cannot be folded past it`);
-      }
-    }
-    return seqs;
+    return this.listSeqs(DELTA_PREFIX, signal);
+  }
+
+  /** The deltas and checkpoints stored, and the deltas missing between them. */
+  async listChain(signal?: AbortSignal): Promise<ChainListing> {
+    const [seqs, checkpoints] = await Promise.all([this.deltaSeqs(signal), this.checkpointSeqs(signal)]);
+    return new ChainListing(seqs, checkpoints);
   }
 
   async checkpointSeqs(signal?: AbortSignal): Promise<number[]> {
@@ -88,12 +91,16 @@ export class Repository {
   /**
    * The PIT map at delta `seq` (0: the empty volume before the first delta): the newest
    * checkpoint at or before it, with the deltas after that folded in. A damaged checkpoint is
-   * skipped in favour of an older one (or the start of the chain), since deltas alone suffice.
+   * skipped in favour of an older one (or the start of the chain), since deltas alone suffice,
+   * but never one before a missing delta: past a gap only a checkpoint can stand in for the
+   * lost link, and without one the point cannot be built (ChainGapError).
    */
-  async loadPit(seq: number, options: { checkpoints?: number[]; signal?: AbortSignal } = {}): Promise<PitMap> {
-    const checkpoints = options.checkpoints ?? (await this.checkpointSeqs(options.signal));
+  async loadPit(seq: number, options: { chain?: ChainListing; signal?: AbortSignal } = {}): Promise<PitMap> {
+    if (seq === 0) return new PitMap(this.geometry.regionCount);
+    const chain = options.chain ?? (await this.listChain(options.signal));
+    const gap = chain.lastMissing(seq);
     let pit: PitMap | undefined;
-    for (const c of checkpoints.filter((s) => s <= seq).reverse()) {
+    for (const c of chain.startsFor(seq)) {
       try {
         pit = await this.readCheckpoint(c, options.signal);
         break;
@@ -101,6 +108,7 @@ export class Repository {
         if (!(error instanceof FormatError)) throw error;
       }
     }
+    if (pit === undefined && gap !== undefined) throw new ChainGapError(gap, seq);
     pit ??= new PitMap(this.geometry.regionCount);
     const todo: number[] = [];
     for (let s = pit.seq + 1; s <= seq; s++) todo.push(s);
@@ -184,6 +192,110 @@ export class Repository {
       if (seq !== undefined) seqs.push(seq);
     }
     return seqs.sort((a, b) => a - b);
+  }
+}
+
+/**
+ * What a listing of `deltas/` and `checkpoints/` says about the chain. Point in time `p` can be
+ * built iff delta `p` is stored and either no delta `1..p` is missing, or a checkpoint `c` is
+ * stored with `g <= c <= p`, `g` being the newest missing delta before `p` (the deltas `c+1..p`
+ * are then all stored). Whether they are readable is found out when they are read.
+ */
+export class ChainListing {
+  /** Deltas between 1 and the newest stored one that are not stored, ascending. */
+  readonly missing: number[] = [];
+  private readonly stored: Set<number>;
+
+  constructor(
+    /** Stored delta seqs, ascending. */
+    readonly seqs: number[],
+    /** Stored checkpoint seqs, ascending. */
+    readonly checkpoints: number[],
+  ) {
+    this.stored = new Set(seqs);
+    let next = 1;
+    for (const seq of seqs) {
+      for (; next < seq; next++) this.missing.push(next);
+      next = seq + 1;
+    }
+  }
+
+  get latest(): number {
+    return this.seqs.at(-1) ?? 0;
+  }
+
+  has(seq: number): boolean {
+    return this.stored.has(seq);
+  }
+
+  /** The newest missing delta at or before `seq`, if any. */
+  lastMissing(seq: number): number | undefined {
+    const i = lastIndexAtOrBefore(this.missing, seq);
+    return i < 0 ? undefined : this.missing[i];
+  }
+
+  /** Checkpoints a fold to `seq` may start from, newest first: at or before it, none before a gap. */
+  startsFor(seq: number): number[] {
+    const gap = this.lastMissing(seq) ?? 0;
+    const out: number[] = [];
+    for (let i = lastIndexAtOrBefore(this.checkpoints, seq); i >= 0 && this.checkpoints[i]! >= gap; i--) out.push(this.checkpoints[i]!);
+    return out;
+  }
+
+  /** The missing delta that keeps point `seq` from being built, if any (see the class comment). */
+  blockedBy(seq: number): number | undefined {
+    if (!this.has(seq)) return seq;
+    const gap = this.lastMissing(seq);
+    return gap === undefined || this.startsFor(seq).length > 0 ? undefined : gap;
+  }
+}
+
+/** Index of the last element at or before `value` in an ascending array, or -1. */
+function lastIndexAtOrBefore(sorted: readonly number[], value: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid]! <= value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo - 1;
+}
+
+/** A point in time lies past a missing delta and no stored checkpoint stands in for it. */
+export class ChainGapError extends FormatError {
+  constructor(
+    /** The missing delta. */
+    readonly missing: number,
+    /** The point in time that cannot be built. */
+    readonly point: number,
+  ) {
+    super(
+      'FORMAT_CORRUPT',
+      `delta ${seqName(missing)}`,
+      `is missing and no readable checkpoint from it to point in time ${point} stands in for it, so ${missing === point ? 'that point' : `points ${missing + 1} to ${point}`} cannot be built; ` +
+        (missing === 1 ? 'no earlier point exists' : 'earlier points still restore') + ' (see cdp-s3 log and cdp-s3 verify)',
+    );
+  }
+}
+
+/**
+ * The PIT map a writer appends to: the newest point's. The next delta is always `chain.latest + 1`,
+ * so a writer never fills a gap (a delta there would be computed against the wrong map) and
+ * writes past one only when a checkpoint lets the newest point be built; otherwise it refuses.
+ */
+export async function loadNewestForWriting(repo: Repository, chain: ChainListing, command: string, signal?: AbortSignal): Promise<PitMap> {
+  try {
+    return await repo.loadPit(chain.latest, { chain, signal });
+  } catch (error) {
+    if (!(error instanceof ChainGapError)) throw error;
+    throw new FormatError(
+      'FORMAT_CORRUPT',
+      `delta ${seqName(error.missing)}`,
+      `is missing and no readable checkpoint after it stands in for it, so the newest point in time (${chain.latest}) cannot be built and ${command} has nothing to add to: ` +
+        'put the missing object back, or restore the newest point that still restores (see cdp-s3 log) and start a new repository from it',
+      { cause: error },
+    );
   }
 }
 

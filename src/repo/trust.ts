@@ -2,6 +2,7 @@
 // (suspect after a scan, damaged after a verify) and which stored bytes are known bad.
 
 import pLimit from 'p-limit';
+import { FormatError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import {
   type DamagedLocation,
@@ -23,6 +24,19 @@ export interface Trust {
   /** `pack@offset` of stored bytes found missing or corrupt. */
   damaged: Set<string>;
   damagedLocations: DamagedLocation[];
+  /**
+   * `marks/` objects that cannot be read: which points they mark, and which stored bytes they
+   * name as bad, is unknown. They were written at `time` (from the key; undefined if it has
+   * none), so they can only concern points in time that ended at or before it.
+   */
+  unreadable: UnreadableMarks[];
+}
+
+export interface UnreadableMarks {
+  key: string;
+  time: number | undefined;
+  /** What is wrong with it (one line). */
+  error: string;
 }
 
 async function readAll<T>(store: ObjectStore, prefix: string, decode: (bytes: Uint8Array, key: string) => T, signal?: AbortSignal): Promise<Array<{ key: string; value: T }>> {
@@ -34,8 +48,23 @@ async function readAll<T>(store: ObjectStore, prefix: string, decode: (bytes: Ui
 }
 
 export async function readTrust(store: ObjectStore, signal?: AbortSignal): Promise<Trust> {
-  const trust: Trust = { marks: new Map(), damaged: new Set(), damagedLocations: [] };
-  for (const { value } of await readAll(store, MARK_PREFIX, decodeMarks, signal)) {
+  const trust: Trust = { marks: new Map(), damaged: new Set(), damagedLocations: [], unreadable: [] };
+  // One garbled marks object must not stop every command: it is kept aside, and each reader
+  // decides how careful to be about what it might have said (restore: see choosePoint).
+  const decodeOrKeep = (bytes: Uint8Array, key: string): MarksObject | FormatError => {
+    try {
+      return decodeMarks(bytes, key);
+    } catch (error) {
+      if (error instanceof FormatError) return error;
+      throw error;
+    }
+  };
+  for (const { key, value } of await readAll(store, MARK_PREFIX, decodeOrKeep, signal)) {
+    if (value instanceof FormatError) {
+      const time = /^marks\/(\d{16})-/.exec(key)?.[1];
+      trust.unreadable.push({ key, time: time === undefined ? undefined : Number(time), error: value.message.slice(value.what.length + 2) });
+      continue;
+    }
     for (const mark of value.marks) {
       let list = trust.marks.get(mark.seq);
       if (list === undefined) trust.marks.set(mark.seq, (list = []));

@@ -102,6 +102,11 @@ for (const kind of ['fs', 's3'] as const) {
       expect(result.problems[0]).toMatchObject({ object: 'region', key: where.pack, affects: [2, 3] });
       expect(result.damaged).toEqual([2, 3]);
 
+      // log says what the mark is: damaged, not suspect.
+      const logged = await cli('--repo', f.repoUrl, 'log');
+      expect(logged.stdout).toMatch(/^\s*2 .* DAMAGED$/m);
+      expect(logged.stdout).toMatch(/^\s*3 .* DAMAGED$/m);
+      expect(logged.stdout).not.toContain('SUSPECT');
       const latest = await restored(f, 'latest');
       expect(latest).toEqual({ seq: 1, digest: f.points.get(1) });
       // The primary still holds region 5's content: the next backup stores it again.
@@ -135,12 +140,13 @@ for (const kind of ['fs', 's3'] as const) {
       const where = await locationOf(f, 1, 9); // the base copy of region 9, rewritten by delta 3
       await f.raw.delete(where.pack);
       const result = await verify({ store: f.store, workers: 2 });
-      const missing = result.problems.filter((p) => p.object === 'pack');
-      expect(missing.length).toBeGreaterThan(0);
-      expect(missing.every((p) => p.key === where.pack && p.detail === 'missing')).toBe(true);
-      expect(missing.find((p) => p.affects.join() === '1,2')).toBeDefined();
-      const code = (await cli('--repo', f.repoUrl, 'verify')).code;
-      expect(code).toBe(7);
+      // One problem for the pack (regions 8 to 11 of the base; 9 was rewritten by delta 3), not one per region in it.
+      expect(result.problems).toEqual([{ object: 'pack', key: where.pack, detail: 'missing', affects: [1, 2, 3], regions: 4 }]);
+      const text = await cli('--repo', f.repoUrl, 'verify');
+      expect(text.code).toBe(7);
+      expect(text.stdout.split('\n').filter((line) => line.includes(where.pack))).toEqual([
+        `  pack ${where.pack}: missing (4 stored regions) — affects points in time 1, 2, 3`,
+      ]);
     });
 
     it('a missing delta breaks every later point; a damaged checkpoint affects none', async () => {
