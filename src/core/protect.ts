@@ -16,9 +16,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
-import { CdpError, NoPointInTimeError } from '../errors.js';
+import { CdpError, InvalidArgumentError, NoPointInTimeError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
 import { DIGEST_BYTES, type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
@@ -171,6 +171,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (actual !== g.volumeSize) {
         throw new CdpError('VOLUME_MISMATCH', `${options.source} is ${actual} bytes but the repository's volume is ${g.volumeSize} bytes: protect the disk this repository holds`);
       }
+      // Before anything is created: a spool directory that is not this volume's own is refused.
+      await checkSpoolDir(spoolDirOf(options), options.drl, repo.config.volumeId);
       drl = await DirtyRegionLog.openOrCreate(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
       if (options.forceUnlock === true) await forceUnlock(options.store, { signal: options.signal });
       lock = await acquireWriterLock(options.store, { command: 'protect', ttlMs: options.lockTtlMs, signal: options.signal });
@@ -691,6 +693,42 @@ const SPOOL_DATA = '.bin';
 const SPOOL_INDEX = '.idx';
 const SPOOL_INDEX_KIND = { magic: 'CDPS3SPL', version: 1, what: 'spool index' } as const;
 
+/** A segment's data or index, or the temporary file an index is written to before its rename. */
+const SPOOL_FILE = /^(\d{8}\.(bin|idx)|\.tmp-[0-9a-f]+)$/;
+
+/**
+ * The spool deletes the segments it cannot ship, so its directory must hold nothing else: not
+ * the DRL, not another volume's spool, not anybody's files. Refused before anything is written.
+ */
+async function checkSpoolDir(dir: string, drl: string, volumeId: string): Promise<void> {
+  const fix = 'give --spool-dir a directory of its own (default: the DRL path + .spool)';
+  if (resolve(dirname(drl)) === resolve(dir)) {
+    throw new InvalidArgumentError(`the spool directory ${dir} also holds the dirty region log ${drl}: ${fix}`);
+  }
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    throw new InvalidArgumentError(`the spool directory ${dir} cannot be used (${code ?? String(error)}): ${fix}`, { cause: error });
+  }
+  const foreign = names.filter((name) => !SPOOL_FILE.test(name)).sort();
+  if (foreign.length > 0) {
+    const listed = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? `, … (${foreign.length} in all)` : '');
+    throw new InvalidArgumentError(`the spool directory ${dir} holds files that are not spool segments (${listed}): ${fix}`);
+  }
+  for (const name of names.filter((n) => n.endsWith(SPOOL_INDEX)).sort()) {
+    let owner: string | undefined;
+    try {
+      owner = new FieldReader(`spool index ${name}`, openEnvelope(SPOOL_INDEX_KIND, await readFile(join(dir, name)))).string('volumeId');
+    } catch {
+      continue; // a damaged index of this spool: recovery drops it
+    }
+    if (owner !== volumeId) throw new InvalidArgumentError(`the spool directory ${dir} holds the spool of volume ${owner} (${name}): ${fix}`);
+  }
+}
+
 function spoolDirOf(options: Pick<ProtectedVolumeOptions, 'spoolDir' | 'drl'>): string {
   return options.spoolDir ?? `${options.drl}.spool`;
 }
@@ -786,7 +824,8 @@ async function recoverSpool(repo: Repository, dir: string, latest: number, log?:
     next += 1;
   }
   const keep = new Set(taken.flatMap((segment) => [basename(segment.file), basename(spoolIndexPath(segment.file))]));
-  for (const name of names) if (!keep.has(name)) await rm(join(dir, name), { force: true, recursive: true });
+  // Only the spool's own files go (checkSpoolDir refused a directory holding anything else).
+  for (const name of names) if (!keep.has(name) && SPOOL_FILE.test(name)) await rm(join(dir, name), { force: true });
   if (taken.length > 0) log?.(`spool: ${taken.length} point${taken.length === 1 ? '' : 's'} in time from before the restart will ship first`);
   return taken;
 }
