@@ -895,6 +895,13 @@ export interface ProtectOptions extends ProtectedVolumeOptions {
   intervalMs?: number;
   /** Milliseconds between integrity scans (0: only on demand). */
   scanEveryMs?: number;
+  /** Runs `run` every `everyMs` until the returned function is called. Default setInterval (tests tick by hand). */
+  schedule?: (run: () => void, everyMs: number) => () => void;
+}
+
+function everyInterval(run: () => void, everyMs: number): () => void {
+  const timer = setInterval(run, everyMs);
+  return () => clearInterval(timer);
 }
 
 export interface ProtectHandle {
@@ -929,11 +936,27 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   const intervalMs = options.intervalMs ?? 5000;
   let stopped = false;
   const statusKey = protectStatusKey(options.source);
-  const publish = async (running: boolean): Promise<void> => {
-    const body = { ...volume.status(), running, updated: Date.now(), intervalMs, source: options.source, host: hostname(), pid: process.pid };
-    await options.store.put(statusKey, sealEnvelope(PROTECT_STATUS_KIND, { json: JSON.stringify(body) })).catch(() => undefined);
+  // Status reports are put one at a time, in the order they are made, and the stop's report is
+  // the last word: a tick's report still queued or in flight when it is made is cancelled, so no
+  // late "running" can land after it.
+  let reported: Promise<void> = Promise.resolve();
+  const ticking = new AbortController();
+  let finalReport = false;
+  const publish = (running: boolean): Promise<void> => {
+    if (finalReport) return reported;
+    if (!running) {
+      finalReport = true;
+      ticking.abort();
+    }
+    const signal = running ? ticking.signal : undefined;
+    reported = reported.then(async () => {
+      const body = { ...volume.status(), running, updated: Date.now(), intervalMs, source: options.source, host: hostname(), pid: process.pid };
+      await options.store.put(statusKey, sealEnvelope(PROTECT_STATUS_KIND, { json: JSON.stringify(body) }), { signal }).catch(() => undefined);
+    });
+    return reported;
   };
-  const ticker = setInterval(() => {
+  const schedule = options.schedule ?? everyInterval;
+  const stopTicker = schedule(() => {
     if (!stopped) void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
   }, intervalMs);
   await publish(true);
@@ -945,9 +968,9 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
     options.log?.(`scan: ${result.scanned} regions, ${result.discrepancies} differed${result.suspect.length > 0 ? `, suspect ${result.suspect.join(', ')}` : ''}`);
     return result;
   };
-  const scanTimer =
+  const stopScans =
     options.scanEveryMs !== undefined && options.scanEveryMs > 0
-      ? setInterval(() => {
+      ? schedule(() => {
           if (!stopped) scanNow().catch((error: unknown) => options.log?.(`scheduled scan failed: ${(error as Error).message}`));
         }, options.scanEveryMs)
       : undefined;
@@ -955,8 +978,8 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   const stop = (): Promise<ProtectStatus> =>
     (stopping ??= (async () => {
       stopped = true;
-      clearInterval(ticker);
-      if (scanTimer !== undefined) clearInterval(scanTimer);
+      stopTicker();
+      stopScans?.();
       await server.close({ drain: true });
       try {
         await volume.sealAndShip(); // the last delta: everything written before the drain
