@@ -8,8 +8,9 @@
 //    sealed region that is not shipped yet first saves the region's pre-image (bounded memory;
 //    past the bound the write waits for the region to be shipped);
 //  - after the delta commits, the DRL bits of its regions clear (unless written again);
-//  - if the store fails, the sealed regions go back into the open map and are shipped with the
-//    next seal; writes keep being served; the lag (oldest unshipped write) is visible;
+//  - if the store fails, the sealed point in time waits in a local spool, and so does every
+//    interval's point from then on, until the drain has shipped them all in order; writes keep
+//    being served; the lag (oldest unshipped write) is visible;
 //  - on start, regions left in the DRL by a crash are shipped with the first seal (claims 5, 6).
 
 import { createHash } from 'node:crypto';
@@ -83,6 +84,15 @@ export interface ProtectedVolumeOptions {
   clock?: () => number;
   log?: (line: string) => void;
   signal?: AbortSignal;
+  /** Where tests interleave writes with the shipper deterministically. */
+  hooks?: ProtectHooks;
+}
+
+export interface ProtectHooks {
+  /** The shipper is about to read a sealed region (for a delta or a spool segment). */
+  beforeShipRead?(region: number): Promise<void> | void;
+  /** A write waits for the shipper to read this sealed region: the pre-image memory is full. */
+  writeWaits?(region: number): void;
 }
 
 /** One point in time sealed during an outage: its regions' bytes in a local file. */
@@ -125,6 +135,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** Regions with writes in progress (between beforeWrite and afterWrite), with their count. */
   private readonly writing = new Map<number, number>();
   private shipping: Promise<void> | undefined;
+  /** The drain of the spool in progress (it runs beside the seals of later intervals). */
+  private draining: Promise<{ seq: number; regions: number } | undefined> | undefined;
   /** The last direct shipment failed: seal into the spool until it drains. */
   private outage = false;
   /** A shipment failed part-way: re-read the chain's end before the next one. */
@@ -351,19 +363,56 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   /**
    * Seals the open delta map now and ships it as the next delta. Resolves when it is committed
-   * (or failed: then its regions are shipped with the next seal). One shipment at a time.
+   * (or failed: then it waits in the spool, or its regions go out with the next seal). One seal
+   * at a time; during an outage the seal goes to the local spool at once, whatever the drain of
+   * earlier points is doing, so every interval keeps its own point in time.
    */
   async sealAndShip(): Promise<{ seq: number; regions: number } | undefined> {
     while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
-    if (this.open.isEmpty() && this.spool.length === 0) return undefined;
+    if (this.open.isEmpty() && this.spool.length === 0) return this.draining;
     let result: { seq: number; regions: number } | undefined;
+    let drain: Promise<{ seq: number; regions: number } | undefined> | undefined;
+    let spooled = true;
     this.shipping = (async () => {
-      result = await this.ship();
+      if (this.outage || this.spool.length > 0 || this.draining !== undefined) {
+        spooled = await this.spoolSeal();
+        drain = this.drain();
+      } else {
+        result = await this.shipDirect();
+      }
     })().finally(() => {
       this.shipping = undefined;
     });
     await this.shipping;
-    return result;
+    if (drain === undefined) return result;
+    const last = await drain;
+    // The spool was full, so this seal did not happen; the drain made room or ended the outage.
+    if (!spooled && this.spool.length === 0 && !this.outage) return (await this.sealAndShip()) ?? last;
+    return last;
+  }
+
+  /**
+   * Drains the spool in the background (one drain at a time): spooled points in time ship in
+   * order, and the outage ends when the spool is empty.
+   */
+  private drain(): Promise<{ seq: number; regions: number } | undefined> {
+    this.draining ??= (async () => {
+      if (this.resync) {
+        // A shipment failed part-way: its delta may have landed after all. Pick up the chain as it is.
+        try {
+          const seqs = await this.repo.deltaSeqs(AbortSignal.timeout(this.shipTimeoutMs));
+          if ((seqs.at(-1) ?? 0) !== this.pit.seq) this.pit = await this.repo.loadPit(seqs.at(-1) ?? 0);
+          this.resync = false;
+        } catch (error) {
+          this.lastShipError = (error as Error).message;
+          return undefined;
+        }
+      }
+      return this.drainSpool();
+    })().finally(() => {
+      this.draining = undefined;
+    });
+    return this.draining;
   }
 
   /**
@@ -376,8 +425,10 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     this.shipping = (async () => {
       // Pending writes go out first through the pre-image path, so they form one instant, and
       // spooled points in time must reach the chain before fn's deltas.
-      if (!this.open.isEmpty()) await this.ship();
-      if (this.spool.length > 0) await this.drainSpool();
+      if (this.outage || this.spool.length > 0 || this.draining !== undefined) {
+        await this.spoolSeal();
+        await this.drain();
+      } else if (!this.open.isEmpty()) await this.shipDirect();
       if (this.spool.length > 0 || this.outage) {
         throw new CdpError('STORE_RETRYABLE', `the store is still unreachable (${this.lastShipError ?? 'unknown error'}); the scan waits until the spooled points in time are shipped`);
       }
@@ -407,24 +458,6 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     }
   }
 
-  private async ship(): Promise<{ seq: number; regions: number } | undefined> {
-    if (this.resync) {
-      // A shipment timed out: its delta may have landed after all. Pick up the chain as it is.
-      try {
-        const seqs = await this.repo.deltaSeqs(AbortSignal.timeout(this.shipTimeoutMs));
-        if ((seqs.at(-1) ?? 0) !== this.pit.seq) this.pit = await this.repo.loadPit(seqs.at(-1) ?? 0);
-        this.resync = false;
-      } catch (error) {
-        this.lastShipError = (error as Error).message;
-        this.outage = true;
-      }
-    }
-    if (!this.outage) return this.shipDirect();
-    // During an outage: keep this interval locally, then ship whatever the store takes.
-    await this.spoolSeal();
-    return this.drainSpool();
-  }
-
   /** Swaps in a fresh open map: the sealed regions, to be read as of this instant. */
   private seal(): Sealed {
     const sealed: Sealed = {
@@ -449,13 +482,38 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     sealed.shipped.dispose();
   }
 
-  /** Seals into the local spool (if it has room; else the open map keeps growing). */
-  private async spoolSeal(): Promise<void> {
-    if (this.open.isEmpty()) return;
-    const limit = this.options.spoolBytes ?? 1024 * 1024 * 1024;
-    if (this.spoolUsed + this.open.count() * this.geometry.regionSize > limit) return; // full: coalesce
-    const sealTime = Math.max(this.clock(), this.spool.at(-1)?.sealTime ?? 0, this.pit.time) + 1;
+  /**
+   * Seals the open map into the local spool now. False when the spool has no room for it: then
+   * the open map keeps growing (later intervals coalesce).
+   */
+  private async spoolSeal(): Promise<boolean> {
+    if (this.open.isEmpty()) return true;
+    if (!this.spoolHasRoom(this.open.count())) return false;
+    const sealTime = Math.max(this.clock(), (this.spool.at(-1)?.sealTime ?? 0) + 1, this.pit.time + 1);
     const sealed = this.seal();
+    try {
+      if (!(await this.writeSegment(sealed, sealTime))) this.reopen(sealed);
+    } finally {
+      this.releaseSealed(sealed);
+    }
+    return true;
+  }
+
+  private spoolHasRoom(regions: number): boolean {
+    return this.spoolUsed + regions * this.geometry.regionSize <= (this.options.spoolBytes ?? 1024 * 1024 * 1024);
+  }
+
+  /** A seal that will not ship as its own point in time: its regions go out with the next seal. */
+  private reopen(sealed: Sealed): void {
+    this.open.union(sealed.map);
+    if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
+  }
+
+  /**
+   * Writes the sealed regions' content at their seal into a spool segment that becomes the next
+   * point in time after those already spooled. False when the local disk failed.
+   */
+  private async writeSegment(sealed: Sealed, sealTime: number): Promise<boolean> {
     const dir = this.spoolDir;
     const file = join(dir, `${String(++this.spoolCounter).padStart(8, '0')}${SPOOL_DATA}`);
     const segment: SpoolSegment = {
@@ -492,15 +550,13 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.spool.push(segment);
       this.spoolUsed += segment.bytes;
       this.options.log?.(`store unreachable: kept the point in time of ${new Date(sealTime).toISOString()} (${segment.regions.length} regions) in the local spool`);
+      return true;
     } catch (error) {
       // The local disk failed too: fall back to coalescing (the DRL and the primary still hold it all).
-      this.open.union(sealed.map);
-      if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       await rm(file, { force: true });
       await rm(spoolIndexPath(file), { force: true });
       this.options.log?.(`spooling failed, coalescing instead: ${(error as Error).message}`);
-    } finally {
-      this.releaseSealed(sealed);
+      return false;
     }
   }
 
@@ -581,13 +637,18 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.options.log?.(`point in time ${delta.seq} (${new Date(sealTime).toISOString()}): ${sealed.map.count()} regions, ${writer.bytesStored} bytes stored`);
       return { seq: delta.seq, regions: sealed.map.count() };
     } catch (error) {
-      // Keep everything for the next seal: the writes are in the DRL and on the primary.
-      this.open.union(sealed.map);
-      if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       this.lastShipError = (error as Error).message;
       this.outage = true;
       this.resync = true;
       this.options.log?.(`shipping failed, the next points in time go to the local spool until the store is back: ${this.lastShipError}`);
+      // This point in time waits in the spool too, if its content at the seal is still at hand:
+      // a region the shipper read is not preserved from later writes, so one written since
+      // makes it go out with the next seal instead (the writes are in the DRL and on the primary).
+      const rewritten = sealed.shipped.clone().intersect(this.open);
+      for (const region of this.writing.keys()) if (sealed.shipped.has(region)) rewritten.set(region);
+      const intact = rewritten.isEmpty();
+      rewritten.dispose();
+      if (!intact || !this.spoolHasRoom(sealed.map.count()) || !(await this.writeSegment(sealed, sealTime))) this.reopen(sealed);
       return undefined;
     } finally {
       writer.changed.dispose();
@@ -598,6 +659,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** The region's content at the seal instant: its pre-image if one was saved, else the primary. */
   private async readSealed(region: number): Promise<Uint8Array> {
     const sealed = this.sealed!;
+    await this.options.hooks?.beforeShipRead?.(region);
     for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
     const saved = sealed.preimages.get(region);
     let bytes: Uint8Array;
@@ -656,18 +718,23 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     const sealed = this.sealed;
     if (sealed === undefined) return;
     for (let region = first; region < end; region++) {
+      // Shipped or given up while this write waited: nothing of it is left to preserve.
+      if (this.sealed !== sealed) return;
       if (!sealed.map.has(region) || sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
       for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
+      if (this.sealed !== sealed) return;
       if (sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
       const length = regionLength(this.geometry, region);
       if (this.preimageBytes + length > (this.options.preimageBytes ?? 256 * 1024 * 1024)) {
         // Out of pre-image memory: wait until the shipper has read this region.
+        this.options.hooks?.writeWaits?.(region);
         await new Promise<void>((wake) => (sealed.waiters.get(region) ?? sealed.waiters.set(region, []).get(region)!).push(wake));
         continue;
       }
       const task = (async () => {
         const copy = Buffer.allocUnsafe(length);
         await this.readFully(copy, region * this.geometry.regionSize);
+        if (this.sealed !== sealed) return; // released meanwhile (the shipment failed): not needed, not counted
         sealed.preimages.set(region, copy);
         this.preimageBytes += length;
       })();

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
+import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { ProtectedVolume } from '../../src/core/protect.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
@@ -100,3 +101,76 @@ describe('the spool directory is the spool\'s own', () => {
     await forceUnlock(g.store);
   });
 });
+
+for (const kind of ['fs', 's3'] as const) {
+  describe(`an outage (${kind} store)`, () => {
+    it('every interval is spooled at its own tick while a drain attempt is still failing, and each ships as its own point in time', async () => {
+      const f = await makeFixture(kind);
+      const base = Date.parse((await log({ store: f.store })).entries[0]!.time);
+      let now = base + 60_000;
+      let down = true;
+      let slow = false; // failures take until `failNow` (a store that times out)
+      let failNow!: () => void;
+      const failing = new Promise<void>((resolve) => (failNow = resolve));
+      let putHeld!: () => void;
+      const held = new Promise<void>((resolve) => (putHeld = resolve));
+      const store = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (!down || key.startsWith('locks/')) return;
+          if (slow) {
+            putHeld();
+            await failing;
+          }
+          throw new Error('connect ETIMEDOUT (injected)');
+        },
+      });
+      const spooled: string[] = [];
+      let onSpooled: (() => void) | undefined;
+      const volume = await ProtectedVolume.open({
+        store,
+        source: f.source,
+        drl: f.drl,
+        clock: () => now,
+        log: (line) => {
+          if (/in the local spool/.test(line)) {
+            spooled.push(line);
+            onSpooled?.();
+          }
+        },
+      });
+      const whenSpooled = (n: number): Promise<void> =>
+        new Promise((resolve) => {
+          onSpooled = () => spooled.length >= n && resolve();
+          onSpooled();
+        });
+      const atTick: Buffer[] = [];
+      const ticks: Array<Promise<unknown>> = [];
+      // Tick 1: the shipment fails at once; its point in time waits in the spool.
+      await volume.write(1 * REGION, Buffer.alloc(REGION, 0x11), false);
+      atTick.push(await readFile(f.source));
+      expect(await volume.sealAndShip()).toBeUndefined();
+      await whenSpooled(1);
+      slow = true;
+      for (let tick = 2; tick <= 5; tick++) {
+        now += 1000;
+        await volume.write(tick * REGION, Buffer.alloc(REGION, tick * 0x11), false);
+        await volume.write(1 * REGION, Buffer.alloc(100, tick), false);
+        atTick.push(await readFile(f.source));
+        ticks.push(volume.sealAndShip()); // tick 2 starts a drain, whose first put hangs
+        await whenSpooled(tick); // later ticks are spooled while it hangs
+        if (tick === 2) await held;
+      }
+      expect(volume.status()).toMatchObject({ spooledPoints: 5, unshippedRegions: 5 });
+      failNow();
+      expect(await Promise.all(ticks)).toEqual([undefined, undefined, undefined, undefined]);
+      down = false;
+      now += 1000;
+      expect(await volume.sealAndShip()).toEqual({ seq: 6, regions: 2 }); // nothing new: the spool drains
+      await volume.close();
+      const entries = (await log({ store: f.store })).entries;
+      expect(entries.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(entries.slice(1).map((e) => Date.parse(e.time) - base)).toEqual([60_000, 61_000, 62_000, 63_000, 64_000]);
+      for (let i = 0; i < atTick.length; i++) expect(sha(await restoreBytes(f.store, f.work, String(i + 2))), `point ${i + 2}`).toBe(sha(atTick[i]!));
+    });
+  });
+}
