@@ -34,7 +34,8 @@ import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { preadFully, pwriteFully, pwritevFully } from '../volume/positional-io.js';
 import { kernels } from '../kernels/index.js';
 import { DeltaWriter } from './delta-writer.js';
-import { type ScanResult, scan } from './scan.js';
+import type { Progress } from './progress.js';
+import { type ScanHooks, type ScanResult, scan } from './scan.js';
 import { NbdServer } from '../nbd/server.js';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
@@ -58,6 +59,8 @@ export interface ProtectStatus {
   deltasShipped: number;
   lastShipError: string | undefined;
   lastScan: unknown;
+  /** While the repository has no base yet: the base being taken (regions of its phase done). */
+  base: { phase: string; regionsDone: number; regionsTotal: number } | undefined;
 }
 
 export interface ProtectedVolumeOptions {
@@ -147,6 +150,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private deltasShipped = 0;
   private lastShipError: string | undefined;
   lastScan: unknown;
+  private baseProgress = { phase: 'waiting', bytesDone: 0, bytesTotal: 0 };
   private readonly clock: () => number;
 
   private constructor(
@@ -189,13 +193,13 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (options.forceUnlock === true) await forceUnlock(options.store, { signal: options.signal });
       lock = await acquireWriterLock(options.store, { command: 'protect', ttlMs: options.lockTtlMs, signal: options.signal });
       const seqs = await repo.deltaSeqs(options.signal);
+      // No base yet (latest 0): protect serves at once and takes the base while serving (takeBase).
       const latest = seqs.at(-1) ?? 0;
-      if (latest === 0) throw new NoPointInTimeError(`${options.store.location} has no base yet: run cdp-s3 backup ${options.source} once, then protect`);
       const pit = await repo.loadPit(latest, { signal: options.signal });
       // Points in time spooled during an outage before a crash ship first, in order; their
       // regions are in the DRL too, so whatever cannot be recovered still goes out coalesced.
       const spool = await recoverSpool(repo, spoolDirOf(options), latest, options.log);
-      if (drl.created) {
+      if (drl.created && latest > 0) {
         options.log?.(`created dirty region log ${options.drl}: writes made to ${options.source} outside cdp-s3 since the last backup are not tracked; run cdp-s3 scan to find them`);
       }
       const volume = new ProtectedVolume(repo, handle, drl, lock, pit, await realpath(options.source), options);
@@ -238,7 +242,35 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       deltasShipped: this.deltasShipped,
       lastShipError: this.lastShipError,
       lastScan: this.lastScan,
+      base: this.hasBase
+        ? undefined
+        : {
+            phase: this.baseProgress.phase,
+            regionsDone: Math.floor(this.baseProgress.bytesDone / this.geometry.regionSize),
+            regionsTotal: Math.ceil(this.baseProgress.bytesTotal / this.geometry.regionSize),
+          },
     };
+  }
+
+  /** False until the repository's first point in time is committed: nothing ships before it. */
+  get hasBase(): boolean {
+    return this.pit.seq > 0;
+  }
+
+  /**
+   * Takes the repository's base while the volume is served: the scan's method (claims 1–11)
+   * against the empty chain, with this volume as the live change source, so regions the host
+   * writes meanwhile are left to the next point in time. Nothing else commits until it has.
+   */
+  async takeBase(options: { signal?: AbortSignal; hooks?: ScanHooks } = {}): Promise<ScanResult> {
+    const progress: Progress = {
+      phase: (phase, totalBytes) => (this.baseProgress = { phase, bytesDone: 0, bytesTotal: totalBytes }),
+      advance: (bytes) => void (this.baseProgress.bytesDone += bytes),
+      done: () => undefined,
+    };
+    return this.exclusive((lock) =>
+      scan({ store: this.options.store, source: this.options.source, changes: this, heldLock: lock, base: true, progress, signal: options.signal, hooks: options.hooks }),
+    );
   }
 
   private get shipTimeoutMs(): number {
@@ -368,6 +400,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
    * earlier points is doing, so every interval keeps its own point in time.
    */
   async sealAndShip(): Promise<{ seq: number; regions: number } | undefined> {
+    if (!this.hasBase) return undefined; // the writes wait in the open map (and the DRL) for the base
     while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
     if (this.open.isEmpty() && this.spool.length === 0) return this.draining;
     let result: { seq: number; regions: number } | undefined;
@@ -428,7 +461,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (this.outage || this.spool.length > 0 || this.draining !== undefined) {
         await this.spoolSeal();
         await this.drain();
-      } else if (!this.open.isEmpty()) await this.shipDirect();
+      } else if (!this.open.isEmpty() && this.hasBase) await this.shipDirect();
       if (this.spool.length > 0 || this.outage) {
         throw new CdpError('STORE_RETRYABLE', `the store is still unreachable (${this.lastShipError ?? 'unknown error'}); the scan waits until the spooled points in time are shipped`);
       }
@@ -450,6 +483,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** Seals, ships until nothing is left or the store keeps failing, and releases everything. */
   async close(): Promise<void> {
     try {
+      while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
       await this.sealAndShip();
     } finally {
       await this.lock.release().catch(() => undefined);
@@ -1022,8 +1056,29 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
     });
     return reported;
   };
+  // No base yet: take it while serving; nothing else commits until it has. A failed base is
+  // taken again at the next interval.
+  const baseAbort = new AbortController();
+  let takingBase: Promise<void> | undefined;
+  const takeBase = (): void => {
+    if (takingBase !== undefined || volume.hasBase || stopped) return;
+    takingBase = volume
+      .takeBase({ signal: baseAbort.signal })
+      .then((result) => {
+        const fuzzy = result.suspect.length > 0 ? ' (the host wrote meanwhile: marked suspect, the next point in time is the first whole one)' : '';
+        options.log?.(`base: point in time ${result.fixupSeq}, ${result.repaired} regions${fuzzy}`);
+      })
+      .catch((error: unknown) => {
+        if (!stopped) options.log?.(`taking the base failed, trying again at the next interval: ${(error as Error).message}`);
+      })
+      .finally(() => {
+        takingBase = undefined;
+      });
+  };
+  takeBase();
   const schedule = options.schedule ?? everyInterval;
   const stopTicker = schedule(() => {
+    takeBase();
     if (!stopped) void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
   }, intervalMs);
   await publish(true);
@@ -1047,6 +1102,8 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
       stopped = true;
       stopTicker();
       stopScans?.();
+      baseAbort.abort(); // an unfinished base commits nothing; it is taken at the next start
+      await takingBase;
       await server.close({ drain: true });
       try {
         await volume.sealAndShip(); // the last delta: everything written before the drain
