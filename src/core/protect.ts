@@ -389,6 +389,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   committed(regions: DeltaMap): void {
     this.open.subtract(regions);
+    if (this.open.isEmpty()) this.openFirstWrite = undefined; // nothing unshipped is that old any more
   }
 
   // ---- shipping ----------------------------------------------------------------------------

@@ -95,11 +95,14 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('a base nobody wrote during is one instant: trusted and exact', async () => {
       const f = await makeFixture(kind);
-      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      let now = Date.now();
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, clock: () => now });
       await volume.write(4 * REGION, Buffer.alloc(REGION, 0x44), false); // before the base: in it
+      now += 5000;
+      expect(volume.status().lagMs).toBe(5000);
       const result = await volume.takeBase();
       expect(result).toMatchObject({ fixupSeq: 1, suspect: [] });
-      expect(volume.status()).toMatchObject({ seq: 1, base: undefined, unshippedRegions: 0 });
+      expect(volume.status()).toMatchObject({ seq: 1, base: undefined, unshippedRegions: 0, lagMs: 0 });
       expect(await volume.sealAndShip()).toBeUndefined(); // nothing left to ship
       await volume.close();
       expect((await readTrust(f.store)).marks.size).toBe(0);
