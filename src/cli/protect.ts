@@ -13,7 +13,7 @@ export function registerProtect(program: Command): void {
     .option('--name <name>', 'also export under this name (the default, empty name always works)')
     .option('--interval <duration>', 'time between points in time', '5s')
     .option('--drl <file>', 'dirty region log (created if missing)', '')
-    .option('--spool-dir <dir>', 'where points in time wait while the store is unreachable (default: the DRL path + .spool)')
+    .option('--spool-dir <dir>', 'a directory of its own where points in time wait while the store is unreachable (default: the DRL path + .spool)')
     .option('--spool-size <bytes>', 'most bytes the spool may hold; past it intervals coalesce', '1GiB')
     .option('--scan-every <duration>', 'run an integrity scan on this schedule (e.g. 24h); SIGUSR1 runs one now')
     .action(async (source: string, opts: { listen: string; name?: string; interval: string; drl: string; scanEvery?: string; spoolDir?: string; spoolSize: string }, command: Command) => {

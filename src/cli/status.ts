@@ -36,6 +36,7 @@ export function registerStatus(program: Command): void {
             `protect ${p.source} on ${p.host} (pid ${p.pid}) ${state}, reported ${p.updated}: lag ${formatDuration(p.lagMs / 1000)}, ` +
               `${p.unshippedRegions} regions unshipped, DRL ${p.drlRegions} regions, pre-images ${formatSize(p.preimageBytes)}, ` +
               `spool ${p.spooledPoints ?? 0} points in time (${formatSize(p.spoolBytes ?? 0)})` +
+              (p.base == null ? '' : `, taking the base: ${p.base.phase} ${p.base.regionsDone}/${p.base.regionsTotal} regions`) +
               (p.lastShipError === undefined ? '' : `, last shipping error: ${p.lastShipError}`),
           );
         }

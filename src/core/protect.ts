@@ -8,17 +8,18 @@
 //    sealed region that is not shipped yet first saves the region's pre-image (bounded memory;
 //    past the bound the write waits for the region to be shipped);
 //  - after the delta commits, the DRL bits of its regions clear (unless written again);
-//  - if the store fails, the sealed regions go back into the open map and are shipped with the
-//    next seal; writes keep being served; the lag (oldest unshipped write) is visible;
+//  - if the store fails, the sealed point in time waits in a local spool, and so does every
+//    interval's point from then on, until the drain has shipped them all in order; writes keep
+//    being served; the lag (oldest unshipped write) is visible;
 //  - on start, regions left in the DRL by a crash are shipped with the first seal (claims 5, 6).
 
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
-import { CdpError, NoPointInTimeError } from '../errors.js';
+import { CdpError, InvalidArgumentError, NoPointInTimeError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
 import { DIGEST_BYTES, type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
@@ -34,7 +35,8 @@ import { preadFully, pwriteFully, pwritevFully } from '../volume/positional-io.j
 import { openVolume } from '../volume/source.js';
 import { kernels } from '../kernels/index.js';
 import { DeltaWriter } from './delta-writer.js';
-import { type ScanResult, scan } from './scan.js';
+import type { Progress } from './progress.js';
+import { type ScanHooks, type ScanResult, scan } from './scan.js';
 import { NbdServer } from '../nbd/server.js';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
@@ -58,6 +60,8 @@ export interface ProtectStatus {
   deltasShipped: number;
   lastShipError: string | undefined;
   lastScan: unknown;
+  /** While the repository has no base yet: the base being taken (regions of its phase done). */
+  base: { phase: string; regionsDone: number; regionsTotal: number } | undefined;
 }
 
 export interface ProtectedVolumeOptions {
@@ -84,6 +88,15 @@ export interface ProtectedVolumeOptions {
   clock?: () => number;
   log?: (line: string) => void;
   signal?: AbortSignal;
+  /** Where tests interleave writes with the shipper deterministically. */
+  hooks?: ProtectHooks;
+}
+
+export interface ProtectHooks {
+  /** The shipper is about to read a sealed region (for a delta or a spool segment). */
+  beforeShipRead?(region: number): Promise<void> | void;
+  /** A write waits for the shipper to read this sealed region: the pre-image memory is full. */
+  writeWaits?(region: number): void;
 }
 
 /** One point in time sealed during an outage: its regions' bytes in a local file. */
@@ -126,6 +139,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** Regions with writes in progress (between beforeWrite and afterWrite), with their count. */
   private readonly writing = new Map<number, number>();
   private shipping: Promise<void> | undefined;
+  /** The drain of the spool in progress (it runs beside the seals of later intervals). */
+  private draining: Promise<{ seq: number; regions: number } | undefined> | undefined;
   /** The last direct shipment failed: seal into the spool until it drains. */
   private outage = false;
   /** A shipment failed part-way: re-read the chain's end before the next one. */
@@ -136,6 +151,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private deltasShipped = 0;
   private lastShipError: string | undefined;
   lastScan: unknown;
+  private baseProgress = { phase: 'waiting', bytesDone: 0, bytesTotal: 0 };
   private readonly clock: () => number;
 
   private constructor(
@@ -168,12 +184,14 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       if (actual !== g.volumeSize) {
         throw new CdpError('VOLUME_MISMATCH', `${options.source} is ${actual} bytes but the repository's volume is ${g.volumeSize} bytes: protect the disk this repository holds`);
       }
+      // Before anything is created: a spool directory that is not this volume's own is refused.
+      await checkSpoolDir(spoolDirOf(options), options.drl, repo.config.volumeId);
       drl = await DirtyRegionLog.openOrCreate(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
       if (options.forceUnlock === true) await forceUnlock(options.store, { signal: options.signal });
       lock = await acquireWriterLock(options.store, { command: 'protect', ttlMs: options.lockTtlMs, signal: options.signal });
       const chain = await repo.listChain(options.signal);
+      // No base yet (latest 0): protect serves at once and takes the base while serving (takeBase).
       const latest = chain.latest;
-      if (latest === 0) throw new NoPointInTimeError(`${options.store.location} has no base yet: run cdp-s3 backup ${options.source} once, then protect`);
       const pit = await loadNewestForWriting(repo, chain, 'protect', options.signal);
       if (chain.missing.length > 0) {
         options.log?.(`the chain is missing deltas ${chain.missing.join(', ')}; new points in time go after the newest (a checkpoint past the gap stands in for it), never into the gap (see cdp-s3 log and verify)`);
@@ -181,7 +199,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       // Points in time spooled during an outage before a crash ship first, in order; their
       // regions are in the DRL too, so whatever cannot be recovered still goes out coalesced.
       const spool = await recoverSpool(repo, spoolDirOf(options), latest, options.log);
-      if (drl.created) {
+      if (drl.created && latest > 0) {
         options.log?.(`created dirty region log ${options.drl}: writes made to ${options.source} outside cdp-s3 since the last backup are not tracked; run cdp-s3 scan to find them`);
       }
       const volume = new ProtectedVolume(repo, handle, drl, lock, pit, await realpath(options.source), options);
@@ -224,7 +242,35 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       deltasShipped: this.deltasShipped,
       lastShipError: this.lastShipError,
       lastScan: this.lastScan,
+      base: this.hasBase
+        ? undefined
+        : {
+            phase: this.baseProgress.phase,
+            regionsDone: Math.floor(this.baseProgress.bytesDone / this.geometry.regionSize),
+            regionsTotal: Math.ceil(this.baseProgress.bytesTotal / this.geometry.regionSize),
+          },
     };
+  }
+
+  /** False until the repository's first point in time is committed: nothing ships before it. */
+  get hasBase(): boolean {
+    return this.pit.seq > 0;
+  }
+
+  /**
+   * Takes the repository's base while the volume is served: the scan's method (claims 1–11)
+   * against the empty chain, with this volume as the live change source, so regions the host
+   * writes meanwhile are left to the next point in time. Nothing else commits until it has.
+   */
+  async takeBase(options: { signal?: AbortSignal; hooks?: ScanHooks } = {}): Promise<ScanResult> {
+    const progress: Progress = {
+      phase: (phase, totalBytes) => (this.baseProgress = { phase, bytesDone: 0, bytesTotal: totalBytes }),
+      advance: (bytes) => void (this.baseProgress.bytesDone += bytes),
+      done: () => undefined,
+    };
+    return this.exclusive((lock) =>
+      scan({ store: this.options.store, source: this.options.source, changes: this, heldLock: lock, base: true, progress, signal: options.signal, hooks: options.hooks }),
+    );
   }
 
   private get shipTimeoutMs(): number {
@@ -343,25 +389,64 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   committed(regions: DeltaMap): void {
     this.open.subtract(regions);
+    if (this.open.isEmpty()) this.openFirstWrite = undefined; // nothing unshipped is that old any more
   }
 
   // ---- shipping ----------------------------------------------------------------------------
 
   /**
    * Seals the open delta map now and ships it as the next delta. Resolves when it is committed
-   * (or failed: then its regions are shipped with the next seal). One shipment at a time.
+   * (or failed: then it waits in the spool, or its regions go out with the next seal). One seal
+   * at a time; during an outage the seal goes to the local spool at once, whatever the drain of
+   * earlier points is doing, so every interval keeps its own point in time.
    */
   async sealAndShip(): Promise<{ seq: number; regions: number } | undefined> {
+    if (!this.hasBase) return undefined; // the writes wait in the open map (and the DRL) for the base
     while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
-    if (this.open.isEmpty() && this.spool.length === 0) return undefined;
+    if (this.open.isEmpty() && this.spool.length === 0) return this.draining;
     let result: { seq: number; regions: number } | undefined;
+    let drain: Promise<{ seq: number; regions: number } | undefined> | undefined;
+    let spooled = true;
     this.shipping = (async () => {
-      result = await this.ship();
+      if (this.outage || this.spool.length > 0 || this.draining !== undefined) {
+        spooled = await this.spoolSeal();
+        drain = this.drain();
+      } else {
+        result = await this.shipDirect();
+      }
     })().finally(() => {
       this.shipping = undefined;
     });
     await this.shipping;
-    return result;
+    if (drain === undefined) return result;
+    const last = await drain;
+    // The spool was full, so this seal did not happen; the drain made room or ended the outage.
+    if (!spooled && this.spool.length === 0 && !this.outage) return (await this.sealAndShip()) ?? last;
+    return last;
+  }
+
+  /**
+   * Drains the spool in the background (one drain at a time): spooled points in time ship in
+   * order, and the outage ends when the spool is empty.
+   */
+  private drain(): Promise<{ seq: number; regions: number } | undefined> {
+    this.draining ??= (async () => {
+      if (this.resync) {
+        // A shipment failed part-way: its delta may have landed after all. Pick up the chain as it is.
+        try {
+          const seqs = await this.repo.deltaSeqs(AbortSignal.timeout(this.shipTimeoutMs));
+          if ((seqs.at(-1) ?? 0) !== this.pit.seq) this.pit = await this.repo.loadPit(seqs.at(-1) ?? 0);
+          this.resync = false;
+        } catch (error) {
+          this.lastShipError = (error as Error).message;
+          return undefined;
+        }
+      }
+      return this.drainSpool();
+    })().finally(() => {
+      this.draining = undefined;
+    });
+    return this.draining;
   }
 
   /**
@@ -374,8 +459,10 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     this.shipping = (async () => {
       // Pending writes go out first through the pre-image path, so they form one instant, and
       // spooled points in time must reach the chain before fn's deltas.
-      if (!this.open.isEmpty()) await this.ship();
-      if (this.spool.length > 0) await this.drainSpool();
+      if (this.outage || this.spool.length > 0 || this.draining !== undefined) {
+        await this.spoolSeal();
+        await this.drain();
+      } else if (!this.open.isEmpty() && this.hasBase) await this.shipDirect();
       if (this.spool.length > 0 || this.outage) {
         throw new CdpError('STORE_RETRYABLE', `the store is still unreachable (${this.lastShipError ?? 'unknown error'}); the scan waits until the spooled points in time are shipped`);
       }
@@ -397,30 +484,13 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** Seals, ships until nothing is left or the store keeps failing, and releases everything. */
   async close(): Promise<void> {
     try {
+      while (this.shipping !== undefined) await this.shipping.catch(() => undefined);
       await this.sealAndShip();
     } finally {
       await this.lock.release().catch(() => undefined);
       await this.drl.close();
       await this.handle.close();
     }
-  }
-
-  private async ship(): Promise<{ seq: number; regions: number } | undefined> {
-    if (this.resync) {
-      // A shipment timed out: its delta may have landed after all. Pick up the chain as it is.
-      try {
-        const seqs = await this.repo.deltaSeqs(AbortSignal.timeout(this.shipTimeoutMs));
-        if ((seqs.at(-1) ?? 0) !== this.pit.seq) this.pit = await this.repo.loadPit(seqs.at(-1) ?? 0);
-        this.resync = false;
-      } catch (error) {
-        this.lastShipError = (error as Error).message;
-        this.outage = true;
-      }
-    }
-    if (!this.outage) return this.shipDirect();
-    // During an outage: keep this interval locally, then ship whatever the store takes.
-    await this.spoolSeal();
-    return this.drainSpool();
   }
 
   /** Swaps in a fresh open map: the sealed regions, to be read as of this instant. */
@@ -447,13 +517,38 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     sealed.shipped.dispose();
   }
 
-  /** Seals into the local spool (if it has room; else the open map keeps growing). */
-  private async spoolSeal(): Promise<void> {
-    if (this.open.isEmpty()) return;
-    const limit = this.options.spoolBytes ?? 1024 * 1024 * 1024;
-    if (this.spoolUsed + this.open.count() * this.geometry.regionSize > limit) return; // full: coalesce
-    const sealTime = Math.max(this.clock(), this.spool.at(-1)?.sealTime ?? 0, this.pit.time) + 1;
+  /**
+   * Seals the open map into the local spool now. False when the spool has no room for it: then
+   * the open map keeps growing (later intervals coalesce).
+   */
+  private async spoolSeal(): Promise<boolean> {
+    if (this.open.isEmpty()) return true;
+    if (!this.spoolHasRoom(this.open.count())) return false;
+    const sealTime = Math.max(this.clock(), (this.spool.at(-1)?.sealTime ?? 0) + 1, this.pit.time + 1);
     const sealed = this.seal();
+    try {
+      if (!(await this.writeSegment(sealed, sealTime))) this.reopen(sealed);
+    } finally {
+      this.releaseSealed(sealed);
+    }
+    return true;
+  }
+
+  private spoolHasRoom(regions: number): boolean {
+    return this.spoolUsed + regions * this.geometry.regionSize <= (this.options.spoolBytes ?? 1024 * 1024 * 1024);
+  }
+
+  /** A seal that will not ship as its own point in time: its regions go out with the next seal. */
+  private reopen(sealed: Sealed): void {
+    this.open.union(sealed.map);
+    if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
+  }
+
+  /**
+   * Writes the sealed regions' content at their seal into a spool segment that becomes the next
+   * point in time after those already spooled. False when the local disk failed.
+   */
+  private async writeSegment(sealed: Sealed, sealTime: number): Promise<boolean> {
     const dir = this.spoolDir;
     const file = join(dir, `${String(++this.spoolCounter).padStart(8, '0')}${SPOOL_DATA}`);
     const segment: SpoolSegment = {
@@ -490,15 +585,13 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.spool.push(segment);
       this.spoolUsed += segment.bytes;
       this.options.log?.(`store unreachable: kept the point in time of ${new Date(sealTime).toISOString()} (${segment.regions.length} regions) in the local spool`);
+      return true;
     } catch (error) {
       // The local disk failed too: fall back to coalescing (the DRL and the primary still hold it all).
-      this.open.union(sealed.map);
-      if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       await rm(file, { force: true });
       await rm(spoolIndexPath(file), { force: true });
       this.options.log?.(`spooling failed, coalescing instead: ${(error as Error).message}`);
-    } finally {
-      this.releaseSealed(sealed);
+      return false;
     }
   }
 
@@ -579,13 +672,18 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       this.options.log?.(`point in time ${delta.seq} (${new Date(sealTime).toISOString()}): ${sealed.map.count()} regions, ${writer.bytesStored} bytes stored`);
       return { seq: delta.seq, regions: sealed.map.count() };
     } catch (error) {
-      // Keep everything for the next seal: the writes are in the DRL and on the primary.
-      this.open.union(sealed.map);
-      if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
       this.lastShipError = (error as Error).message;
       this.outage = true;
       this.resync = true;
       this.options.log?.(`shipping failed, the next points in time go to the local spool until the store is back: ${this.lastShipError}`);
+      // This point in time waits in the spool too, if its content at the seal is still at hand:
+      // a region the shipper read is not preserved from later writes, so one written since
+      // makes it go out with the next seal instead (the writes are in the DRL and on the primary).
+      const rewritten = sealed.shipped.clone().intersect(this.open);
+      for (const region of this.writing.keys()) if (sealed.shipped.has(region)) rewritten.set(region);
+      const intact = rewritten.isEmpty();
+      rewritten.dispose();
+      if (!intact || !this.spoolHasRoom(sealed.map.count()) || !(await this.writeSegment(sealed, sealTime))) this.reopen(sealed);
       return undefined;
     } finally {
       writer.changed.dispose();
@@ -596,6 +694,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   /** The region's content at the seal instant: its pre-image if one was saved, else the primary. */
   private async readSealed(region: number): Promise<Uint8Array> {
     const sealed = this.sealed!;
+    await this.options.hooks?.beforeShipRead?.(region);
     for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
     const saved = sealed.preimages.get(region);
     let bytes: Uint8Array;
@@ -654,18 +753,23 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     const sealed = this.sealed;
     if (sealed === undefined) return;
     for (let region = first; region < end; region++) {
+      // Shipped or given up while this write waited: nothing of it is left to preserve.
+      if (this.sealed !== sealed) return;
       if (!sealed.map.has(region) || sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
       for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
+      if (this.sealed !== sealed) return;
       if (sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
       const length = regionLength(this.geometry, region);
       if (this.preimageBytes + length > (this.options.preimageBytes ?? 256 * 1024 * 1024)) {
         // Out of pre-image memory: wait until the shipper has read this region.
+        this.options.hooks?.writeWaits?.(region);
         await new Promise<void>((wake) => (sealed.waiters.get(region) ?? sealed.waiters.set(region, []).get(region)!).push(wake));
         continue;
       }
       const task = (async () => {
         const copy = Buffer.allocUnsafe(length);
         await this.readFully(copy, region * this.geometry.regionSize);
+        if (this.sealed !== sealed) return; // released meanwhile (the shipment failed): not needed, not counted
         sealed.preimages.set(region, copy);
         this.preimageBytes += length;
       })();
@@ -690,6 +794,42 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 const SPOOL_DATA = '.bin';
 const SPOOL_INDEX = '.idx';
 const SPOOL_INDEX_KIND = { magic: 'CDPS3SPL', version: 1, what: 'spool index' } as const;
+
+/** A segment's data or index, or the temporary file an index is written to before its rename. */
+const SPOOL_FILE = /^(\d{8}\.(bin|idx)|\.tmp-[0-9a-f]+)$/;
+
+/**
+ * The spool deletes the segments it cannot ship, so its directory must hold nothing else: not
+ * the DRL, not another volume's spool, not anybody's files. Refused before anything is written.
+ */
+async function checkSpoolDir(dir: string, drl: string, volumeId: string): Promise<void> {
+  const fix = 'give --spool-dir a directory of its own (default: the DRL path + .spool)';
+  if (resolve(dirname(drl)) === resolve(dir)) {
+    throw new InvalidArgumentError(`the spool directory ${dir} also holds the dirty region log ${drl}: ${fix}`);
+  }
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    throw new InvalidArgumentError(`the spool directory ${dir} cannot be used (${code ?? String(error)}): ${fix}`, { cause: error });
+  }
+  const foreign = names.filter((name) => !SPOOL_FILE.test(name)).sort();
+  if (foreign.length > 0) {
+    const listed = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? `, … (${foreign.length} in all)` : '');
+    throw new InvalidArgumentError(`the spool directory ${dir} holds files that are not spool segments (${listed}): ${fix}`);
+  }
+  for (const name of names.filter((n) => n.endsWith(SPOOL_INDEX)).sort()) {
+    let owner: string | undefined;
+    try {
+      owner = new FieldReader(`spool index ${name}`, openEnvelope(SPOOL_INDEX_KIND, await readFile(join(dir, name)))).string('volumeId');
+    } catch {
+      continue; // a damaged index of this spool: recovery drops it
+    }
+    if (owner !== volumeId) throw new InvalidArgumentError(`the spool directory ${dir} holds the spool of volume ${owner} (${name}): ${fix}`);
+  }
+}
 
 function spoolDirOf(options: Pick<ProtectedVolumeOptions, 'spoolDir' | 'drl'>): string {
   return options.spoolDir ?? `${options.drl}.spool`;
@@ -786,7 +926,8 @@ async function recoverSpool(repo: Repository, dir: string, latest: number, log?:
     next += 1;
   }
   const keep = new Set(taken.flatMap((segment) => [basename(segment.file), basename(spoolIndexPath(segment.file))]));
-  for (const name of names) if (!keep.has(name)) await rm(join(dir, name), { force: true, recursive: true });
+  // Only the spool's own files go (checkSpoolDir refused a directory holding anything else).
+  for (const name of names) if (!keep.has(name) && SPOOL_FILE.test(name)) await rm(join(dir, name), { force: true });
   if (taken.length > 0) log?.(`spool: ${taken.length} point${taken.length === 1 ? '' : 's'} in time from before the restart will ship first`);
   return taken;
 }
@@ -849,6 +990,13 @@ export interface ProtectOptions extends ProtectedVolumeOptions {
   intervalMs?: number;
   /** Milliseconds between integrity scans (0: only on demand). */
   scanEveryMs?: number;
+  /** Runs `run` every `everyMs` until the returned function is called. Default setInterval (tests tick by hand). */
+  schedule?: (run: () => void, everyMs: number) => () => void;
+}
+
+function everyInterval(run: () => void, everyMs: number): () => void {
+  const timer = setInterval(run, everyMs);
+  return () => clearInterval(timer);
 }
 
 export interface ProtectHandle {
@@ -883,11 +1031,48 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   const intervalMs = options.intervalMs ?? 5000;
   let stopped = false;
   const statusKey = protectStatusKey(options.source);
-  const publish = async (running: boolean): Promise<void> => {
-    const body = { ...volume.status(), running, updated: Date.now(), intervalMs, source: options.source, host: hostname(), pid: process.pid };
-    await options.store.put(statusKey, sealEnvelope(PROTECT_STATUS_KIND, { json: JSON.stringify(body) })).catch(() => undefined);
+  // Status reports are put one at a time, in the order they are made, and the stop's report is
+  // the last word: a tick's report still queued or in flight when it is made is cancelled, so no
+  // late "running" can land after it.
+  let reported: Promise<void> = Promise.resolve();
+  const ticking = new AbortController();
+  let finalReport = false;
+  const publish = (running: boolean): Promise<void> => {
+    if (finalReport) return reported;
+    if (!running) {
+      finalReport = true;
+      ticking.abort();
+    }
+    const signal = running ? ticking.signal : undefined;
+    reported = reported.then(async () => {
+      const body = { ...volume.status(), running, updated: Date.now(), intervalMs, source: options.source, host: hostname(), pid: process.pid };
+      await options.store.put(statusKey, sealEnvelope(PROTECT_STATUS_KIND, { json: JSON.stringify(body) }), { signal }).catch(() => undefined);
+    });
+    return reported;
   };
-  const ticker = setInterval(() => {
+  // No base yet: take it while serving; nothing else commits until it has. A failed base is
+  // taken again at the next interval.
+  const baseAbort = new AbortController();
+  let takingBase: Promise<void> | undefined;
+  const takeBase = (): void => {
+    if (takingBase !== undefined || volume.hasBase || stopped) return;
+    takingBase = volume
+      .takeBase({ signal: baseAbort.signal })
+      .then((result) => {
+        const fuzzy = result.suspect.length > 0 ? ' (the host wrote meanwhile: marked suspect, the next point in time is the first whole one)' : '';
+        options.log?.(`base: point in time ${result.fixupSeq}, ${result.repaired} regions${fuzzy}`);
+      })
+      .catch((error: unknown) => {
+        if (!stopped) options.log?.(`taking the base failed, trying again at the next interval: ${(error as Error).message}`);
+      })
+      .finally(() => {
+        takingBase = undefined;
+      });
+  };
+  takeBase();
+  const schedule = options.schedule ?? everyInterval;
+  const stopTicker = schedule(() => {
+    takeBase();
     if (!stopped) void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
   }, intervalMs);
   await publish(true);
@@ -899,9 +1084,9 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
     options.log?.(`scan: ${result.scanned} regions, ${result.discrepancies} differed${result.suspect.length > 0 ? `, suspect ${result.suspect.join(', ')}` : ''}`);
     return result;
   };
-  const scanTimer =
+  const stopScans =
     options.scanEveryMs !== undefined && options.scanEveryMs > 0
-      ? setInterval(() => {
+      ? schedule(() => {
           if (!stopped) scanNow().catch((error: unknown) => options.log?.(`scheduled scan failed: ${(error as Error).message}`));
         }, options.scanEveryMs)
       : undefined;
@@ -909,8 +1094,10 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   const stop = (): Promise<ProtectStatus> =>
     (stopping ??= (async () => {
       stopped = true;
-      clearInterval(ticker);
-      if (scanTimer !== undefined) clearInterval(scanTimer);
+      stopTicker();
+      stopScans?.();
+      baseAbort.abort(); // an unfinished base commits nothing; it is taken at the next start
+      await takingBase;
       await server.close({ drain: true });
       try {
         await volume.sealAndShip(); // the last delta: everything written before the drain

@@ -17,7 +17,7 @@
 
 import { realpath } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { CdpError, NoPointInTimeError, throwIfAborted } from '../errors.js';
+import { CdpError, InvalidArgumentError, NoPointInTimeError, throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
@@ -73,6 +73,13 @@ export interface ScanOptions {
   packsInFlight?: number;
   clock?: () => number;
   hooks?: ScanHooks;
+  /**
+   * The chain is empty: take the base by this method, with `changes` tracking host writes (a
+   * protect serving the disk meanwhile). Every region that is not zero is a discrepancy; host
+   * writes during it are left to the next delta (claims 7–10); the copy commits as the base. A
+   * base the host wrote during is marked suspect: it is no one instant (the next point is).
+   */
+  base?: boolean;
 }
 
 export interface SuspectReport {
@@ -156,12 +163,20 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     const sourcePath = await realpath(options.source);
     const chain = await repo.listChain(signal);
     let latest = chain.latest;
-    if (latest === 0) throw new NoPointInTimeError(`${store.location} has no points in time to compare with: run cdp-s3 backup first`);
+    const base = options.base === true;
+    if (latest === 0 && !base) throw new NoPointInTimeError(`${store.location} has no points in time to compare with: run cdp-s3 backup first`);
+    if (latest !== 0 && base) throw new InvalidArgumentError(`${store.location} has a base already (point in time ${latest})`);
+    if (base && dryRun) throw new InvalidArgumentError('a base cannot be taken as a dry run');
+    const baseRecorder = base ? changes.record() : undefined;
     const trust = await readTrust(store, signal);
     const pit = await loadNewestForWriting(repo, chain, 'scan', signal);
-    const read = (regions: Iterable<number>, expected: (r: number) => Uint8Array | null, onResult: Parameters<typeof readRegions>[0]['onResult']) =>
-      readRegions({ pool, fd: volume.handle.fd, geometry: g, regions, expected, onResult, readAhead: options.readAhead, signal });
-    const commit = async (writer: DeltaWriter, kind: 'host' | 'fixup', start: number): Promise<number> => {
+    const read = (
+      regions: Iterable<number>,
+      expected: (r: number) => Uint8Array | null,
+      onResult: Parameters<typeof readRegions>[0]['onResult'],
+      onRead?: Parameters<typeof readRegions>[0]['onRead'],
+    ) => readRegions({ pool, fd: volume.handle.fd, geometry: g, regions, expected, onResult, onRead, readAhead: options.readAhead, signal });
+    const commit = async (writer: DeltaWriter, kind: 'host' | 'fixup' | 'base', start: number): Promise<number> => {
       await writer.finish();
       const delta = writer.delta(kind, start, Math.max(clock(), pit.time + 1, start));
       delta.source = { host: hostname(), path: sourcePath };
@@ -174,7 +189,8 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
 
     // Claim 3: seal the present delta map (changes since the previous delta) before scanning.
     const sealRecorder = changes.record();
-    const present = track(changes.pending());
+    // A base has nothing to seal before it: whatever is pending is read and copied like the rest.
+    const present = track(base ? new DeltaMap(g.regionCount) : changes.pending());
     let presentSeq: number | undefined;
     if (!present.isEmpty() && !dryRun) {
       const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
@@ -204,6 +220,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
         scanned++;
         await hooks.afterScanRead?.(region);
       },
+      (_region, length) => progress.advance(length),
     );
     progress.done();
     const scanDelta = track(scanRecorder.stop());
@@ -221,7 +238,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       unexplained.subtract(delta.changed);
       delta.changed.dispose();
     }
-    const reachedChainStart = !unexplained.isEmpty();
+    const reachedChainStart = !base && !unexplained.isEmpty(); // a base has no chain to reach
 
     // Regions whose stored bytes a verify found damaged are copied again too.
     const damaged = track(new DeltaMap(g.regionCount));
@@ -237,7 +254,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     let writtenDuringCopy = 0;
     let repaired = 0;
     const copySet = track(revised.clone().union(damaged));
-    if (!dryRun && !copySet.isEmpty()) {
+    if (!dryRun && (!copySet.isEmpty() || base)) {
       const copyStart = clock();
       const copyRecorder = changes.record();
       await hooks.copyStarted?.();
@@ -254,7 +271,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       const finalRecorder = changes.record();
       await read(hostChange.regions(), () => NEVER_DIGEST, (region, result) => writer.apply(region, result));
       repaired = writer.changed.count();
-      fixupSeq = latest = await commit(writer, 'fixup', copyStart);
+      fixupSeq = latest = await commit(writer, base ? 'base' : 'fixup', base ? scanStart : copyStart);
       changes.committed(track(writer.changed.clone().subtract(track(finalRecorder.stop()))));
       progress.done();
     }
@@ -263,6 +280,11 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     if (!dryRun && drl !== undefined && toScan !== undefined) {
       await drl.clear(track(toScan.clone().subtract(track(changes.pending()))));
     }
+
+    // A base is one instant only if the host did not write while it was read.
+    const writtenDuringBase = baseRecorder === undefined ? undefined : track(baseRecorder.stop());
+    const baseIsFuzzy = writtenDuringBase !== undefined && !writtenDuringBase.isEmpty() && fixupSeq !== undefined;
+    if (baseIsFuzzy) suspectDetails.push({ seq: fixupSeq!, regions: firstRegions(writtenDuringBase) });
 
     const end = clock();
     const suspect = suspectDetails.map((s) => s.seq);
@@ -283,9 +305,11 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     if (!dryRun) {
       record = scanRecordKey(end);
       if (suspectDetails.length > 0) {
-        const reason = reachedChainStart
-          ? 'the primary differs from it in regions that no delta records: every point in time is suspect'
-          : 'the primary differs from it in regions this or an older delta records, and no later delta rewrote them';
+        const reason = baseIsFuzzy
+          ? 'the base was read while the host wrote: it is no one instant; the regions written meanwhile are in the next point in time'
+          : reachedChainStart
+            ? 'the primary differs from it in regions that no delta records: every point in time is suspect'
+            : 'the primary differs from it in regions this or an older delta records, and no later delta rewrote them';
         const marks: TrustMark[] = suspectDetails.map((s) => ({ seq: s.seq, kind: 'suspect', reason, regions: s.regions }));
         await putMarks(store, { created: end, record, marks, damaged: [] }, signal);
       }

@@ -113,7 +113,7 @@ for (const kind of ['fs', 's3'] as const) {
       const volume = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl, clock: () => now });
       await volume.write(1 * REGION, Buffer.alloc(10, 1), false);
       now += 1000;
-      expect(await volume.sealAndShip()).toBeUndefined(); // failed: kept for the next seal
+      expect(await volume.sealAndShip()).toBeUndefined(); // failed: kept in the spool
       await volume.write(2 * REGION, Buffer.alloc(10, 2), false);
       now += 4000;
       const lagging = volume.status();
@@ -122,7 +122,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect(lagging.lastShipError).toMatch(/ECONNREFUSED/);
       down = false;
       now += 1000;
-      expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: 2 });
+      expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: 1 }); // the failed point (2), then this one
       expect(volume.status()).toMatchObject({ lagMs: 0, drlRegions: 0, lastShipError: undefined });
       await volume.close();
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
@@ -134,22 +134,24 @@ for (const kind of ['fs', 's3'] as const) {
       const flaky = outage(f.store, () => down);
       const volume = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl });
       await volume.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
-      expect(await volume.sealAndShip()).toBeUndefined(); // fails: the outage begins
+      expect(await volume.sealAndShip()).toBeUndefined(); // fails: the outage begins, the point is spooled
+      const zeroth = await readFile(f.source);
       await volume.write(2 * REGION, Buffer.alloc(REGION, 0xb2), false);
-      expect(await volume.sealAndShip()).toBeUndefined(); // spooled: regions 1 and 2
+      expect(await volume.sealAndShip()).toBeUndefined(); // spooled: region 2
       const first = await readFile(f.source);
       await volume.write(1 * REGION, Buffer.alloc(REGION, 0xc3), false);
       expect(await volume.sealAndShip()).toBeUndefined(); // spooled: region 1 again
       const second = await readFile(f.source);
-      expect(volume.status()).toMatchObject({ spooledPoints: 2, spoolBytes: 3 * REGION, unshippedRegions: 2 });
+      expect(volume.status()).toMatchObject({ spooledPoints: 3, spoolBytes: 3 * REGION, unshippedRegions: 2 });
       down = false;
       await volume.write(3 * REGION, Buffer.alloc(10, 0xd4), false);
-      expect(await volume.sealAndShip()).toEqual({ seq: 4, regions: 1 }); // spool drained first (2, 3), then this one
+      expect(await volume.sealAndShip()).toEqual({ seq: 5, regions: 1 }); // spool drained first (2, 3, 4), then this one
       expect(volume.status()).toMatchObject({ spooledPoints: 0, spoolBytes: 0, drlRegions: 0, unshippedRegions: 0 });
       await volume.close();
-      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(first));
-      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(second));
-      expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(zeroth));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(first));
+      expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(second));
+      expect(sha(await restoreBytes(f.store, f.work, '5'))).toBe(sha(await readFile(f.source)));
     });
 
     it('a crash during an outage: the spooled points in time survive the restart and ship first, in order', async () => {
@@ -158,24 +160,24 @@ for (const kind of ['fs', 's3'] as const) {
       const spoolDir = join(f.work, 'spool');
       const first = await ProtectedVolume.open({ store: down, source: f.source, drl: f.drl, spoolDir });
       await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
-      expect(await first.sealAndShip()).toBeUndefined(); // fails: the outage begins
+      expect(await first.sealAndShip()).toBeUndefined(); // fails: the outage begins; spooled: point 2 (region 1)
       await first.write(2 * REGION, Buffer.alloc(REGION, 0xb2), false);
-      expect(await first.sealAndShip()).toBeUndefined(); // spooled: point 2 (regions 1, 2)
+      expect(await first.sealAndShip()).toBeUndefined(); // spooled: point 3 (region 2)
       const atTwo = await readFile(f.source);
       await first.write(1 * REGION, Buffer.alloc(REGION, 0xc3), false);
-      expect(await first.sealAndShip()).toBeUndefined(); // spooled: point 3 (region 1)
+      expect(await first.sealAndShip()).toBeUndefined(); // spooled: point 4 (region 1)
       const atThree = await readFile(f.source);
       await first.write(5 * REGION, Buffer.alloc(100, 0xd4), true); // written after the last seal
       // The process dies here, the store comes back, protect starts again.
       const logs: string[] = [];
       const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
-      expect(logs.some((l) => /2 points in time from before the restart/.test(l))).toBe(true);
-      expect(again.status()).toMatchObject({ spooledPoints: 2, spoolBytes: 3 * REGION });
-      expect(await again.sealAndShip()).toEqual({ seq: 4, regions: 3 }); // 2 and 3 from the spool, then the DRL's regions
+      expect(logs.some((l) => /3 points in time from before the restart/.test(l))).toBe(true);
+      expect(again.status()).toMatchObject({ spooledPoints: 3, spoolBytes: 3 * REGION });
+      expect(await again.sealAndShip()).toEqual({ seq: 5, regions: 3 }); // 2, 3 and 4 from the spool, then the DRL's regions
       await again.close();
-      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(atTwo));
-      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(atThree));
-      expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(await readFile(f.source)));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(atTwo));
+      expect(sha(await restoreBytes(f.store, f.work, '4'))).toBe(sha(atThree));
+      expect(sha(await restoreBytes(f.store, f.work, '5'))).toBe(sha(await readFile(f.source)));
       expect(await readdir(spoolDir)).toEqual([]);
       await forceUnlock(f.store);
     });
@@ -187,17 +189,17 @@ for (const kind of ['fs', 's3'] as const) {
       const spoolDir = join(f.work, 'spool');
       const first = await ProtectedVolume.open({ store: flaky, source: f.source, drl: f.drl, spoolDir });
       await first.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
-      await first.sealAndShip(); // the outage begins
+      await first.sealAndShip(); // the outage begins; spooled: point 2
       for (const [region, fill] of [[2, 0xb2], [3, 0xc3], [4, 0xd4]] as const) {
         await first.write(region * REGION, Buffer.alloc(REGION, fill), false);
-        await first.sealAndShip(); // spooled: points 2, 3, 4
+        await first.sealAndShip(); // spooled: points 3, 4, 5
       }
-      expect(first.status().spooledPoints).toBe(3);
+      expect(first.status().spooledPoints).toBe(4);
       const saved = new Map<string, Buffer>();
       for (const name of await readdir(spoolDir)) saved.set(name, await readFile(join(spoolDir, name)));
       down = false;
-      expect(await first.sealAndShip()).toEqual({ seq: 4, regions: 1 }); // drained: 2, 3, 4
-      // Crash "between commit and removal" for point 4, and point 5's segment damaged: put the
+      expect(await first.sealAndShip()).toEqual({ seq: 5, regions: 1 }); // drained: 2, 3, 4, 5
+      // Crash "between commit and removal" for points 2-5, and point 6's segment damaged: put the
       // old files back as a crash would have left them, plus a torn later segment.
       for (const [name, bytes] of saved) await writeFile(join(spoolDir, name), bytes);
       const third = [...saved.keys()].filter((n) => n.endsWith('.idx')).sort()[2]!;
@@ -207,10 +209,10 @@ for (const kind of ['fs', 's3'] as const) {
       await writeFile(join(spoolDir, '00000009.bin'), saved.get(third.replace('.idx', '.bin'))!);
       const logs: string[] = [];
       const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
-      expect(again.status().spooledPoints).toBe(0); // 2-4 are committed; the damaged one is dropped
+      expect(again.status().spooledPoints).toBe(0); // 2-5 are committed; the damaged one is dropped
       expect(logs.some((l) => /00000009\.idx cannot be shipped/.test(l))).toBe(true);
       expect(await readdir(spoolDir)).toEqual([]);
-      expect((await log({ store: f.store })).entries.map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+      expect((await log({ store: f.store })).entries.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5]);
       await again.close();
       await forceUnlock(f.store);
     });

@@ -1,0 +1,176 @@
+// The outage spool of protect: its directory holds only its own segments (and nothing else in it
+// is touched), and during an outage every interval is kept as its own point in time.
+
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { backup } from '../../src/core/backup.js';
+import { init } from '../../src/core/init.js';
+import { log } from '../../src/core/log.js';
+import { parsePointSelector } from '../../src/core/points.js';
+import { ProtectedVolume } from '../../src/core/protect.js';
+import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { forceUnlock } from '../../src/repo/lock.js';
+import { Repository } from '../../src/repo/repository.js';
+import { openStore } from '../../src/store/open.js';
+import type { ObjectStore } from '../../src/store/types.js';
+import { DirtyRegionLog } from '../../src/volume/dirty-region-log.js';
+import { FaultStore } from '../helpers/fault-store.js';
+import { makeImage } from '../helpers/images.js';
+import { useS3Fixture } from '../helpers/s3-fixture.js';
+
+const REGION = 64 * 1024;
+const REGIONS = 32;
+const fixture = useS3Fixture('protectspool', ['protectspool']);
+let counter = 0;
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+async function makeFixture(kind: 'fs' | 's3') {
+  const n = ++counter;
+  const work = join(fixture.dir, `${kind}-${n}`);
+  await mkdir(work, { recursive: true });
+  const store = openStore(kind === 'fs' ? join(work, 'repo') : `s3://protectspool/r-${n}`);
+  const source = join(work, 'disk.img');
+  await writeFile(source, makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 }));
+  await init({ store, from: source, regionSize: REGION });
+  await backup({ store, source, workers: 2 });
+  return { work, store, source, drl: join(work, 'disk.drl') };
+}
+
+async function restoreBytes(store: ObjectStore, work: string, at: string): Promise<Buffer> {
+  const plan = await planRestore({ store, at: parsePointSelector(at) });
+  const target = join(work, `r-${++counter}.img`);
+  await executeRestore(plan, { to: target, workers: 2 });
+  return readFile(target);
+}
+
+describe('the spool directory is the spool\'s own', () => {
+  it('a --spool-dir that holds the DRL is refused before anything is touched; the DRL keeps its regions', async () => {
+    const f = await makeFixture('fs');
+    const dir = join(f.work, 'state');
+    await mkdir(dir);
+    const drl = join(dir, 'disk.drl');
+    const first = await ProtectedVolume.open({ store: f.store, source: f.source, drl, spoolDir: join(f.work, 'spool') });
+    await first.write(7 * REGION, Buffer.alloc(REGION, 0x77), true); // acknowledged, not shipped
+    // The process dies here; it is started again with the spool pointed at the DRL's directory.
+    await forceUnlock(f.store);
+    await expect(ProtectedVolume.open({ store: f.store, source: f.source, drl, spoolDir: dir, forceUnlock: true })).rejects.toThrow(
+      /spool directory .*state also holds the dirty region log .*disk\.drl: give --spool-dir a directory of its own/,
+    );
+    expect(await readdir(dir)).toEqual(['disk.drl']);
+    const repo = await Repository.open(f.store);
+    const log = await DirtyRegionLog.open(drl, { volumeId: repo.config.volumeId, regionCount: REGIONS, regionSize: REGION });
+    expect(Array.from(log.dirty())).toEqual([7]);
+    await log.close();
+    await forceUnlock(f.store);
+  });
+
+  it('a --spool-dir holding other files, or the spool of another volume, is refused and left as it was', async () => {
+    const f = await makeFixture('fs');
+    const dir = join(f.work, 'shared');
+    await mkdir(join(dir, 'sub'), { recursive: true });
+    await writeFile(join(dir, 'notes.txt'), 'mine');
+    await expect(ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir: dir })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/holds files that are not spool segments \(notes\.txt, sub\): give --spool-dir a directory of its own/),
+    });
+    expect((await readdir(dir)).sort()).toEqual(['notes.txt', 'sub']);
+    expect(await readFile(join(dir, 'notes.txt'), 'utf8')).toBe('mine');
+
+    // Another volume's protect spooled a point in time into `other` during an outage.
+    const g = await makeFixture('fs');
+    const other = join(f.work, 'other');
+    const down = new FaultStore(g.store, {
+      beforePut: (key) => {
+        if (!key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+      },
+    });
+    const theirs = await ProtectedVolume.open({ store: down, source: g.source, drl: g.drl, spoolDir: other });
+    await theirs.write(1 * REGION, Buffer.alloc(REGION, 1), false);
+    await theirs.sealAndShip(); // fails: the outage begins
+    await theirs.write(2 * REGION, Buffer.alloc(REGION, 2), false);
+    await theirs.sealAndShip(); // kept in their spool
+    const before = (await readdir(other)).sort();
+    expect(before.length).toBeGreaterThan(0);
+    await expect(ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir: other })).rejects.toThrow(
+      /spool directory .*other holds the spool of volume .*: give --spool-dir a directory of its own/,
+    );
+    expect((await readdir(other)).sort()).toEqual(before);
+    await theirs.close();
+    await forceUnlock(g.store);
+  });
+});
+
+for (const kind of ['fs', 's3'] as const) {
+  describe(`an outage (${kind} store)`, () => {
+    it('every interval is spooled at its own tick while a drain attempt is still failing, and each ships as its own point in time', async () => {
+      const f = await makeFixture(kind);
+      const base = Date.parse((await log({ store: f.store })).entries[0]!.time);
+      let now = base + 60_000;
+      let down = true;
+      let slow = false; // failures take until `failNow` (a store that times out)
+      let failNow!: () => void;
+      const failing = new Promise<void>((resolve) => (failNow = resolve));
+      let putHeld!: () => void;
+      const held = new Promise<void>((resolve) => (putHeld = resolve));
+      const store = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (!down || key.startsWith('locks/')) return;
+          if (slow) {
+            putHeld();
+            await failing;
+          }
+          throw new Error('connect ETIMEDOUT (injected)');
+        },
+      });
+      const spooled: string[] = [];
+      let onSpooled: (() => void) | undefined;
+      const volume = await ProtectedVolume.open({
+        store,
+        source: f.source,
+        drl: f.drl,
+        clock: () => now,
+        log: (line) => {
+          if (/in the local spool/.test(line)) {
+            spooled.push(line);
+            onSpooled?.();
+          }
+        },
+      });
+      const whenSpooled = (n: number): Promise<void> =>
+        new Promise((resolve) => {
+          onSpooled = () => spooled.length >= n && resolve();
+          onSpooled();
+        });
+      const atTick: Buffer[] = [];
+      const ticks: Array<Promise<unknown>> = [];
+      // Tick 1: the shipment fails at once; its point in time waits in the spool.
+      await volume.write(1 * REGION, Buffer.alloc(REGION, 0x11), false);
+      atTick.push(await readFile(f.source));
+      expect(await volume.sealAndShip()).toBeUndefined();
+      await whenSpooled(1);
+      slow = true;
+      for (let tick = 2; tick <= 5; tick++) {
+        now += 1000;
+        await volume.write(tick * REGION, Buffer.alloc(REGION, tick * 0x11), false);
+        await volume.write(1 * REGION, Buffer.alloc(100, tick), false);
+        atTick.push(await readFile(f.source));
+        ticks.push(volume.sealAndShip()); // tick 2 starts a drain, whose first put hangs
+        await whenSpooled(tick); // later ticks are spooled while it hangs
+        if (tick === 2) await held;
+      }
+      expect(volume.status()).toMatchObject({ spooledPoints: 5, unshippedRegions: 5 });
+      failNow();
+      expect(await Promise.all(ticks)).toEqual([undefined, undefined, undefined, undefined]);
+      down = false;
+      now += 1000;
+      expect(await volume.sealAndShip()).toEqual({ seq: 6, regions: 2 }); // nothing new: the spool drains
+      await volume.close();
+      const entries = (await log({ store: f.store })).entries;
+      expect(entries.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(entries.slice(1).map((e) => Date.parse(e.time) - base)).toEqual([60_000, 61_000, 62_000, 63_000, 64_000]);
+      for (let i = 0; i < atTick.length; i++) expect(sha(await restoreBytes(f.store, f.work, String(i + 2))), `point ${i + 2}`).toBe(sha(atTick[i]!));
+    });
+  });
+}
