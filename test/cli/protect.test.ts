@@ -128,8 +128,9 @@ for (const kind of ['fs', 's3'] as const) {
         let scans: Array<{ type: string; discrepancies?: number }> = [];
         await waitUntil(async () => {
           scans = (await log({ store: f.store })).timeline.filter((t) => t.type === 'scan') as typeof scans;
-          return scans.length > 0 || p.child.exitCode !== null;
-        }, 'the scan record', 50);
+          // The record is put before protect logs the scan's result: wait for both.
+          return (scans.length > 0 && /scan: \d+ regions/.test(p.stderr())) || p.child.exitCode !== null;
+        }, 'the scan record and its log line', 50);
         expect(scans, p.stderr()).toEqual([expect.objectContaining({ type: 'scan', discrepancies: 1 })]);
         expect(p.stderr()).toMatch(/scan: \d+ regions, 1 differed/);
       } finally {
