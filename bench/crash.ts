@@ -1,4 +1,4 @@
-// `npm run bench -- crash [--json] [--trials 30] [--seed 1] [--size 32MiB] [--stores fs,s3]`:
+// `npm run bench -- crash [--json] [--trials 30] [--seed 1] [--size 8MiB] [--stores fs,s3]`:
 // the crash loop. Real `cdp-s3 backup` and `cdp-s3 protect` child processes are SIGKILLed at
 // seeded random moments, over and over, against a local directory and s3rver:
 //
@@ -9,8 +9,9 @@
 // - protect: qemu-io writes random blocks through the export, one at a time; protect is
 //   SIGKILLed as a random number of them have been acknowledged. Every acknowledged write must
 //   be in the volume (the one in flight may or may not be); protect is restarted on the same
-//   DRL and drained with SIGTERM, and the newest point in time must restore bit-exact to the
-//   volume.
+//   DRL (about every other trial killed once more while it ships the DRL's regions, and
+//   restarted again) and drained with SIGTERM, and the newest point in time must restore
+//   bit-exact to the volume.
 //
 // The random moment only chooses where to kill; every outcome must pass. test/cli/crash-loop.test.ts
 // runs a short form of the same loops.
@@ -42,6 +43,8 @@ const CHECKPOINT_INTERVAL = 3;
 /** Writes queued after the kill point (they fail once protect is gone). */
 const SPARE_WRITES = 64;
 const START_TIMEOUT_MS = 30_000;
+/** protect's --interval: short, so kills fall during shipping as often as during writes. */
+const INTERVAL_MS = 200;
 
 export type CrashStore = 'fs' | 's3';
 
@@ -67,7 +70,7 @@ export interface CrashReport {
   scenario: 'backup' | 'protect';
   store: CrashStore;
   trials: number;
-  /** Trials in which the process was still running when SIGKILL came. */
+  /** SIGKILLs that found the process running (protect: also some during recovery). */
   kills: number;
   /** Points in time restored and compared with the image they were taken from. */
   pointsChecked: number;
@@ -237,7 +240,7 @@ interface ProtectProcess {
 
 /** Starts `cdp-s3 protect` and waits for the address it prints. */
 async function startProtect(o: CrashLoopOptions, source: string, drl: string): Promise<ProtectProcess> {
-  const { child, stderr } = spawnCdp(o.cli, ['--repo', o.repo, '--json', 'protect', source, '--drl', drl, '--listen', '127.0.0.1:0', '--interval', '200ms']);
+  const { child, stderr } = spawnCdp(o.cli, ['--repo', o.repo, '--json', 'protect', source, '--drl', drl, '--listen', '127.0.0.1:0', '--interval', `${INTERVAL_MS}ms`]);
   let stdout = '';
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`protect did not start within ${START_TIMEOUT_MS / 1000} s: ${stderr()}`)), START_TIMEOUT_MS);
@@ -377,6 +380,19 @@ export async function protectCrashLoop(o: CrashLoopOptions): Promise<CrashReport
     report.losses += check.lost;
     for (const p of check.problems) fail(p);
 
+    // Every other trial or so, a kill during recovery too: the restart ships the DRL's regions
+    // with its first seal, one interval after it listens; kill it around then.
+    let recoveryKill: number | undefined;
+    if (rand() < 0.5) {
+      recoveryKill = rand() * 2 * INTERVAL_MS;
+      const recovering = await startProtect(o, source, drl);
+      const timer = setTimeout(() => recovering.child.kill('SIGKILL'), recoveryKill);
+      const exit = await exited(recovering.child);
+      clearTimeout(timer);
+      if (exit.signal === 'SIGKILL') report.kills++;
+      else fail(`the recovering protect exited with ${exit.code ?? exit.signal}, not by the loop's SIGKILL: ${recovering.stderr()}`);
+    }
+
     // Restart on the same DRL and drain: the newest point in time is the volume.
     const restarted = await startProtect(o, source, drl);
     restarted.child.kill('SIGTERM');
@@ -391,7 +407,10 @@ export async function protectCrashLoop(o: CrashLoopOptions): Promise<CrashReport
       fail(`the newest point in time after the drain does not restore bit-exact to the volume (${latest})`);
     }
     for (const problem of await verifyProblems(store)) fail(problem);
-    o.log?.(`protect/${o.store} trial ${trial}: SIGKILL at acknowledged write ${killAt} (${acked} acknowledged in all); drained; newest point checked`);
+    o.log?.(
+      `protect/${o.store} trial ${trial}: SIGKILL at acknowledged write ${killAt} (${acked} acknowledged in all)` +
+        `${recoveryKill === undefined ? '' : `, again ${recoveryKill.toFixed(0)} ms into recovery`}; drained; newest point checked`,
+    );
     if (report.failures.length > 0) break;
   }
   report.seconds = now() - started;
@@ -403,7 +422,7 @@ export async function protectCrashLoop(o: CrashLoopOptions): Promise<CrashReport
 export async function runCrashBench(argv: string[], log: (line: string) => void): Promise<CrashReport[]> {
   const trials = Number(option(argv, '--trials', '30'));
   const seed = Number(option(argv, '--seed', '1'));
-  const size = parseSize(option(argv, '--size', '32MiB'), '--size');
+  const size = parseSize(option(argv, '--size', '8MiB'), '--size');
   const stores = option(argv, '--stores', 'fs,s3').split(',') as CrashStore[];
   if (!Number.isInteger(trials) || trials < 1) throw new Error(`--trials must be a positive integer, got ${option(argv, '--trials', '')}`);
   if (stores.some((s) => s !== 'fs' && s !== 's3')) throw new Error(`--stores takes fs, s3 or fs,s3`);

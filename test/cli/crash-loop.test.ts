@@ -37,7 +37,7 @@ for (const kind of ['fs', 's3'] as const) {
   const trials = kind === 'fs' ? 2 : 1;
   describe(`crash loop (${kind} store)`, () => {
     it(`backup SIGKILLed at a seeded random moment, then one that completes (${trials}×): every committed point in time restores bit-exact, verify clean`, { timeout: 120_000 }, async () => {
-      const report = await backupCrashLoop(options(kind, 'backup', trials, 11));
+      const report = await backupCrashLoop(options(kind, 'backup', trials, kind === 'fs' ? 11 : 21));
       expect(report.failures).toEqual([]);
       expect(report.losses).toBe(0);
       expect(report.trials).toBe(trials);
@@ -47,11 +47,11 @@ for (const kind of ['fs', 's3'] as const) {
 
     it(`protect SIGKILLed at a seeded random acknowledged write, restarted on its DRL and drained (${trials}×): no acknowledged write lost`, { timeout: 120_000 }, async (ctx) => {
       if (!(await qemuIo)) return ctx.skip('qemu-io or stdbuf missing (apt-get install qemu-utils coreutils)');
-      const report = await protectCrashLoop(options(kind, 'protect', trials, 12));
+      const report = await protectCrashLoop(options(kind, 'protect', trials, kind === 'fs' ? 12 : 22));
       expect(report.failures).toEqual([]);
       expect(report.losses).toBe(0);
       expect(report.trials).toBe(trials);
-      expect(report.kills).toBe(trials);
+      expect(report.kills).toBeGreaterThanOrEqual(trials); // and some during recovery
       expect(report.pointsChecked).toBe(trials);
     });
   });
