@@ -243,7 +243,11 @@ async function startProtect(o: CrashLoopOptions, source: string, drl: string): P
   const { child, stderr } = spawnCdp(o.cli, ['--repo', o.repo, '--json', 'protect', source, '--drl', drl, '--listen', '127.0.0.1:0', '--interval', `${INTERVAL_MS}ms`]);
   let stdout = '';
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`protect did not start within ${START_TIMEOUT_MS / 1000} s: ${stderr()}`)), START_TIMEOUT_MS);
+    const timer = setTimeout(() => {
+      // Leave no process behind; the loop records this as a failure.
+      child.kill('SIGKILL');
+      reject(new Error(`protect did not listen within ${START_TIMEOUT_MS / 1000} s: ${stderr() || '(no output)'}`));
+    }, START_TIMEOUT_MS);
     child.stdout!.on('data', (chunk: Buffer) => {
       stdout += chunk.toString();
       try {
@@ -256,7 +260,7 @@ async function startProtect(o: CrashLoopOptions, source: string, drl: string): P
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      reject(new Error(`protect exited with ${code ?? signal} before it listened: ${stderr()}`));
+      reject(new Error(`protect exited with ${code ?? signal} before it listened: ${stderr() || '(no output)'}`));
     });
   });
   return { child, url, stderr };
@@ -359,6 +363,26 @@ export async function protectCrashLoop(o: CrashLoopOptions): Promise<CrashReport
 
   for (let trial = 1; trial <= o.trials; trial++) {
     report.trials = trial;
+    // A protect that never listens is a failure of this trial, not the end of the report.
+    const ok = await protectTrial(o, report, fail, rand, { store, source, drl, model }).then(
+      () => true,
+      (error: unknown) => (fail((error as Error).message), false),
+    );
+    if (!ok || report.failures.length > 0) break;
+  }
+  report.seconds = now() - started;
+  return report;
+}
+
+async function protectTrial(
+  o: CrashLoopOptions,
+  report: CrashReport,
+  fail: (line: string) => void,
+  rand: () => number,
+  { store, source, drl, model }: { store: ObjectStore; source: string; drl: string; model: Buffer },
+): Promise<void> {
+  const trial = report.trials;
+  {
     const killAt = 1 + Math.floor(rand() * (o.maxAckedWrites ?? 300));
     const writes = randomWrites(rand, killAt + SPARE_WRITES, o.size);
     const victim = await startProtect(o, source, drl);
@@ -411,10 +435,7 @@ export async function protectCrashLoop(o: CrashLoopOptions): Promise<CrashReport
       `protect/${o.store} trial ${trial}: SIGKILL at acknowledged write ${killAt} (${acked} acknowledged in all)` +
         `${recoveryKill === undefined ? '' : `, again ${recoveryKill.toFixed(0)} ms into recovery`}; drained; newest point checked`,
     );
-    if (report.failures.length > 0) break;
   }
-  report.seconds = now() - started;
-  return report;
 }
 
 // ---- the benchmark ----
