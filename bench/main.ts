@@ -1,5 +1,6 @@
 // Benchmark entry point: `npm run bench -- <name> [--json] [options]`.
 
+import { crashBenchFailed, renderCrashBench, runCrashBench } from './crash.js';
 import { renderKernelBench, runKernelBench } from './kernels.js';
 import { renderNbdBench, runNbdBench } from './nbd.js';
 import { renderProtectBench, runProtectBench } from './protect.js';
@@ -12,6 +13,8 @@ interface Bench {
   render: (result: never) => string;
   /** What --json prints. */
   rows: (result: never) => unknown;
+  /** A benchmark that also checks correctness (crash) exits 1 when a check failed. */
+  failed?: (result: never) => boolean;
 }
 
 const BENCHES: Record<string, Bench> = {
@@ -25,6 +28,7 @@ const BENCHES: Record<string, Bench> = {
   scan: { run: runScanBench, render: renderScanBench, rows: (rows: unknown) => rows },
   protect: { run: runProtectBench, render: renderProtectBench, rows: (rows: unknown) => rows },
   serve: { run: runServeBench, render: renderServeBench, rows: (rows: unknown) => rows },
+  crash: { run: runCrashBench, render: renderCrashBench, rows: (rows: unknown) => rows, failed: crashBenchFailed },
 };
 
 async function main(argv: string[]): Promise<number> {
@@ -37,7 +41,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const result = await bench.run(argv.slice(1), (line) => process.stderr.write(`${line}\n`));
   process.stdout.write(json ? `${JSON.stringify(bench.rows(result as never), null, 2)}\n` : `${bench.render(result as never)}\n`);
-  return 0;
+  return bench.failed?.(result as never) === true ? 1 : 0;
 }
 
 process.exitCode = await main(process.argv.slice(2));
