@@ -683,6 +683,9 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       for (const region of this.writing.keys()) if (sealed.shipped.has(region)) rewritten.set(region);
       const intact = rewritten.isEmpty();
       rewritten.dispose();
+      // From here on (before any await) writes to regions already read must save pre-images
+      // again: the spool segment reads every region anew, and must see its content at the seal.
+      if (intact) for (const region of [...sealed.shipped.regions()]) sealed.shipped.clear(region);
       if (!intact || !this.spoolHasRoom(sealed.map.count()) || !(await this.writeSegment(sealed, sealTime))) this.reopen(sealed);
       return undefined;
     } finally {
