@@ -2,45 +2,14 @@
 // by the scan's method with the volume as the live change source (claims 1–11). Host writes
 // during the base go out in the next point in time, which holds the volume exactly at its seal.
 
-import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
-import { parsePointSelector } from '../../src/core/points.js';
 import { ProtectedVolume } from '../../src/core/protect.js';
-import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { readTrust } from '../../src/repo/trust.js';
-import { openStore } from '../../src/store/open.js';
-import type { ObjectStore } from '../../src/store/types.js';
-import { makeImage } from '../helpers/images.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 
-const REGION = 64 * 1024;
-const REGIONS = 32;
-const fixture = useS3Fixture('protectbase', ['protectbase']);
-let counter = 0;
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-/** A repository that is initialized only: no base. */
-async function makeFixture(kind: 'fs' | 's3') {
-  const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const store = openStore(kind === 'fs' ? join(work, 'repo') : `s3://protectbase/r-${n}`);
-  const source = join(work, 'disk.img');
-  await writeFile(source, makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0.25, repeated: 0.1 }));
-  await init({ store, from: source, regionSize: REGION });
-  return { work, store, source, drl: join(work, 'disk.drl') };
-}
-
-async function restoreBytes(store: ObjectStore, work: string, at: string, allowSuspect = false): Promise<Buffer> {
-  const plan = await planRestore({ store, at: parsePointSelector(at), allowSuspect });
-  const target = join(work, `r-${++counter}.img`);
-  await executeRestore(plan, { to: target, workers: 2 });
-  return readFile(target);
-}
+const { fixture, make: makeFixture, restoreBytes } = useProtectFixture('protectbase', { base: false, zero: 0.25, repeated: 0.1 });
 
 const region = (bytes: Buffer, r: number): string => sha(bytes.subarray(r * REGION, (r + 1) * REGION));
 

@@ -2,45 +2,13 @@
 // read yet waits for the shipper (instead of copying the pre-image), and each point in time still
 // holds exactly the content at its seal; a write that waits survives a shipment that fails.
 
-import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { backup } from '../../src/core/backup.js';
-import { init } from '../../src/core/init.js';
-import { parsePointSelector } from '../../src/core/points.js';
 import { ProtectedVolume } from '../../src/core/protect.js';
-import { executeRestore, planRestore } from '../../src/core/restore.js';
-import { openStore } from '../../src/store/open.js';
-import type { ObjectStore } from '../../src/store/types.js';
 import { FaultStore } from '../helpers/fault-store.js';
-import { makeImage } from '../helpers/images.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { REGION, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 
-const REGION = 64 * 1024;
-const REGIONS = 32;
-const fixture = useS3Fixture('protectpre', ['protectpre']);
-let counter = 0;
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-async function makeFixture(kind: 'fs' | 's3') {
-  const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const store = openStore(kind === 'fs' ? join(work, 'repo') : `s3://protectpre/r-${n}`);
-  const source = join(work, 'disk.img');
-  await writeFile(source, makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 }));
-  await init({ store, from: source, regionSize: REGION });
-  await backup({ store, source, workers: 2 });
-  return { work, store, source, drl: join(work, 'disk.drl') };
-}
-
-async function restoreBytes(store: ObjectStore, work: string, at: string): Promise<Buffer> {
-  const plan = await planRestore({ store, at: parsePointSelector(at) });
-  const target = join(work, `r-${++counter}.img`);
-  await executeRestore(plan, { to: target, workers: 2 });
-  return readFile(target);
-}
+const { fixture, make: makeFixture, restoreBytes } = useProtectFixture('protectpre');
 
 /** A promise with its resolve function, for events the test waits on. */
 function signal<T = void>(): { promise: Promise<T>; fire: (value: T) => void } {

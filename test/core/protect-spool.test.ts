@@ -1,49 +1,18 @@
 // The outage spool of protect: its directory holds only its own segments (and nothing else in it
 // is touched), and during an outage every interval is kept as its own point in time.
 
-import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { backup } from '../../src/core/backup.js';
-import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
-import { parsePointSelector } from '../../src/core/points.js';
 import { ProtectedVolume } from '../../src/core/protect.js';
-import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { forceUnlock } from '../../src/repo/lock.js';
 import { Repository } from '../../src/repo/repository.js';
-import { openStore } from '../../src/store/open.js';
-import type { ObjectStore } from '../../src/store/types.js';
 import { DirtyRegionLog } from '../../src/volume/dirty-region-log.js';
 import { FaultStore } from '../helpers/fault-store.js';
-import { makeImage } from '../helpers/images.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 
-const REGION = 64 * 1024;
-const REGIONS = 32;
-const fixture = useS3Fixture('protectspool', ['protectspool']);
-let counter = 0;
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-async function makeFixture(kind: 'fs' | 's3') {
-  const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const store = openStore(kind === 'fs' ? join(work, 'repo') : `s3://protectspool/r-${n}`);
-  const source = join(work, 'disk.img');
-  await writeFile(source, makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 }));
-  await init({ store, from: source, regionSize: REGION });
-  await backup({ store, source, workers: 2 });
-  return { work, store, source, drl: join(work, 'disk.drl') };
-}
-
-async function restoreBytes(store: ObjectStore, work: string, at: string): Promise<Buffer> {
-  const plan = await planRestore({ store, at: parsePointSelector(at) });
-  const target = join(work, `r-${++counter}.img`);
-  await executeRestore(plan, { to: target, workers: 2 });
-  return readFile(target);
-}
+const { fixture, make: makeFixture, restoreBytes } = useProtectFixture('protectspool');
 
 describe('the spool directory is the spool\'s own', () => {
   it('a --spool-dir that holds the DRL is refused before anything is touched; the DRL keeps its regions', async () => {

@@ -1,43 +1,21 @@
 // ProtectedVolume: the write path and the shipper of continuous protection, driven through its
 // NbdExport interface (the NBD tests drive the same object with real clients).
 
-import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
-import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
-import { parsePointSelector } from '../../src/core/points.js';
 import { ProtectedVolume } from '../../src/core/protect.js';
-import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
 import { forceUnlock } from '../../src/repo/lock.js';
 import { Repository } from '../../src/repo/repository.js';
-import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { DirtyRegionLog } from '../../src/volume/dirty-region-log.js';
 import { FaultStore } from '../helpers/fault-store.js';
-import { makeImage } from '../helpers/images.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 
-const REGION = 64 * 1024;
-const REGIONS = 32;
-const fixture = useS3Fixture('protect', ['protect']);
-let counter = 0;
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-async function makeFixture(kind: 'fs' | 's3') {
-  const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const store = openStore(kind === 'fs' ? join(work, 'repo') : `s3://protect/r-${n}`);
-  const source = join(work, 'disk.img');
-  await writeFile(source, makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 }));
-  await init({ store, from: source, regionSize: REGION });
-  await backup({ store, source, workers: 2 });
-  return { work, store, source, drl: join(work, 'disk.drl') };
-}
+const { fixture, make: makeFixture, restoreBytes } = useProtectFixture('protect');
 
 /** The store with every put but the lock's failing while `isDown()`: an outage. */
 function outage(store: ObjectStore, isDown: () => boolean = () => true): FaultStore {
@@ -46,13 +24,6 @@ function outage(store: ObjectStore, isDown: () => boolean = () => true): FaultSt
       if (isDown() && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
     },
   });
-}
-
-async function restoreBytes(store: ObjectStore, work: string, at: string): Promise<Buffer> {
-  const plan = await planRestore({ store, at: parsePointSelector(at) });
-  const target = join(work, `r-${++counter}.img`);
-  await executeRestore(plan, { to: target, workers: 2 });
-  return readFile(target);
 }
 
 for (const kind of ['fs', 's3'] as const) {
