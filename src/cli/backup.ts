@@ -36,17 +36,17 @@ export function registerBackup(program: Command): void {
       });
       if (result.missingDeltas.length > 0) {
         cli.note(
-          `cdp-s3: warning: the chain is missing deltas ${result.missingDeltas.join(', ')}; point in time ${result.seq} was added after the newest (a checkpoint past the gap stands in for it), never into the gap (see cdp-s3 log and verify)`,
+          `cdp-s3: warning: the chain is missing deltas ${result.missingDeltas.join(', ')}; point in time ${result.seq} was added after the newest (a span past the gap stands in for it), never into the gap (see cdp-s3 log and verify)`,
         );
       }
-      if (result.checkpointError !== undefined) {
-        cli.note(`cdp-s3: warning: point in time ${result.seq} is committed, but its checkpoint was not written (${result.checkpointError}); later restores read more deltas`);
+      if (result.spanError !== undefined) {
+        cli.note(`cdp-s3: warning: point in time ${result.seq} is committed, but a span due at it was not written (${result.spanError}); later reads fold its parts instead, and the next commit writes it`);
       }
       cli.result(
         result,
         () =>
           `point in time ${result.seq} (${result.kind}, ${result.time}): ${result.regionsScanned} regions scanned, ${result.regionsChanged} changed, ` +
-          `${formatSize(result.bytesStored)} stored in ${result.packs} pack${result.packs === 1 ? '' : 's'}${result.checkpoint ? ', checkpoint written' : ''}`,
+          `${formatSize(result.bytesStored)} stored in ${result.packs} pack${result.packs === 1 ? '' : 's'}${result.spans > 0 ? `, ${result.spans} span${result.spans === 1 ? '' : 's'} written` : ''}`,
       );
     });
 }

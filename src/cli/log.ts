@@ -29,7 +29,7 @@ export function registerLog(program: Command): void {
               : [
                   String(e.seq),
                   e.time.replace('T', ' ').replace('Z', ''),
-                  e.kind + (e.checkpoint ? '*' : ''),
+                  e.kind + (e.spans.length > 0 ? '*' : ''),
                   String(e.regions),
                   formatSize(e.bytes),
                   trustOf(e),
@@ -43,7 +43,7 @@ export function registerLog(program: Command): void {
           for (const m of e.marks) note(e.seq, `     ${m.kind.toUpperCase()} (${m.record}): ${m.reason}`);
         }
         for (const m of result.missing) {
-          const lost = m.unrestorable.length === 0 ? 'a checkpoint stands in for it, so later points still restore' : `points ${m.unrestorable.join(', ')} cannot be restored (no checkpoint past it)`;
+          const lost = m.unrestorable.length === 0 ? 'a span stands in for it, so later points still restore' : `points ${m.unrestorable.join(', ')} cannot be restored (no span stands in for it)`;
           note(m.seq, `     ${m.key} is missing: ${lost}; earlier points are not affected (see cdp-s3 verify)`);
         }
         let lastSeq = 0;
@@ -57,7 +57,7 @@ export function registerLog(program: Command): void {
         const line = (cells: string[]): string => cells.map((c, i) => (i === 1 || i === 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
         const title = `${result.location}: volume ${result.volumeId}, ${formatSize(result.volumeSize)}, ${formatSize(result.regionSize)} regions`;
         if (rows.length === 0) return `${title}\nno points in time yet: run cdp-s3 backup`;
-        const footnote = result.entries.some((e) => e.checkpoint) ? ['(* a checkpoint PIT map is stored at this point in time)'] : [];
+        const footnote = result.entries.some((e) => e.spans.length > 0) ? ['(* a span ends at this point in time: its map is stored merged with the points before it)'] : [];
         const body = rows.flatMap((row) => [line(row), ...(notes.get(Number(row[0])) ?? [])]);
         const warnings = result.unreadableMarks.map(
           (u) =>

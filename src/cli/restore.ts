@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { describeSkipped, parsePointSelector } from '../core/points.js';
-import { executeRestore, planRestore } from '../core/restore.js';
+import { executeRestore, planRestore, planTotals } from '../core/restore.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
 import { formatSize } from './units.js';
@@ -31,20 +31,23 @@ export function registerRestore(program: Command): void {
         volumeSize: plan.volumeSize,
         regionSize: plan.regionSize,
         regions: plan.regions,
-        dataRegions: plan.dataRegions,
-        zeroRegions: plan.zeroRegions,
-        downloadBytes: plan.downloadBytes,
-        packs: plan.packs,
-        requests: plan.fetches.length,
         skipped: plan.skipped,
         untrusted: plan.untrusted,
       };
+      const totalsOf = (t: Awaited<ReturnType<typeof planTotals>>) => ({
+        dataRegions: t.dataRegions,
+        zeroRegions: t.zeroRegions,
+        downloadBytes: t.downloadBytes,
+        packs: t.packs,
+        requests: t.requests,
+      });
       if (opts.dryRun === true) {
+        const totals = await planTotals(plan, cli.signal);
         cli.result(
-          { dryRun: true, ...summary },
+          { dryRun: true, ...summary, ...totalsOf(totals) },
           () =>
-            `would restore point in time ${plan.seq} (${plan.kind}, ${plan.time}): ${plan.dataRegions} data regions (${formatSize(plan.downloadBytes)} ` +
-            `in ${plan.fetches.length} ranged GETs from ${plan.packs} packs) and ${plan.zeroRegions} zero regions, ${formatSize(plan.volumeSize)} in all`,
+            `would restore point in time ${plan.seq} (${plan.kind}, ${plan.time}): ${totals.dataRegions} data regions (${formatSize(totals.downloadBytes)} ` +
+            `in ${totals.requests} ranged GETs from ${totals.packs} packs) and ${totals.zeroRegions} zero regions, ${formatSize(plan.volumeSize)} in all`,
         );
         return;
       }
@@ -63,8 +66,9 @@ export function registerRestore(program: Command): void {
         cli.note(`restored point in time ${plan.seq} (${plan.time}) to stdout, verified`);
         return;
       }
+      const { totals, ...rest } = result;
       cli.result(
-        { ...summary, ...result },
+        { ...summary, ...totalsOf(totals), ...rest },
         () =>
           `restored point in time ${plan.seq} (${plan.kind}, ${plan.time}) to ${result.target}: ${formatSize(result.bytesWritten)}, ` +
           `${formatSize(result.bytesDownloaded)} downloaded${result.regionsReused === undefined ? '' : `, ${result.regionsReused} of ${plan.regions} regions already matched`}, every region verified`,

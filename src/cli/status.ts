@@ -16,7 +16,7 @@ export function registerStatus(program: Command): void {
         if (result.missingDeltas.length > 0) {
           lines.push(
             `missing deltas: ${result.missingDeltas.join(', ')}; ` +
-              (result.unrestorable.length === 0 ? 'checkpoints stand in for them' : `points in time ${result.unrestorable.join(', ')} cannot be restored`) +
+              (result.unrestorable.length === 0 ? 'spans stand in for them' : `points in time ${result.unrestorable.join(', ')} cannot be restored`) +
               ' (see cdp-s3 log and verify)',
           );
         }

@@ -28,12 +28,12 @@ export function registerVerify(program: Command): void {
       if (result.problems.length > 0) cli.setExitCode(EXIT.integrity);
       cli.result(result, () => {
         const lines = [
-          `checked ${result.deltas} deltas, ${result.checkpoints} checkpoints, ${result.locations} stored regions in ${result.packs} packs` +
+          `checked ${result.deltas} deltas, ${result.spans} spans, ${result.locations} stored regions in ${result.packs} packs` +
             (result.locationsRead > 0 ? `; read ${result.locationsRead} regions (${formatSize(result.bytesRead)})` : '') +
             (result.subset === undefined ? '' : ` — slice ${result.subset.slice + 1} of ${result.subset.slices}`),
         ];
         for (const p of result.problems) {
-          const none = p.object === 'checkpoint' ? 'no point in time (restores fall back to deltas)' : 'no point in time';
+          const none = p.object === 'span' ? 'no point in time (reads fall back to the runs it merges)' : 'no point in time';
           const affects = p.affects.length === 0 ? none : `points in time ${p.affects.join(', ')}`;
           const regions = p.regions === undefined ? '' : ` (${count(p.regions, 'stored region')})`;
           lines.push(`  ${p.object} ${p.key}: ${p.detail}${regions} — affects ${affects}`);

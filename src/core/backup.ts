@@ -6,19 +6,21 @@
 // crash or Ctrl-C at any point leaves only unreferenced packs, never a delta without its data.
 
 import { realpath } from 'node:fs/promises';
-import { hostname } from 'node:os';
 import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
 import type { DeltaMap } from '../model/delta-map.js';
-import type { Delta } from '../model/pit-map.js';
+import type { PitPage } from '../model/pages.js';
+import type { DeltaKind } from '../model/pit-map.js';
 import { type LockTimer, type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
-import { Repository, loadNewestForWriting } from '../repo/repository.js';
+import type { PitView } from '../repo/pit-view.js';
+import { Repository, viewForWriting } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
 import { openVolume } from '../volume/source.js';
 import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
-import { DeltaWriter, NEVER_DIGEST, locationId, readRegions } from './delta-writer.js';
+import { DeltaCommitter } from './delta-committer.js';
+import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
 
 export interface BackupOptions {
@@ -52,7 +54,7 @@ export interface BackupOptions {
 
 export interface BackupResult {
   seq: number;
-  kind: Delta['kind'];
+  kind: DeltaKind;
   /** The new point in time (ISO 8601 UTC). */
   time: string;
   regionsScanned: number;
@@ -61,12 +63,15 @@ export interface BackupResult {
   /** Region bytes uploaded (after deduplication; zero regions cost nothing). */
   bytesStored: number;
   packs: number;
-  checkpoint: boolean;
-  /** Why the checkpoint due at this point was not written (the point in time is committed). */
-  checkpointError?: string;
+  /** Spans written after this point (docs/FORMAT.md, "Spans"). */
+  spans: number;
+  /** Why a span due at this point was not written (the point in time is committed). */
+  spanError?: string;
+  /** Bytes of metadata stored: the delta's root and pages, and the spans'. */
+  metadataBytes: number;
   /** Regions stored again because a verify found their stored copy damaged. */
   regionsRepaired: number;
-  /** Deltas missing from the chain (a checkpoint past them let this backup add to it). */
+  /** Deltas missing from the chain that this backup saw (a span past them let it add to it). */
   missingDeltas: number[];
 }
 
@@ -103,17 +108,28 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     // first, so a bad source fails without writing anything).
     if (options.forceUnlock === true) await forceUnlock(store, { signal });
     lock = await acquireWriterLock(store, { command: 'backup', ttlMs: options.lockTtlMs, timer: options.lockTimer, signal });
-    const chain = await repo.listChain(signal);
-    const previous = chain.latest;
-    // The PIT map of the newest point in time; it becomes the new one as regions change.
-    const pit = await loadNewestForWriting(repo, chain, 'backup', signal);
-    const previousTime = pit.time;
+    const index = await repo.index(signal);
+    const previous = index.latest;
+    // The newest point in time, read page by page as the volume is.
+    const head = await viewForWriting(repo, index, 'backup', signal);
     const trust = await readTrust(store, signal);
-    const writer = new DeltaWriter(repo, pit, previous + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+    const committer = new DeltaCommitter({
+      repo,
+      index,
+      head,
+      lock,
+      damaged: trust.damaged,
+      sourcePath: await realpath(options.source),
+      clock,
+      packsInFlight: options.packsInFlight,
+      signal,
+    });
+    const writer = committer.begin();
     maps.push(writer.changed);
+    let page: PitPage | undefined;
     // A region whose stored copy a verify found damaged is stored again, even when unchanged.
     const isDamaged = (region: number): boolean => {
-      const location = pit.location(region);
+      const location = page!.location(region);
       return location !== undefined && trust.damaged.has(locationId(location));
     };
     let regionsScanned = 0;
@@ -126,11 +142,12 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
         pool,
         fd: volume.handle.fd,
         geometry: g,
-        regions: toScan?.regions() ?? allRegions(g.regionCount),
-        expected: (region) => (isDamaged(region) ? NEVER_DIGEST : pit.isZero(region) ? null : pit.digest(region)),
+        regions: regionsWithPages(head, toScan, (p) => (page = p), signal),
+        expected: (region) => (isDamaged(region) ? NEVER_DIGEST : page!.isZero(region) ? null : page!.digest(region)),
         onResult: async (region, result) => {
-          if (result.status !== 'same' && isDamaged(region)) regionsRepaired++;
+          if (result.status !== 'same' && isDamagedIn(head, trust.damaged, region)) regionsRepaired++;
           await writer.apply(region, result);
+          await writer.closeBelow(region);
         },
         onRead: (_region, length) => {
           regionsScanned++;
@@ -145,32 +162,26 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       if (signal?.aborted === true) throw new AbortedError('backup cancelled; nothing was committed');
       throw wrapSourceError(error, options.source);
     }
-    const end = Math.max(clock(), previousTime + 1, start);
     progress.done();
     if (signal?.aborted === true) throw new AbortedError('backup cancelled; nothing was committed');
 
-    const seq = writer.seq;
-    const delta = writer.delta(previous === 0 ? 'base' : 'host', start, end);
-    delta.source = { host: hostname(), path: await realpath(options.source) };
-    pit.seq = seq;
-    pit.time = end;
-    lock.check(); // LOCKED if the lock was lost (removed by --force-unlock elsewhere, or expired): commit nothing
-    const { checkpoint, checkpointError } = await repo.commitDelta(delta, pit, signal);
+    const committed = await committer.commit(writer, previous === 0 ? 'base' : 'host', start);
     // The regions read are committed now (the DRL is local: it only lists uncommitted writes).
     if (drl !== undefined && toScan !== undefined) await drl.clear(toScan);
     return {
-      seq,
-      kind: delta.kind,
-      time: new Date(end).toISOString(),
+      seq: committed.seq,
+      kind: committed.kind,
+      time: new Date(committed.end).toISOString(),
       regionsScanned,
       bytesScanned,
-      regionsChanged: writer.changed.count(),
-      bytesStored: writer.bytesStored,
-      packs: writer.packCount,
-      checkpoint,
-      ...(checkpointError === undefined ? {} : { checkpointError }),
+      regionsChanged: committed.regions,
+      bytesStored: committed.bytesStored,
+      packs: committed.packs,
+      spans: committed.commit.spans.length,
+      ...(committed.commit.spanError === undefined ? {} : { spanError: committed.commit.spanError }),
+      metadataBytes: committed.commit.metadataBytes + writer.pageBytes,
       regionsRepaired,
-      missingDeltas: chain.missing,
+      missingDeltas: index.missingDeltas(),
     };
   } finally {
     // A lock that cannot be removed (or was lost after the last check) expires by itself; the
@@ -183,8 +194,10 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
   }
 }
 
-function* allRegions(count: number): Generator<number> {
-  for (let i = 0; i < count; i++) yield i;
+/** Whether the head's stored copy of `region` (its page is at hand) is known damaged. */
+function isDamagedIn(head: PitView, damaged: ReadonlySet<string>, region: number): boolean {
+  const location = head.cachedPageOf(region)?.location(region);
+  return location !== undefined && damaged.has(locationId(location));
 }
 
 function wrapSourceError(error: unknown, source: string): unknown {

@@ -1,14 +1,19 @@
-// What backup and scan share: reading regions of the primary through the RegionPool with a
-// bounded read-ahead, and turning changed regions into the next delta (deduplicate, pack,
-// upload with a bounded number of packs in flight, then describe the delta).
+// What backup, scan and protect share: reading regions of the primary through the RegionPool with
+// a bounded read-ahead, and turning changed regions into the next delta (deduplicate, pack,
+// upload with a bounded number of packs in flight, and build the delta's run of entries).
 
 import { randomBytes } from 'node:crypto';
 import { throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { type Delta, DIGEST_BYTES, type Geometry, type PitMap, type RegionLocation, ZERO_REGION, regionLength } from '../model/pit-map.js';
+import { DIGEST_BYTES, type Geometry, type RegionLocation, regionLength } from '../model/pit-map.js';
+import type { PitPage } from '../model/pages.js';
 import { packKey } from '../repo/keys.js';
 import { PackBuilder } from '../repo/pack.js';
-import type { Repository } from '../repo/repository.js';
+import type { PitView } from '../repo/pit-view.js';
+import type { PendingDelta, Repository } from '../repo/repository.js';
+import { RunBuilder } from '../repo/run-builder.js';
+import type { DeltaInfo } from '../repo/run-codec.js';
+import { TaskWindow } from '../util/task-window.js';
 import type { ReadResult, RegionPool } from '../volume/region-pool.js';
 
 /** A digest no region has: reading with it as the expectation always yields the bytes. */
@@ -19,8 +24,9 @@ export interface ReadRegionsOptions {
   pool: RegionPool;
   fd: number;
   geometry: Geometry;
-  regions: Iterable<number>;
-  /** The digest each region is expected to have (null: all zeros). */
+  /** In the order results are wanted; an async source may load what `expected` needs before yielding. */
+  regions: Iterable<number> | AsyncIterable<number>;
+  /** The digest each region is expected to have (null: all zeros); called right after the region is yielded. */
   expected: (region: number) => Uint8Array | null;
   /** Called once per region, one at a time, in the order of `regions`. */
   onResult: (region: number, result: ReadResult) => Promise<void> | void;
@@ -44,12 +50,12 @@ export async function readRegions(options: ReadRegionsOptions): Promise<void> {
   let handling: Promise<void> = Promise.resolve();
   // A function, so the checks are made afresh after each await.
   const stopping = (): boolean => failure !== undefined || signal?.aborted === true;
-  for (const region of options.regions) {
-    if (stopping()) break;
-    while (reads.size >= readAhead) await Promise.race(reads);
+  for await (const region of options.regions) {
     if (stopping()) break;
     const length = regionLength(g, region);
     const expected = options.expected(region);
+    while (reads.size >= readAhead) await Promise.race(reads);
+    if (stopping()) break;
     const read = options.pool.read({ fd: options.fd, offset: region * g.regionSize, length, expected: expected === null ? null : expected.slice() });
     read.catch(() => {}); // awaited in turn below; until then a failure must not count as unhandled
     handling = handling.then(async () => {
@@ -80,35 +86,73 @@ export async function readRegions(options: ReadRegionsOptions): Promise<void> {
   if (failure !== undefined) throw failure;
 }
 
-/** Finds regions whose content the repository already holds, by digest. */
-class DedupIndex {
-  // Keyed by the digest's first 48 bits; a hit is confirmed against the full digest.
-  private readonly byPrefix = new Map<number, number>();
-
-  constructor(
-    private readonly pit: PitMap,
-    private readonly usable: (location: RegionLocation) => boolean,
-  ) {
-    for (let region = 0; region < pit.regionCount; region++) {
-      if (!pit.isZero(region)) this.add(region);
+/**
+ * The regions of `wanted` (all of them if undefined) in ascending order, each yielded once the
+ * view's page holding it is loaded, so `expected` can be answered from `page()`.
+ */
+export async function* regionsWithPages(
+  view: PitView,
+  wanted: DeltaMap | undefined,
+  onPage: (page: PitPage) => void,
+  signal?: AbortSignal,
+): AsyncGenerator<number> {
+  if (wanted !== undefined && wanted.isEmpty()) return;
+  for await (const page of view.pages(signal)) {
+    let any = false;
+    for (let region = page.first; region < page.first + page.count; region++) {
+      if (wanted !== undefined && !wanted.has(region)) continue;
+      if (!any) {
+        onPage(page);
+        any = true;
+      }
+      yield region;
     }
-  }
-
-  add(region: number): void {
-    this.byPrefix.set(prefixOf(this.pit.digest(region)), region);
-  }
-
-  find(digest: Uint8Array): RegionLocation | undefined {
-    const region = this.byPrefix.get(prefixOf(digest));
-    if (region === undefined || this.pit.isZero(region)) return undefined;
-    if (!Buffer.from(this.pit.digest(region)).equals(digest)) return undefined;
-    const location = this.pit.location(region);
-    return location !== undefined && this.usable(location) ? location : undefined;
   }
 }
 
+/** Entries kept for deduplicating repeated content within one delta. */
+const RECENT_CONTENT = 1 << 18;
+
 function prefixOf(digest: Uint8Array): number {
   return Buffer.from(digest.buffer, digest.byteOffset, 6).readUIntLE(0, 6);
+}
+
+/**
+ * Finds stored copies of a region's content with bounded memory: in the base point's page of
+ * the region (unchanged or moved within the page range: every region of the page is indexed),
+ * and among the regions this delta stored recently (repeated content). Zero regions never need
+ * it. A full index of every stored region is what this avoids (an entry per region of the volume).
+ */
+class DedupIndex {
+  private readonly recent = new Map<number, { location: RegionLocation; digest: Uint8Array }>();
+  private pageIndex: { page: PitPage; byPrefix: Map<number, number> } | undefined;
+
+  constructor(
+    private readonly base: PitView | undefined,
+    private readonly usable: (location: RegionLocation) => boolean,
+  ) {}
+
+  find(region: number, digest: Uint8Array): RegionLocation | undefined {
+    const prefix = prefixOf(digest);
+    const recent = this.recent.get(prefix);
+    if (recent !== undefined && Buffer.from(recent.digest).equals(digest) && this.usable(recent.location)) return recent.location;
+    const page = this.base?.cachedPageOf(region);
+    if (page === undefined) return undefined;
+    if (this.pageIndex?.page !== page) {
+      const byPrefix = new Map<number, number>();
+      for (let r = page.first; r < page.first + page.count; r++) if (!page.isZero(r)) byPrefix.set(prefixOf(page.digest(r)), r);
+      this.pageIndex = { page, byPrefix };
+    }
+    const match = this.pageIndex.byPrefix.get(prefix);
+    if (match === undefined || !Buffer.from(page.digest(match)).equals(digest)) return undefined;
+    const location = page.location(match);
+    return location !== undefined && this.usable(location) ? location : undefined;
+  }
+
+  stored(digest: Uint8Array, location: RegionLocation): void {
+    if (this.recent.size >= RECENT_CONTENT) this.recent.clear();
+    this.recent.set(prefixOf(digest), { location, digest: digest.slice() });
+  }
 }
 
 export interface DeltaWriterOptions {
@@ -117,6 +161,8 @@ export interface DeltaWriterOptions {
   packsInFlight?: number;
   /** Locations known to be damaged: never deduplicated against. */
   damaged?: ReadonlySet<string>;
+  /** Deduplicate against no stored location at all (what may be damaged is unknown). */
+  noDedup?: boolean;
 }
 
 export function locationId(location: RegionLocation): string {
@@ -124,55 +170,73 @@ export function locationId(location: RegionLocation): string {
 }
 
 /**
- * Builds delta `seq` on top of `pit` (which it updates in place to the new point in time):
- * apply() each region read from the primary, finish() to store the packs, then delta().
+ * Builds delta `seq` on top of the point `base` shows: apply() each region read from the
+ * primary, finish() to store the packs and pages, then delta().
  */
 export class DeltaWriter {
   readonly changed: DeltaMap;
   bytesStored = 0;
   packCount = 0;
   private pack: PackBuilder | undefined;
-  private readonly uploads = new Set<Promise<void>>();
+  private readonly uploads: TaskWindow;
   private readonly spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
   private readonly dedup: DedupIndex;
-  private failure: unknown;
+  private readonly run: RunBuilder;
+  private pages: PendingDelta['pages'] | undefined;
 
   constructor(
     private readonly repo: Repository,
-    readonly pit: PitMap,
+    /** The newest point, which this delta follows. */
+    readonly base: PitView,
     readonly seq: number,
     private readonly options: DeltaWriterOptions = {},
   ) {
-    this.changed = new DeltaMap(pit.regionCount);
+    this.changed = new DeltaMap(repo.geometry.regionCount);
     const damaged = options.damaged ?? new Set<string>();
-    this.dedup = new DedupIndex(pit, (location) => !damaged.has(locationId(location)));
+    this.dedup = new DedupIndex(base, (location) => options.noDedup !== true && !damaged.has(locationId(location)));
+    this.run = new RunBuilder(repo.store, seq, repo.context, { signal: options.signal });
+    this.uploads = new TaskWindow(options.packsInFlight ?? 4);
   }
 
   /** Records what the primary holds in `region` now (callers serialize calls). */
   async apply(region: number, result: ReadResult): Promise<void> {
-    if (this.failure !== undefined) throw this.failure;
+    if (this.uploads.failed) await this.uploads.drain();
     if (result.status === 'same') return;
     this.changed.set(region);
     if (result.status === 'zero') {
-      this.pit.setRegion(region, undefined, ZERO_DIGEST);
+      await this.run.set(region, undefined, ZERO_DIGEST);
       return;
     }
-    const location = this.dedup.find(result.digest) ?? (await this.store(result.bytes));
-    this.pit.setRegion(region, location, result.digest);
-    this.dedup.add(region);
+    let location = this.dedup.find(region, result.digest);
+    if (location === undefined) {
+      location = await this.store(result.bytes);
+      this.dedup.stored(result.digest, location);
+    }
+    await this.run.set(region, location, result.digest);
   }
 
-  /** Uploads the last pack and waits for every upload. */
+  /** No region below `region` will be applied again: its pages can be written out. */
+  async closeBelow(region: number): Promise<void> {
+    await this.run.closeBelow(region);
+  }
+
+  /** Uploads the last pack and the pages, and waits for every upload. */
   async finish(): Promise<void> {
-    if (this.failure === undefined && this.pack !== undefined && this.options.signal?.aborted !== true) await this.upload(this.pack);
+    if (this.pack !== undefined && this.options.signal?.aborted !== true && !this.uploads.failed) await this.upload(this.pack);
     this.pack = undefined;
-    await Promise.all(this.uploads);
-    if (this.failure !== undefined) throw this.failure;
+    await this.uploads.drain();
+    this.pages = await this.run.finish();
   }
 
-  /** The delta's entries: for each changed region in ascending order, where the PIT map now has it. */
-  delta(kind: Delta['kind'], start: number, end: number): Delta {
-    return buildDelta(this.seq, kind, start, end, this.changed, this.pit, this.bytesStored);
+  /** Bytes of page packs this delta wrote (large deltas only). */
+  get pageBytes(): number {
+    return this.run.pageBytes;
+  }
+
+  /** The delta to commit (after finish()). */
+  delta(info: Omit<DeltaInfo, 'storedBytes'>): PendingDelta {
+    if (this.pages === undefined) throw new Error('DeltaWriter.delta() before finish()');
+    return { seq: this.seq, info: { ...info, storedBytes: this.bytesStored }, pages: this.pages };
   }
 
   private async store(bytes: Uint8Array): Promise<RegionLocation> {
@@ -191,42 +255,10 @@ export class DeltaWriter {
   }
 
   private async upload(builder: PackBuilder): Promise<void> {
-    while (this.uploads.size >= (this.options.packsInFlight ?? 4)) await Promise.race(this.uploads);
-    const task = this.repo.putPack(builder.key, builder.bytes(), this.options.signal).then(
-      () => void this.spareBuffers.push(builder.backing),
-      (error: unknown) => {
-        this.failure ??= error;
-      },
-    );
-    const tracked = task.finally(() => this.uploads.delete(tracked));
-    this.uploads.add(tracked);
     this.packCount++;
+    await this.uploads.add(async () => {
+      await this.repo.putPack(builder.key, builder.bytes(), this.options.signal);
+      this.spareBuffers.push(builder.backing);
+    });
   }
-}
-
-export function buildDelta(seq: number, kind: Delta['kind'], start: number, end: number, changed: DeltaMap, pit: PitMap, storedBytes: number): Delta {
-  const count = changed.count();
-  const entryPack = new Uint32Array(count);
-  const entryOffset = new Uint32Array(count);
-  const digests = new Uint8Array(count * DIGEST_BYTES);
-  const packs: string[] = [];
-  const packIndex = new Map<string, number>();
-  let i = 0;
-  for (const region of changed.regions()) {
-    const location = pit.location(region);
-    if (location === undefined) entryPack[i] = ZERO_REGION;
-    else {
-      let index = packIndex.get(location.pack);
-      if (index === undefined) {
-        index = packs.length;
-        packs.push(location.pack);
-        packIndex.set(location.pack, index);
-      }
-      entryPack[i] = index;
-      entryOffset[i] = location.offset;
-    }
-    digests.set(pit.digest(region), i * DIGEST_BYTES);
-    i++;
-  }
-  return { seq, kind, start, end, changed, packs, entryPack, entryOffset, digests, storedBytes, source: undefined };
 }

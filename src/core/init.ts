@@ -15,7 +15,8 @@ export interface InitOptions {
   /** Power of two from 64 KiB to 16 MiB. Default 1 MiB. */
   regionSize?: number;
   packSize?: number;
-  checkpointInterval?: number;
+  /** Runs merged into a span of the next level (default 16; tests use small ones). */
+  spanFanout?: number;
   signal?: AbortSignal;
 }
 
@@ -33,7 +34,7 @@ export async function init(options: InitOptions): Promise<RepoConfig> {
   }
   let config: RepoConfig;
   try {
-    config = newConfig({ volumeSize: size!, regionSize: options.regionSize, packSize: options.packSize, checkpointInterval: options.checkpointInterval });
+    config = newConfig({ volumeSize: size!, regionSize: options.regionSize, packSize: options.packSize, spanFanout: options.spanFanout });
   } catch (error) {
     throw new UsageError((error as Error).message, { cause: error });
   }

@@ -2,10 +2,12 @@
 // that say it cannot be trusted and which scan or verify made them, and the scans themselves.
 
 import type { DeltaKind } from '../model/pit-map.js';
+import { ChainGapError } from '../repo/chain-index.js';
 import type { ScanRecord } from '../repo/records.js';
 import { deltaKey } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
-import { type UnreadableMarks, readScanRecords, readTrust } from '../repo/trust.js';
+import type { PointSummary } from '../repo/run-codec.js';
+import { type UnreadableMarks, readScanRecords, readTrust, unreadableCutoff } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface LogMark {
@@ -33,8 +35,9 @@ export interface LogEntry {
   /** Unreadable marks objects that could concern this point (written after it ended). */
   marksUnreadable: string[];
   marks: LogMark[];
-  checkpoint: boolean;
-  /** False when a delta before it is missing and no stored checkpoint stands in for it. */
+  /** Levels of the spans that end at this point (docs/FORMAT.md, "Spans"). */
+  spans: number[];
+  /** False when it, or a delta before it, is missing and no span stands in for it. */
   restorable: boolean;
 }
 
@@ -43,7 +46,7 @@ export interface MissingDeltaEntry {
   type: 'missing';
   seq: number;
   key: string;
-  /** Later points in time it keeps from being built (those with no checkpoint past it). */
+  /** Points in time it keeps from being built (those no span stands in for it). */
   unrestorable: number[];
 }
 
@@ -85,33 +88,44 @@ export interface LogResult {
 export async function log(options: { store: ObjectStore; signal?: AbortSignal }): Promise<LogResult> {
   const { store, signal } = options;
   const repo = await Repository.open(store, signal);
-  const [chain, trust, scans] = await Promise.all([repo.listChain(signal), readTrust(store, signal), readScanRecords(store, signal)]);
-  const withCheckpoint = new Set(chain.checkpoints);
-  const deltas = await repo.readDeltas(chain.seqs, signal);
-  // A marks object nobody can read may concern any point that ended before it was written.
-  const concerns = (u: UnreadableMarks, end: number): boolean => u.time === undefined || end <= u.time;
-  const entries = deltas.map((delta): LogEntry => {
-    const marks = (trust.marks.get(delta.seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
-    const marksUnreadable = trust.unreadable.filter((u) => concerns(u, delta.end)).map((u) => u.key);
-    const entry: LogEntry = {
+  const [index, trust, scans] = await Promise.all([repo.fullIndex(signal), readTrust(store, signal), readScanRecords(store, signal)]);
+  const missingSeqs = new Set(index.missingDeltas());
+  const spansAt = new Map<number, number[]>();
+  for (const span of index.spans()) (spansAt.get(span.last) ?? spansAt.set(span.last, []).get(span.last)!).push(span.level);
+  // A marks object nobody can read may concern any point up to the newest its writer had seen.
+  const concerns = (u: UnreadableMarks, seq: number): boolean => seq <= unreadableCutoff({ ...trust, unreadable: [u] }, index.latest);
+  const entries: LogEntry[] = [];
+  const blocked = new Map<number, number | undefined>();
+  for (let seq = 1; seq <= index.latest; seq++) {
+    blocked.set(seq, await index.blockedBy(seq, signal));
+    if (missingSeqs.has(seq)) continue;
+    let summary: PointSummary;
+    try {
+      // From the spans over it where they stand (one read for many points), else its delta.
+      summary = await repo.summary(index, seq, signal);
+    } catch (error) {
+      if (error instanceof ChainGapError) continue; // unreadable, and no span holds its summary
+      throw error;
+    }
+    const marks = (trust.marks.get(seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
+    const marksUnreadable = trust.unreadable.filter((u) => concerns(u, seq)).map((u) => u.key);
+    entries.push({
       type: 'delta',
-      seq: delta.seq,
-      time: new Date(delta.end).toISOString(),
-      start: new Date(delta.start).toISOString(),
-      kind: delta.kind,
-      regions: delta.changed.count(),
-      bytes: delta.storedBytes,
+      seq,
+      time: new Date(summary.end).toISOString(),
+      start: new Date(summary.start).toISOString(),
+      kind: summary.kind,
+      regions: summary.count,
+      bytes: summary.storedBytes,
       suspect: marks.length > 0 || marksUnreadable.length > 0,
       marksUnreadable,
       marks,
-      checkpoint: withCheckpoint.has(delta.seq),
-      restorable: chain.blockedBy(delta.seq) === undefined,
-    };
-    delta.changed.dispose();
-    return entry;
-  });
-  const missing = chain.missing.map(
-    (seq): MissingDeltaEntry => ({ type: 'missing', seq, key: deltaKey(seq), unrestorable: entries.filter((e) => chain.blockedBy(e.seq) === seq).map((e) => e.seq) }),
+      spans: spansAt.get(seq) ?? [],
+      restorable: blocked.get(seq) === undefined,
+    });
+  }
+  const missing = [...missingSeqs].map(
+    (seq): MissingDeltaEntry => ({ type: 'missing', seq, key: deltaKey(seq), unrestorable: entries.filter((e) => blocked.get(e.seq) === seq).map((e) => e.seq) }),
   );
   const events = scans.map(({ key, value }): ScanEvent => ({
     ...value,
@@ -132,7 +146,8 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
   const sorted: Array<LogEntry | ScanEvent | UnreadableMarksEntry> = [...entries, ...events, ...unreadableMarks].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.type === 'delta' ? -1 : 1));
   // A missing delta has no time: it goes right after the stored delta before it.
   const missingBySeq = new Map(missing.map((m) => [m.seq, m]));
-  const timeline: TimelineEntry[] = missing.filter((m) => m.seq < chain.seqs[0]!);
+  const firstStored = entries[0]?.seq ?? Infinity;
+  const timeline: TimelineEntry[] = missing.filter((m) => m.seq < firstStored);
   for (const t of sorted) {
     timeline.push(t);
     if (t.type === 'delta') for (let seq = t.seq + 1; missingBySeq.has(seq); seq++) timeline.push(missingBySeq.get(seq)!);

@@ -1,10 +1,12 @@
 // Choosing a point in time: `latest`, a sequence number, or an ISO 8601 / RFC 3339 time
-// (the newest point in time at or before it). Delta end times increase with sequence number
-// (backup enforces it), so a time is found by binary search, reading O(log n) deltas.
+// (the newest point in time at or before it). Point end times increase with sequence number
+// (writers enforce it), so a time is found by binary search over the points' summaries, which
+// spans keep for all the points they cover: O(log n) requests.
 
 import { NoPointInTimeError, UsageError } from '../errors.js';
-import type { Delta } from '../model/pit-map.js';
-import { type ChainListing, ChainGapError, type Repository } from '../repo/repository.js';
+import { type ChainIndex, ChainGapError } from '../repo/chain-index.js';
+import type { Repository } from '../repo/repository.js';
+import type { PointSummary } from '../repo/run-codec.js';
 
 export type PointSelector = { kind: 'latest' } | { kind: 'seq'; seq: number } | { kind: 'time'; time: number; text: string };
 
@@ -51,12 +53,14 @@ export function parsePointSelector(text: string): PointSelector {
 
 export interface ChosenPoint {
   seq: number;
-  delta: Delta;
+  summary: PointSummary;
+  /** Where the primary was read for this point, when its delta says. */
+  source: { host: string; path: string } | undefined;
   /**
    * Newer points in time at or before the request that were passed over: untrusted ones
    * (`suspect`, `damaged`, or `marks-unreadable`: a marks object that could concern the point
    * cannot be read), and ones that cannot be built (`missing`: the delta itself is missing;
-   * `unrestorable`: a delta before it is missing and no checkpoint stands in for it).
+   * `unrestorable`: a delta before it is missing and no span stands in for it).
    */
   skipped: Array<{ seq: number; kinds: string[] }>;
   /** The chosen point itself is marked (only with allowSuspect). */
@@ -64,61 +68,56 @@ export interface ChosenPoint {
 }
 
 export interface ChooseOptions {
-  /** The chain as listed (one LIST each of deltas/ and checkpoints/ otherwise). */
-  chain?: ChainListing;
   now?: number;
   signal?: AbortSignal;
   /** Marks by seq (suspect after a scan, damaged after a verify): such points are passed over. */
   untrusted?: ReadonlyMap<number, ReadonlyArray<{ kind: string }>>;
-  /**
-   * Times (the keys' times; undefined when the key has none) of marks objects that cannot be
-   * read: every point whose `end` is at or before such a time may be marked, so it is passed
-   * over like a marked one.
-   */
-  unreadableMarks?: ReadonlyArray<number | undefined>;
+  /** Every point at or before this one may be marked by a marks object nobody can read (0: none). */
+  unreadableUntil?: number;
   /** Take the newest point at or before the request even if it is marked. */
   allowSuspect?: boolean;
 }
 
-/** The delta that is the selected point in time. */
-export async function choosePoint(repo: Repository, selector: PointSelector, options: ChooseOptions = {}): Promise<ChosenPoint> {
-  const chain = options.chain ?? (await repo.listChain(options.signal));
-  const candidate = await newestAtOrBefore(repo, chain, selector, options);
-  // Points at or before this one may be marked by a marks object nobody can read.
-  let unknownUntil = 0;
-  for (const time of options.unreadableMarks ?? []) {
-    unknownUntil = Math.max(unknownUntil, time === undefined ? chain.latest : await lastAtOrBefore(repo, chain, time, options.signal));
-  }
+/** The point in time the selector picks, stepping back over untrusted and unbuildable ones. */
+export async function choosePoint(repo: Repository, index: ChainIndex, selector: PointSelector, options: ChooseOptions = {}): Promise<ChosenPoint> {
+  const candidate = await newestAtOrBefore(repo, index, selector, options);
   const marksOf = (seq: number): string[] => {
     const kinds = new Set((options.untrusted?.get(seq) ?? []).map((m) => m.kind));
-    if (seq <= unknownUntil) kinds.add('marks-unreadable');
+    if (seq <= (options.unreadableUntil ?? 0)) kinds.add('marks-unreadable');
     return [...kinds];
   };
-  const reasonsOf = (seq: number): string[] => {
-    const gap = chain.blockedBy(seq);
+  const reasonsOf = async (seq: number): Promise<string[]> => {
+    const gap = await index.blockedBy(seq, options.signal);
     if (gap === seq) return ['missing'];
     if (gap !== undefined) return ['unrestorable'];
     return options.allowSuspect === true ? [] : marksOf(seq);
   };
-  if (reasonsOf(candidate.seq).length === 0) {
-    return { seq: candidate.seq, delta: candidate.delta!, skipped: [], untrusted: marksOf(candidate.seq) };
-  }
   const skipped: ChosenPoint['skipped'] = [];
-  let seq = candidate.seq;
-  for (; seq >= 1 && reasonsOf(seq).length > 0; seq--) skipped.push({ seq, kinds: reasonsOf(seq) });
-  candidate.delta?.changed.dispose();
+  let seq = candidate;
+  for (; seq >= 1; seq--) {
+    const reasons = await reasonsOf(seq);
+    if (reasons.length === 0) break;
+    skipped.push({ seq, kinds: reasons });
+  }
   if (seq === 0) {
     const gap = [...skipped].reverse().find((s) => s.kinds.includes('missing'))?.seq; // the oldest
     const marked = skipped.some((s) => !s.kinds.includes('missing') && !s.kinds.includes('unrestorable'));
     // Nothing usable because of a lost delta is damage (exit 7); because of marks, a choice to make.
-    if (gap !== undefined && !marked) throw new ChainGapError(gap, candidate.seq);
+    if (gap !== undefined && !marked) throw new ChainGapError(gap, candidate);
     const what = gap === undefined ? 'is marked untrusted' : 'is marked untrusted or cannot be built';
     throw new NoPointInTimeError(
-      `every point in time at or before ${candidate.seq} ${what} (${describeSkipped(skipped)}): ` +
-        'see cdp-s3 log; pass --allow-suspect to restore a marked one anyway',
+      `every point in time at or before ${candidate} ${what} (${describeSkipped(skipped)}): ` + 'see cdp-s3 log; pass --allow-suspect to restore a marked one anyway',
     );
   }
-  return { seq, delta: await repo.readDelta(seq, options.signal), skipped, untrusted: options.allowSuspect === true ? marksOf(seq) : [] };
+  const summary = await repo.summary(index, seq, options.signal);
+  return { seq, summary, source: await sourceOf(repo, index, seq, options.signal), skipped, untrusted: options.allowSuspect === true ? marksOf(seq) : [] };
+}
+
+/** Where the primary was read for point `seq`, from its delta (undefined when unknown). */
+async function sourceOf(repo: Repository, index: ChainIndex, seq: number, signal?: AbortSignal): Promise<{ host: string; path: string } | undefined> {
+  const block = index.block(0, seq);
+  if (!(await index.has(block, signal))) return undefined;
+  return (await repo.readRun(block, signal)).root.delta?.source;
 }
 
 /** Skipped points, runs of neighbours with the same reasons as one range: `9-5 unrestorable, 4 missing`. */
@@ -134,62 +133,52 @@ export function describeSkipped(skipped: ReadonlyArray<{ seq: number; kinds: str
   return parts.join(', ');
 }
 
-/**
- * The newest point in time at or before the selector, marked or not. With a sequence number it
- * may be a missing delta (no `delta` then); otherwise it is a stored one.
- */
-async function newestAtOrBefore(repo: Repository, chain: ChainListing, selector: PointSelector, options: ChooseOptions): Promise<{ seq: number; delta: Delta | undefined }> {
-  const last = chain.seqs.at(-1);
-  if (last === undefined) throw new NoPointInTimeError(`${repo.store.location} has no points in time yet: run cdp-s3 backup first`);
-  const read = (seq: number): Promise<Delta> => repo.readDelta(seq, options.signal);
-
-  if (selector.kind === 'latest') return { seq: last, delta: await read(last) };
+/** The newest point in time at or before the selector, marked, missing or not. */
+async function newestAtOrBefore(repo: Repository, index: ChainIndex, selector: PointSelector, options: ChooseOptions): Promise<number> {
+  const last = index.latest;
+  if (last === 0) throw new NoPointInTimeError(`${repo.store.location} has no points in time yet: run cdp-s3 backup first`);
+  if (selector.kind === 'latest') return last;
   if (selector.kind === 'seq') {
     if (selector.seq > last) throw new NoPointInTimeError(`no point in time ${selector.seq}: the newest is ${last}`);
-    return { seq: selector.seq, delta: chain.has(selector.seq) ? await read(selector.seq) : undefined };
+    return selector.seq;
   }
   const now = options.now ?? Date.now();
   if (selector.time > now) {
     throw new NoPointInTimeError(`--at ${selector.text} is in the future; use latest for the newest point in time`);
   }
-  const found = await searchByTime(repo, chain, selector.time, options.signal);
-  if (found === undefined) {
-    const first = await read(chain.seqs[0]!);
-    first.changed.dispose();
-    throw new NoPointInTimeError(`--at ${selector.text} is before the first point in time (${new Date(first.end).toISOString()})`);
+  const found = await lastAtOrBefore(repo, index, selector.time, options.signal);
+  if (found === 0) {
+    const first = await endOf(repo, index, 1, options.signal);
+    throw new NoPointInTimeError(`--at ${selector.text} is before the first point in time${first === undefined ? '' : ` (${new Date(first).toISOString()})`}`);
   }
   return found;
 }
 
-/** The newest stored point whose end is at or before `time` (0 if none). */
-async function lastAtOrBefore(repo: Repository, chain: ChainListing, time: number, signal?: AbortSignal): Promise<number> {
-  const found = await searchByTime(repo, chain, time, signal);
-  found?.delta.changed.dispose();
-  return found?.seq ?? 0;
+/** When point `seq` ended, or undefined if nothing says (its delta and every span over it lost). */
+async function endOf(repo: Repository, index: ChainIndex, seq: number, signal?: AbortSignal): Promise<number | undefined> {
+  try {
+    return (await repo.summary(index, seq, signal)).end;
+  } catch (error) {
+    if (error instanceof ChainGapError) return undefined;
+    throw error;
+  }
 }
 
-/** Binary search over the stored deltas (ends grow with seq): the largest seq whose end <= time. */
-async function searchByTime(repo: Repository, chain: ChainListing, time: number, signal?: AbortSignal): Promise<{ seq: number; delta: Delta } | undefined> {
-  const seqs = chain.seqs;
-  const first = await repo.readDelta(seqs[0]!, signal);
-  if (time < first.end) {
-    first.changed.dispose();
-    return undefined;
+/**
+ * The newest point whose end is at or before `time` (0 if none): binary search over seq. A point
+ * nothing can tell the end of is searched past (treated as the nearest known point before it).
+ */
+export async function lastAtOrBefore(repo: Repository, index: ChainIndex, time: number, signal?: AbortSignal): Promise<number> {
+  let lo = 0; // end(lo) <= time (0: before every point)
+  let hi = index.latest + 1; // end(hi) > time (latest + 1: after every point)
+  while (hi - lo > 1) {
+    let mid = Math.floor((lo + hi) / 2);
+    let end = await endOf(repo, index, mid, signal);
+    // A point with no summary left: try its neighbours towards lo.
+    while (end === undefined && mid - 1 > lo) end = await endOf(repo, index, --mid, signal);
+    if (end === undefined) break;
+    if (end <= time) lo = mid;
+    else hi = mid;
   }
-  let lo = 0;
-  let loDelta = first;
-  let hi = seqs.length - 1;
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    const delta = await repo.readDelta(seqs[mid]!, signal);
-    if (delta.end <= time) {
-      lo = mid;
-      loDelta.changed.dispose();
-      loDelta = delta;
-    } else {
-      hi = mid - 1;
-      delta.changed.dispose();
-    }
-  }
-  return { seq: seqs[lo]!, delta: loDelta };
+  return lo;
 }

@@ -1,10 +1,11 @@
 // restore: write one point in time of the volume to a file, a block device or stdout.
 //
-// planRestore is pure reading: which PIT, and which byte ranges of which packs hold its regions
-// (neighbouring regions merged into one ranged GET). It backs --dry-run. executeRestore fetches
-// the ranges in parallel, verifies every region against its SHA-256 on a worker thread, and
-// writes it. A file target is written under a temporary name, fsynced and renamed, so an
-// interrupted restore never leaves a file that looks complete.
+// planRestore chooses the point (passing over untrusted and unbuildable ones) and opens its PIT
+// map as a paged view; nothing is read beyond the runs' roots. planTotals walks the map for
+// --dry-run. executeRestore streams the map page by page into the RegionFetcher (merged ranged
+// GETs, every region verified against its SHA-256 on a worker thread, which writes it). A file
+// target is written under a temporary name, fsynced and renamed, so an interrupted restore never
+// leaves a file that looks complete.
 
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -14,35 +15,21 @@ import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { AbortedError, CdpError, IntegrityError, throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
+import { regionLength } from '../model/pit-map.js';
+import type { ChainIndex } from '../repo/chain-index.js';
 import { seqName } from '../repo/keys.js';
+import type { PitView } from '../repo/pit-view.js';
 import { Repository } from '../repo/repository.js';
-import { readTrust } from '../repo/trust.js';
+import { readTrust, unreadableCutoff } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
+import { pwriteFully } from '../volume/positional-io.js';
+import { syncDirectory } from '../volume/durable-file.js';
 import { openVolume, sameStorage } from '../volume/source.js';
-import { readRegions } from './delta-writer.js';
+import { readRegions, regionsWithPages } from './delta-writer.js';
 import { type ChosenPoint, type PointSelector, choosePoint } from './points.js';
 import { type Progress, silentProgress } from './progress.js';
-
-/** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
-const MAX_RANGE_BYTES = 8 * 1024 * 1024;
-
-export interface RestoreSlice {
-  /** Offset within the fetched range. */
-  at: number;
-  length: number;
-  digest: Uint8Array;
-  /** Regions of the volume that hold these bytes (several when deduplicated). */
-  regions: number[];
-}
-
-export interface RestoreFetch {
-  pack: string;
-  offset: number;
-  length: number;
-  slices: RestoreSlice[];
-}
+import { type PlanCounts, RegionFetcher, emptyCounts, planRanges, storedRegions } from './region-fetcher.js';
 
 export interface RestorePlan {
   location: string;
@@ -53,19 +40,16 @@ export interface RestorePlan {
   volumeSize: number;
   regionSize: number;
   regions: number;
-  dataRegions: number;
-  zeroRegions: number;
-  /** Bytes downloaded (deduplicated regions are fetched once). */
-  downloadBytes: number;
-  packs: number;
-  fetches: RestoreFetch[];
   /** Where the primary was read from for this point in time, when known. */
   source: { host: string; path: string } | undefined;
-  /** Newer points at or before the request passed over because they are suspect or damaged. */
+  /** Newer points at or before the request passed over because they are suspect, damaged or cannot be built. */
   skipped: Array<{ seq: number; kinds: string[] }>;
   /** Marks on the chosen point itself (only with allowSuspect). */
   untrusted: string[];
 }
+
+/** What a restore downloads: counted by planTotals (dry run) or by the restore itself. */
+export type RestoreTotals = PlanCounts;
 
 export interface PlanRestoreOptions {
   store: ObjectStore;
@@ -78,100 +62,59 @@ export interface PlanRestoreOptions {
 
 interface PlanContext {
   repo: Repository;
-  pit: PitMap;
+  view: PitView;
 }
 
 const contexts = new WeakMap<RestorePlan, PlanContext>();
 
 /**
  * Opens the repository, chooses the point in time (passing over suspect and damaged ones unless
- * allowSuspect) and loads its PIT map: what restore and serve share. The caller disposes
- * `chosen.delta.changed`.
+ * allowSuspect) and opens its PIT map: what restore and serve share.
  */
-export async function loadPoint(options: PlanRestoreOptions): Promise<{ repo: Repository; pit: PitMap; chosen: ChosenPoint }> {
+export async function loadPoint(options: PlanRestoreOptions): Promise<{ repo: Repository; index: ChainIndex; view: PitView; chosen: ChosenPoint }> {
   const repo = await Repository.open(options.store, options.signal);
-  const [trust, chain] = await Promise.all([readTrust(options.store, options.signal), repo.listChain(options.signal)]);
-  const chosen = await choosePoint(repo, options.at, {
-    chain,
+  const [trust, index] = await Promise.all([readTrust(options.store, options.signal), repo.index(options.signal)]);
+  const chosen = await choosePoint(repo, index, options.at, {
     signal: options.signal,
     now: options.now,
     untrusted: trust.marks,
-    unreadableMarks: trust.unreadable.map((u) => u.time),
+    unreadableUntil: unreadableCutoff(trust, index.latest),
     allowSuspect: options.allowSuspect,
   });
-  const pit = await repo.loadPit(chosen.seq, { chain, signal: options.signal });
-  return { repo, pit, chosen };
+  const view = await repo.view(index, chosen.seq, { signal: options.signal });
+  return { repo, index, view, chosen };
 }
 
 export async function planRestore(options: PlanRestoreOptions): Promise<RestorePlan> {
-  const { repo, pit, chosen } = await loadPoint(options);
+  const { repo, view, chosen } = await loadPoint(options);
   const g = repo.geometry;
-  const { fetches, downloadBytes, packs, zeroRegions } = planFetches(pit, g, () => true);
   const plan: RestorePlan = {
     location: options.store.location,
     seq: chosen.seq,
-    time: new Date(chosen.delta.end).toISOString(),
-    kind: chosen.delta.kind,
+    time: new Date(chosen.summary.end).toISOString(),
+    kind: chosen.summary.kind,
     volumeSize: g.volumeSize,
     regionSize: g.regionSize,
     regions: g.regionCount,
-    dataRegions: g.regionCount - zeroRegions,
-    zeroRegions,
-    downloadBytes,
-    packs,
-    fetches,
-    source: chosen.delta.source,
+    source: chosen.source,
     skipped: chosen.skipped,
     untrusted: chosen.untrusted,
   };
-  chosen.delta.changed.dispose();
-  contexts.set(plan, { repo, pit });
+  contexts.set(plan, { repo, view });
   return plan;
 }
 
-/**
- * The ranged GETs that fetch the regions `wanted` picks: one slice per distinct stored location
- * (deduplicated regions are fetched once and written to each place), neighbouring slices of a
- * pack merged up to MAX_RANGE_BYTES.
- */
-function planFetches(pit: PitMap, g: Geometry, wanted: (region: number) => boolean) {
-  const byLocation = new Map<string, { pack: string; offset: number; length: number; region: number; regions: number[] }>();
-  let zeroRegions = 0;
-  for (let region = 0; region < g.regionCount; region++) {
-    if (!wanted(region)) continue;
-    const location = pit.location(region);
-    if (location === undefined) {
-      zeroRegions++;
-      continue;
-    }
-    const id = `${location.pack}@${location.offset}`;
-    const slot = byLocation.get(id);
-    if (slot !== undefined) slot.regions.push(region);
-    else byLocation.set(id, { ...location, length: regionLength(g, region), region, regions: [region] });
-  }
-  const byPack = new Map<string, Array<{ offset: number; length: number; region: number; regions: number[] }>>();
-  for (const slot of byLocation.values()) {
-    let list = byPack.get(slot.pack);
-    if (list === undefined) byPack.set(slot.pack, (list = []));
-    list.push(slot);
-  }
-  const fetches: RestoreFetch[] = [];
-  let downloadBytes = 0;
-  for (const [pack, slots] of byPack) {
-    slots.sort((a, b) => a.offset - b.offset);
-    let current: RestoreFetch | undefined;
-    for (const slot of slots) {
-      const contiguous = current !== undefined && current.offset + current.length === slot.offset && current.length + slot.length <= MAX_RANGE_BYTES;
-      if (!contiguous) {
-        current = { pack, offset: slot.offset, length: 0, slices: [] };
-        fetches.push(current);
-      }
-      current!.slices.push({ at: current!.length, length: slot.length, digest: pit.digest(slot.region).slice(), regions: slot.regions });
-      current!.length += slot.length;
-      downloadBytes += slot.length;
-    }
-  }
-  return { fetches, downloadBytes, packs: byPack.size, zeroRegions };
+function contextOf(plan: RestorePlan): PlanContext {
+  const context = contexts.get(plan);
+  if (context === undefined) throw new CdpError('INVALID_ARGUMENT', 'a restore needs a plan made by planRestore');
+  return context;
+}
+
+/** What restoring the plan downloads, counted from the map without fetching (--dry-run). */
+export async function planTotals(plan: RestorePlan, signal?: AbortSignal): Promise<RestoreTotals> {
+  const counts = emptyCounts();
+  for await (const _ of planRanges(storedRegions(contextOf(plan).view, counts, undefined, signal), counts));
+  return counts;
 }
 
 export interface ExecuteRestoreOptions {
@@ -206,12 +149,13 @@ export interface RestoreResult {
   /** With reuseTarget: regions that already matched and were left alone. */
   regionsReused?: number;
   bytesDownloaded: number;
+  /** What the restore fetched: regions, requests, packs. */
+  totals: RestoreTotals;
   verified: boolean;
 }
 
 export async function executeRestore(plan: RestorePlan, options: ExecuteRestoreOptions): Promise<RestoreResult> {
-  const context = contexts.get(plan);
-  if (context === undefined) throw new CdpError('INVALID_ARGUMENT', 'executeRestore needs a plan made by planRestore');
+  const context = contextOf(plan);
   throwIfAborted(options.signal);
   if (options.to === '-') return restoreToStream(plan, context, options);
   await refuseProtectedSource(plan, options);
@@ -236,62 +180,30 @@ async function refuseProtectedSource(plan: RestorePlan, options: ExecuteRestoreO
   }
 }
 
-/** Fetches the ranges, verifies every region on a worker and writes it at its place(s) in fd. */
+/** Fetches the regions `wanted` picks (all by default), verifies each on a worker and writes it at its place(s) in fd. */
 async function fetchAndWrite(
-  plan: RestorePlan,
   context: PlanContext,
   pool: RegionPool,
   fd: number,
   options: ExecuteRestoreOptions,
-  fetches: RestoreFetch[] = plan.fetches,
-): Promise<number> {
+  wanted?: (region: number) => boolean,
+): Promise<RestoreTotals> {
   const progress = options.progress ?? silentProgress;
-  const limit = options.fetchesInFlight ?? 8;
-  const inFlight = new Set<Promise<void>>();
-  // Range buffers go to a worker and come back; reusing them spares page faults on fresh memory.
-  const spare: Uint8Array[] = [];
-  let failure: unknown;
-  let downloaded = 0;
-  for (const fetch of fetches) {
-    if (failure !== undefined || options.signal?.aborted === true) break;
-    while (inFlight.size >= limit) await Promise.race(inFlight);
-    const task = (async () => {
-      const buffer = spare.pop() ?? new Uint8Array(MAX_RANGE_BYTES);
-      const bytes = await context.repo.readPackRange(fetch.pack, fetch.offset, fetch.length, options.signal, buffer);
-      const owned = bytes.buffer === buffer.buffer;
-      downloaded += bytes.length;
-      // One job per range: the worker verifies every region in it and writes those that match.
-      const { bytes: back, mismatches } = await pool.verify(
-        bytes,
-        fetch.slices.map((slice) => ({
-          at: slice.at,
-          length: slice.length,
-          expected: slice.digest,
-          writes: slice.regions.map((region): [number, number] => [fd, region * plan.regionSize]),
-        })),
-        owned,
-      );
-      spare.push(owned ? new Uint8Array(back.buffer) : buffer);
-      const bad = mismatches[0];
-      if (bad !== undefined) {
-        const slice = fetch.slices[bad.slice]!;
-        throw new IntegrityError(
-          `region ${slice.regions[0]} in ${fetch.pack} at ${fetch.offset + slice.at}`,
-          Buffer.from(slice.digest).toString('hex'),
-          Buffer.from(bad.digest).toString('hex'),
-        );
-      }
-      for (const slice of fetch.slices) progress.advance(slice.length * slice.regions.length);
-    })().catch((error: unknown) => {
-      failure ??= error;
+  const regionSize = context.repo.geometry.regionSize;
+  const fetcher = new RegionFetcher(context.repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
+  const counts = emptyCounts();
+  try {
+    await fetcher.run(planRanges(storedRegions(context.view, counts, wanted, options.signal), counts), {
+      writes: (slice) => slice.regions.map((region): [number, number] => [fd, region * regionSize]),
+      onRange: ({ range }) => {
+        for (const slice of range.slices) progress.advance(slice.length * slice.regions.length);
+      },
     });
-    const tracked = task.finally(() => inFlight.delete(tracked));
-    inFlight.add(tracked);
+  } catch (error) {
+    if (options.signal?.aborted === true) throw new AbortedError('restore cancelled', { cause: error });
+    throw targetError(error, options.to);
   }
-  await Promise.all(inFlight);
-  if (options.signal?.aborted === true) throw new AbortedError('restore cancelled');
-  if (failure !== undefined) throw targetError(failure, options.to);
-  return downloaded;
+  return counts;
 }
 
 async function restoreToFile(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
@@ -309,8 +221,8 @@ async function restoreToFile(plan: RestorePlan, context: PlanContext, options: E
   try {
     // A sparse file of the volume's size: zero regions stay holes.
     await handle.truncate(plan.volumeSize);
-    progress.phase('restore', plan.volumeSize - plan.zeroRegions * plan.regionSize);
-    const downloaded = await fetchAndWrite(plan, context, pool, handle.fd, options);
+    progress.phase('restore', plan.volumeSize);
+    const totals = await fetchAndWrite(context, pool, handle.fd, options);
     await handle.sync();
     await handle.close();
     throwIfAborted(options.signal);
@@ -318,7 +230,7 @@ async function restoreToFile(plan: RestorePlan, context: PlanContext, options: E
     renamed = true;
     await syncDirectory(dir);
     progress.done();
-    return restoreResult(plan, options.to, 'file', downloaded);
+    return restoreResult(plan, options.to, 'file', totals);
   } catch (error) {
     throw targetError(error, options.to);
   } finally {
@@ -328,36 +240,42 @@ async function restoreToFile(plan: RestorePlan, context: PlanContext, options: E
   }
 }
 
+/** Writes zeros over `region` (a device or a reused target holds old data there). */
+async function zeroRegion(fd: number, plan: RestorePlan, region: number, zeros: Uint8Array): Promise<number> {
+  const length = regionLength({ volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions }, region);
+  await pwriteFully(fd, zeros.subarray(0, length), region * plan.regionSize);
+  return length;
+}
+
 async function restoreToDevice(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
   const device = await openVolume(options.to, 'write');
   const pool = new RegionPool(options.workers);
   const progress = options.progress ?? silentProgress;
-  const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
+  const g = context.repo.geometry;
   try {
     if (device.size < plan.volumeSize) {
       throw new CdpError('TARGET', `${options.to} holds ${device.size} bytes, the volume needs ${plan.volumeSize}: use a larger device`);
     }
     progress.phase('restore', plan.volumeSize);
     // Zero regions must be written: the device holds old data there.
-    const zeros = Buffer.alloc(plan.regionSize);
-    for (let region = 0; region < plan.regions; region++) {
-      if (context.pit.isZero(region)) {
-        const length = regionLength(g, region);
-        await device.handle.write(zeros, 0, length, region * plan.regionSize);
-        progress.advance(length);
+    const zeros = new Uint8Array(plan.regionSize);
+    for await (const page of context.view.pages(options.signal)) {
+      for (let region = page.first; region < page.first + page.count; region++) {
+        if (page.isZero(region)) progress.advance(await zeroRegion(device.handle.fd, plan, region, zeros));
       }
     }
-    const downloaded = await fetchAndWrite(plan, context, pool, device.handle.fd, options);
+    const totals = await fetchAndWrite(context, pool, device.handle.fd, options);
     await device.handle.sync();
     progress.done();
     // Read back and verify every region against the PIT map.
     progress.phase('verify', plan.volumeSize);
+    let page: Awaited<ReturnType<PitView['page']>> | undefined;
     await readRegions({
       pool,
       fd: device.handle.fd,
       geometry: g,
-      regions: allRegions(g.regionCount),
-      expected: (region) => (context.pit.isZero(region) ? null : context.pit.digest(region)),
+      regions: regionsWithPages(context.view, undefined, (p) => (page = p), options.signal),
+      expected: (region) => (page!.isZero(region) ? null : page!.digest(region)),
       onResult: (region, result) => {
         if (result.status !== 'same') throw new IntegrityError(`${options.to} region ${region} read back`, 'the restored bytes', 'different bytes');
       },
@@ -365,7 +283,7 @@ async function restoreToDevice(plan: RestorePlan, context: PlanContext, options:
       signal: options.signal,
     });
     progress.done();
-    return restoreResult(plan, options.to, 'block-device', downloaded);
+    return restoreResult(plan, options.to, 'block-device', totals);
   } catch (error) {
     throw targetError(error, options.to);
   } finally {
@@ -386,7 +304,7 @@ async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: 
   });
   const pool = new RegionPool(options.workers);
   const progress = options.progress ?? silentProgress;
-  const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
+  const g = context.repo.geometry;
   const differ = new DeltaMap(g.regionCount);
   try {
     if (target.size < plan.volumeSize && target.isBlockDevice) {
@@ -404,30 +322,30 @@ async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: 
     // With --force, a shorter file reads as differing past its end; make it the volume's size first.
     if (!target.isBlockDevice && target.size !== plan.volumeSize) await target.handle.truncate(plan.volumeSize);
     progress.phase('compare', plan.volumeSize);
+    let page: Awaited<ReturnType<PitView['page']>> | undefined;
+    const zerosToWrite: number[] = [];
     await readRegions({
       pool,
       fd: target.handle.fd,
       geometry: g,
-      regions: allRegions(g.regionCount),
-      expected: (region) => (context.pit.isZero(region) ? null : context.pit.digest(region)),
+      regions: regionsWithPages(context.view, undefined, (p) => (page = p), options.signal),
+      expected: (region) => (page!.isZero(region) ? null : page!.digest(region)),
       onResult: (region, result) => {
-        if (result.status !== 'same') differ.set(region);
+        if (result.status === 'same') return;
+        differ.set(region);
+        if (context.view.cachedPageOf(region)?.isZero(region) === true) zerosToWrite.push(region);
       },
       onRead: (_region, length) => progress.advance(length),
       signal: options.signal,
     });
     progress.done();
-    const { fetches } = planFetches(context.pit, g, (region) => differ.has(region));
     progress.phase('restore', differ.count() * plan.regionSize);
-    const zeros = Buffer.alloc(plan.regionSize);
-    for (const region of differ.regions()) {
-      if (!context.pit.isZero(region)) continue;
-      await target.handle.write(zeros, 0, regionLength(g, region), region * plan.regionSize);
-    }
-    const downloaded = await fetchAndWrite(plan, context, pool, target.handle.fd, options, fetches);
+    const zeros = new Uint8Array(plan.regionSize);
+    for (const region of zerosToWrite) progress.advance(await zeroRegion(target.handle.fd, plan, region, zeros));
+    const totals = await fetchAndWrite(context, pool, target.handle.fd, options, (region) => differ.has(region));
     await target.handle.sync();
     progress.done();
-    return { ...restoreResult(plan, options.to, target.isBlockDevice ? 'block-device' : 'file', downloaded), regionsReused: g.regionCount - differ.count() };
+    return { ...restoreResult(plan, options.to, target.isBlockDevice ? 'block-device' : 'file', totals), regionsReused: g.regionCount - differ.count() };
   } catch (error) {
     throw targetError(error, options.to);
   } finally {
@@ -437,16 +355,10 @@ async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: 
   }
 }
 
-function* allRegions(count: number): Generator<number> {
-  for (let i = 0; i < count; i++) yield i;
-}
-
 /** Standard output: regions in volume order, each verified before it is written. */
 async function restoreToStream(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
   const out = options.stdout ?? process.stdout;
   const pool = new RegionPool(options.workers);
-  const g: Geometry = { volumeSize: plan.volumeSize, regionSize: plan.regionSize, regionCount: plan.regions };
-  const window = options.fetchesInFlight ?? 8;
   const progress = options.progress ?? silentProgress;
   // A failed write (the reader closed the pipe: EPIPE) is reported to the write's callback and
   // by an 'error' event, possibly after write() returned; without a listener Node throws the
@@ -459,60 +371,56 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
     stop.abort();
   };
   out.on('error', onOutputError);
-  let downloaded = 0;
-  const fetchRegion = async (region: number): Promise<Uint8Array> => {
-    const length = regionLength(g, region);
-    const location = context.pit.location(region);
-    if (location === undefined) return new Uint8Array(length);
-    const bytes = await context.repo.readPackRange(location.pack, location.offset, length, signal);
-    downloaded += length;
-    const expected = context.pit.digest(region).slice();
-    const result = await pool.verify(bytes, [{ at: 0, length, expected, writes: [] }]);
-    const bad = result.mismatches[0];
-    if (bad !== undefined) {
-      throw new IntegrityError(`region ${region} in ${location.pack}`, Buffer.from(expected).toString('hex'), Buffer.from(bad.digest).toString('hex'));
-    }
-    return result.bytes;
+  const fetcher = new RegionFetcher(context.repo, pool, { fetchesInFlight: options.fetchesInFlight, signal });
+  const counts = emptyCounts();
+  // Stored regions arrive in volume order, one region a slice; zero regions are written between them.
+  const fetched = fetcher.ordered(planRanges(storedRegions(context.view, counts, undefined, signal), counts, { oneRegionPerSlice: true }));
+  const zeros = new Uint8Array(plan.regionSize);
+  let flushed: Promise<void> = Promise.resolve();
+  const write = async (bytes: Uint8Array): Promise<void> => {
+    let full = false;
+    flushed = new Promise<void>((resolve) => {
+      full = !out.write(bytes, (error) => {
+        if (error != null) onOutputError(error);
+        resolve();
+      });
+    });
+    if (full) await once(out, 'drain', { signal });
+    progress.advance(bytes.length);
   };
-  const ahead: Array<Promise<Uint8Array>> = [];
   try {
     progress.phase('restore', plan.volumeSize);
-    let next = 0;
-    let flushed: Promise<void> = Promise.resolve();
-    for (let region = 0; region < plan.regions && outputError === undefined; region++) {
-      while (next < plan.regions && ahead.length < window) {
-        const fetched = fetchRegion(next++);
-        // Awaited in order below; one that fails while an earlier one is awaited must not be an unhandled rejection.
-        fetched.catch(() => {});
-        ahead.push(fetched);
+    let current: { bytes: Uint8Array; slices: Array<{ at: number; length: number; regions: number[] }>; next: number } | undefined;
+    for await (const page of context.view.pages(signal)) {
+      for (let region = page.first; region < page.first + page.count && outputError === undefined; region++) {
+        if (page.isZero(region)) {
+          await write(zeros.subarray(0, regionLength(context.repo.geometry, region)));
+          continue;
+        }
+        if (current === undefined || current.next >= current.slices.length) {
+          const next = await fetched.next();
+          if (next.done === true) throw new CdpError('INTEGRITY', `region ${region} was planned but not fetched`);
+          current = { bytes: next.value.bytes!, slices: next.value.range.slices, next: 0 };
+        }
+        const slice = current.slices[current.next++]!;
+        // Written as a copy: the range's buffer is reused once the next range is asked for.
+        await write(Buffer.from(current.bytes.subarray(slice.at, slice.at + slice.length)));
       }
-      const bytes = await ahead[0]!;
-      ahead.shift();
       throwIfAborted(options.signal);
       if (outputError !== undefined) break;
-      let full = false;
-      flushed = new Promise<void>((resolve) => {
-        full = !out.write(bytes, (error) => {
-          if (error != null) onOutputError(error);
-          resolve();
-        });
-      });
-      if (full) await once(out, 'drain', { signal });
-      progress.advance(bytes.length);
     }
     // Done only when the stream has taken the last bytes.
     await flushed;
     if (outputError !== undefined) throw outputFailure(outputError);
     progress.done();
-    return restoreResult(plan, '-', 'stdout', downloaded);
+    return restoreResult(plan, '-', 'stdout', counts);
   } catch (error) {
     if (outputError !== undefined) throw outputFailure(outputError);
     throw options.signal?.aborted === true ? new AbortedError('restore cancelled', { cause: error }) : error;
   } finally {
     // A failed stream may still emit 'error' later: keep the listener then.
     if (outputError === undefined) out.off('error', onOutputError);
-    // No fetch may reach the pool after it closes.
-    await Promise.allSettled(ahead);
+    await fetched.return(undefined);
     await pool.close();
   }
 }
@@ -528,8 +436,8 @@ function outputFailure(error: unknown): CdpError {
   return new CdpError('TARGET', `writing standard output failed: ${(error as Error).message ?? String(error)}`, { cause: error });
 }
 
-function restoreResult(plan: RestorePlan, target: string, targetKind: RestoreResult['targetKind'], downloaded: number): RestoreResult {
-  return { seq: plan.seq, time: plan.time, target, targetKind, bytesWritten: plan.volumeSize, bytesDownloaded: downloaded, verified: true };
+function restoreResult(plan: RestorePlan, target: string, targetKind: RestoreResult['targetKind'], totals: RestoreTotals): RestoreResult {
+  return { seq: plan.seq, time: plan.time, target, targetKind, bytesWritten: plan.volumeSize, bytesDownloaded: totals.downloadBytes, totals, verified: true };
 }
 
 function targetError(error: unknown, target: string): unknown {
@@ -542,15 +450,6 @@ function targetError(error: unknown, target: string): unknown {
   if (code === 'ENOENT') return new CdpError('TARGET', `${dirname(target)} does not exist; create it or choose another --to`, { cause: error });
   if (error instanceof RegionIoError) return new CdpError('TARGET', `writing ${target} failed: ${error.message}`, { cause: error });
   return error;
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, constants.O_RDONLY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export function describePlan(plan: RestorePlan): string {

@@ -16,12 +16,13 @@
 // scan record are new objects; deltas are never rewritten.
 
 import { realpath } from 'node:fs/promises';
-import { hostname } from 'node:os';
-import { CdpError, InvalidArgumentError, NoPointInTimeError, throwIfAborted } from '../errors.js';
+import { CdpError, FormatError, InvalidArgumentError, NoPointInTimeError, throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
+import type { PitPage } from '../model/pages.js';
+import type { Block, ChainIndex } from '../repo/chain-index.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
-import { Repository, loadNewestForWriting } from '../repo/repository.js';
+import { Repository, viewForWriting } from '../repo/repository.js';
 import { putMarks, putScanRecord, readTrust, scanRecordKey } from '../repo/trust.js';
 import { CountingStore } from '../store/counting.js';
 import type { ObjectStore } from '../store/types.js';
@@ -29,7 +30,8 @@ import { type ChangeSource, QuiescentSource } from '../volume/changes.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionPool } from '../volume/region-pool.js';
 import { openVolume } from '../volume/source.js';
-import { DeltaWriter, NEVER_DIGEST, locationId, readRegions } from './delta-writer.js';
+import { DeltaCommitter } from './delta-committer.js';
+import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
 
 /** The dirty region log as the scan uses it (src/volume/dirty-region-log.ts). */
@@ -114,9 +116,6 @@ function firstRegions(map: DeltaMap): number[] {
   return out;
 }
 
-function* allRegions(count: number): Generator<number> {
-  for (let i = 0; i < count; i++) yield i;
-}
 
 export async function scan(options: ScanOptions): Promise<ScanResult> {
   const { signal } = options;
@@ -161,31 +160,31 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     }
     const activeLock = options.heldLock ?? lock;
     const sourcePath = await realpath(options.source);
-    const chain = await repo.listChain(signal);
-    let latest = chain.latest;
+    const index = await repo.index(signal);
+    let latest = index.latest;
     const base = options.base === true;
     if (latest === 0 && !base) throw new NoPointInTimeError(`${store.location} has no points in time to compare with: run cdp-s3 backup first`);
     if (latest !== 0 && base) throw new InvalidArgumentError(`${store.location} has a base already (point in time ${latest})`);
     if (base && dryRun) throw new InvalidArgumentError('a base cannot be taken as a dry run');
     const baseRecorder = base ? changes.record() : undefined;
     const trust = await readTrust(store, signal);
-    const pit = await loadNewestForWriting(repo, chain, 'scan', signal);
+    const committer = new DeltaCommitter({
+      repo,
+      index,
+      head: await viewForWriting(repo, index, 'scan', signal),
+      lock: activeLock,
+      damaged: trust.damaged,
+      sourcePath,
+      clock,
+      packsInFlight: options.packsInFlight,
+      signal,
+    });
     const read = (
-      regions: Iterable<number>,
+      regions: Iterable<number> | AsyncIterable<number>,
       expected: (r: number) => Uint8Array | null,
       onResult: Parameters<typeof readRegions>[0]['onResult'],
       onRead?: Parameters<typeof readRegions>[0]['onRead'],
     ) => readRegions({ pool, fd: volume.handle.fd, geometry: g, regions, expected, onResult, onRead, readAhead: options.readAhead, signal });
-    const commit = async (writer: DeltaWriter, kind: 'host' | 'fixup' | 'base', start: number): Promise<number> => {
-      await writer.finish();
-      const delta = writer.delta(kind, start, Math.max(clock(), pit.time + 1, start));
-      delta.source = { host: hostname(), path: sourcePath };
-      pit.seq = delta.seq;
-      pit.time = delta.end;
-      activeLock?.check();
-      await repo.commitDelta(delta, pit, signal);
-      return delta.seq;
-    };
 
     // Claim 3: seal the present delta map (changes since the previous delta) before scanning.
     const sealRecorder = changes.record();
@@ -193,28 +192,31 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     const present = track(base ? new DeltaMap(g.regionCount) : changes.pending());
     let presentSeq: number | undefined;
     if (!present.isEmpty() && !dryRun) {
-      const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+      const writer = committer.begin();
       const sealStart = clock();
       await read(present.regions(), () => NEVER_DIGEST, (region, result) => writer.apply(region, result));
-      presentSeq = latest = await commit(writer, 'host', sealStart);
+      presentSeq = latest = (await committer.commit(writer, 'host', sealStart)).seq;
       changes.committed(track(present.clone().subtract(track(sealRecorder.snapshot()))));
     }
     sealRecorder.stop().dispose();
     const scanStartSeq = latest;
+    // Claim 3: the PIT map of the newest point, which the scan compares with (claim 4).
+    const pit = committer.head;
 
     // Claims 1, 2, 4 (5, 6 with a DRL): scan and compare, recording host writes (claims 7, 8).
     const scanStart = clock();
     const scanRecorder = changes.record();
     const toScan = drl === undefined ? undefined : track(drl.dirty());
     if (dryRun && toScan !== undefined) toScan.subtract(present);
+    // A dry run cannot seal the present delta: its regions are known changes, not discrepancies.
+    const wanted = dryRun && !present.isEmpty() ? track((toScan ?? fullMap(g.regionCount, track)).clone().subtract(present)) : toScan;
     const compare = track(new DeltaMap(g.regionCount));
     let scanned = 0;
     progress.phase('scan', toScan === undefined ? g.volumeSize : toScan.count() * g.regionSize);
-    const regions = toScan?.regions() ?? allRegions(g.regionCount);
-    const skip = dryRun ? present : undefined; // a dry run cannot seal them: they are known changes, not discrepancies
+    let page: PitPage | undefined;
     await read(
-      skip === undefined ? regions : filter(regions, (r) => !skip.has(r)),
-      (region) => (pit.isZero(region) ? null : pit.digest(region)),
+      regionsWithPages(pit, wanted, (p) => (page = p), signal),
+      (region) => (page!.isZero(region) ? null : page!.digest(region)),
       async (region, result) => {
         if (result.status !== 'same') compare.set(region);
         scanned++;
@@ -228,24 +230,18 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     const revised = track(compare.clone().subtract(scanDelta));
 
     // Claim 11: walk back from the newest delta before the scan, marking suspects.
-    const suspectDetails: SuspectReport[] = [];
     const unexplained = track(revised.clone());
-    for (let seq = scanStartSeq; seq >= 1 && !unexplained.isEmpty(); seq--) {
-      suspectDetails.push({ seq, regions: firstRegions(unexplained) });
-      // A missing delta's regions are unknown: explain nothing by it and go on (more suspects, never fewer).
-      if (!chain.has(seq)) continue;
-      const delta = await repo.readDelta(seq, signal);
-      unexplained.subtract(delta.changed);
-      delta.changed.dispose();
-    }
+    const suspectDetails = base ? [] : await walkSuspects(repo, index, scanStartSeq, unexplained, signal);
     const reachedChainStart = !base && !unexplained.isEmpty(); // a base has no chain to reach
 
     // Regions whose stored bytes a verify found damaged are copied again too.
     const damaged = track(new DeltaMap(g.regionCount));
     if (trust.damaged.size > 0) {
-      for (let region = 0; region < g.regionCount; region++) {
-        const location = pit.location(region);
-        if (location !== undefined && trust.damaged.has(locationId(location))) damaged.set(region);
+      for await (const p of pit.pages(signal)) {
+        for (let region = p.first; region < p.first + p.count; region++) {
+          const location = p.location(region);
+          if (location !== undefined && trust.damaged.has(locationId(location))) damaged.set(region);
+        }
       }
     }
 
@@ -258,10 +254,11 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       const copyStart = clock();
       const copyRecorder = changes.record();
       await hooks.copyStarted?.();
-      const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+      const writer = committer.begin();
       progress.phase('copy', copySet.count() * g.regionSize);
       await read(copySet.regions(), () => NEVER_DIGEST, async (region, result) => {
         await writer.apply(region, result);
+        await writer.closeBelow(region);
         progress.advance(g.regionSize);
         await hooks.afterCopyRead?.(region);
       });
@@ -271,7 +268,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       const finalRecorder = changes.record();
       await read(hostChange.regions(), () => NEVER_DIGEST, (region, result) => writer.apply(region, result));
       repaired = writer.changed.count();
-      fixupSeq = latest = await commit(writer, base ? 'base' : 'fixup', base ? scanStart : copyStart);
+      fixupSeq = latest = (await committer.commit(writer, base ? 'base' : 'fixup', base ? scanStart : copyStart)).seq;
       changes.committed(track(writer.changed.clone().subtract(track(finalRecorder.stop()))));
       progress.done();
     }
@@ -325,7 +322,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       dryRun,
       record,
       discrepantRegions: firstRegions(compare),
-      missingDeltas: chain.missing,
+      missingDeltas: index.missingDeltas(),
     };
   } finally {
     await lock?.release().catch(() => undefined);
@@ -336,6 +333,73 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
   }
 }
 
-function* filter(regions: Iterable<number>, keep: (region: number) => boolean): Generator<number> {
-  for (const region of regions) if (keep(region)) yield region;
+/** Every region (for a dry run's scan set less the present delta). */
+function fullMap(regionCount: number, track: (map: DeltaMap) => DeltaMap): DeltaMap {
+  const map = track(new DeltaMap(regionCount));
+  map.setRange(0, regionCount);
+  return map;
+}
+
+/**
+ * Claim 11: from point `from` back, mark each delta suspect and subtract its changed regions
+ * from `unexplained`, until it is empty. A span whose regions cannot empty it marks all its
+ * points at once and subtracts their union (the same as one by one); only the span in which the
+ * walk ends is descended into. A delta that is missing explains nothing (more suspects, never fewer).
+ */
+async function walkSuspects(repo: Repository, index: ChainIndex, from: number, unexplained: DeltaMap, signal?: AbortSignal): Promise<SuspectReport[]> {
+  const out: SuspectReport[] = [];
+  const g = repo.geometry;
+  const regionsOf = async (block: Block): Promise<DeltaMap | undefined> => {
+    if (!(await index.has(block, signal))) return undefined;
+    try {
+      const run = await repo.readRun(block, signal);
+      const map = new DeltaMap(g.regionCount);
+      for await (const region of run.regions(signal)) map.set(region);
+      return map;
+    } catch (error) {
+      if (error instanceof FormatError) return undefined;
+      throw error;
+    }
+  };
+  const walk = async (block: Block): Promise<void> => {
+    if (unexplained.isEmpty()) return;
+    const regions = await regionsOf(block);
+    if (block.level === 0) {
+      out.push({ seq: block.last, regions: firstRegions(unexplained) });
+      if (regions !== undefined) unexplained.subtract(regions);
+      regions?.dispose();
+      return;
+    }
+    if (regions !== undefined) {
+      const left = unexplained.clone().subtract(regions);
+      if (!left.isEmpty()) {
+        // The walk goes on past this span: every point in it is suspect.
+        const shown = firstRegions(left);
+        for (let seq = block.last; seq >= block.first; seq--) out.push({ seq, regions: shown });
+        unexplained.subtract(regions);
+        left.dispose();
+        regions.dispose();
+        return;
+      }
+      left.dispose();
+      regions.dispose();
+    }
+    const size = repo.fanout ** (block.level - 1);
+    for (let last = block.last; last >= block.first && !unexplained.isEmpty(); last -= size) await walk(index.block(block.level - 1, last));
+  };
+  for (const block of decompose(index.fanout, from).reverse()) {
+    if (unexplained.isEmpty()) break;
+    await walk(index.block(block.level, block.last));
+  }
+  return out;
+}
+
+/** Points 1 … p as aligned blocks, largest first (what ChainIndex.cover resolves). */
+function decompose(fanout: number, p: number): Array<{ level: number; last: number }> {
+  const out: Array<{ level: number; last: number }> = [];
+  let level = 0;
+  while (fanout ** (level + 1) <= p) level++;
+  let pos = 0;
+  for (; level >= 0; level--) for (const size = fanout ** level; pos + size <= p; pos += size) out.push({ level, last: pos + size });
+  return out;
 }

@@ -21,7 +21,9 @@
 
 import { createHash } from 'node:crypto';
 import { AbortedError, CdpError, IntegrityError } from '../errors.js';
-import { type Geometry, type PitMap, regionLength } from '../model/pit-map.js';
+import { type Geometry, regionLength } from '../model/pit-map.js';
+import type { PitPage } from '../model/pages.js';
+import type { PitView } from '../repo/pit-view.js';
 import { BufferPool } from '../nbd/buffer-pool.js';
 import { NbdServer } from '../nbd/server.js';
 import { NbdRequestError, type NbdExport, type ReadViews } from '../nbd/types.js';
@@ -91,7 +93,11 @@ interface Slot {
   pack: string;
   offset: number;
   length: number;
+  digest: Uint8Array;
 }
+
+/** Pages of the map kept at hand for reads (each read loads the ones it needs first). */
+const PAGES_AT_HAND = 64;
 
 /** What every export name of one point in time shares: the map, the cache and the fetches. */
 class PitReader {
@@ -123,9 +129,12 @@ class PitReader {
   private closed = false;
   private poolFailed: Error | undefined;
 
+  /** Pages of the map the reads in progress use, most recent last. */
+  private readonly pagesAtHand = new Map<number, PitPage>();
+
   constructor(
     readonly repo: Repository,
-    readonly pit: PitMap,
+    readonly pit: PitView,
     readonly seq: number,
     options: Pick<PitExportOptions, 'cacheBytes' | 'readAheadBytes' | 'prefetchConcurrency' | 'fetchUnitBytes' | 'prefetchUnitBytes' | 'workers' | 'log'>,
   ) {
@@ -189,6 +198,11 @@ class PitReader {
     const sequential = this.recentEnds.includes(offset);
     this.recentEnds.push(end);
     if (this.recentEnds.length > RECENT_ENDS) this.recentEnds.shift();
+    // The map's pages for this read and its read-ahead window; from here on no await until the
+    // fetches are registered, so concurrent reads share them.
+    const windowEnd = sequential ? Math.min(g.regionCount - 1, last + Math.ceil(this.readAheadBytes / g.regionSize)) : last;
+    await this.loadPages(first, windowEnd);
+    if (this.closed) throw new NbdRequestError('ESHUTDOWN', 'the export is closed');
 
     // Fetch what is neither cached nor in flight (merged GETs).
     const slots: Array<Slot | undefined> = [];
@@ -279,11 +293,47 @@ class PitReader {
     this.stats.cachedBytes = 0;
   }
 
-  /** Where the region's bytes are stored, or undefined for a zero region. */
+  /** Makes the pages holding regions [first, last] at hand (without waiting when they are). */
+  private loadPages(first: number, last: number): Promise<void> | undefined {
+    const from = this.pit.pageOf(first);
+    const to = this.pit.pageOf(last);
+    const wanted: number[] = [];
+    for (let page = from; page <= to; page++) {
+      const held = this.pagesAtHand.get(page);
+      if (held === undefined) wanted.push(page);
+      else {
+        this.pagesAtHand.delete(page);
+        this.pagesAtHand.set(page, held);
+      }
+    }
+    if (wanted.length === 0) return undefined;
+    return Promise.all(wanted.map((page) => this.pit.page(page))).then((pages) => {
+      for (const page of pages) {
+        this.pagesAtHand.delete(page.page);
+        this.pagesAtHand.set(page.page, page);
+      }
+      const keep = Math.max(PAGES_AT_HAND, to - from + 1);
+      for (const oldest of this.pagesAtHand.keys()) {
+        if (this.pagesAtHand.size <= keep) break;
+        this.pagesAtHand.delete(oldest);
+      }
+    });
+  }
+
+  /** Where the region's bytes are stored, or undefined for a zero region (its page is at hand). */
   private slot(region: number): Slot | undefined {
-    const location = this.pit.location(region);
+    const page = this.pagesAtHand.get(this.pit.pageOf(region));
+    if (page === undefined) throw new NbdRequestError('EIO', `the map page of region ${region} is not loaded`);
+    const location = page.location(region);
     if (location === undefined) return undefined;
-    return { id: `${location.pack}@${location.offset}`, region, pack: location.pack, offset: location.offset, length: regionLength(this.geometry, region) };
+    return {
+      id: `${location.pack}@${location.offset}`,
+      region,
+      pack: location.pack,
+      offset: location.offset,
+      length: regionLength(this.geometry, region),
+      digest: page.digest(region).slice(),
+    };
   }
 
   /** Cached bytes (now most recently used) or the fetch in flight. */
@@ -370,7 +420,7 @@ class PitReader {
       this.stats.prefetched += slots.filter((slot) => !demand.has(slot.id)).length;
       let at = 0;
       const slices = slots.map((slot) => {
-        const slice = { at, length: slot.length, expected: this.pit.digest(slot.region).slice(), writes: [] };
+        const slice = { at, length: slot.length, expected: slot.digest, writes: [] };
         at += slot.length;
         return slice;
       });
@@ -538,15 +588,14 @@ export class PitExport implements NbdExport {
   }
 
   static async open(options: PitExportOptions): Promise<PitExport> {
-    const { repo, pit, chosen } = await loadPoint(options);
+    const { repo, view, chosen } = await loadPoint(options);
     const info = {
-      time: new Date(chosen.delta.end).toISOString(),
-      kind: chosen.delta.kind,
+      time: new Date(chosen.summary.end).toISOString(),
+      kind: chosen.summary.kind,
       skipped: chosen.skipped,
       untrusted: chosen.untrusted,
     };
-    chosen.delta.changed.dispose();
-    return new PitExport(new PitReader(repo, pit, chosen.seq, options), options.name ?? '', info);
+    return new PitExport(new PitReader(repo, view, chosen.seq, options), options.name ?? '', info);
   }
 
   /** The same point in time under another export name, sharing this one's cache and fetches. */

@@ -39,14 +39,24 @@ export interface StatusResult {
 export async function status(options: { store: ObjectStore; signal?: AbortSignal; now?: number }): Promise<StatusResult> {
   const { store, signal } = options;
   const repo = await Repository.open(store, signal);
-  const chain = await repo.listChain(signal);
-  const last = chain.seqs.at(-1);
+  const index = await repo.fullIndex(signal);
   let newest: StatusResult['newest'];
-  if (last !== undefined) {
-    const delta = await repo.readDelta(last, signal);
-    newest = { seq: last, time: new Date(delta.end).toISOString(), kind: delta.kind };
-    delta.changed.dispose();
+  if (index.latest > 0) {
+    const summary = await repo.summary(index, index.latest, signal).catch(() => undefined);
+    if (summary !== undefined) newest = { seq: index.latest, time: new Date(summary.end).toISOString(), kind: summary.kind };
   }
+  const missingDeltas = index.missingDeltas();
+  const unrestorable: number[] = [];
+  // Only points after a missing delta can be blocked: look there, up to the first span standing in.
+  for (const missing of missingDeltas) {
+    for (let seq = missing + 1; seq <= index.latest; seq++) {
+      if (missingDeltas.includes(seq)) continue;
+      const blocking = await index.blockedBy(seq, signal);
+      if (blocking === undefined) break;
+      if (!unrestorable.includes(seq)) unrestorable.push(seq);
+    }
+  }
+  unrestorable.sort((a, b) => a - b);
   const [trust, scans] = await Promise.all([readTrust(store, signal), readScanRecords(store, signal)]);
   const scan = scans.at(-1)?.value;
   const protects: ProtectReport[] = [];
@@ -66,8 +76,8 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
     volumeSize: repo.config.volumeSize,
     newest,
     untrusted: [...trust.marks.keys()].sort((a, b) => a - b),
-    missingDeltas: chain.missing,
-    unrestorable: chain.seqs.filter((seq) => chain.blockedBy(seq) !== undefined),
+    missingDeltas,
+    unrestorable,
     unreadableMarks: trust.unreadable.map(({ key, error }) => ({ key, error })),
     lastScan:
       scan === undefined

@@ -1,24 +1,37 @@
-// verify: check the secondary side. Every object a point in time needs exists with the right
-// size; the chain folds and every checkpoint equals the fold; with readData (or a rotating
-// subset of the packs, so that repeated runs cover everything) every stored region's bytes match
-// its SHA-256. Damage is reported with the points in time it affects and recorded as `damaged`
-// marks, so restore avoids those points and the next backup or scan uploads the regions again
-// while the primary still holds them.
+// verify: check the secondary side. Every delta and span reads, and every span equals the merge
+// of its children; every point in time can be built (or the missing delta that keeps it from
+// being built is named); every stored region a point needs is in a pack that exists and is long
+// enough; with readData (or a rotating subset of the packs, so that repeated runs cover
+// everything) every stored region's bytes match its SHA-256. Damage is reported with the points
+// in time it affects and recorded as `damaged` marks, so restore avoids those points and the
+// next backup or scan uploads the regions again while the primary still holds them.
+//
+// Memory follows the chain's metadata one run at a time: each stored region is checked once, in
+// the delta that stored it (its pack is named after that delta), not once per point using it.
 
+import { createHash } from 'node:crypto';
 import { CdpError, FormatError, UsageError, throwIfAborted } from '../errors.js';
-import { type Delta, type PitMap, ZERO_REGION, regionLength } from '../model/pit-map.js';
-import { sealEnvelope } from '../repo/envelope.js';
-import { PACK_PREFIX, seqName } from '../repo/keys.js';
+import { type RunPage, ZERO_PACK, mergeRunPages } from '../model/pages.js';
+import { DIGEST_BYTES, regionLength } from '../model/pit-map.js';
+import { type Block, type ChainIndex, blockKey } from '../repo/chain-index.js';
+import { FORMAT_VERSION, sealEnvelope } from '../repo/envelope.js';
+import { PACK_PREFIX, seqName, seqOfPackKey } from '../repo/keys.js';
 import { type DamagedLocation, MAX_REGIONS_LISTED, type TrustMark, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
-import { putMarks, readTrust } from '../repo/trust.js';
+import { encodePage } from '../repo/run-codec.js';
+import type { RunReader } from '../repo/run-reader.js';
+import { putMarks, readTrust, unreadableCutoff } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
+import { TaskWindow } from '../util/task-window.js';
 import { RegionPool } from '../volume/region-pool.js';
 import { locationId } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
+import { type FetchRange, RegionFetcher, type WantedRegion, emptyCounts, planRanges } from './region-fetcher.js';
 
 export const VERIFY_PREFIX = 'verifies/';
-const VERIFY_KIND = { magic: 'CDPS3VRF', version: 1, what: 'verify record' } as const;
+const VERIFY_KIND = { magic: 'CDPS3VRF', version: FORMAT_VERSION, what: 'verify record' } as const;
+/** Run roots read at once. */
+const METADATA_CONCURRENCY = 16;
 
 export interface VerifyOptions {
   store: ObjectStore;
@@ -37,10 +50,11 @@ export interface VerifyOptions {
 
 export interface VerifyProblem {
   /**
-   * 'delta', 'checkpoint', 'pack' (missing or short), 'region' (bytes do not match), 'marks' (a
+   * 'delta', 'span' (unreadable, or not the merge of its children: only slower reads, it
+   * affects no point), 'pack' (missing or short), 'region' (bytes do not match), 'marks' (a
    * trust marks object that cannot be read: `affects` are the points it could concern).
    */
-  object: 'delta' | 'checkpoint' | 'pack' | 'region' | 'marks';
+  object: 'delta' | 'span' | 'pack' | 'region' | 'marks';
   key: string;
   detail: string;
   /** Points in time that cannot be restored as they were because of it. */
@@ -51,7 +65,7 @@ export interface VerifyProblem {
 
 export interface VerifyResult {
   deltas: number;
-  checkpoints: number;
+  spans: number;
   packs: number;
   /** Distinct stored regions (pack, offset) the chain refers to. */
   locations: number;
@@ -66,17 +80,14 @@ export interface VerifyResult {
   record: string | undefined;
 }
 
-interface Location {
-  pack: string;
-  offset: number;
-  length: number;
-  digest: Uint8Array;
-  /** (region, first seq, last seq) spans during which some PIT map points here. */
-  spans: Array<[number, number, number]>;
+/** The slice a pack belongs to for --read-data-subset: from its key's SHA-256, so slices stay put as packs are added. */
+export function packSlice(pack: string, slices: number): number {
+  return createHash('sha256').update(pack).digest().readUInt32LE(0) % slices;
 }
 
-/** Largest ranged GET when reading data. */
-const MAX_RANGE_BYTES = 8 * 1024 * 1024;
+interface BadLocation extends DamagedLocation {
+  digest: Uint8Array;
+}
 
 export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const { store, signal } = options;
@@ -90,202 +101,140 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const g = repo.geometry;
   const problems: VerifyProblem[] = [];
   const trust = await readTrust(store, signal);
-
-  // The chain: every delta readable, no gaps. A missing or damaged delta breaks the points from
-  // it on, up to the first readable checkpoint after it, which stands in for the lost link (as
-  // in restore: docs/FORMAT.md, "Keys"); the fold resumes there.
-  const listed = await repo.deltaSeqs(signal);
-  const last = listed.at(-1) ?? 0;
-  const stored = new Set(listed);
-  const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i);
-
-  // Fold the chain, remembering for every stored location which PIT maps point at it.
-  const locations = new Map<string, Location>();
-  const current: Array<{ id: string; since: number } | undefined> = new Array(g.regionCount);
-  const closeSpan = (region: number, until: number): void => {
-    const open = current[region];
-    if (open !== undefined) locations.get(open.id)!.spans.push([region, open.since, until]);
-    current[region] = undefined;
-  };
-  const openSpan = (region: number, location: { pack: string; offset: number }, digest: Uint8Array, since: number): void => {
-    const id = locationId(location);
-    if (!locations.has(id)) locations.set(id, { ...location, length: regionLength(g, region), digest, spans: [] });
-    current[region] = { id, since };
-  };
-  const checkpointList = await repo.checkpointSeqs(signal);
-  const checkpointsAt = new Set(checkpointList);
-  /** The oldest readable checkpoint at or after `from`; unreadable ones on the way are problems. */
-  const resumeFrom = async (from: number): Promise<PitMap | undefined> => {
-    for (const c of checkpointList.filter((c) => c >= from)) {
-      try {
-        return await repo.readCheckpoint(c, signal);
-      } catch (error) {
-        if (!(error instanceof FormatError)) throw error;
-        problems.push({ object: 'checkpoint', key: `checkpoints/${seqName(c)}`, detail: error.message, affects: [] });
-        unreadableCheckpoints.add(c);
-      }
-    }
-    return undefined;
-  };
-  const unreadableCheckpoints = new Set<number>();
-  const folded = new Map<number, PitMap>(); // seq → PIT map, for checkpoints only
-  let pit: PitMap | undefined;
-  let deltasRead = 0;
-  let chainEnd = last; // the newest point the fold reached
-  const ends = new Map<number, number>(); // seq → end, of the deltas read
+  const index = await repo.fullIndex(signal);
+  const latest = index.latest;
   progress.phase('chain', 0);
-  for (let seq = 1; seq <= last; seq++) {
-    let delta: Delta | undefined;
-    let broken = 'missing';
-    if (stored.has(seq)) {
-      try {
-        delta = await repo.readDelta(seq, signal);
-      } catch (error) {
-        if (!(error instanceof FormatError)) throw error;
-        broken = error.message;
-      }
-    }
-    if (delta === undefined) {
-      for (let region = 0; region < g.regionCount; region++) closeSpan(region, seq - 1);
-      const resume = await resumeFrom(seq);
-      // Points up to the resume point cannot be built (the resume point itself only if its delta is bad).
-      const until = resume === undefined ? last : resume.seq === seq || !stored.has(resume.seq) ? resume.seq : resume.seq - 1;
-      for (const lost of range(seq, until)) {
-        if (lost === seq || !stored.has(lost)) {
-          problems.push({ object: 'delta', key: `deltas/${seqName(lost)}`, detail: lost === seq ? broken : 'missing', affects: range(lost, until) });
-        }
-      }
-      if (resume === undefined) {
-        chainEnd = seq - 1;
-        break;
-      }
-      pit = resume;
-      for (let region = 0; region < g.regionCount; region++) {
-        const location = pit.location(region);
-        if (location !== undefined) openSpan(region, location, pit.digest(region).slice(), pit.seq);
-      }
-      // Choosing the resume point needs its delta (for its time): check that it reads.
-      if (stored.has(pit.seq) && pit.seq !== seq) {
+
+  // 1. Every delta and span root reads (a delta's pages too: they are its map).
+  const deltas = index.deltaSeqs();
+  const readable = new Map<string, RunReader>();
+  const unreadable = new Map<string, { block: Block; error: string }>();
+  const readAll = async (blocks: Block[]): Promise<void> => {
+    const window = new TaskWindow(METADATA_CONCURRENCY);
+    for (const block of blocks) {
+      await window.add(async () => {
         try {
-          const own = await repo.readDelta(pit.seq, signal);
-          deltasRead++;
-          ends.set(own.seq, own.end);
-          own.changed.dispose();
+          const run = await repo.readRun(block, signal);
+          for (const ref of run.pages) await run.page(ref.page, signal);
+          readable.set(blockKey(block), run);
         } catch (error) {
           if (!(error instanceof FormatError)) throw error;
-          problems.push({ object: 'delta', key: `deltas/${seqName(pit.seq)}`, detail: error.message, affects: [pit.seq] });
+          unreadable.set(blockKey(block), { block, error: error.message });
+          index.markUnreadable(block);
         }
-      }
-      seq = pit.seq;
-      continue;
+      });
     }
-    deltasRead++;
-    ends.set(seq, delta.end);
-    let entry = 0;
-    for (const region of delta.changed.regions()) {
-      closeSpan(region, seq - 1);
-      const pack = delta.entryPack[entry]!;
-      if (pack !== ZERO_REGION) {
-        openSpan(region, { pack: delta.packs[pack]!, offset: delta.entryOffset[entry]! }, delta.digests.slice(entry * 32, entry * 32 + 32), seq);
-      }
-      entry++;
-    }
-    pit ??= await repo.loadPit(0, { signal });
-    pit.apply(delta);
-    delta.changed.dispose();
-    if (checkpointsAt.has(seq)) folded.set(seq, pit.clone());
-  }
-  for (let region = 0; region < g.regionCount; region++) closeSpan(region, chainEnd);
+    await window.drain();
+  };
+  await readAll(deltas.map((seq) => index.block(0, seq)));
+  const spans = index.spans();
+  await readAll(spans);
 
-  // A marks object nobody can read: restore treats every point that ended before it as possibly
-  // marked. Verify cannot tell what it said; it names it (and marks nothing because of it).
-  for (const u of trust.unreadable) {
-    const affects = [...ends].filter(([, end]) => u.time === undefined || end <= u.time).map(([seq]) => seq);
-    const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
-    problems.push({ object: 'marks', key: u.key, detail, affects });
+  // 2. Which points cannot be built: a missing or unreadable delta no span stands in for.
+  const gaps = new Map<number, { detail: string; affects: number[] }>();
+  for (const seq of index.missingDeltas()) gaps.set(seq, { detail: 'missing', affects: [] });
+  for (const { block, error } of unreadable.values()) if (block.level === 0) gaps.set(block.last, { detail: error, affects: [] });
+  for (const [missing, gap] of [...gaps].sort((a, b) => a[0] - b[0])) {
+    for (let p = missing; p <= latest; p++) {
+      const blocking = await index.blockedBy(p, signal);
+      if (blocking === undefined) break; // a span stands in for it from here on
+      if (blocking === missing) gap.affects.push(p);
+      else if (blocking < missing) continue; // an older gap already blocks p
+      else break;
+    }
+    problems.push({ object: 'delta', key: `deltas/${seqName(missing)}`, detail: gap.detail, affects: gap.affects });
   }
 
-  // Checkpoints must equal the fold (a bad one only slows restores: they fall back to deltas).
-  for (const seq of checkpointsAt) {
-    const expected = folded.get(seq);
-    if (expected === undefined || unreadableCheckpoints.has(seq)) continue; // past a broken link: reported above
-    try {
-      const checkpoint = await repo.readCheckpoint(seq, signal);
-      const region = firstDifference(checkpoint, expected);
-      if (region !== undefined) {
-        problems.push({ object: 'checkpoint', key: `checkpoints/${seqName(seq)}`, detail: `differs from the chain at region ${region}`, affects: [] });
-      }
-    } catch (error) {
-      if (!(error instanceof FormatError)) throw error;
-      problems.push({ object: 'checkpoint', key: `checkpoints/${seqName(seq)}`, detail: error.message, affects: [] });
+  // 3. Spans: unreadable ones, and ones that are not the merge of their children (derived
+  // data: readers fall back to the children, so no point is affected).
+  for (const { block, error } of unreadable.values()) {
+    if (block.level > 0) problems.push({ object: 'span', key: blockKey(block), detail: error, affects: [] });
+  }
+  for (const block of spans) {
+    const span = readable.get(blockKey(block));
+    if (span === undefined) continue;
+    const size = repo.fanout ** (block.level - 1);
+    const children: RunReader[] = [];
+    for (let last = block.first + size - 1; last <= block.last; last += size) {
+      const child = readable.get(blockKey(index.block(block.level - 1, last)));
+      if (child !== undefined) children.push(child);
     }
+    if (children.length !== repo.fanout) continue; // a child is missing: nothing to compare with
+    const difference = await spanDifference(repo, span, children, signal);
+    if (difference !== undefined) problems.push({ object: 'span', key: blockKey(block), detail: difference, affects: [] });
   }
 
-  // Every pack a location needs exists and is long enough.
+  // 4. Stored regions: each checked once, in the delta that stored it (the pack's name carries
+  // that delta's seq); the others only reference it. Packs must exist and be long enough.
   const packSizes = new Map<string, number>();
   for await (const info of store.list(PACK_PREFIX, { signal })) packSizes.set(info.key, info.size);
-  const damaged: DamagedLocation[] = [];
-  const affectsOf = (list: Location[]): number[] => {
-    const seqs = new Set<number>();
-    for (const location of list) for (const [, from, to] of location.spans) for (let s = from; s <= to; s++) seqs.add(s);
-    return [...seqs].sort((a, b) => a - b);
-  };
-  const badLocations = new Map<VerifyProblem, Location[]>(); // the stored regions behind each pack or region problem
-  // One problem per pack object (not per region in it), with every point its bad regions affect.
-  const reportPerPack = (object: 'pack' | 'region', bad: Location[], detailOf: (pack: string, list: Location[]) => string): void => {
-    const byPack = new Map<string, Location[]>();
-    for (const l of [...bad].sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset))) {
-      (byPack.get(l.pack) ?? byPack.set(l.pack, []).get(l.pack)!).push(l);
-    }
-    for (const [pack, list] of byPack) {
-      const problem: VerifyProblem = { object, key: pack, detail: detailOf(pack, list), affects: affectsOf(list), regions: list.length };
-      problems.push(problem);
-      badLocations.set(problem, list);
-    }
-  };
-  const readable: Location[] = [];
-  const short: Location[] = [];
-  for (const location of locations.values()) {
-    const size = packSizes.get(location.pack);
-    if (size === undefined || location.offset + location.length > size) {
-      short.push(location);
-      damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'missing' });
-    } else readable.push(location);
-  }
-  reportPerPack('pack', short, (pack, list) => {
-    const size = packSizes.get(pack);
-    return size === undefined ? 'missing' : `${size} bytes, but regions end up to byte ${list.reduce((end, l) => Math.max(end, l.offset + l.length), 0)}`;
-  });
-
-  // Region data: all of it, or this run's slice of the packs.
   let subset: VerifyResult['subset'];
-  let toRead: Location[] = [];
+  let chosen: (pack: string) => boolean = () => options.readData === true;
   if (subsetPercent !== undefined) {
     const slices = Math.ceil(100 / subsetPercent);
     const runs = await countObjects(store, VERIFY_PREFIX, signal);
     const slice = runs % slices;
-    const packs = [...new Set(readable.map((l) => l.pack))].sort();
-    const chosen = new Set(packs.filter((_, i) => i % slices === slice));
-    toRead = readable.filter((l) => chosen.has(l.pack));
+    chosen = (pack) => packSlice(pack, slices) === slice;
     subset = { percent: subsetPercent, slice, slices };
-  } else if (options.readData === true) toRead = readable;
-  const { locationsRead, bytesRead, corrupt } = await readAndCheck(repo, toRead, options, progress);
-  for (const location of corrupt) damaged.push({ pack: location.pack, offset: location.offset, length: location.length, problem: 'corrupt' });
-  reportPerPack('region', corrupt, (_pack, list) => {
-    const at = list.slice(0, 8).map((l) => l.offset).join(', ') + (list.length > 8 ? ', …' : '');
-    return `bytes at ${at} do not match their SHA-256`;
-  });
+  }
+  const bad = new Map<string, BadLocation>();
+  let locations = 0;
+  // A location whose storing delta cannot be read is checked where it is first referenced.
+  const orphans = new Set<string>();
+  const storerReadable = (pack: string): boolean => readable.has(blockKey(index.block(0, seqOfPackKey(pack))));
+  async function* storedHere(): AsyncGenerator<WantedRegion> {
+    for (const seq of deltas) {
+      const run = readable.get(blockKey(index.block(0, seq)));
+      if (run === undefined) continue;
+      const seen = new Set<string>();
+      for (const ref of run.pages) {
+        const page = (await run.page(ref.page, signal))!;
+        for (let i = 0; i < page.regions.length; i++) {
+          const pack = page.entryPack[i]!;
+          if (pack === ZERO_PACK) continue;
+          const location = { pack: page.packs[pack]!, offset: page.entryOffset[i]!, length: regionLength(g, page.regions[i]!) };
+          const id = locationId(location);
+          if (seen.has(id)) continue;
+          seen.add(id);
+          if (seqOfPackKey(location.pack) !== seq) {
+            if (storerReadable(location.pack) || orphans.has(id)) continue; // checked where it was stored
+            orphans.add(id);
+          }
+          locations++;
+          const size = packSizes.get(location.pack);
+          const digest = page.digests.slice(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
+          if (size === undefined || location.offset + location.length > size) bad.set(id, { ...location, problem: 'missing', digest });
+          else if (chosen(location.pack)) yield { region: page.regions[i]!, ...location, digest };
+        }
+      }
+    }
+  }
+  const { locationsRead, bytesRead, corrupt } = await readAndCheck(repo, storedHere(), options, progress);
+  for (const location of corrupt) bad.set(locationId(location), { ...location, problem: 'corrupt' });
+
+  // 5. The points each bad location affects: while some region's PIT entry points at it.
+  const affected = await pointsUsing(repo, readable, deltas, index, bad, signal);
+  reportPerPack(problems, bad, affected, packSizes);
+
+  // A marks object nobody can read: restore treats every point it could concern as possibly
+  // marked. Verify cannot tell what it said; it names it (and marks nothing because of it).
+  for (const u of trust.unreadable) {
+    const until = Math.min(latest, unreadableCutoff({ ...trust, unreadable: [u] }, latest));
+    const affects = Array.from({ length: until }, (_, i) => i + 1);
+    const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
+    problems.push({ object: 'marks', key: u.key, detail, affects });
+  }
 
   // Record what is newly damaged, so restore avoids it and backups upload it again.
-  const fresh = damaged.filter((d) => !trust.damaged.has(locationId(d)));
+  const fresh = [...bad.values()].filter((d) => !trust.damaged.has(locationId(d))).map(({ pack, offset, length, problem }) => ({ pack, offset, length, problem }));
   const damagedSeqs = new Set<number>();
   const marks: TrustMark[] = [];
   for (const problem of problems) {
-    if (problem.object === 'checkpoint' || problem.object === 'marks') continue;
+    if (problem.object === 'span' || problem.object === 'marks') continue;
     for (const seq of problem.affects) {
       if (damagedSeqs.has(seq) || (trust.marks.get(seq) ?? []).some((m) => m.kind === 'damaged')) continue;
       damagedSeqs.add(seq);
-      marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: regionsOf(badLocations.get(problem) ?? [], seq) });
+      marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: affected.regions.get(problem)?.get(seq) ?? [] });
     }
   }
   let record: string | undefined;
@@ -297,10 +246,10 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     await store.put(record, sealEnvelope(VERIFY_KIND, summary), { signal, ifAbsent: true });
   }
   return {
-    deltas: deltasRead,
-    checkpoints: checkpointsAt.size,
+    deltas: deltas.length - [...unreadable.values()].filter((u) => u.block.level === 0).length,
+    spans: spans.length,
     packs: packSizes.size,
-    locations: locations.size,
+    locations,
     locationsRead,
     bytesRead,
     subset,
@@ -310,15 +259,114 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   };
 }
 
-/** Some of the regions whose PIT map at `seq` points at one of these stored locations. */
-function regionsOf(list: Location[], seq: number): number[] {
-  const out: number[] = [];
-  for (const location of list) {
-    for (const [region, from, to] of location.spans) {
-      if (from <= seq && seq <= to && out.length < MAX_REGIONS_LISTED) out.push(region);
+/** Why a span is not the merge of its children (page by page, compared as stored bytes), or undefined. */
+async function spanDifference(repo: Repository, span: RunReader, children: readonly RunReader[], signal?: AbortSignal): Promise<string | undefined> {
+  const pages = new Set<number>([...span.pages.map((p) => p.page), ...children.flatMap((c) => c.pages.map((p) => p.page))]);
+  for (const page of [...pages].sort((a, b) => a - b)) {
+    const parts: RunPage[] = [];
+    for (const child of children) {
+      const part = await child.page(page, signal);
+      if (part !== undefined) parts.push(part);
+    }
+    const expected = mergeRunPages(page, parts);
+    const actual = await span.page(page, signal);
+    const same =
+      actual !== undefined &&
+      Buffer.from(encodePage(actual, repo.config.volumeId, repo.pageRegions)).equals(Buffer.from(encodePage(expected, repo.config.volumeId, repo.pageRegions)));
+    if (!same && (actual !== undefined || expected.regions.length > 0)) return `differs from the merge of its children in page ${page}`;
+  }
+  return undefined;
+}
+
+interface Affected {
+  /** Per bad location id: the points whose map uses it. */
+  points: Map<string, Set<number>>;
+  /** Per problem (filled by reportPerPack), per point: some of the regions behind it. */
+  regions: Map<VerifyProblem, Map<number, number[]>>;
+  /** Per bad location id, per point: regions using it. */
+  regionsAt: Map<string, Map<number, number[]>>;
+}
+
+/**
+ * Folds the chain over the regions whose entry is a bad location: which points (and regions)
+ * use each. Only regions that point at a bad location are tracked, so memory follows the damage.
+ */
+async function pointsUsing(
+  repo: Repository,
+  readable: ReadonlyMap<string, RunReader>,
+  deltas: readonly number[],
+  index: ChainIndex,
+  bad: ReadonlyMap<string, BadLocation>,
+  signal?: AbortSignal,
+): Promise<Affected> {
+  const affected: Affected = { points: new Map(), regions: new Map(), regionsAt: new Map() };
+  if (bad.size === 0) return affected;
+  const missing = new Set(index.missingDeltas());
+  const open = new Map<number, { id: string; since: number }>();
+  const close = (region: number, until: number): void => {
+    const span = open.get(region);
+    if (span === undefined) return;
+    open.delete(region);
+    const points = affected.points.get(span.id) ?? affected.points.set(span.id, new Set()).get(span.id)!;
+    const at = affected.regionsAt.get(span.id) ?? affected.regionsAt.set(span.id, new Map()).get(span.id)!;
+    for (let p = span.since; p <= until; p++) {
+      if (missing.has(p)) continue;
+      points.add(p);
+      const list = at.get(p) ?? at.set(p, []).get(p)!;
+      if (list.length < MAX_REGIONS_LISTED) list.push(region);
+    }
+  };
+  for (const seq of deltas) {
+    const run = readable.get(blockKey(index.block(0, seq)));
+    if (run === undefined) continue;
+    for (const ref of run.pages) {
+      const page = (await run.page(ref.page, signal))!;
+      for (let i = 0; i < page.regions.length; i++) {
+        const region = page.regions[i]!;
+        close(region, seq - 1);
+        const pack = page.entryPack[i]!;
+        if (pack === ZERO_PACK) continue;
+        const id = `${page.packs[pack]!}@${page.entryOffset[i]!}`;
+        if (bad.has(id)) open.set(region, { id, since: seq });
+      }
     }
   }
-  return out.sort((a, b) => a - b);
+  for (const region of [...open.keys()]) close(region, index.latest);
+  void repo;
+  return affected;
+}
+
+/** One problem per pack object (not per region in it), with every point its bad regions affect. */
+function reportPerPack(problems: VerifyProblem[], bad: ReadonlyMap<string, BadLocation>, affected: Affected, packSizes: ReadonlyMap<string, number>): void {
+  const groups = new Map<string, BadLocation[]>();
+  for (const location of [...bad.values()].sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset))) {
+    const key = `${location.problem === 'missing' ? 'pack' : 'region'} ${location.pack}`;
+    (groups.get(key) ?? groups.set(key, []).get(key)!).push(location);
+  }
+  for (const list of groups.values()) {
+    const { pack, problem: kind } = list[0]!;
+    const points = new Set<number>();
+    const regions = new Map<number, number[]>();
+    for (const location of list) {
+      const id = locationId(location);
+      for (const p of affected.points.get(id) ?? []) points.add(p);
+      for (const [p, rs] of affected.regionsAt.get(id) ?? []) {
+        const into = regions.get(p) ?? regions.set(p, []).get(p)!;
+        for (const r of rs) if (into.length < MAX_REGIONS_LISTED) into.push(r);
+      }
+    }
+    for (const rs of regions.values()) rs.sort((a, b) => a - b);
+    const size = packSizes.get(pack);
+    const detail =
+      kind === 'missing'
+        ? size === undefined
+          ? 'missing'
+          : `${size} bytes, but regions end up to byte ${list.reduce((end, l) => Math.max(end, l.offset + l.length), 0)}`
+        : `bytes at ${list.slice(0, 8).map((l) => l.offset).join(', ')}${list.length > 8 ? ', …' : ''} do not match their SHA-256`;
+    const problem: VerifyProblem = { object: kind === 'missing' ? 'pack' : 'region', key: pack, detail, affects: [...points].sort((a, b) => a - b), regions: list.length };
+    problems.push(problem);
+    affected.regions.set(problem, regions);
+  }
 }
 
 async function countObjects(store: ObjectStore, prefix: string, signal?: AbortSignal): Promise<number> {
@@ -327,77 +375,47 @@ async function countObjects(store: ObjectStore, prefix: string, signal?: AbortSi
   return n;
 }
 
-function firstDifference(a: PitMap, b: PitMap): number | undefined {
-  for (let region = 0; region < a.regionCount; region++) {
-    const x = a.location(region);
-    const y = b.location(region);
-    if (x?.pack !== y?.pack || x?.offset !== y?.offset || !Buffer.from(a.digest(region)).equals(b.digest(region))) return region;
-  }
-  return undefined;
-}
-
-/** Reads the locations' bytes with merged ranged GETs and checks each against its digest. */
+/**
+ * Reads the stored regions (in the order stored: neighbours in a pack merge into one GET) with
+ * the one read path, and checks each against its digest.
+ */
 async function readAndCheck(
   repo: Repository,
-  locations: Location[],
+  wanted: AsyncIterable<WantedRegion>,
   options: VerifyOptions,
   progress: Progress,
-): Promise<{ locationsRead: number; bytesRead: number; corrupt: Location[] }> {
-  const corrupt: Location[] = [];
-  if (locations.length === 0) return { locationsRead: 0, bytesRead: 0, corrupt };
-  const byPack = new Map<string, Location[]>();
-  for (const l of locations) (byPack.get(l.pack) ?? byPack.set(l.pack, []).get(l.pack)!).push(l);
-  const ranges: Array<{ pack: string; offset: number; length: number; parts: Location[] }> = [];
-  for (const [pack, list] of byPack) {
-    list.sort((a, b) => a.offset - b.offset);
-    let current: (typeof ranges)[number] | undefined;
-    for (const l of list) {
-      if (current === undefined || current.offset + current.length !== l.offset || current.length + l.length > MAX_RANGE_BYTES) {
-        current = { pack, offset: l.offset, length: 0, parts: [] };
-        ranges.push(current);
-      }
-      current.parts.push(l);
-      current.length += l.length;
+): Promise<{ locationsRead: number; bytesRead: number; corrupt: Array<{ pack: string; offset: number; length: number; digest: Uint8Array }> }> {
+  const corrupt: Array<{ pack: string; offset: number; length: number; digest: Uint8Array }> = [];
+  const pool = new RegionPool(options.workers);
+  const fetcher = new RegionFetcher(repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
+  const counts = emptyCounts();
+  const bad = (range: FetchRange, slice: number): void => {
+    const s = range.slices[slice]!;
+    corrupt.push({ pack: range.pack, offset: range.offset + s.at, length: s.length, digest: s.digest });
+  };
+  let locationsRead = 0;
+  async function* counted(): AsyncGenerator<WantedRegion> {
+    for await (const location of wanted) {
+      locationsRead++;
+      yield location;
     }
   }
-  const pool = new RegionPool(options.workers);
-  let bytesRead = 0;
-  const inFlight = new Set<Promise<void>>();
-  let failure: unknown;
-  progress.phase('read data', locations.reduce((n, l) => n + l.length, 0));
+  progress.phase('read data', 0);
   try {
-    for (const range of ranges) {
-      if (failure !== undefined) break;
-      throwIfAborted(options.signal);
-      while (inFlight.size >= (options.fetchesInFlight ?? 8)) await Promise.race(inFlight);
-      const task = (async () => {
-        let bytes: Uint8Array;
-        try {
-          bytes = await repo.readPackRange(range.pack, range.offset, range.length, options.signal);
-        } catch (error) {
-          // A short or vanished pack: every region in the range is damaged.
-          if (!(error instanceof FormatError)) throw error;
-          corrupt.push(...range.parts);
-          return;
-        }
-        bytesRead += bytes.length;
-        const { mismatches } = await pool.verify(
-          bytes,
-          range.parts.map((l) => ({ at: l.offset - range.offset, length: l.length, expected: l.digest, writes: [] })),
-        );
-        for (const m of mismatches) corrupt.push(range.parts[m.slice]!);
-        progress.advance(bytes.length);
-      })().catch((error: unknown) => {
-        failure ??= error;
-      });
-      const tracked = task.finally(() => inFlight.delete(tracked));
-      inFlight.add(tracked);
-    }
-    await Promise.all(inFlight);
-    if (failure !== undefined) throw failure instanceof CdpError ? failure : new CdpError('STORE_PERMANENT', String(failure), { cause: failure });
-    progress.done();
-    return { locationsRead: locations.length, bytesRead, corrupt };
+    await fetcher.run(planRanges(counted(), counts), {
+      reportDamage: true,
+      onRange: ({ range, mismatches, missing }) => {
+        // A short or vanished pack: every region in the range is damaged.
+        if (missing !== undefined) range.slices.forEach((_, i) => bad(range, i));
+        for (const m of mismatches) bad(range, m.slice);
+        progress.advance(range.length);
+      },
+    });
+  } catch (error) {
+    throw error instanceof CdpError ? error : new CdpError('STORE_PERMANENT', String(error), { cause: error });
   } finally {
     await pool.close();
   }
+  progress.done();
+  return { locationsRead, bytesRead: fetcher.bytesFetched, corrupt };
 }

@@ -1,25 +1,27 @@
 // The repository config object (key "config"): what volume this repository holds and how.
 
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError } from '../errors.js';
+import { CdpError, FormatError, InvalidArgumentError } from '../errors.js';
 import { MAX_REGION_COUNT } from '../model/delta-map.js';
 import { type Geometry, geometry } from '../model/pit-map.js';
-import { FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 
-export const CONFIG_KIND = { magic: 'CDPS3CFG', version: 1, what: 'config' } as const;
+export const CONFIG_KIND = { magic: 'CDPS3CFG', version: FORMAT_VERSION, what: 'config' } as const;
 
 export const MIN_REGION_SIZE = 64 * 1024;
 export const MAX_REGION_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_REGION_SIZE = 1024 * 1024;
 export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
-export const DEFAULT_CHECKPOINT_INTERVAL = 16;
+export const DEFAULT_PAGE_REGIONS = 4096;
+export const DEFAULT_SPAN_FANOUT = 16;
+export const MIN_SPAN_FANOUT = 2;
+export const MAX_SPAN_FANOUT = 64;
 /**
- * The most regions a new volume may have. Backup's deduplication index and restore's fetch plan
- * hold one Map entry per stored region, and a JavaScript Map holds at most 2^24 entries; the
- * checkpoint (about 72 bytes a region at worst) then also stays well inside one 4 GiB object.
- * Paged maps will raise this.
+ * The most regions a volume may have: 2^27 (128 TiB with 1 MiB regions). Maps are paged, so no
+ * structure holds an entry per region; what is left per region is a bit in each region-set
+ * bitmap (16 MiB at this size) and region byte offsets, which stay below 2^53.
  */
-export const MAX_VOLUME_REGIONS = 2 ** 24;
+export const MAX_VOLUME_REGIONS = 2 ** 27;
 
 export interface RepoConfig {
   volumeId: string;
@@ -28,8 +30,10 @@ export interface RepoConfig {
   digest: 'sha256';
   /** Packs are sealed once they hold at least this many bytes. */
   packSize: number;
-  /** A checkpoint PIT map is written after every this-many deltas. */
-  checkpointInterval: number;
+  /** Regions per page of a stored map (a power of two). */
+  pageRegions: number;
+  /** Runs of one level merged into a span of the next (docs/FORMAT.md, "Spans"). */
+  spanFanout: number;
   /** ISO 8601 UTC. */
   created: string;
 }
@@ -38,7 +42,9 @@ export interface NewConfigOptions {
   volumeSize: number;
   regionSize?: number;
   packSize?: number;
-  checkpointInterval?: number;
+  spanFanout?: number;
+  /** Regions per stored page (a power of two from 256 to 65536); tests use small pages. */
+  pageRegions?: number;
   now?: Date;
 }
 
@@ -50,9 +56,13 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
   if (!Number.isInteger(packSize) || packSize < 1 || packSize > 2 ** 31) {
     throw new InvalidArgumentError(`pack size must be 1 byte to 2 GiB, got ${packSize}`);
   }
-  const checkpointInterval = options.checkpointInterval ?? DEFAULT_CHECKPOINT_INTERVAL;
-  if (!Number.isInteger(checkpointInterval) || checkpointInterval < 1) {
-    throw new InvalidArgumentError(`checkpoint interval must be a positive integer, got ${checkpointInterval}`);
+  const spanFanout = options.spanFanout ?? DEFAULT_SPAN_FANOUT;
+  if (!Number.isInteger(spanFanout) || spanFanout < MIN_SPAN_FANOUT || spanFanout > MAX_SPAN_FANOUT) {
+    throw new InvalidArgumentError(`span fanout must be an integer from ${MIN_SPAN_FANOUT} to ${MAX_SPAN_FANOUT}, got ${spanFanout}`);
+  }
+  const pageRegions = options.pageRegions ?? DEFAULT_PAGE_REGIONS;
+  if (!Number.isInteger(pageRegions) || pageRegions < 256 || pageRegions > 65536 || (pageRegions & (pageRegions - 1)) !== 0) {
+    throw new InvalidArgumentError(`page size must be a power of two from 256 to 65536 regions, got ${pageRegions}`);
   }
   return {
     volumeId: randomUUID(),
@@ -60,7 +70,8 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
     regionSize,
     digest: 'sha256',
     packSize,
-    checkpointInterval,
+    pageRegions,
+    spanFanout,
     created: (options.now ?? new Date()).toISOString(),
   };
 }
@@ -107,7 +118,22 @@ export function encodeConfig(config: RepoConfig): Uint8Array {
   return sealEnvelope(CONFIG_KIND, { ...config });
 }
 
+/**
+ * The config, refusing repositories of other format versions by name: version 1 (cdp-s3 before
+ * paged maps) is not migrated; its points in time restore with the cdp-s3 that wrote them.
+ */
 export function decodeConfig(bytes: Uint8Array): RepoConfig {
+  const version = bytes.length >= 10 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint16(8, true) : undefined;
+  const magic = bytes.length >= 8 ? Buffer.from(bytes.subarray(0, 8)).toString('latin1') : '';
+  if (magic === CONFIG_KIND.magic && version !== undefined && version !== FORMAT_VERSION) {
+    throw new CdpError(
+      'FORMAT_UNSUPPORTED_VERSION',
+      version < FORMAT_VERSION
+        ? `this repository was made by an older cdp-s3 (repository format ${version}); this cdp-s3 reads format ${FORMAT_VERSION} and does not migrate it: ` +
+            'restore what you need with the cdp-s3 that wrote it (0.1.x), then start a new repository with cdp-s3 init'
+        : `this repository was made by a newer cdp-s3 (repository format ${version}); this cdp-s3 reads format ${FORMAT_VERSION}: upgrade cdp-s3`,
+    );
+  }
   const r = new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes));
   const config: RepoConfig = {
     volumeId: r.string('volumeId'),
@@ -115,9 +141,14 @@ export function decodeConfig(bytes: Uint8Array): RepoConfig {
     regionSize: r.integer('regionSize', MIN_REGION_SIZE, MAX_REGION_SIZE),
     digest: r.oneOf('digest', ['sha256'] as const),
     packSize: r.integer('packSize', 1, 2 ** 31),
-    checkpointInterval: r.integer('checkpointInterval', 1),
+    pageRegions: r.integer('pageRegions', 256, 65536),
+    spanFanout: r.integer('spanFanout', MIN_SPAN_FANOUT, MAX_SPAN_FANOUT),
     created: r.string('created'),
   };
   validateGeometry(config.volumeSize, config.regionSize);
+  if ((config.pageRegions & (config.pageRegions - 1)) !== 0) throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, `pageRegions ${config.pageRegions} is not a power of two`);
+  if (Math.ceil(config.volumeSize / config.regionSize) > MAX_VOLUME_REGIONS) {
+    throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, `the volume has more than ${MAX_VOLUME_REGIONS} regions`);
+  }
   return config;
 }

@@ -15,7 +15,32 @@ const HEADER = 10;
 const TRAILER = 32;
 
 // Plain maps and arrays only (no msgpackr records extension), so any msgpack reader can read them.
-const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, variableMapSize: true });
+// Integers from 2^32 up are written as int64 (see wideIntegers); int64 and uint64 read as numbers.
+const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, variableMapSize: true, int64AsType: 'number' });
+
+/** The repository format this cdp-s3 writes and reads (config, chain, records: docs/FORMAT.md). */
+export const FORMAT_VERSION = 2;
+
+/**
+ * msgpackr writes integers of 2^32 and more (volume sizes, millisecond times) as float64, which
+ * strict decoders in other languages refuse for integer fields. As BigInt they are written as
+ * int64 (0xd3), so every integer in a cdp-s3 object is a msgpack integer: the smallest of
+ * fixint / uint8 / uint16 / uint32 below 2^32, int64 from there (docs/FORMAT.md, "Envelope").
+ */
+function wideIntegers(value: unknown): unknown {
+  if (typeof value === 'number') {
+    if (Number.isInteger(value) && value >= 2 ** 32) {
+      if (!Number.isSafeInteger(value)) throw new RangeError(`integer ${value} is beyond 2^53 and cannot be stored exactly`);
+      return BigInt(value);
+    }
+    return value;
+  }
+  if (value instanceof Uint8Array || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map(wideIntegers);
+  const out: Record<string, unknown> = {};
+  for (const [key, field] of Object.entries(value)) if (field !== undefined) out[key] = wideIntegers(field);
+  return out;
+}
 
 export interface EnvelopeKind {
   /** Exactly 8 ASCII characters. */
@@ -26,7 +51,7 @@ export interface EnvelopeKind {
 }
 
 export function sealEnvelope(kind: EnvelopeKind, body: Record<string, unknown>): Uint8Array {
-  const packed = packr.pack(body);
+  const packed = packr.pack(wideIntegers(body));
   const out = new Uint8Array(HEADER + packed.length + TRAILER);
   out.set(Buffer.from(kind.magic, 'latin1'), 0);
   new DataView(out.buffer).setUint16(8, kind.version, true);

@@ -1,10 +1,11 @@
 // Object keys inside a repository prefix. Sequence numbers are zero-padded to 16 digits so a
-// LIST (ascending byte order) returns deltas and checkpoints in chain order, which is time order.
+// LIST (ascending byte order) returns deltas and spans in chain order, which is time order.
 
 export const CONFIG_KEY = 'config';
 export const DELTA_PREFIX = 'deltas/';
-export const CHECKPOINT_PREFIX = 'checkpoints/';
+export const SPAN_PREFIX = 'spans/';
 export const PACK_PREFIX = 'packs/';
+export const PAGE_PACK_PREFIX = 'pages/';
 /** One object per writer holding (or taking) the repository lock: `locks/<id>` (src/repo/lock.ts). */
 export const LOCK_PREFIX = 'locks/';
 
@@ -18,8 +19,14 @@ export function deltaKey(seq: number): string {
   return `${DELTA_PREFIX}${seqName(seq)}`;
 }
 
-export function checkpointKey(seq: number): string {
-  return `${CHECKPOINT_PREFIX}${seqName(seq)}`;
+/** `spans/<level, 2 digits>/` */
+export function spanLevelPrefix(level: number): string {
+  return `${SPAN_PREFIX}${String(level).padStart(2, '0')}/`;
+}
+
+/** The span of `level` whose last point in time is `last`: `spans/<level>/<last>`. */
+export function spanKey(level: number, last: number): string {
+  return `${spanLevelPrefix(level)}${seqName(last)}`;
 }
 
 /** Packs are named by the delta that wrote them plus a random part, so a retried backup never reuses a name. */
@@ -27,18 +34,33 @@ export function packKey(seq: number, random: string): string {
   return `${PACK_PREFIX}${seqName(seq)}-${random}`;
 }
 
+/** Page packs are named by the run (its last seq) that wrote them plus a random part. */
+export function pagePackKey(seq: number, random: string): string {
+  return `${PAGE_PACK_PREFIX}${seqName(seq)}-${random}`;
+}
+
 const PACK_KEY = /^packs\/\d{16}-[0-9a-f]{8}$/;
+const PAGE_PACK_KEY = /^pages\/\d{16}-[0-9a-f]{8}$/;
 
 /**
  * True if `key` is a pack key as writers make them (`packs/<16-digit seq>-<8 lowercase hex>`).
- * Pack keys are read from deltas and checkpoints, which could be crafted: only this form is
- * fetched, so a stored object can never name one outside the repository's prefix.
+ * Pack keys are read from pages, which could be crafted: only this form is fetched, so a
+ * stored object can never name one outside the repository's prefix.
  */
 export function isPackKey(key: string): boolean {
   return PACK_KEY.test(key);
 }
 
-/** The sequence number in a deltas/ or checkpoints/ key, or undefined for any other key. */
+export function isPagePackKey(key: string): boolean {
+  return PAGE_PACK_KEY.test(key);
+}
+
+/** The sequence number in a `packs/` or `pages/` key (the run that wrote it). */
+export function seqOfPackKey(key: string): number {
+  return Number(key.slice(key.indexOf('/') + 1, key.indexOf('/') + 1 + SEQ_DIGITS));
+}
+
+/** The sequence number in a key `<prefix><16 digits>`, or undefined for any other key. */
 export function seqOfKey(key: string, prefix: string): number | undefined {
   if (!key.startsWith(prefix)) return undefined;
   const name = key.slice(prefix.length);

@@ -1,29 +1,84 @@
-// A repository: one volume's config, delta chain, checkpoints and packs in an object store.
+// A repository: one volume's config, delta chain, spans, page packs and packs in an object store.
 // This layer knows the keys and codecs and the commit order; use cases live in src/core.
 
 import { endianness } from 'node:os';
-import pLimit from 'p-limit';
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { CdpError, FormatError, StoreError, throwIfAborted } from '../errors.js';
-import { type Delta, type Geometry, PitMap } from '../model/pit-map.js';
+import { type Geometry } from '../model/pit-map.js';
+import { type RunPage, mergeRunPages, pageCount } from '../model/pages.js';
 import type { GetOptions, ObjectStore } from '../store/types.js';
-import { decodeCheckpoint, decodeDelta, encodeCheckpoint, encodeDelta } from './chain-codec.js';
+import { type Block, ChainGapError, ChainIndex, blockKey, describeBlock } from './chain-index.js';
 import { type RepoConfig, configGeometry, decodeConfig, encodeConfig } from './config.js';
-import { CHECKPOINT_PREFIX, CONFIG_KEY, DELTA_PREFIX, checkpointKey, deltaKey, seqName, seqOfKey } from './keys.js';
+import { CONFIG_KEY, seqName } from './keys.js';
+import { PagePackWriter } from './page-packs.js';
+import { PitView } from './pit-view.js';
+import { INLINE_ENTRIES } from './run-builder.js';
+import {
+  type BlobRef,
+  type DeltaInfo,
+  INLINE_SUMMARIES,
+  type PageRef,
+  type PointSummary,
+  type RootContext,
+  type RunRoot,
+  SUMMARIES_PER_BLOB,
+  decodeDeltaRoot,
+  decodePage,
+  decodeSpanRoot,
+  decodeSummaryBlob,
+  encodeDeltaRoot,
+  encodePage,
+  encodeSpanRoot,
+  encodeSummaryBlob,
+} from './run-codec.js';
+import { RunReader, type RunSource } from './run-reader.js';
 
 if (endianness() !== 'LE') throw new Error('cdp-s3 stores little-endian arrays and runs on little-endian hosts only');
 
-/** How many metadata objects are fetched at once when reading the chain. */
-const METADATA_CONCURRENCY = 16;
+/** Roots and pages of runs kept in memory for re-reading (bytes). */
+const ROOT_CACHE_BYTES = 32 * 1024 * 1024;
+const PAGE_CACHE_BYTES = 32 * 1024 * 1024;
+/** Pages of a span's children read ahead while merging. */
+const MERGE_READ_AHEAD = 8;
 
-export class Repository {
+/** A delta a writer has built (its packs and page packs stored), ready to commit. */
+export interface PendingDelta {
+  seq: number;
+  info: DeltaInfo;
+  pages: PageRef[];
+}
+
+export interface CommitResult {
+  /** The committed delta, as a run (its root is in memory). */
+  run: RunReader;
+  /** Spans written after it. */
+  spans: Block[];
+  /** Why a span due at this point was not written (the point in time is committed). */
+  spanError?: string;
+  /** Bytes of metadata this commit stored: the delta's root, and the spans' roots and page packs. */
+  metadataBytes: number;
+}
+
+export class Repository implements RunSource {
   readonly store: ObjectStore;
   readonly config: RepoConfig;
   readonly geometry: Geometry;
+  readonly context: RootContext;
+  private readonly roots = new LRUCache<string, RunReader>({ maxSize: ROOT_CACHE_BYTES, sizeCalculation: (run) => Math.max(1, run.rootBytes * 2) });
+  private readonly summaryCache = new LRUCache<string, PointSummary[]>({ maxSize: 1 << 20, sizeCalculation: (list) => Math.max(1, list.length) });
+  private readonly pages = new LRUCache<string, RunPage>({ maxSize: PAGE_CACHE_BYTES, sizeCalculation: (page) => Math.max(1, page.regions.length * 48) });
 
   private constructor(store: ObjectStore, config: RepoConfig) {
     this.store = store;
     this.config = config;
     this.geometry = configGeometry(config);
+    this.context = {
+      volumeId: config.volumeId,
+      pageRegions: config.pageRegions,
+      regionCount: this.geometry.regionCount,
+      pageTotal: pageCount(this.geometry, config.pageRegions),
+    };
   }
 
   /** Writes a new config; refuses if the repository already has one. */
@@ -54,73 +109,128 @@ export class Repository {
     return new Repository(store, decodeConfig(bytes));
   }
 
+  get pageRegions(): number {
+    return this.config.pageRegions;
+  }
+
+  get fanout(): number {
+    return this.config.spanFanout;
+  }
+
+  /** The chain's end, found in O(levels) listings (ranges further back are listed when asked for). */
+  index(signal?: AbortSignal): Promise<ChainIndex> {
+    return ChainIndex.load(this.store, this.fanout, signal);
+  }
+
+  /** Everything listed: every missing delta is known (log, verify, status). */
+  fullIndex(signal?: AbortSignal): Promise<ChainIndex> {
+    return ChainIndex.full(this.store, this.fanout, signal);
+  }
+
+  /** A delta or span, its root read (and cached); its pages are read when asked for. */
+  async readRun(block: Block, signal?: AbortSignal): Promise<RunReader> {
+    const key = blockKey(block);
+    const cached = this.roots.get(key);
+    if (cached !== undefined) return cached;
+    const bytes = await this.getObject(key, describeBlock(block), signal);
+    const root =
+      block.level === 0
+        ? decodeDeltaRoot(bytes, block.last, this.context)
+        : decodeSpanRoot(bytes, block, this.context);
+    const run = new RunReader(block, root, this, bytes.length);
+    this.roots.set(key, run);
+    return run;
+  }
+
+  async readPage(ref: PageRef, what: string, signal?: AbortSignal): Promise<RunPage> {
+    const blob = ref.ref!;
+    const id = `${blob.pack}@${blob.offset}`;
+    const cached = this.pages.get(id);
+    if (cached !== undefined) return cached;
+    const bytes = await this.readBlob(blob, `${what} page ${ref.page}`, signal);
+    const page = decodePage(bytes, ref.page, this.context, what);
+    if (page.regions.length !== ref.count) throw new FormatError('FORMAT_CORRUPT', `${what} page ${ref.page}`, `holds ${page.regions.length} entries; its root says ${ref.count}`);
+    this.pages.set(id, page);
+    return page;
+  }
+
+  async readSummaries(run: RunReader, signal?: AbortSignal): Promise<PointSummary[]> {
+    const { first, last } = run.block;
+    const out: PointSummary[] = [];
+    for (let i = 0; i < run.root.summaryBlobs.length; i++) {
+      const from = first + i * SUMMARIES_PER_BLOB;
+      const count = Math.min(SUMMARIES_PER_BLOB, last - from + 1);
+      const bytes = await this.readBlob(run.root.summaryBlobs[i]!, `${run.what} summaries`, signal);
+      out.push(...decodeSummaryBlob(bytes, from, count, this.config.volumeId, run.what));
+    }
+    return out;
+  }
+
   /**
-   * Sequence numbers of the deltas stored, ascending. A missing delta (a gap) is simply absent:
-   * `listChain` says which points in time it keeps from being built.
+   * The PIT map of point `seq` (0: the empty volume), page by page. A span that cannot be read is
+   * replaced by its children; a delta that cannot be read, or is missing with no span standing
+   * in for it, makes the point unbuildable (ChainGapError).
    */
-  async deltaSeqs(signal?: AbortSignal): Promise<number[]> {
-    return this.listSeqs(DELTA_PREFIX, signal);
-  }
-
-  /** The deltas and checkpoints stored, and the deltas missing between them. */
-  async listChain(signal?: AbortSignal): Promise<ChainListing> {
-    const [seqs, checkpoints] = await Promise.all([this.deltaSeqs(signal), this.checkpointSeqs(signal)]);
-    return new ChainListing(seqs, checkpoints);
-  }
-
-  async checkpointSeqs(signal?: AbortSignal): Promise<number[]> {
-    return this.listSeqs(CHECKPOINT_PREFIX, signal);
-  }
-
-  async readDelta(seq: number, signal?: AbortSignal): Promise<Delta> {
-    const bytes = await this.getObject(deltaKey(seq), `delta ${seqName(seq)}`, signal);
-    return decodeDelta(bytes, seq, this.config.volumeId, this.geometry.regionCount);
-  }
-
-  /** Reads deltas in parallel and returns them in the order asked. */
-  async readDeltas(seqs: number[], signal?: AbortSignal): Promise<Delta[]> {
-    const limit = pLimit(METADATA_CONCURRENCY);
-    return Promise.all(seqs.map((seq) => limit(() => this.readDelta(seq, signal))));
-  }
-
-  async readCheckpoint(seq: number, signal?: AbortSignal): Promise<PitMap> {
-    const bytes = await this.getObject(checkpointKey(seq), `checkpoint ${seqName(seq)}`, signal);
-    return decodeCheckpoint(bytes, seq, this.config.volumeId, this.geometry.regionCount);
+  async view(index: ChainIndex, seq: number, options: { signal?: AbortSignal; cacheBytes?: number } = {}): Promise<PitView> {
+    if (seq === 0) return new PitView(this.geometry, this.pageRegions, 0, 0, [], options.cacheBytes);
+    const standIn = async (run: RunReader, signal?: AbortSignal): Promise<RunReader[] | undefined> => {
+      if (run.block.level === 0) return undefined;
+      index.markUnreadable(run.block);
+      const children: RunReader[] = [];
+      for (const block of await index.cover(run.block.last, signal)) {
+        if (block.last > run.block.first - 1) children.push(await this.readRun(block, signal));
+      }
+      return children;
+    };
+    for (;;) {
+      throwIfAborted(options.signal);
+      const cover = await index.cover(seq, options.signal);
+      const runs: RunReader[] = [];
+      let failed: Block | undefined;
+      for (const block of cover) {
+        try {
+          runs.push(await this.readRun(block, options.signal));
+        } catch (error) {
+          if (!(error instanceof FormatError)) throw error;
+          if (block.level === 0) throw new ChainGapError(block.last, seq, true);
+          failed = block;
+          break;
+        }
+      }
+      if (failed !== undefined) {
+        index.markUnreadable(failed); // its children stand in for it
+        continue;
+      }
+      return new PitView(this.geometry, this.pageRegions, seq, runs.at(-1)!.end, runs, options.cacheBytes, standIn);
+    }
   }
 
   /**
-   * The PIT map at delta `seq` (0: the empty volume before the first delta): the newest
-   * checkpoint at or before it, with the deltas after that folded in. A damaged checkpoint is
-   * skipped in favour of an older one (or the start of the chain), since deltas alone suffice,
-   * but never one before a missing delta: past a gap only a checkpoint can stand in for the
-   * lost link, and without one the point cannot be built (ChainGapError).
+   * What point `seq` is (kind, times, size): from the largest stored span that covers it (its
+   * summaries are read once and kept), else from its delta. Largest first, because the top
+   * levels are listed already and one span answers for many points.
    */
-  async loadPit(seq: number, options: { chain?: ChainListing; signal?: AbortSignal } = {}): Promise<PitMap> {
-    if (seq === 0) return new PitMap(this.geometry.regionCount);
-    const chain = options.chain ?? (await this.listChain(options.signal));
-    const gap = chain.lastMissing(seq);
-    let pit: PitMap | undefined;
-    for (const c of chain.startsFor(seq)) {
+  async summary(index: ChainIndex, seq: number, signal?: AbortSignal): Promise<PointSummary> {
+    if (seq < 1 || seq > index.latest) throw new ChainGapError(seq, seq);
+    for (let level = index.topLevel; level >= 0; level--) {
+      const size = this.fanout ** level;
+      const block = index.block(level, Math.ceil(seq / size) * size);
+      if (block.last > index.latest || !(await index.has(block, signal))) continue;
       try {
-        pit = await this.readCheckpoint(c, options.signal);
-        break;
+        const found = (await this.summariesOf(await this.readRun(block, signal), signal))[seq - block.first];
+        if (found !== undefined) return found;
       } catch (error) {
         if (!(error instanceof FormatError)) throw error;
       }
     }
-    if (pit === undefined && gap !== undefined) throw new ChainGapError(gap, seq);
-    pit ??= new PitMap(this.geometry.regionCount);
-    const todo: number[] = [];
-    for (let s = pit.seq + 1; s <= seq; s++) todo.push(s);
-    // Fold in order, reading a bounded window ahead.
-    for (let i = 0; i < todo.length; i += METADATA_CONCURRENCY) {
-      throwIfAborted(options.signal);
-      for (const delta of await this.readDeltas(todo.slice(i, i + METADATA_CONCURRENCY), options.signal)) {
-        pit.apply(delta);
-        delta.changed.dispose();
-      }
-    }
-    return pit;
+    throw new ChainGapError(seq, seq);
+  }
+
+  private async summariesOf(run: RunReader, signal?: AbortSignal): Promise<PointSummary[]> {
+    const key = blockKey(run.block);
+    let cached = this.summaryCache.get(key);
+    if (cached === undefined) this.summaryCache.set(key, (cached = await run.summaries(signal)));
+    return cached;
   }
 
   /** Stores a pack; it becomes durable by the time commitDelta writes the delta naming it. */
@@ -129,14 +239,16 @@ export class Repository {
   }
 
   /**
-   * Commits a delta (its packs must already be stored: data first, then the delta), then a
-   * checkpoint of `pit` (the map after this delta) when the interval says so.
+   * Commits a delta (its packs and page packs must already be stored: data first, then the
+   * delta), then writes the spans that end at it. A span is only a shortcut for later reads, so
+   * failing to write one is reported, not fatal (readers fold its children instead).
    */
-  async commitDelta(delta: Delta, pit: PitMap, signal?: AbortSignal): Promise<{ checkpoint: boolean; checkpointError?: string }> {
+  async commitDelta(delta: PendingDelta, index: ChainIndex, signal?: AbortSignal): Promise<CommitResult> {
     const opts = signal === undefined ? {} : { signal };
-    await this.store.sync(opts); // the packs, before the delta that names them
+    await this.store.sync(opts); // packs and page packs, before the delta that names them
+    const bytes = encodeDeltaRoot(delta.seq, delta.info, delta.pages, this.config.volumeId);
     try {
-      await this.store.put(deltaKey(delta.seq), encodeDelta(delta, this.config.volumeId), { ...opts, ifAbsent: true });
+      await this.store.put(`deltas/${seqName(delta.seq)}`, bytes, { ...opts, ifAbsent: true });
     } catch (error) {
       if (error instanceof StoreError && error.kind === 'exists') {
         throw new CdpError('STORE_EXISTS', `delta ${seqName(delta.seq)} was committed by another writer meanwhile; run the command again`, {
@@ -145,15 +257,113 @@ export class Repository {
       }
       throw error;
     }
-    if (delta.seq % this.config.checkpointInterval !== 0) return { checkpoint: false };
-    // The point in time is committed now; a checkpoint is only a shortcut for later reads, so
-    // failing to write one is reported, not fatal (restores fold the deltas instead).
+    const block = index.block(0, delta.seq);
+    index.added(block);
+    const root: RunRoot = {
+      level: 0,
+      first: delta.seq,
+      last: delta.seq,
+      count: delta.pages.reduce((n, p) => n + p.count, 0),
+      end: delta.info.end,
+      pages: delta.pages,
+      delta: delta.info,
+      summaries: undefined,
+      summaryBlobs: [],
+    };
+    const run = new RunReader(block, root, this, bytes.length);
+    this.roots.set(blockKey(block), run);
+    const result: CommitResult = { run, spans: [], metadataBytes: bytes.length };
     try {
-      await this.store.put(checkpointKey(delta.seq), encodeCheckpoint(pit, this.config.volumeId), opts);
-      return { checkpoint: true };
+      for (let level = 1; delta.seq % this.fanout ** level === 0; level++) {
+        result.metadataBytes += await this.ensureSpan(index, index.block(level, delta.seq), result.spans, signal);
+      }
     } catch (error) {
-      return { checkpoint: false, checkpointError: (error as Error).message };
+      if (signal?.aborted === true) throw error;
+      result.spanError = (error as Error).message;
     }
+    return result;
+  }
+
+  /**
+   * Writes `block` unless it is stored: the merge of its children (a missing child span is
+   * written first, from its own children). Returns the bytes of metadata stored.
+   */
+  private async ensureSpan(index: ChainIndex, block: Block, written: Block[], signal?: AbortSignal): Promise<number> {
+    if (await index.has(block, signal)) return 0;
+    const size = this.fanout ** (block.level - 1);
+    const children: Block[] = [];
+    for (let last = block.first + size - 1; last <= block.last; last += size) children.push(index.block(block.level - 1, last));
+    let bytes = 0;
+    for (const child of children) {
+      if (child.level > 0) bytes += await this.ensureSpan(index, child, written, signal);
+      else if (!(await index.has(child, signal))) throw new ChainGapError(child.last, block.last);
+    }
+    const runs: RunReader[] = [];
+    for (const child of children) runs.push(await this.readRun(child, signal));
+    bytes += await this.writeSpan(block, runs, signal);
+    index.added(block);
+    written.push(block);
+    return bytes;
+  }
+
+  /** Stores the span `block` as the merge of `runs` (its children, oldest first). */
+  private async writeSpan(block: Block, runs: readonly RunReader[], signal?: AbortSignal): Promise<number> {
+    const pageIds = [...new Set(runs.flatMap((run) => run.pages.map((p) => p.page)))].sort((a, b) => a - b);
+    const inline = runs.reduce((n, run) => n + run.count, 0) <= INLINE_ENTRIES;
+    const pager = new PagePackWriter(this.store, block.last, { signal });
+    const merged = async (page: number): Promise<PageRef> => {
+      const parts = runs.filter((run) => run.hasPage(page));
+      const only = parts.length === 1 ? parts[0]!.pageRef(page) : undefined;
+      // A page only one child changed is that child's page: stored once, shared (as a
+      // checkpoint shares the pages nothing changed since the one before).
+      if (!inline && only?.ref !== undefined) return only;
+      const pages = await Promise.all(parts.map((run) => run.page(page, signal) as Promise<RunPage>));
+      const result = mergeRunPages(page, pages);
+      return { page, count: result.regions.length, ref: undefined, inline: result };
+    };
+    const refs: PageRef[] = [];
+    const ahead: Array<Promise<PageRef>> = [];
+    for (let i = 0; i < pageIds.length; i++) {
+      while (ahead.length < MERGE_READ_AHEAD && i + ahead.length < pageIds.length) {
+        const next = merged(pageIds[i + ahead.length]!);
+        next.catch(() => {});
+        ahead.push(next);
+      }
+      const ref = await ahead.shift()!;
+      if (inline || ref.inline === undefined) refs.push(ref);
+      else refs.push({ page: ref.page, count: ref.count, ref: await pager.add(encodePage(ref.inline, this.config.volumeId, this.pageRegions)), inline: undefined });
+    }
+    const summaries = await this.spanSummaries(block, runs, pager, signal);
+    await pager.finish();
+    await this.store.sync(signal === undefined ? {} : { signal });
+    const root = encodeSpanRoot({ ...block, end: runs.at(-1)!.end }, refs, summaries, this.config.volumeId);
+    try {
+      await this.store.put(blockKey(block), root, { signal, ifAbsent: true });
+    } catch (error) {
+      // Another writer stored it meanwhile: a span is derived from its children alone.
+      if (!(error instanceof StoreError && error.kind === 'exists')) throw error;
+    }
+    return root.length + pager.bytesWritten;
+  }
+
+  /** A span's summaries: inline for short spans, else blobs (children's blobs reused when they line up). */
+  private async spanSummaries(
+    block: Block,
+    runs: readonly RunReader[],
+    pager: PagePackWriter,
+    signal?: AbortSignal,
+  ): Promise<{ inline: PointSummary[] } | { blobs: BlobRef[] }> {
+    const points = block.last - block.first + 1;
+    const perChild = points / runs.length;
+    if (perChild % SUMMARIES_PER_BLOB === 0 && runs.every((run) => run.root.summaryBlobs.length > 0)) {
+      return { blobs: runs.flatMap((run) => run.root.summaryBlobs) };
+    }
+    const all: PointSummary[] = [];
+    for (const run of runs) all.push(...(await run.summaries(signal)));
+    if (points <= INLINE_SUMMARIES) return { inline: all };
+    const blobs: BlobRef[] = [];
+    for (let at = 0; at < all.length; at += SUMMARIES_PER_BLOB) blobs.push(await pager.add(encodeSummaryBlob(all.slice(at, at + SUMMARIES_PER_BLOB), this.config.volumeId)));
+    return { blobs };
   }
 
   /** Bytes [offset, offset + length) of a pack; read into `into` where the store can. */
@@ -174,6 +384,21 @@ export class Repository {
     }
   }
 
+  /** A blob of a page pack, checked against the SHA-256 its ref names. */
+  private async readBlob(blob: BlobRef, what: string, signal?: AbortSignal): Promise<Uint8Array> {
+    let bytes: Uint8Array;
+    try {
+      bytes = await this.readPackRange(blob.pack, blob.offset, blob.length, signal);
+    } catch (error) {
+      if (error instanceof FormatError) throw new FormatError('FORMAT_CORRUPT', what, error.message, { cause: error });
+      throw error;
+    }
+    if (!createHash('sha256').update(bytes).digest().equals(blob.digest)) {
+      throw new FormatError('FORMAT_CORRUPT', what, `does not match its SHA-256 (in ${blob.pack} at ${blob.offset})`);
+    }
+    return bytes;
+  }
+
   private async getObject(key: string, what: string, signal?: AbortSignal, options: GetOptions = {}): Promise<Uint8Array> {
     try {
       return await this.store.get(key, { ...options, signal });
@@ -184,115 +409,22 @@ export class Repository {
       throw error;
     }
   }
-
-  private async listSeqs(prefix: string, signal?: AbortSignal): Promise<number[]> {
-    const seqs: number[] = [];
-    for await (const info of this.store.list(prefix, signal === undefined ? {} : { signal })) {
-      const seq = seqOfKey(info.key, prefix);
-      if (seq !== undefined) seqs.push(seq);
-    }
-    return seqs.sort((a, b) => a - b);
-  }
 }
 
 /**
- * What a listing of `deltas/` and `checkpoints/` says about the chain. Point in time `p` can be
- * built iff delta `p` is stored and either no delta `1..p` is missing, or a checkpoint `c` is
- * stored with `g <= c <= p`, `g` being the newest missing delta before `p` (the deltas `c+1..p`
- * are then all stored). Whether they are readable is found out when they are read.
- */
-export class ChainListing {
-  /** Deltas between 1 and the newest stored one that are not stored, ascending. */
-  readonly missing: number[] = [];
-  private readonly stored: Set<number>;
-
-  constructor(
-    /** Stored delta seqs, ascending. */
-    readonly seqs: number[],
-    /** Stored checkpoint seqs, ascending. */
-    readonly checkpoints: number[],
-  ) {
-    this.stored = new Set(seqs);
-    let next = 1;
-    for (const seq of seqs) {
-      for (; next < seq; next++) this.missing.push(next);
-      next = seq + 1;
-    }
-  }
-
-  get latest(): number {
-    return this.seqs.at(-1) ?? 0;
-  }
-
-  has(seq: number): boolean {
-    return this.stored.has(seq);
-  }
-
-  /** The newest missing delta at or before `seq`, if any. */
-  lastMissing(seq: number): number | undefined {
-    const i = lastIndexAtOrBefore(this.missing, seq);
-    return i < 0 ? undefined : this.missing[i];
-  }
-
-  /** Checkpoints a fold to `seq` may start from, newest first: at or before it, none before a gap. */
-  startsFor(seq: number): number[] {
-    const gap = this.lastMissing(seq) ?? 0;
-    const out: number[] = [];
-    for (let i = lastIndexAtOrBefore(this.checkpoints, seq); i >= 0 && this.checkpoints[i]! >= gap; i--) out.push(this.checkpoints[i]!);
-    return out;
-  }
-
-  /** The missing delta that keeps point `seq` from being built, if any (see the class comment). */
-  blockedBy(seq: number): number | undefined {
-    if (!this.has(seq)) return seq;
-    const gap = this.lastMissing(seq);
-    return gap === undefined || this.startsFor(seq).length > 0 ? undefined : gap;
-  }
-}
-
-/** Index of the last element at or before `value` in an ascending array, or -1. */
-function lastIndexAtOrBefore(sorted: readonly number[], value: number): number {
-  let lo = 0;
-  let hi = sorted.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (sorted[mid]! <= value) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo - 1;
-}
-
-/** A point in time lies past a missing delta and no stored checkpoint stands in for it. */
-export class ChainGapError extends FormatError {
-  constructor(
-    /** The missing delta. */
-    readonly missing: number,
-    /** The point in time that cannot be built. */
-    readonly point: number,
-  ) {
-    super(
-      'FORMAT_CORRUPT',
-      `delta ${seqName(missing)}`,
-      `is missing and no readable checkpoint from it to point in time ${point} stands in for it, so ${missing === point ? 'that point' : `points ${missing + 1} to ${point}`} cannot be built; ` +
-        (missing === 1 ? 'no earlier point exists' : 'earlier points still restore') + ' (see cdp-s3 log and cdp-s3 verify)',
-    );
-  }
-}
-
-/**
- * The PIT map a writer appends to: the newest point's. The next delta is always `chain.latest + 1`,
+ * The view a writer appends to: the newest point's. The next delta is always `index.latest + 1`,
  * so a writer never fills a gap (a delta there would be computed against the wrong map) and
- * writes past one only when a checkpoint lets the newest point be built; otherwise it refuses.
+ * writes past one only when a span lets the newest point be built; otherwise it refuses.
  */
-export async function loadNewestForWriting(repo: Repository, chain: ChainListing, command: string, signal?: AbortSignal): Promise<PitMap> {
+export async function viewForWriting(repo: Repository, index: ChainIndex, command: string, signal?: AbortSignal): Promise<PitView> {
   try {
-    return await repo.loadPit(chain.latest, { chain, signal });
+    return await repo.view(index, index.latest, { signal });
   } catch (error) {
     if (!(error instanceof ChainGapError)) throw error;
     throw new FormatError(
       'FORMAT_CORRUPT',
       `delta ${seqName(error.missing)}`,
-      `is missing and no readable checkpoint after it stands in for it, so the newest point in time (${chain.latest}) cannot be built and ${command} has nothing to add to: ` +
+      `is missing or unreadable and no span after it stands in for it, so the newest point in time (${index.latest}) cannot be built and ${command} has nothing to add to: ` +
         'put the missing object back, or restore the newest point that still restores (see cdp-s3 log) and start a new repository from it',
       { cause: error },
     );

@@ -97,3 +97,13 @@ export async function putScanRecord(store: ObjectStore, key: string, record: Sca
 export async function readScanRecords(store: ObjectStore, signal?: AbortSignal): Promise<Array<{ key: string; value: ScanRecord }>> {
   return readAll(store, SCAN_PREFIX, decodeScanRecord, signal);
 }
+
+/**
+ * The newest point in time an unreadable marks object may concern (0: none): the seq its key
+ * names (the newest point its writer had seen), or every point when the key names none.
+ */
+export function unreadableCutoff(trust: Trust, latest: number): number {
+  let cutoff = 0;
+  for (const u of trust.unreadable) cutoff = Math.max(cutoff, (u as UnreadableMarks & { seq?: number }).seq ?? latest);
+  return cutoff;
+}

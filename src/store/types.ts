@@ -41,6 +41,14 @@ export interface GetOptions {
   signal?: AbortSignal;
 }
 
+export interface ListOptions {
+  signal?: AbortSignal;
+  /** Only keys after this one (S3 StartAfter): a listing that resumes costs no requests for what it skips. */
+  startAfter?: string;
+  /** At most this many keys (a hint: the listing may fetch a page of them). */
+  limit?: number;
+}
+
 /**
  * Keys are '/'-separated relative paths (no empty, '.' or '..' segments). A key must not also be
  * a directory of other keys ('a' and 'a/b' together), because a filesystem store cannot hold both.
@@ -55,7 +63,7 @@ export interface ObjectStore {
   /** Size of the object, or undefined if it does not exist. */
   head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined>;
   /** Every key that starts with `prefix`, in ascending byte order of key. */
-  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo>;
   /** Removes the object; removing a missing key is not an error. */
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
   /** Makes every object put with deferSync durable. */

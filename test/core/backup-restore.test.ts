@@ -8,6 +8,7 @@ import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { loadMap } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
@@ -27,7 +28,7 @@ describe('backup and restore through the local store', () => {
     const source = join(dir, 'disk.img');
     await writeFile(source, image);
     const store = openStore(join(dir, 'repo'));
-    await init({ store, from: source, regionSize, checkpointInterval: 3 });
+    await init({ store, from: source, regionSize, spanFanout: 3 });
     const rounds: Array<{ seq: number; time: string; copy: Buffer }> = [];
     for (let round = 0; round < 5; round++) {
       if (round > 0) {
@@ -69,15 +70,15 @@ describe('pack layout', () => {
     await init({ store, from: source, regionSize, packSize });
     const { seq } = await backup({ store, source, workers: 2 });
     const repo = await Repository.open(store);
-    const pit = await repo.loadPit(seq);
+    const pit = await loadMap(repo, seq);
     let adjacent = 0;
-    for (let region = 1; region < pit.regionCount; region++) {
+    for (let region = 1; region < repo.geometry.regionCount; region++) {
       const before = pit.location(region - 1)!;
       const here = pit.location(region)!;
       if (before.pack === here.pack && before.offset + regionSize === here.offset) adjacent++;
       else expect(here.offset, `region ${region} starts a pack`).toBeLessThan(before.offset);
     }
     // Every neighbour follows its predecessor in the same pack, except where a new pack starts.
-    expect(adjacent).toBe(pit.regionCount - 1 - (pit.regionCount / (packSize / regionSize) - 1));
+    expect(adjacent).toBe(repo.geometry.regionCount - 1 - (repo.geometry.regionCount / (packSize / regionSize) - 1));
   });
 });

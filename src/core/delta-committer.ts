@@ -1,0 +1,97 @@
+// The one way a point in time is committed, shared by backup, scan and protect: a DeltaWriter on
+// top of the newest point, then finish (packs, pages) → the delta with an end time that only
+// moves forward → the writer lock checked → commit (the delta, then the spans due) → the head
+// moves to the new point. What callers do after (clearing a dirty region log) is theirs.
+
+import { hostname } from 'node:os';
+import type { DeltaKind } from '../model/pit-map.js';
+import type { ChainIndex } from '../repo/chain-index.js';
+import type { WriterLock } from '../repo/lock.js';
+import type { PitView } from '../repo/pit-view.js';
+import type { CommitResult, Repository } from '../repo/repository.js';
+import { DeltaWriter } from './delta-writer.js';
+
+/** Runs a head may fold before it is reopened from the chain's cover. */
+const REOPEN_AFTER_RUNS = 64;
+
+export interface DeltaCommitterOptions {
+  repo: Repository;
+  index: ChainIndex;
+  /** The newest point in time (viewForWriting): the first delta follows it. */
+  head: PitView;
+  /** Checked right before each commit: a writer that lost its lock commits nothing. */
+  lock?: WriterLock;
+  /** Stored locations found damaged: never deduplicated against. */
+  damaged?: ReadonlySet<string>;
+  /** Deduplicate against nothing stored (an unreadable marks object may name any location bad). */
+  noDedup?: boolean;
+  /** Where the primary is read (recorded in each delta). */
+  sourcePath?: string;
+  clock?: () => number;
+  packsInFlight?: number;
+  signal?: AbortSignal;
+}
+
+export interface Committed {
+  seq: number;
+  kind: DeltaKind;
+  start: number;
+  end: number;
+  /** Regions the delta changed. */
+  regions: number;
+  bytesStored: number;
+  packs: number;
+  commit: CommitResult;
+}
+
+export class DeltaCommitter {
+  private headView: PitView;
+  private readonly clock: () => number;
+
+  constructor(private readonly options: DeltaCommitterOptions) {
+    this.headView = options.head;
+    this.clock = options.clock ?? Date.now;
+  }
+
+  /** The newest point in time committed through this committer (or the one it started on). */
+  get head(): PitView {
+    return this.headView;
+  }
+
+  get repo(): Repository {
+    return this.options.repo;
+  }
+
+  get index(): ChainIndex {
+    return this.options.index;
+  }
+
+  /** A writer for the next delta, on top of the head. */
+  begin(options: { signal?: AbortSignal } = {}): DeltaWriter {
+    return new DeltaWriter(this.options.repo, this.headView, this.headView.seq + 1, {
+      signal: options.signal ?? this.options.signal,
+      packsInFlight: this.options.packsInFlight,
+      damaged: this.options.damaged,
+      noDedup: this.options.noDedup,
+    });
+  }
+
+  /**
+   * Commits what `writer` holds as the next point in time. Its end is `end` (default: now), but
+   * never at or before the head's, and never before `start`.
+   */
+  async commit(writer: DeltaWriter, kind: DeltaKind, start: number, options: { end?: number; signal?: AbortSignal } = {}): Promise<Committed> {
+    const signal = options.signal ?? this.options.signal;
+    await writer.finish();
+    const head = this.headView;
+    if (writer.seq !== head.seq + 1) throw new Error(`delta ${writer.seq} does not follow the head ${head.seq}`);
+    const end = Math.max(options.end ?? this.clock(), head.time + 1, start);
+    const source = this.options.sourcePath === undefined ? undefined : { host: hostname(), path: this.options.sourcePath };
+    this.options.lock?.check(); // LOCKED if the lock was lost (removed by --force-unlock elsewhere, or expired): commit nothing
+    const commit = await this.options.repo.commitDelta(writer.delta({ kind, start: Math.min(start, end), end, source }), this.options.index, signal);
+    // Extending keeps the folded pages at hand; once spans have replaced many of the runs folded
+    // so far, the head is opened afresh from its (short) cover.
+    this.headView = head.runs.length < REOPEN_AFTER_RUNS ? await head.extend(commit.run, writer.seq, end, signal) : await this.options.repo.view(this.options.index, writer.seq, { signal });
+    return { seq: writer.seq, kind, start, end, regions: writer.changed.count(), bytesStored: writer.bytesStored, packs: writer.packCount, commit };
+  }
+}

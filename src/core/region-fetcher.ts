@@ -1,0 +1,254 @@
+// The one read path for stored regions, used by every restore target, by verify and by serve:
+// plan merged ranged GETs from the regions wanted (in volume order) → fetch them into recycled
+// buffers with a bounded number in flight → verify every region against its SHA-256 on the
+// RegionPool's threads (which also write verified regions to their targets) → hand each range
+// on, as it is ready or in the order planned.
+
+import { FormatError, IntegrityError, throwIfAborted } from '../errors.js';
+import type { PitView } from '../repo/pit-view.js';
+import type { Repository } from '../repo/repository.js';
+import { TaskWindow } from '../util/task-window.js';
+import type { RegionPool } from '../volume/region-pool.js';
+import { regionLength } from '../model/pit-map.js';
+
+/** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
+export const MAX_RANGE_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_FETCHES_IN_FLIGHT = 8;
+
+/** One stored region's bytes within a range: the regions of the volume that hold them (several when deduplicated). */
+export interface FetchSlice {
+  /** Offset within the range. */
+  at: number;
+  length: number;
+  digest: Uint8Array;
+  regions: number[];
+}
+
+/** One ranged GET of a pack. */
+export interface FetchRange {
+  pack: string;
+  offset: number;
+  length: number;
+  slices: FetchSlice[];
+}
+
+/** A stored region wanted, in volume order. */
+export interface WantedRegion {
+  region: number;
+  pack: string;
+  offset: number;
+  length: number;
+  digest: Uint8Array;
+}
+
+export interface PlanCounts {
+  /** Regions of zeros (no request). */
+  zeroRegions: number;
+  dataRegions: number;
+  /** Bytes the GETs download (a deduplicated region merged into a range is fetched once). */
+  downloadBytes: number;
+  requests: number;
+  /** Distinct packs the GETs read. */
+  packs: number;
+}
+
+export function emptyCounts(): PlanCounts {
+  return { zeroRegions: 0, dataRegions: 0, downloadBytes: 0, requests: 0, packs: 0 };
+}
+
+/**
+ * The view's regions that `wanted` picks (all if undefined), in volume order, as stored regions
+ * to fetch; zero regions are only counted.
+ */
+export async function* storedRegions(view: PitView, counts: PlanCounts, wanted?: (region: number) => boolean, signal?: AbortSignal): AsyncGenerator<WantedRegion> {
+  for await (const page of view.pages(signal)) {
+    for (let region = page.first; region < page.first + page.count; region++) {
+      if (wanted !== undefined && !wanted(region)) continue;
+      const location = page.location(region);
+      if (location === undefined) {
+        counts.zeroRegions++;
+        continue;
+      }
+      counts.dataRegions++;
+      yield { region, pack: location.pack, offset: location.offset, length: regionLength(view.geometry, region), digest: page.digest(region).slice() };
+    }
+  }
+}
+
+/**
+ * Merges consecutive wanted regions that lie back to back in one pack into ranges of up to
+ * maxRangeBytes (backups pack regions in volume order, so neighbours usually do). A region
+ * whose stored bytes are already in the range being built (deduplicated content) joins that
+ * slice instead of being fetched again, unless `oneRegionPerSlice` (a stream in volume order).
+ */
+export async function* planRanges(
+  regions: AsyncIterable<WantedRegion>,
+  counts: PlanCounts,
+  options: { maxRangeBytes?: number; oneRegionPerSlice?: boolean } = {},
+): AsyncGenerator<FetchRange> {
+  const max = options.maxRangeBytes ?? MAX_RANGE_BYTES;
+  const packs = new Set<string>();
+  let current: FetchRange | undefined;
+  let inCurrent = new Map<number, FetchSlice>(); // offset → slice, for the range being built
+  for await (const wanted of regions) {
+    const same = options.oneRegionPerSlice === true || current?.pack !== wanted.pack ? undefined : inCurrent.get(wanted.offset);
+    if (same !== undefined && same.length === wanted.length) {
+      same.regions.push(wanted.region);
+      continue;
+    }
+    const joins = current !== undefined && current.pack === wanted.pack && current.offset + current.length === wanted.offset && current.length + wanted.length <= max;
+    if (!joins) {
+      if (current !== undefined) yield current;
+      current = { pack: wanted.pack, offset: wanted.offset, length: 0, slices: [] };
+      inCurrent = new Map();
+      counts.requests++;
+      packs.add(wanted.pack);
+      counts.packs = packs.size;
+    }
+    const slice: FetchSlice = { at: current!.length, length: wanted.length, digest: wanted.digest, regions: [wanted.region] };
+    current!.slices.push(slice);
+    inCurrent.set(wanted.offset, slice);
+    current!.length += wanted.length;
+    counts.downloadBytes += wanted.length;
+  }
+  if (current !== undefined) yield current;
+}
+
+export interface FetchedRange {
+  range: FetchRange;
+  /** The verified bytes (only with keepBytes; valid until the handler returns). */
+  bytes: Uint8Array | undefined;
+  /** Slices whose bytes do not match their digest (nothing of them was written). */
+  mismatches: Array<{ slice: number; digest: Uint8Array }>;
+  /** The pack is missing or too short for the range (verify reports it; others throw it). */
+  missing: FormatError | undefined;
+}
+
+export interface FetchHandlers {
+  /** Where the worker writes each verified slice: [fd, position] pairs. */
+  writes?: (slice: FetchSlice) => Array<[number, number]>;
+  /** Bring the verified bytes back to the main thread. */
+  keepBytes?: boolean;
+  /** A missing pack or bad bytes are reported to onRange instead of thrown. */
+  reportDamage?: boolean;
+  onRange?: (fetched: FetchedRange) => Promise<void> | void;
+}
+
+export interface RegionFetcherOptions {
+  fetchesInFlight?: number;
+  signal?: AbortSignal;
+}
+
+export class RegionFetcher {
+  /** GETs made and bytes downloaded. */
+  gets = 0;
+  bytesFetched = 0;
+  private readonly spare: Uint8Array[] = [];
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly pool: RegionPool,
+    private readonly options: RegionFetcherOptions = {},
+  ) {}
+
+  /** Fetches and verifies every range, handing each on as it is ready. */
+  async run(ranges: AsyncIterable<FetchRange>, handlers: FetchHandlers): Promise<void> {
+    const window = new TaskWindow(this.options.fetchesInFlight ?? DEFAULT_FETCHES_IN_FLIGHT);
+    try {
+      for await (const range of ranges) {
+        throwIfAborted(this.options.signal);
+        await window.add(async () => {
+          const fetched = await this.fetch(range, handlers);
+          try {
+            await handlers.onRange?.(fetched);
+          } finally {
+            this.giveBack(fetched.bytes);
+          }
+        });
+      }
+      await window.drain();
+    } finally {
+      await window.settle();
+    }
+    throwIfAborted(this.options.signal);
+  }
+
+  /**
+   * The ranges fetched and verified, in the order planned (with the next ones in flight), their
+   * bytes kept; each range's bytes are reused once the caller asks for the next.
+   */
+  async *ordered(ranges: AsyncIterable<FetchRange>): AsyncGenerator<FetchedRange> {
+    const limit = this.options.fetchesInFlight ?? DEFAULT_FETCHES_IN_FLIGHT;
+    const ahead: Array<Promise<FetchedRange>> = [];
+    const iterator = ranges[Symbol.asyncIterator]();
+    let done = false;
+    try {
+      for (;;) {
+        while (!done && ahead.length < limit) {
+          const next = await iterator.next();
+          if (next.done === true) done = true;
+          else {
+            const fetched = this.fetch(next.value, { keepBytes: true });
+            fetched.catch(() => {}); // awaited in turn; an earlier failure must not leave it unhandled
+            ahead.push(fetched);
+          }
+        }
+        const first = ahead.shift();
+        if (first === undefined) return;
+        const fetched = await first;
+        try {
+          yield fetched;
+        } finally {
+          this.giveBack(fetched.bytes);
+        }
+      }
+    } finally {
+      // No fetch may reach the pool after the caller has closed it.
+      for (const fetched of await Promise.allSettled(ahead)) if (fetched.status === 'fulfilled') this.giveBack(fetched.value.bytes);
+      await iterator.return?.();
+    }
+  }
+
+  /** One ranged GET, verified slice by slice on a worker (and written there, with `writes`). */
+  async fetch(range: FetchRange, handlers: FetchHandlers): Promise<FetchedRange> {
+    let buffer = this.spare.pop();
+    if (buffer === undefined || buffer.length < range.length) buffer = new Uint8Array(Math.max(MAX_RANGE_BYTES, range.length));
+    let bytes: Uint8Array;
+    try {
+      bytes = await this.repo.readPackRange(range.pack, range.offset, range.length, this.options.signal, buffer);
+    } catch (error) {
+      this.giveBack(buffer);
+      if (error instanceof FormatError && handlers.reportDamage === true) return { range, bytes: undefined, mismatches: [], missing: error };
+      throw error;
+    }
+    this.gets++;
+    this.bytesFetched += bytes.length;
+    // A store that read into the buffer hands it over whole (no copy on the way to the thread).
+    const owned = bytes.buffer === buffer.buffer;
+    if (!owned) this.giveBack(buffer);
+    const { bytes: back, mismatches } = await this.pool.verify(
+      bytes,
+      range.slices.map((slice) => ({ at: slice.at, length: slice.length, expected: slice.digest, writes: handlers.writes?.(slice) ?? [] })),
+      owned,
+    );
+    const kept = handlers.keepBytes === true ? back : undefined;
+    if (kept === undefined && owned) this.giveBack(back);
+    if (mismatches.length > 0 && handlers.reportDamage !== true) {
+      if (kept !== undefined && owned) this.giveBack(kept);
+      const bad = mismatches[0]!;
+      const slice = range.slices[bad.slice]!;
+      throw new IntegrityError(
+        `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.at}`,
+        Buffer.from(slice.digest).toString('hex'),
+        Buffer.from(bad.digest).toString('hex'),
+      );
+    }
+    return { range, bytes: kept, mismatches, missing: undefined };
+  }
+
+  /** Keeps a range buffer for a later GET (a page fault per byte of a fresh one is what this saves). */
+  private giveBack(bytes: Uint8Array | undefined): void {
+    if (bytes === undefined || bytes.buffer.byteLength < MAX_RANGE_BYTES || bytes.buffer instanceof SharedArrayBuffer) return;
+    if (this.spare.length < (this.options.fetchesInFlight ?? DEFAULT_FETCHES_IN_FLIGHT) + 2) this.spare.push(new Uint8Array(bytes.buffer));
+  }
+}

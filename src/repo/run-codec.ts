@@ -1,0 +1,456 @@
+// Codecs for the chain's objects (docs/FORMAT.md): pages, point summaries, and the roots of
+// runs (deltas/<seq> and spans/<level>/<last>). A run's root lists its pages; each page is a
+// blob stored inline in the root or in a page pack (pages/<seq>-<random>), named by a ref with
+// its SHA-256. Every blob is itself an envelope, so a page read on its own is checked too.
+
+import { FormatError } from '../errors.js';
+import { DELTA_KINDS, type DeltaKind, DIGEST_BYTES, ZERO_REGION } from '../model/pit-map.js';
+import { type RunPage, ZERO_PACK } from '../model/pages.js';
+import { u16Bytes, u16Column, u32Bytes, u32Column, u64Bytes, u64Column } from './columns.js';
+import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { isPackKey, isPagePackKey, seqName } from './keys.js';
+
+export const DELTA_MAGIC = 'CDPS3DLT';
+export const SPAN_MAGIC = 'CDPS3SPN';
+export const PAGE_MAGIC = 'CDPS3PAG';
+export const SUMMARY_MAGIC = 'CDPS3SUM';
+export const PAGE_PACK_MAGIC = 'CDPS3PGS';
+export const PAGE_PACK_HEADER_BYTES = 16;
+/** Points whose summaries one summary blob holds. */
+export const SUMMARIES_PER_BLOB = 4096;
+/** Spans of at most this many points keep their summaries inline in the root. */
+export const INLINE_SUMMARIES = 256;
+
+const deltaKind = (seq: number) => ({ magic: DELTA_MAGIC, version: FORMAT_VERSION, what: `delta ${seqName(seq)}` });
+const spanKind = (level: number, last: number) => ({ magic: SPAN_MAGIC, version: FORMAT_VERSION, what: `span ${level}/${seqName(last)}` });
+const pageKind = (what: string) => ({ magic: PAGE_MAGIC, version: FORMAT_VERSION, what });
+const summaryKind = (what: string) => ({ magic: SUMMARY_MAGIC, version: FORMAT_VERSION, what });
+
+/** A blob in a page pack: a page or a block of summaries, with its SHA-256. */
+export interface BlobRef {
+  pack: string;
+  offset: number;
+  length: number;
+  digest: Uint8Array;
+}
+
+/** One page of a run: stored in a page pack (`ref`), or decoded already (a run stored inline). */
+export interface PageRef {
+  page: number;
+  /** Entries in the page. */
+  count: number;
+  ref: BlobRef | undefined;
+  inline: RunPage | undefined;
+}
+
+/** What one point in time is, without its map: what `log` shows and choosing a time needs. */
+export interface PointSummary {
+  seq: number;
+  kind: DeltaKind;
+  start: number;
+  end: number;
+  /** Regions its delta changed. */
+  count: number;
+  storedBytes: number;
+}
+
+export interface DeltaInfo {
+  kind: DeltaKind;
+  start: number;
+  end: number;
+  storedBytes: number;
+  source: { host: string; path: string } | undefined;
+}
+
+/** A run's root, decoded: a delta (level 0, one point) or a span (level ≥ 1, many). */
+export interface RunRoot {
+  level: number;
+  first: number;
+  last: number;
+  /** Entries in all its pages. */
+  count: number;
+  /** When its last point in time was taken (ms since the epoch). */
+  end: number;
+  /** Ascending by page; only pages with entries. */
+  pages: PageRef[];
+  /** Level 0 only. */
+  delta: DeltaInfo | undefined;
+  /** Level ≥ 1: the summaries of points first … last, inline (short spans) … */
+  summaries: PointSummary[] | undefined;
+  /** … or in blobs of SUMMARIES_PER_BLOB points each. */
+  summaryBlobs: BlobRef[];
+}
+
+// ---- blob tables ---------------------------------------------------------------------------
+
+function encodeBlobTable(blobs: readonly BlobRef[]): Record<string, unknown> {
+  const packs: string[] = [];
+  const packIndex = new Map<string, number>();
+  const where = new Uint32Array(blobs.length);
+  const offsets = new Uint32Array(blobs.length);
+  const lengths = new Uint32Array(blobs.length);
+  const digests = new Uint8Array(blobs.length * DIGEST_BYTES);
+  blobs.forEach((blob, i) => {
+    let index = packIndex.get(blob.pack);
+    if (index === undefined) {
+      index = packs.length;
+      packs.push(blob.pack);
+      packIndex.set(blob.pack, index);
+    }
+    where[i] = index;
+    offsets[i] = blob.offset;
+    lengths[i] = blob.length;
+    digests.set(blob.digest, i * DIGEST_BYTES);
+  });
+  return { packs, where: u32Bytes(where), offsets: u32Bytes(offsets), lengths: u32Bytes(lengths), digests };
+}
+
+function decodeBlobTable(body: unknown, what: string, field: string): BlobRef[] {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new FormatError('FORMAT_CORRUPT', what, `field "${field}" is not a map`);
+  const r = new FieldReader(`${what} ${field}`, body as Record<string, unknown>);
+  const where = u32Column(r.bytes('where'), what, `${field}.where`);
+  const n = where.length;
+  const offsets = u32Column(r.bytes('offsets', n * 4), what, `${field}.offsets`);
+  const lengths = u32Column(r.bytes('lengths', n * 4), what, `${field}.lengths`);
+  const digests = r.bytes('digests', n * DIGEST_BYTES);
+  const packs = r.strings('packs');
+  for (const pack of packs) {
+    if (!isPagePackKey(pack)) {
+      throw new FormatError('FORMAT_CORRUPT', what, `names page pack ${JSON.stringify(pack.slice(0, 80))}, which is not a page pack key (pages/<16-digit seq>-<8 hex digits>)`);
+    }
+  }
+  const out: BlobRef[] = [];
+  for (let i = 0; i < n; i++) {
+    const pack = packs[where[i]!];
+    if (pack === undefined) throw new FormatError('FORMAT_CORRUPT', what, `blob ${i} of "${field}" names page pack ${where[i]} of ${packs.length}`);
+    if (offsets[i]! < PAGE_PACK_HEADER_BYTES) throw new FormatError('FORMAT_CORRUPT', what, `blob ${i} of "${field}" starts inside the page pack header`);
+    out.push({ pack, offset: offsets[i]!, length: lengths[i]!, digest: digests.slice(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) });
+  }
+  return out;
+}
+
+// ---- pages ---------------------------------------------------------------------------------
+
+export interface PageContext {
+  volumeId: string;
+  pageRegions: number;
+  regionCount: number;
+}
+
+export function encodePage(page: RunPage, volumeId: string, pageRegions: number): Uint8Array {
+  const first = page.page * pageRegions;
+  const offsets = new Uint16Array(page.regions.length);
+  for (let i = 0; i < offsets.length; i++) offsets[i] = page.regions[i]! - first;
+  return sealEnvelope(pageKind(`page ${page.page}`), {
+    volumeId,
+    page: page.page,
+    regions: u16Bytes(offsets),
+    packs: page.packs,
+    entryPack: u16Bytes(page.entryPack),
+    entryOffset: u32Bytes(page.entryOffset),
+    digests: page.digests,
+  });
+}
+
+/** Decodes and checks a page; `page` is the index its ref names, `what` the run it belongs to. */
+export function decodePage(bytes: Uint8Array, page: number, context: PageContext, what: string): RunPage {
+  const name = `${what} page ${page}`;
+  const r = new FieldReader(name, openEnvelope(pageKind(name), bytes));
+  if (r.string('volumeId') !== context.volumeId) throw new FormatError('FORMAT_CORRUPT', name, 'belongs to another volume');
+  if (r.integer('page') !== page) throw new FormatError('FORMAT_CORRUPT', name, `holds page ${r.integer('page')}; its ref says ${page}`);
+  const offsets = u16Column(r.bytes('regions'), name, 'regions');
+  const n = offsets.length;
+  const first = page * context.pageRegions;
+  const regions = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    const region = first + offsets[i]!;
+    if (offsets[i]! >= context.pageRegions || region >= context.regionCount) throw new FormatError('FORMAT_CORRUPT', name, `names region ${region}, outside the page or the volume`);
+    if (i > 0 && offsets[i]! <= offsets[i - 1]!) throw new FormatError('FORMAT_CORRUPT', name, 'regions are not strictly ascending');
+    regions[i] = region;
+  }
+  const packs = r.strings('packs');
+  for (const key of packs) {
+    if (!isPackKey(key)) {
+      throw new FormatError('FORMAT_CORRUPT', name, `names pack ${JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}…` : key)}, which is not a pack key (packs/<16-digit seq>-<8 hex digits>)`);
+    }
+  }
+  const entryPack = u16Column(r.bytes('entryPack', n * 2), name, 'entryPack');
+  for (const p of entryPack) if (p !== ZERO_PACK && p >= packs.length) throw new FormatError('FORMAT_CORRUPT', name, `an entry names pack ${p} of ${packs.length}`);
+  const entryOffset = u32Column(r.bytes('entryOffset', n * 4), name, 'entryOffset');
+  const digests = new Uint8Array(r.bytes('digests', n * DIGEST_BYTES));
+  return { page, regions, packs, entryPack, entryOffset, digests };
+}
+
+// ---- summaries -----------------------------------------------------------------------------
+
+const KIND_CODE: Record<DeltaKind, number> = { base: 0, host: 1, fixup: 2 };
+
+function summaryColumns(summaries: readonly PointSummary[]): Record<string, unknown> {
+  return {
+    first: summaries[0]?.seq ?? 0,
+    kinds: Uint8Array.from(summaries, (s) => KIND_CODE[s.kind]),
+    starts: u64Bytes(summaries.map((s) => s.start)),
+    ends: u64Bytes(summaries.map((s) => s.end)),
+    counts: u32Bytes(Uint32Array.from(summaries, (s) => s.count)),
+    stored: u64Bytes(summaries.map((s) => s.storedBytes)),
+  };
+}
+
+function readSummaryColumns(body: unknown, first: number, count: number, name: string): PointSummary[] {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new FormatError('FORMAT_CORRUPT', name, 'summaries are not a map');
+  const r = new FieldReader(name, body as Record<string, unknown>);
+  if (r.integer('first') !== first) throw new FormatError('FORMAT_CORRUPT', name, `summaries start at ${r.integer('first')}, expected ${first}`);
+  const kinds = r.bytes('kinds', count);
+  const starts = u64Column(r.bytes('starts', count * 8), name, 'starts');
+  const ends = u64Column(r.bytes('ends', count * 8), name, 'ends');
+  const counts = u32Column(r.bytes('counts', count * 4), name, 'counts');
+  const stored = u64Column(r.bytes('stored', count * 8), name, 'stored');
+  const out: PointSummary[] = [];
+  for (let i = 0; i < count; i++) {
+    const kind = DELTA_KINDS[kinds[i]!];
+    if (kind === undefined) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} has an unknown kind ${kinds[i]}`);
+    if (ends[i]! < starts[i]!) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} ends before it starts`);
+    if (i > 0 && ends[i]! <= ends[i - 1]!) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} does not end after the one before it`);
+    out.push({ seq: first + i, kind, start: starts[i]!, end: ends[i]!, count: counts[i]!, storedBytes: stored[i]! });
+  }
+  return out;
+}
+
+/** A blob of summaries (SUMMARIES_PER_BLOB points, fewer in a span's last blob). */
+export function encodeSummaryBlob(summaries: readonly PointSummary[], volumeId: string): Uint8Array {
+  return sealEnvelope(summaryKind(`summaries from ${summaries[0]?.seq ?? 0}`), { volumeId, ...summaryColumns(summaries) });
+}
+
+export function decodeSummaryBlob(bytes: Uint8Array, first: number, count: number, volumeId: string, what: string): PointSummary[] {
+  const name = `${what} summaries from ${first}`;
+  const body = openEnvelope(summaryKind(name), bytes);
+  if (new FieldReader(name, body).string('volumeId') !== volumeId) throw new FormatError('FORMAT_CORRUPT', name, 'belongs to another volume');
+  return readSummaryColumns(body, first, count, name);
+}
+
+// ---- entries of a run stored inline ----------------------------------------------------------
+
+/** A small run's entries, all pages in one list (regions ascending), as in its root. */
+function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
+  const n = pages.reduce((sum, p) => sum + p.regions.length, 0);
+  const regions = new Uint32Array(n);
+  const entryPack = new Uint32Array(n);
+  const entryOffset = new Uint32Array(n);
+  const digests = new Uint8Array(n * DIGEST_BYTES);
+  const packs: string[] = [];
+  const packIndex = new Map<string, number>();
+  let at = 0;
+  for (const page of pages) {
+    const ids = page.packs.map((name) => {
+      let index = packIndex.get(name);
+      if (index === undefined) {
+        index = packs.length;
+        packs.push(name);
+        packIndex.set(name, index);
+      }
+      return index;
+    });
+    regions.set(page.regions, at);
+    for (let i = 0; i < page.regions.length; i++) {
+      const pack = page.entryPack[i]!;
+      entryPack[at + i] = pack === ZERO_PACK ? ZERO_REGION : ids[pack]!;
+    }
+    entryOffset.set(page.entryOffset, at);
+    digests.set(page.digests, at * DIGEST_BYTES);
+    at += page.regions.length;
+  }
+  return { regions: u32Bytes(regions), packs, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), digests };
+}
+
+function decodeEntries(body: unknown, what: string, context: RootContext): PageRef[] {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new FormatError('FORMAT_CORRUPT', what, 'field "entries" is not a map');
+  const r = new FieldReader(what, body as Record<string, unknown>);
+  const regions = u32Column(r.bytes('regions'), what, 'entries.regions');
+  const n = regions.length;
+  const packs = r.strings('packs');
+  for (const key of packs) {
+    if (!isPackKey(key)) {
+      throw new FormatError('FORMAT_CORRUPT', what, `names pack ${JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}…` : key)}, which is not a pack key (packs/<16-digit seq>-<8 hex digits>)`);
+    }
+  }
+  const entryPack = u32Column(r.bytes('entryPack', n * 4), what, 'entries.entryPack');
+  const entryOffset = u32Column(r.bytes('entryOffset', n * 4), what, 'entries.entryOffset');
+  const digests = r.bytes('digests', n * DIGEST_BYTES);
+  const out: PageRef[] = [];
+  let from = 0;
+  while (from < n) {
+    const page = Math.floor(regions[from]! / context.pageRegions);
+    let to = from;
+    while (to < n && Math.floor(regions[to]! / context.pageRegions) === page) {
+      if (regions[to]! >= context.regionCount) throw new FormatError('FORMAT_CORRUPT', what, `names region ${regions[to]}; the volume has ${context.regionCount}`);
+      if (to > 0 && regions[to]! <= regions[to - 1]!) throw new FormatError('FORMAT_CORRUPT', what, 'regions are not strictly ascending');
+      if (entryPack[to] !== ZERO_REGION && entryPack[to]! >= packs.length) throw new FormatError('FORMAT_CORRUPT', what, `an entry names pack ${entryPack[to]} of ${packs.length}`);
+      to++;
+    }
+    // Page-local pack tables, as a page read from a page pack has.
+    const local: string[] = [];
+    const localIndex = new Map<number, number>();
+    const pagePacks = new Uint16Array(to - from);
+    for (let i = from; i < to; i++) {
+      const p = entryPack[i]!;
+      if (p === ZERO_REGION) {
+        pagePacks[i - from] = ZERO_PACK;
+        continue;
+      }
+      let index = localIndex.get(p);
+      if (index === undefined) {
+        index = local.length;
+        local.push(packs[p]!);
+        localIndex.set(p, index);
+      }
+      pagePacks[i - from] = index;
+    }
+    const inline: RunPage = {
+      page,
+      regions: regions.slice(from, to),
+      packs: local,
+      entryPack: pagePacks,
+      entryOffset: entryOffset.slice(from, to),
+      digests: digests.slice(from * DIGEST_BYTES, to * DIGEST_BYTES),
+    };
+    out.push({ page, count: to - from, ref: undefined, inline });
+    from = to;
+  }
+  return out;
+}
+
+// ---- roots ---------------------------------------------------------------------------------
+
+export interface RootContext {
+  volumeId: string;
+  pageRegions: number;
+  regionCount: number;
+  /** Pages in the volume. */
+  pageTotal: number;
+}
+
+/** The map part of a root: the entries themselves (a small run) or its pages' refs. */
+function encodeMap(pages: readonly PageRef[]): Record<string, unknown> {
+  if (pages.every((p) => p.inline !== undefined)) return { entries: encodeEntries(pages.map((p) => p.inline!)) };
+  if (!pages.every((p) => p.ref !== undefined)) throw new Error('a run stores all its pages inline or all in page packs');
+  return {
+    pages: {
+      ...encodeBlobTable(pages.map((p) => p.ref!)),
+      pages: u32Bytes(Uint32Array.from(pages, (p) => p.page)),
+      counts: u32Bytes(Uint32Array.from(pages, (p) => p.count)),
+    },
+  };
+}
+
+function decodeMap(body: Record<string, unknown>, what: string, context: RootContext): PageRef[] {
+  if (body['entries'] !== undefined) return decodeEntries(body['entries'], what, context);
+  const blobs = decodeBlobTable(body['pages'], what, 'pages');
+  const r = new FieldReader(`${what} pages`, body['pages'] as Record<string, unknown>);
+  const pages = u32Column(r.bytes('pages', blobs.length * 4), what, 'pages.pages');
+  const counts = u32Column(r.bytes('counts', blobs.length * 4), what, 'pages.counts');
+  return blobs.map((ref, i) => {
+    if (pages[i]! >= context.pageTotal) throw new FormatError('FORMAT_CORRUPT', what, `lists page ${pages[i]}; the volume has ${context.pageTotal}`);
+    if (i > 0 && pages[i]! <= pages[i - 1]!) throw new FormatError('FORMAT_CORRUPT', what, 'pages are not strictly ascending');
+    if (counts[i] === 0 || counts[i]! > context.pageRegions) throw new FormatError('FORMAT_CORRUPT', what, `page ${pages[i]} is listed with ${counts[i]} entries`);
+    return { page: pages[i]!, count: counts[i]!, ref, inline: undefined };
+  });
+}
+
+export function encodeDeltaRoot(seq: number, info: DeltaInfo, pages: readonly PageRef[], volumeId: string): Uint8Array {
+  return sealEnvelope(deltaKind(seq), {
+    seq,
+    volumeId,
+    kind: info.kind,
+    start: info.start,
+    end: info.end,
+    count: pages.reduce((n, p) => n + p.count, 0),
+    storedBytes: info.storedBytes,
+    ...(info.source === undefined ? {} : { sourceHost: info.source.host, sourcePath: info.source.path }),
+    ...encodeMap(pages),
+  });
+}
+
+export function decodeDeltaRoot(bytes: Uint8Array, expectedSeq: number, context: RootContext): RunRoot {
+  const what = deltaKind(expectedSeq).what;
+  const body = openEnvelope(deltaKind(expectedSeq), bytes);
+  const r = new FieldReader(what, body);
+  const seq = r.integer('seq', 1);
+  if (seq !== expectedSeq) throw new FormatError('FORMAT_CORRUPT', what, `holds seq ${seq}; the key says ${expectedSeq}`);
+  if (r.string('volumeId') !== context.volumeId) throw new FormatError('FORMAT_CORRUPT', what, 'belongs to another volume');
+  const start = r.integer('start');
+  const end = r.integer('end');
+  if (end < start) throw new FormatError('FORMAT_CORRUPT', what, 'ends before it starts');
+  const pages = decodeMap(body, what, context);
+  const count = r.integer('count');
+  if (pages.reduce((n, p) => n + p.count, 0) !== count) throw new FormatError('FORMAT_CORRUPT', what, `its pages hold other than its ${count} entries`);
+  return {
+    level: 0,
+    first: seq,
+    last: seq,
+    count,
+    end,
+    pages,
+    delta: {
+      kind: r.oneOf('kind', DELTA_KINDS),
+      start,
+      end,
+      storedBytes: r.integer('storedBytes'),
+      source: r.has('sourcePath') ? { host: r.string('sourceHost'), path: r.string('sourcePath') } : undefined,
+    },
+    summaries: undefined,
+    summaryBlobs: [],
+  };
+}
+
+export function encodeSpanRoot(
+  span: { level: number; first: number; last: number; end: number },
+  pages: readonly PageRef[],
+  summaries: { inline: readonly PointSummary[] } | { blobs: readonly BlobRef[] },
+  volumeId: string,
+): Uint8Array {
+  return sealEnvelope(spanKind(span.level, span.last), {
+    level: span.level,
+    first: span.first,
+    last: span.last,
+    end: span.end,
+    volumeId,
+    count: pages.reduce((n, p) => n + p.count, 0),
+    ...encodeMap(pages),
+    ...('inline' in summaries ? { summaries: summaryColumns(summaries.inline) } : { summaryBlobs: encodeBlobTable(summaries.blobs) }),
+  });
+}
+
+/** Decodes and checks a span root; `level`, `first` and `last` are what its key names. */
+export function decodeSpanRoot(bytes: Uint8Array, span: { level: number; first: number; last: number }, context: RootContext): RunRoot {
+  const { level, first, last } = span;
+  const what = spanKind(level, last).what;
+  const body = openEnvelope(spanKind(level, last), bytes);
+  const r = new FieldReader(what, body);
+  if (r.integer('level') !== level || r.integer('first') !== first || r.integer('last') !== last) {
+    throw new FormatError('FORMAT_CORRUPT', what, `covers ${r.integer('level')}/${r.integer('first')}-${r.integer('last')}; its key says ${level}/${first}-${last}`);
+  }
+  if (r.string('volumeId') !== context.volumeId) throw new FormatError('FORMAT_CORRUPT', what, 'belongs to another volume');
+  const pages = decodeMap(body, what, context);
+  const count = r.integer('count');
+  if (pages.reduce((n, p) => n + p.count, 0) !== count) throw new FormatError('FORMAT_CORRUPT', what, `its pages hold other than its ${count} entries`);
+  const points = last - first + 1;
+  let summaries: PointSummary[] | undefined;
+  let summaryBlobs: BlobRef[] = [];
+  const end = r.integer('end');
+  if (body['summaries'] !== undefined) {
+    summaries = readSummaryColumns(body['summaries'], first, points, what);
+    if (summaries.at(-1)!.end !== end) throw new FormatError('FORMAT_CORRUPT', what, `ends at ${end} but its last point at ${summaries.at(-1)!.end}`);
+  } else {
+    summaryBlobs = decodeBlobTable(body['summaryBlobs'], what, 'summaryBlobs');
+    if (summaryBlobs.length !== Math.ceil(points / SUMMARIES_PER_BLOB)) throw new FormatError('FORMAT_CORRUPT', what, `lists ${summaryBlobs.length} summary blobs for ${points} points`);
+  }
+  return { level, first, last, count, end, pages, delta: undefined, summaries, summaryBlobs };
+}
+
+/** The 16-byte header of a page pack. */
+export function pagePackHeader(): Uint8Array {
+  const header = new Uint8Array(PAGE_PACK_HEADER_BYTES);
+  header.set(Buffer.from(PAGE_PACK_MAGIC, 'latin1'), 0);
+  new DataView(header.buffer).setUint16(8, FORMAT_VERSION, true);
+  return header;
+}
