@@ -129,6 +129,8 @@ export interface ExecuteRestoreOptions {
   progress?: Progress;
   /** Ranged GETs in flight at once. Default 8. */
   fetchesInFlight?: number;
+  /** Largest ranged GET (neighbouring regions merged up to it). Default 8 MiB. */
+  rangeBytes?: number;
   workers?: number;
   /** Where stdout restores write; tests capture it. */
   stdout?: NodeJS.WritableStream;
@@ -193,7 +195,7 @@ async function fetchAndWrite(
   const fetcher = new RegionFetcher(context.repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
   const counts = emptyCounts();
   try {
-    await fetcher.run(planRanges(storedRegions(context.view, counts, wanted, options.signal), counts), {
+    await fetcher.run(planRanges(storedRegions(context.view, counts, wanted, options.signal), counts, { maxRangeBytes: options.rangeBytes }), {
       writes: (slice) => slice.regions.map((region): [number, number] => [fd, region * regionSize]),
       onRange: ({ range }) => {
         for (const slice of range.slices) progress.advance(slice.length * slice.regions.length);
@@ -374,7 +376,7 @@ async function restoreToStream(plan: RestorePlan, context: PlanContext, options:
   const fetcher = new RegionFetcher(context.repo, pool, { fetchesInFlight: options.fetchesInFlight, signal });
   const counts = emptyCounts();
   // Stored regions arrive in volume order, one region a slice; zero regions are written between them.
-  const fetched = fetcher.ordered(planRanges(storedRegions(context.view, counts, undefined, signal), counts, { oneRegionPerSlice: true }));
+  const fetched = fetcher.ordered(planRanges(storedRegions(context.view, counts, undefined, signal), counts, { oneRegionPerSlice: true, maxRangeBytes: options.rangeBytes }));
   const zeros = new Uint8Array(plan.regionSize);
   let flushed: Promise<void> = Promise.resolve();
   const write = async (bytes: Uint8Array): Promise<void> => {

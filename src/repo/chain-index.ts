@@ -98,10 +98,13 @@ export class ChainIndex {
     return index;
   }
 
-  /** Deltas 1 … latest that are not stored (full() only; otherwise those seen so far). */
+  /** Deltas 1 … latest known not to be stored: all of them after full(), else those in the ranges listed so far. */
   missingDeltas(): number[] {
     const out: number[] = [];
-    for (let seq = 1; seq <= this.latest; seq++) if (!this.present[0]!.has(seq)) out.push(seq);
+    const listed = this.listed[0]!;
+    for (let seq = 1; seq <= this.latest; seq++) {
+      if (!this.present[0]!.has(seq) && listed.some(([a, b]) => a <= seq && seq <= b)) out.push(seq);
+    }
     return out;
   }
 

@@ -13,7 +13,8 @@ import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
-import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { executeRestore, planRestore, planTotals } from '../../src/core/restore.js';
+import { loadDelta } from '../helpers/pit.js';
 import { AbortedError, StoreError } from '../../src/errors.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
@@ -57,7 +58,7 @@ async function makeRepo(kind: 'fs' | 's3', rounds: number, imageOptions: { zero?
   const image = makeImage({ size: 2 * 1024 * 1024 + 1234, regionSize: REGION, seed: n, ...imageOptions });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
-  await init({ store, from: source, regionSize: REGION, checkpointInterval: 2 });
+  await init({ store, from: source, regionSize: REGION, spanFanout: 2 });
   const points = new Map<number, Buffer>();
   for (let round = 0; round < rounds; round++) {
     if (round > 0) await change(image, source, n * 100 + round);
@@ -165,32 +166,37 @@ for (const kind of ['fs', 's3'] as const) {
 
       expect(await backupRecorded(fx)).toBe(2);
       const repo = await Repository.open(fx.store);
-      const delta = await repo.readDelta(2);
+      const delta = await loadDelta(repo, 2);
       expect(delta.packs.filter((pack) => orphans.includes(pack))).toEqual([]);
-      delta.changed.dispose();
       for (const orphan of orphans) expect(await fx.raw.keys(orphan)).toEqual([orphan]); // still there, harmless
       await expectIntact(fx);
     });
 
-    it('a checkpoint that fails to write: the point is committed, reported, and restores by folding deltas', async () => {
+    it('a span that fails to write: the point is committed, reported, restores by folding the runs, and the next commit writes the span', async () => {
       const fx = await makeRepo(kind, 1);
-      const crash = new Error('injected failure of the checkpoint');
+      const crash = new Error('injected failure of the span');
+      let failing = true;
       const fault = new FaultStore(fx.store, {
         beforePut: (key) => {
-          if (key.startsWith('checkpoints/')) throw crash;
+          if (failing && key.startsWith('spans/')) throw crash;
         },
       });
       const result = await backup({ store: fault, source: fx.source, workers: 2 });
       expect(result.seq).toBe(2);
-      expect(result.checkpoint).toBe(false);
-      expect(result.checkpointError).toMatch(/injected failure of the checkpoint/);
-      expect(fault.puts).toContain('checkpoints/0000000000000002');
-      expect(await fx.raw.keys('checkpoints/')).toEqual([]);
-      // The delta is the commit point: point in time 2 exists without its checkpoint.
+      expect(result.spans).toBe(0);
+      expect(result.spanError).toMatch(/injected failure of the span/);
+      expect(fault.puts).toContain('spans/01/0000000000000002');
+      expect(await fx.raw.keys('spans/')).toEqual([]);
+      // The delta is the commit point: point in time 2 exists without its span.
       fx.points.set(2, Buffer.from(fx.image));
       await expectIntact(fx);
+      failing = false;
       await change(fx.image, fx.source, 77);
       expect(await backupRecorded(fx)).toBe(3);
+      await change(fx.image, fx.source, 78);
+      expect(await backupRecorded(fx)).toBe(4);
+      // Point 4 is due spans 1/4 and 2/4, and 2/4 needs 1/2: the missing span is written then.
+      expect(await fx.raw.keys('spans/')).toEqual(['spans/01/0000000000000002', 'spans/01/0000000000000004', 'spans/02/0000000000000004']);
       await expectIntact(fx);
     });
 
@@ -209,7 +215,7 @@ for (const kind of ['fs', 's3'] as const) {
           },
         });
         const plan = await planRestore({ store: fault, at: parsePointSelector('latest') });
-        expect(plan.fetches.length).toBeGreaterThan(1);
+        expect((await planTotals(plan)).requests).toBeGreaterThan(1);
         // One ranged GET at a time, so the abort lands before the second is issued.
         const error = await executeRestore(plan, { to: target, force: existing, signal: controller.signal, workers: 2, fetchesInFlight: 1 }).catch(
           (e: unknown) => e,
@@ -256,7 +262,8 @@ for (const kind of ['fs', 's3'] as const) {
           },
         });
         const plan = await planRestore({ store: fault, at: parsePointSelector('1') });
-        await expect(executeRestore(plan, { to: '-', stdout, workers: 2 })).rejects.toBe(failure);
+        // One region a GET, so the second GET is the second region.
+        await expect(executeRestore(plan, { to: '-', stdout, workers: 2, rangeBytes: REGION })).rejects.toBe(failure);
         await turns(); // an unhandled rejection is reported at the end of the turn it happens in
         expect(unhandled).toEqual([]);
         // Only verified regions before the failing one were written.

@@ -13,6 +13,7 @@ import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
 import { geometry } from '../../src/model/pit-map.js';
+import { loadDelta } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
@@ -46,7 +47,7 @@ async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   image.fill(0, 40 * REGION);
   const source = join(work, 'disk.img');
   await writeFile(source, image);
-  await init({ store, from: source, regionSize: REGION, checkpointInterval: 100 });
+  await init({ store, from: source, regionSize: REGION, spanFanout: 64 });
   await backup({ store, source, workers: 2 });
   for (const region of [5, 9]) {
     await behindTheBack(source, region, 0x10 + region);
@@ -77,8 +78,7 @@ async function restoreDigest(f: Fixture, at: string, allowSuspect = false): Prom
 
 async function changedRegions(f: Fixture, seq: number): Promise<number[]> {
   const repo = await Repository.open(f.store);
-  const delta = await repo.readDelta(seq);
-  return Array.from(delta.changed);
+  return (await loadDelta(repo, seq)).regions;
 }
 
 for (const kind of ['fs', 's3'] as const) {

@@ -12,6 +12,7 @@ import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
+import { loadMap } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
@@ -49,7 +50,7 @@ async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
-  await init({ store, from: source, regionSize: REGION, packSize: 4 * REGION, checkpointInterval: 2 });
+  await init({ store, from: source, regionSize: REGION, packSize: 4 * REGION, spanFanout: 2 });
   const points = new Map<number, string>();
   await backup({ store, source, workers: 2 });
   points.set(1, sha(image));
@@ -68,7 +69,7 @@ async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
 /** Where region `region` of point in time `seq` is stored. */
 async function locationOf(f: Fixture, seq: number, region: number): Promise<{ pack: string; offset: number }> {
   const repo = await Repository.open(f.store);
-  return (await repo.loadPit(seq)).location(region)!;
+  return (await loadMap(repo, seq)).location(region)!;
 }
 
 async function restored(f: Fixture, at: string): Promise<{ seq: number; digest: string }> {
@@ -149,11 +150,11 @@ for (const kind of ['fs', 's3'] as const) {
       ]);
     });
 
-    it('a missing delta breaks every later point; a damaged checkpoint affects none', async () => {
+    it('a missing delta breaks every later point no span stands in for; a damaged span affects none', async () => {
       const f = await makeFixture(kind);
-      await f.raw.put('checkpoints/0000000000000002', Buffer.from('not a checkpoint at all, far too short'));
-      const damagedCheckpoint = await verify({ store: f.store, dryRun: true, workers: 2 });
-      expect(damagedCheckpoint.problems).toEqual([expect.objectContaining({ object: 'checkpoint', affects: [] })]);
+      await f.raw.put('spans/01/0000000000000002', Buffer.from('not a span at all, far too short'));
+      const damagedSpan = await verify({ store: f.store, dryRun: true, workers: 2 });
+      expect(damagedSpan.problems).toEqual([expect.objectContaining({ object: 'span', affects: [] })]);
       await f.raw.delete('deltas/0000000000000002');
       const result = await verify({ store: f.store, workers: 2 });
       expect(result.problems).toContainEqual(expect.objectContaining({ object: 'delta', key: 'deltas/0000000000000002', detail: 'missing', affects: [2, 3] }));
