@@ -5,7 +5,7 @@ import { count, formatSize } from './units.js';
 
 /** What restore makes of a point: `-` (trusted), its mark kinds (UNKNOWN: marks unreadable), or UNRESTORABLE. */
 function trustOf(entry: LogEntry): string {
-  if (!entry.restorable) return 'UNRESTORABLE';
+  if (!entry.restorable) return entry.deltaMissing ? 'MISSING' : 'UNRESTORABLE';
   const kinds = [...new Set(entry.marks.map((m) => m.kind.toUpperCase()))];
   if (entry.marksUnreadable.length > 0) kinds.push('UNKNOWN');
   return kinds.length === 0 ? '-' : kinds.join('+');
@@ -21,7 +21,9 @@ export function registerLog(program: Command): void {
       cli.result(result.timeline, () => {
         const header = ['seq', 'time (UTC)', 'kind', 'regions', 'stored', 'trust'];
         // Stored and missing deltas in chain order; the last column says why restore would pass one over.
-        const rows = [...result.entries, ...result.missing]
+        // A missing delta whose point a span still describes has a row of its own already.
+        const described = new Set(result.entries.map((e) => e.seq));
+        const rows = [...result.entries, ...result.missing.filter((m) => !described.has(m.seq))]
           .sort((a, b) => a.seq - b.seq)
           .map((e) =>
             e.type === 'missing'

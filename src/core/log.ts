@@ -39,6 +39,8 @@ export interface LogEntry {
   spans: number[];
   /** False when it, or a delta before it, is missing and no span stands in for it. */
   restorable: boolean;
+  /** Its delta is missing (what it is comes from a span over it). */
+  deltaMissing: boolean;
 }
 
 /** A delta missing from the chain (it sits in the timeline after the stored delta before it). */
@@ -98,13 +100,12 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
   const blocked = new Map<number, number | undefined>();
   for (let seq = 1; seq <= index.latest; seq++) {
     blocked.set(seq, await index.blockedBy(seq, signal));
-    if (missingSeqs.has(seq)) continue;
     let summary: PointSummary;
     try {
       // From the spans over it where they stand (one read for many points), else its delta.
       summary = await repo.summary(index, seq, signal);
     } catch (error) {
-      if (error instanceof ChainGapError) continue; // unreadable, and no span holds its summary
+      if (error instanceof ChainGapError) continue; // missing, and no span holds its summary
       throw error;
     }
     const marks = (trust.marks.get(seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
@@ -122,6 +123,7 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
       marks,
       spans: spansAt.get(seq) ?? [],
       restorable: blocked.get(seq) === undefined,
+      deltaMissing: missingSeqs.has(seq),
     });
   }
   const missing = [...missingSeqs].map(
@@ -145,9 +147,11 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
   );
   const sorted: Array<LogEntry | ScanEvent | UnreadableMarksEntry> = [...entries, ...events, ...unreadableMarks].sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.type === 'delta' ? -1 : 1));
   // A missing delta has no time: it goes right after the stored delta before it.
-  const missingBySeq = new Map(missing.map((m) => [m.seq, m]));
+  // A missing delta whose point a span still describes is that point's entry (deltaMissing).
+  const described = new Set(entries.map((e) => e.seq));
+  const missingBySeq = new Map(missing.filter((m) => !described.has(m.seq)).map((m) => [m.seq, m]));
   const firstStored = entries[0]?.seq ?? Infinity;
-  const timeline: TimelineEntry[] = missing.filter((m) => m.seq < firstStored);
+  const timeline: TimelineEntry[] = [...missingBySeq.values()].filter((m) => m.seq < firstStored);
   for (const t of sorted) {
     timeline.push(t);
     if (t.type === 'delta') for (let seq = t.seq + 1; missingBySeq.has(seq); seq++) timeline.push(missingBySeq.get(seq)!);

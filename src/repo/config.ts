@@ -1,7 +1,7 @@
 // The repository config object (key "config"): what volume this repository holds and how.
 
 import { randomUUID } from 'node:crypto';
-import { CdpError, FormatError, InvalidArgumentError } from '../errors.js';
+import { FormatError, InvalidArgumentError } from '../errors.js';
 import { MAX_REGION_COUNT } from '../model/delta-map.js';
 import { type Geometry, geometry } from '../model/pit-map.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
@@ -17,11 +17,11 @@ export const DEFAULT_SPAN_FANOUT = 16;
 export const MIN_SPAN_FANOUT = 2;
 export const MAX_SPAN_FANOUT = 64;
 /**
- * The most regions a volume may have: 2^27 (128 TiB with 1 MiB regions). Maps are paged, so no
+ * The most regions a volume may have: 2^26 (64 TiB with 1 MiB regions). Maps are paged, so no
  * structure holds an entry per region; what is left per region is a bit in each region-set
- * bitmap (16 MiB at this size) and region byte offsets, which stay below 2^53.
+ * bitmap (8 MiB each at this size, and protect keeps several) and byte offsets below 2^53.
  */
-export const MAX_VOLUME_REGIONS = 2 ** 27;
+export const MAX_VOLUME_REGIONS = 2 ** 26;
 
 export interface RepoConfig {
   volumeId: string;
@@ -126,12 +126,13 @@ export function decodeConfig(bytes: Uint8Array): RepoConfig {
   const version = bytes.length >= 10 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint16(8, true) : undefined;
   const magic = bytes.length >= 8 ? Buffer.from(bytes.subarray(0, 8)).toString('latin1') : '';
   if (magic === CONFIG_KIND.magic && version !== undefined && version !== FORMAT_VERSION) {
-    throw new CdpError(
+    throw new FormatError(
       'FORMAT_UNSUPPORTED_VERSION',
-      version < FORMAT_VERSION
-        ? `this repository was made by an older cdp-s3 (repository format ${version}); this cdp-s3 reads format ${FORMAT_VERSION} and does not migrate it: ` +
-            'restore what you need with the cdp-s3 that wrote it (0.1.x), then start a new repository with cdp-s3 init'
-        : `this repository was made by a newer cdp-s3 (repository format ${version}); this cdp-s3 reads format ${FORMAT_VERSION}: upgrade cdp-s3`,
+      CONFIG_KIND.what,
+      `format version ${version} is not supported (this cdp-s3 reads version ${FORMAT_VERSION}): ` +
+        (version < FORMAT_VERSION
+          ? `the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it (0.1.x), then start a new repository with cdp-s3 init`
+          : 'the repository was made by a newer cdp-s3; upgrade cdp-s3'),
     );
   }
   const r = new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes));

@@ -212,7 +212,7 @@ export class Repository implements RunSource {
    */
   async summary(index: ChainIndex, seq: number, signal?: AbortSignal): Promise<PointSummary> {
     if (seq < 1 || seq > index.latest) throw new ChainGapError(seq, seq);
-    for (let level = index.topLevel; level >= 0; level--) {
+    for (let level = index.topLevel; level >= 1; level--) {
       const size = this.fanout ** level;
       const block = index.block(level, Math.ceil(seq / size) * size);
       if (block.last > index.latest || !(await index.has(block, signal))) continue;
@@ -220,10 +220,13 @@ export class Repository implements RunSource {
         const found = (await this.summariesOf(await this.readRun(block, signal), signal))[seq - block.first];
         if (found !== undefined) return found;
       } catch (error) {
-        if (!(error instanceof FormatError)) throw error;
+        if (!(error instanceof FormatError)) throw error; // an unreadable span: its children say the same
       }
     }
-    throw new ChainGapError(seq, seq);
+    // Its own delta; one that cannot be read is that error (a corrupt delta is damage to report).
+    const delta = index.block(0, seq);
+    if (!(await index.has(delta, signal))) throw new ChainGapError(seq, seq);
+    return (await (await this.readRun(delta, signal)).summaries(signal))[0]!;
   }
 
   private async summariesOf(run: RunReader, signal?: AbortSignal): Promise<PointSummary[]> {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { init } from '../../src/core/init.js';
-import { decodeCheckpoint, decodeDelta, encodeCheckpoint, encodeDelta } from '../../src/repo/chain-codec.js';
+import { type PageRef, type RootContext, decodeDeltaRoot, decodeSpanRoot, encodeDeltaRoot, encodeSpanRoot } from '../../src/repo/run-codec.js';
 import { decodeConfig } from '../../src/repo/config.js';
 import { openStore } from '../../src/store/open.js';
 import { s3ServerEnv } from '../../src/dev/s3-server.js';
@@ -81,16 +81,16 @@ function rawFor(kind: Kind, repo: string, prefix: string): RawObjects {
 
 /**
  * A repository with `rounds` points in time of a small image (64 KiB regions), made with the
- * library's init (the CLI has no --checkpoint-interval) and the CLI's backup.
+ * library's init (the CLI has no --span-fanout) and the CLI's backup.
  */
-async function makeRepo(kind: Kind, name: string, options: { rounds?: number; size?: number; checkpointInterval?: number; image?: Buffer } = {}): Promise<Fixture> {
+async function makeRepo(kind: Kind, name: string, options: { rounds?: number; size?: number; spanFanout?: number; image?: Buffer } = {}): Promise<Fixture> {
   const work = await freshDir(`${kind}-${name}`);
   const prefix = `${name}-${counter}`;
   const repo = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/${prefix}`;
   const image = options.image ?? makeImage({ size: options.size ?? 1024 * 1024 + 4096 + 7, regionSize: REGION, seed: counter });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
-  await init({ store: openStore(repo), from: source, regionSize: REGION, checkpointInterval: options.checkpointInterval ?? 2 });
+  await init({ store: openStore(repo), from: source, regionSize: REGION, spanFanout: options.spanFanout ?? 2 });
   const rounds: Round[] = [];
   for (let round = 0; round < (options.rounds ?? 3); round++) {
     if (round > 0) {
@@ -161,11 +161,11 @@ const envelopeDamage = [
   { name: 'truncation to 20 bytes', damage: (b: Buffer) => b.subarray(0, 20), message: /only 20 bytes: truncated or not a cdp-s3 object/ },
   {
     name: 'an unknown format version with a valid checksum',
-    damage: (b: Buffer) => withVersion(b, 2),
-    message: /format version 2 is not supported \(this cdp-s3 reads version 1\); use a cdp-s3 that does/,
+    damage: (b: Buffer) => withVersion(b, 3),
+    message: /format version 3 is not supported \(this cdp-s3 reads version 2\)/,
   },
   // The version is checked before the trailer; either way this must be an integrity failure.
-  { name: 'an unknown format version with the old checksum', damage: (b: Buffer) => withVersion(b, 2, false), message: /format version 2|checksum mismatch/ },
+  { name: 'an unknown format version with the old checksum', damage: (b: Buffer) => withVersion(b, 3, false), message: /format version 3|checksum mismatch/ },
 ] as const;
 
 /** Replaces `key` with damaged bytes for the duration of `body`, then puts the original back. */
@@ -235,16 +235,16 @@ for (const kind of ['fs', 's3'] as const) {
       expectFailure(
         await cli('--repo', repo, 'init', '--size', '1000TiB'),
         EXIT.usage,
-        /^cdp-s3: a volume of 1000 TiB in 1 MiB regions needs 1048576000 regions; at most 16777216 fit \(16 TiB with 1 MiB regions\): choose larger regions \(--region-size 16MiB holds up to 256 TiB\)$/,
+        /^cdp-s3: a volume of 1000 TiB in 1 MiB regions needs 1048576000 regions; at most 67108864 fit \(64 TiB with 1 MiB regions\): choose larger regions \(--region-size 16MiB holds up to 1024 TiB\)$/,
       );
-      expectFailure(await cli('--repo', repo, 'init', '--size', String(16 * 2 ** 40 + 1)), EXIT.usage, /needs 16777217 regions; at most 16777216 fit \(16 TiB with 1 MiB regions\)/);
-      expectFailure(await cli('--repo', repo, 'init', '--size', '64TiB', '--region-size', '64KiB'), EXIT.usage, /at most 16777216 fit \(1 TiB with 64 KiB regions\)/);
-      expectFailure(await cli('--repo', repo, 'init', '--size', '1000TiB', '--region-size', '16MiB'), EXIT.usage, /\(256 TiB with 16 MiB regions\): this version cannot protect it as one volume$/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', String(64 * 2 ** 40 + 1)), EXIT.usage, /needs 67108865 regions; at most 67108864 fit \(64 TiB with 1 MiB regions\)/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '64TiB', '--region-size', '64KiB'), EXIT.usage, /at most 67108864 fit \(4 TiB with 64 KiB regions\)/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '2000TiB', '--region-size', '16MiB'), EXIT.usage, /\(1024 TiB with 16 MiB regions\): this version cannot protect it as one volume$/);
       expect(await exists(repo)).toBe(false);
       // The largest volume for the region size is accepted.
-      const largest = await cli('--repo', repo, '--json', 'init', '--size', '16TiB');
+      const largest = await cli('--repo', repo, '--json', 'init', '--size', '64TiB');
       expect(largest.code, largest.stderr).toBe(EXIT.ok);
-      expect((JSON.parse(largest.stdout) as { volumeSize: number }).volumeSize).toBe(16 * 2 ** 40);
+      expect((JSON.parse(largest.stdout) as { volumeSize: number }).volumeSize).toBe(64 * 2 ** 40);
     });
 
     it('init twice: refused, the repository as it was', async () => {
@@ -381,13 +381,13 @@ for (const kind of ['fs', 's3'] as const) {
     describe('damaged objects', () => {
       const key = {
         config: () => 'config',
-        delta: () => 'deltas/0000000000000002',
-        checkpoint: () => 'checkpoints/0000000000000002',
+        delta: () => 'deltas/0000000000000003',
+        span: () => 'spans/01/0000000000000002',
       };
 
-      it('the fixture has a checkpoint at point in time 2 and one pack per backup', async () => {
+      it('the fixture has a span of points 1 and 2 and one pack per backup', async () => {
         const keys = await fx.raw.keys();
-        expect(keys).toContain(key.checkpoint());
+        expect(keys).toContain(key.span());
         expect(keys.filter((k) => k.startsWith('packs/0000000000000001-'))).toHaveLength(1);
       });
 
@@ -407,54 +407,53 @@ for (const kind of ['fs', 's3'] as const) {
           await withDamaged(fx, key.delta(), damage, async () => {
             const out = await freshDir(`${kind}-delta`);
             const target = join(out, 'restored.img');
-            expectFailure(await cli('--repo', fx.repo, 'restore', '--at', '2', '--to', target), EXIT.integrity, /delta 0000000000000002: /, message);
+            expectFailure(await cli('--repo', fx.repo, 'restore', '--at', '3', '--to', target), EXIT.integrity, /delta 0000000000000003: /, message);
             await expectNoTarget(target);
             // A time selector lands on the damaged delta too.
-            expectFailure(await cli('--repo', fx.repo, 'restore', '--at', fx.rounds[1]!.time, '--to', target), EXIT.integrity, /delta 0000000000000002: /);
+            expectFailure(await cli('--repo', fx.repo, 'restore', '--at', fx.rounds[2]!.time, '--to', target), EXIT.integrity, /delta 0000000000000003: /);
             await expectNoTarget(target);
-            expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.integrity, /delta 0000000000000002: /, message);
-            // Point 1 needs only delta 1; point 3 folds delta 3 onto the checkpoint at 2.
+            expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.integrity, /delta 0000000000000003: /, message);
+            // Points 1 and 2 do not need delta 3.
             await expectRestores(fx, fx.rounds[0]!);
-            await expectRestores(fx, fx.rounds[2]!);
+            await expectRestores(fx, fx.rounds[1]!);
           });
         });
 
-        it(`checkpoint with ${name}: skipped in favour of the deltas, restore still bit-exact`, async () => {
-          await withDamaged(fx, key.checkpoint(), damage, async () => {
+        it(`span with ${name}: replaced by the deltas it merges, restore still bit-exact`, async () => {
+          await withDamaged(fx, key.span(), damage, async () => {
             await expectIntact(fx);
           });
         });
       }
 
       // One store suffices for a missing object: the repository layer maps 'not found' the same way for both.
-      if (kind === 'fs') it('a missing delta in the middle of the chain: earlier points restore, the checkpoint at it stands in for later ones, log shows it', async () => {
-        const path = join(fx.repo, key.delta());
+      if (kind === 'fs') it('a missing delta in the middle of the chain: earlier points restore, the span over it stands in for it and later ones, log shows it', async () => {
+        const path = join(fx.repo, 'deltas/0000000000000002');
         const bytes = await readFile(path);
         await rm(path);
         try {
-          // Point 3 folds delta 3 onto the checkpoint at 2; point 1 needs only delta 1.
+          // Point 2 is the span of 1–2; point 3 folds delta 3 onto it; point 1 needs only delta 1.
           await expectRestores(fx, fx.rounds[0]!);
+          await expectRestores(fx, fx.rounds[1]!);
           await expectRestores(fx, fx.rounds[2]!);
-          const out = await freshDir('missing-delta');
-          const target = join(out, 'restored.img');
-          const passedOver = await cli('--repo', fx.repo, 'restore', '--at', '2', '--to', target);
-          expect(passedOver.code, passedOver.stderr).toBe(EXIT.ok);
-          expect(passedOver.stderr).toContain('chose point in time 1; passed over 2 missing');
           const logged = await cli('--repo', fx.repo, 'log');
           expect(logged.code, logged.stderr).toBe(EXIT.ok);
-          expect(logged.stdout).toContain('deltas/0000000000000002 is missing: a checkpoint stands in for it, so later points still restore');
+          expect(logged.stdout).toContain('deltas/0000000000000002 is missing: a span stands in for it, so later points still restore');
         } finally {
           await writeFile(path, bytes);
         }
         await expectIntact(fx);
       });
 
-      it('a delta or checkpoint naming a pack outside the repository (crafted, valid checksum): the integrity code; nothing fetched from elsewhere', async () => {
+      it('a delta or span naming a pack outside the repository (crafted, valid checksum): the integrity code; nothing fetched from elsewhere', async () => {
         const config = decodeConfig(await fx.raw.get('config'));
         const regionCount = Math.ceil(config.volumeSize / config.regionSize);
-        const delta = decodeDelta(await fx.raw.get('deltas/0000000000000003'), 3, config.volumeId, regionCount);
-        const escape = `../otherrepo/${delta.packs[0]!}`;
-        const crafted = Buffer.from(encodeDelta({ ...delta, packs: delta.packs.map(() => escape) }, config.volumeId));
+        const context: RootContext = { volumeId: config.volumeId, pageRegions: config.pageRegions, regionCount, pageTotal: Math.ceil(regionCount / config.pageRegions) };
+        // Every page's pack table names a key outside the repository instead.
+        const escaped = (pages: PageRef[]): PageRef[] =>
+          pages.map((p) => ({ ...p, inline: { ...p.inline!, packs: p.inline!.packs.map((pack) => `../otherrepo/${pack}`) } }));
+        const delta = decodeDeltaRoot(await fx.raw.get('deltas/0000000000000003'), 3, context);
+        const crafted = Buffer.from(encodeDeltaRoot(3, delta.delta!, escaped(delta.pages), config.volumeId));
         const out = await freshDir(`${kind}-crafted`);
         const target = join(out, 'restored.img');
         const message = /^cdp-s3: delta 0000000000000003: names pack "\.\.\/otherrepo\/packs\/\d{16}-[0-9a-f]{8}", which is not a pack key \(packs\/<16-digit seq>-<8 hex digits>\)/;
@@ -463,13 +462,11 @@ for (const kind of ['fs', 's3'] as const) {
           expectFailure(await cli('--repo', fx.repo, 'log'), EXIT.integrity, message);
           await expectNoTarget(target);
         });
-        // A checkpoint naming one is skipped like any damaged checkpoint: point 2 folds from the deltas.
-        const pit = decodeCheckpoint(await fx.raw.get('checkpoints/0000000000000002'), 2, config.volumeId, regionCount);
-        for (let region = 0; region < regionCount; region++) {
-          const location = pit.location(region);
-          if (location !== undefined) pit.setRegion(region, { pack: `../otherrepo/${location.pack}`, offset: location.offset }, pit.digest(region));
-        }
-        await withDamaged(fx, 'checkpoints/0000000000000002', () => Buffer.from(encodeCheckpoint(pit, config.volumeId)), async () => {
+        // A span naming one is replaced like any damaged span: point 2 folds deltas 1 and 2.
+        const block = { level: 1, first: 1, last: 2 };
+        const span = decodeSpanRoot(await fx.raw.get('spans/01/0000000000000002'), block, context);
+        const craftedSpan = Buffer.from(encodeSpanRoot({ ...block, end: span.end }, escaped(span.pages), { inline: span.summaries! }, config.volumeId));
+        await withDamaged(fx, 'spans/01/0000000000000002', () => craftedSpan, async () => {
           await expectRestores(fx, fx.rounds[1]!);
         });
       });

@@ -105,20 +105,24 @@ for (const kind of ['fs', 's3'] as const) {
       }
 
       const logged = await log({ store: f.store });
-      expect(logged.entries.map((e) => [e.seq, e.restorable])).toEqual([
-        [1, true],
-        [3, true],
-        [5, false],
+      // Point 2's delta is lost but the span of 1–3 still says what it was; nothing is left of point 4.
+      expect(logged.entries.map((e) => [e.seq, e.restorable, e.deltaMissing])).toEqual([
+        [1, true, false],
+        [2, false, true],
+        [3, true, false],
+        [5, false, false],
       ]);
       expect(logged.missing).toEqual([
-        { type: 'missing', seq: 2, key: 'deltas/0000000000000002', unrestorable: [] },
+        { type: 'missing', seq: 2, key: 'deltas/0000000000000002', unrestorable: [2] },
         { type: 'missing', seq: 4, key: 'deltas/0000000000000004', unrestorable: [5] },
       ]);
-      expect(logged.timeline.map((t) => `${t.type} ${'seq' in t ? t.seq : ''}`)).toEqual(['delta 1', 'missing 2', 'delta 3', 'missing 4', 'delta 5']);
+      expect(logged.timeline.map((t) => `${t.type} ${'seq' in t ? t.seq : ''}`)).toEqual(['delta 1', 'delta 2', 'delta 3', 'missing 4', 'delta 5']);
+
       const text = await cli('--repo', f.repoUrl, 'log');
       expect(text.code, text.stderr).toBe(EXIT.ok);
       expect(text.stdout).toMatch(/^\s*4 +- +- +- +- +MISSING$/m);
       expect(text.stdout).toMatch(/^\s*5 .* UNRESTORABLE$/m);
+      expect(text.stdout).toMatch(/^\s*2 .* MISSING$/m);
       expect(text.stdout).toContain('deltas/0000000000000004 is missing: points 5 cannot be restored (no span stands in for it)');
       expect(await status({ store: f.store })).toMatchObject({ newest: { seq: 5 }, missingDeltas: [2, 4], unrestorable: [5] });
 

@@ -13,6 +13,7 @@ import { parsePointSelector } from '../../src/core/points.js';
 import { type PitExport, type PitExportOptions, type ServeHandle, openPitExport, serve } from '../../src/core/serve.js';
 import * as P from '../../src/nbd/protocol.js';
 import { NbdRequestError } from '../../src/nbd/types.js';
+import { loadMap } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
 import { putMarks } from '../../src/repo/trust.js';
 import { openStore } from '../../src/store/open.js';
@@ -48,7 +49,7 @@ async function makeRepo(kind: 'fs' | 's3', name: string): Promise<Repo> {
   const source = join(fixture.dir, `${name}.img`);
   await writeFile(source, image);
   const store = openStore(url);
-  await init({ store, from: source, regionSize: REGION, checkpointInterval: 2 });
+  await init({ store, from: source, regionSize: REGION, spanFanout: 2 });
   const rounds: Repo['rounds'] = [];
   for (let round = 0; round < 3; round++) {
     if (round > 0) {
@@ -183,7 +184,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('evicts the least recently used regions beyond cacheBytes', async () => {
       const { pit, store } = await open({ readAheadBytes: 0, cacheBytes: 2 * REGION });
       const pitRepo = await Repository.open(openStore(repo.url));
-      const map = await pitRepo.loadPit(repo.rounds.at(-1)!.seq);
+      const map = await loadMap(pitRepo, repo.rounds.at(-1)!.seq);
       const data = [...Array(20).keys()].filter((r) => !map.isZero(r));
       const [a, b, c] = [data[0]!, data[2]!, data[4]!];
       await pit.read(a * REGION, 10);
@@ -286,7 +287,7 @@ for (const kind of ['fs', 's3'] as const) {
 
     it('merges neighbouring regions of a pack into one ranged GET', async () => {
       const pitRepo = await Repository.open(openStore(repo.url));
-      const map = await pitRepo.loadPit(repo.rounds[0]!.seq);
+      const map = await loadMap(pitRepo, repo.rounds[0]!.seq);
       // The longest run (up to 4) of neighbouring regions stored back to back in one pack.
       const follows = (r: number): boolean => {
         const a = map.location(r);
@@ -327,7 +328,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('answers EIO (and logs) for a region whose stored bytes are corrupt, and serves the rest', async () => {
       const seq = repo.rounds.at(-1)!.seq;
       const image = repo.rounds.at(-1)!.image;
-      const map = await (await Repository.open(openStore(repo.url))).loadPit(seq);
+      const map = await loadMap(await Repository.open(openStore(repo.url)), seq);
       const region = [...Array(40).keys()].find((r) => !map.isZero(r) && r !== 0)!;
       const location = map.location(region)!;
       const original = await repo.raw.get(location.pack);
@@ -472,7 +473,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('answers EIO for a corrupt region over NBD and keeps serving the rest', async () => {
       const seq = repo.rounds.at(-1)!.seq;
       const image = repo.rounds.at(-1)!.image;
-      const map = await (await Repository.open(openStore(repo.url))).loadPit(seq);
+      const map = await loadMap(await Repository.open(openStore(repo.url)), seq);
       const region = [...Array(40).keys()].find((r) => !map.isZero(r) && r > 1)!;
       const location = map.location(region)!;
       const original = await repo.raw.get(location.pack);

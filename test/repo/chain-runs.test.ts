@@ -136,7 +136,7 @@ describe('paged runs and spans', () => {
     // A damaged page of a span: read falls back to the children.
     const spanFile = join(dir, spanKey(1, 12));
     const bytes = await readFile(spanFile);
-    bytes[bytes.length - 40] ^= 0xff;
+    bytes[bytes.length - 40]! ^= 0xff;
     await writeFile(spanFile, bytes);
     await expectPoint(repo, model, 12);
     // Delta 4 lost: points 4 and 5 need it, 6 has span 1/6 standing in, and 1–3 do not need it.
