@@ -17,6 +17,7 @@ import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
+import { regionsWithData } from '../volume/extents.js';
 import { openVolume } from '../volume/source.js';
 import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
 import { DeltaCommitter } from './delta-committer.js';
@@ -58,7 +59,10 @@ export interface BackupResult {
   /** The new point in time (ISO 8601 UTC). */
   time: string;
   regionsScanned: number;
+  /** Bytes read from the source (holes of a sparse file are not read). */
   bytesScanned: number;
+  /** Regions of the volume that hold data (allocated extents), when the source could tell. */
+  dataRegions: number | undefined;
   regionsChanged: number;
   /** Region bytes uploaded (after deduplication; zero regions cost nothing). */
   bytesStored: number;
@@ -135,6 +139,9 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     let regionsScanned = 0;
     let bytesScanned = 0;
     let regionsRepaired = 0;
+    // A sparse file's holes are zeros: read only its allocated extents.
+    const dataRegions = regionsWithData(volume.handle.fd, g, volume.isBlockDevice);
+    if (dataRegions !== undefined) maps.push(dataRegions);
     const start = clock();
     progress.phase('backup', toScan === undefined ? g.volumeSize : toScan.count() * g.regionSize);
     try {
@@ -142,16 +149,17 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
         pool,
         fd: volume.handle.fd,
         geometry: g,
-        regions: regionsWithPages(head, toScan, (p) => (page = p), signal),
+        regions: regionsWithPages(head, toScan, (p) => (page = p), signal, dataRegions),
+        dataRegions,
         expected: (region) => (isDamaged(region) ? NEVER_DIGEST : page!.isZero(region) ? null : page!.digest(region)),
         onResult: async (region, result) => {
           if (result.status !== 'same' && isDamagedIn(head, trust.damaged, region)) regionsRepaired++;
           await writer.apply(region, result);
           await writer.closeBelow(region);
         },
-        onRead: (_region, length) => {
+        onRead: (region, length) => {
           regionsScanned++;
-          bytesScanned += length;
+          if (dataRegions === undefined || dataRegions.has(region)) bytesScanned += length;
           progress.advance(length);
         },
         readAhead: options.readAhead,
@@ -174,6 +182,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       time: new Date(committed.end).toISOString(),
       regionsScanned,
       bytesScanned,
+      dataRegions: dataRegions?.count(),
       regionsChanged: committed.regions,
       bytesStored: committed.bytesStored,
       packs: committed.packs,

@@ -62,6 +62,10 @@ export function emptyCounts(): PlanCounts {
  */
 export async function* storedRegions(view: PitView, counts: PlanCounts, wanted?: (region: number) => boolean, signal?: AbortSignal): AsyncGenerator<WantedRegion> {
   for await (const page of view.pages(signal)) {
+    if (page.empty && wanted === undefined) {
+      counts.zeroRegions += page.count; // a hole of a thin volume: nothing stored
+      continue;
+    }
     for (let region = page.first; region < page.first + page.count; region++) {
       if (wanted !== undefined && !wanted(region)) continue;
       const location = page.location(region);

@@ -29,6 +29,7 @@ import type { ObjectStore } from '../store/types.js';
 import { type ChangeSource, QuiescentSource } from '../volume/changes.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionPool } from '../volume/region-pool.js';
+import { regionsWithData } from '../volume/extents.js';
 import { openVolume } from '../volume/source.js';
 import { DeltaCommitter } from './delta-committer.js';
 import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
@@ -184,7 +185,8 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       expected: (r: number) => Uint8Array | null,
       onResult: Parameters<typeof readRegions>[0]['onResult'],
       onRead?: Parameters<typeof readRegions>[0]['onRead'],
-    ) => readRegions({ pool, fd: volume.handle.fd, geometry: g, regions, expected, onResult, onRead, readAhead: options.readAhead, signal });
+      dataRegions?: DeltaMap,
+    ) => readRegions({ pool, fd: volume.handle.fd, geometry: g, regions, expected, onResult, onRead, dataRegions, readAhead: options.readAhead, signal });
 
     // Claim 3: seal the present delta map (changes since the previous delta) before scanning.
     const sealRecorder = changes.record();
@@ -211,20 +213,25 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     // A dry run cannot seal the present delta: its regions are known changes, not discrepancies.
     const wanted = dryRun && !present.isEmpty() ? track((toScan ?? fullMap(g.regionCount, track)).clone().subtract(present)) : toScan;
     const compare = track(new DeltaMap(g.regionCount));
-    let scanned = 0;
+
     progress.phase('scan', toScan === undefined ? g.volumeSize : toScan.count() * g.regionSize);
     let page: PitPage | undefined;
+    // A sparse file's holes are zeros: compared without reading them.
+    const dataRegions = regionsWithData(volume.handle.fd, g, volume.isBlockDevice);
+    if (dataRegions !== undefined) track(dataRegions);
     await read(
-      regionsWithPages(pit, wanted, (p) => (page = p), signal),
+      regionsWithPages(pit, wanted, (p) => (page = p), signal, dataRegions),
       (region) => (page!.isZero(region) ? null : page!.digest(region)),
       async (region, result) => {
         if (result.status !== 'same') compare.set(region);
-        scanned++;
         await hooks.afterScanRead?.(region);
       },
       (_region, length) => progress.advance(length),
+      dataRegions,
     );
     progress.done();
+    // Every region of the scan set was compared: read, or a hole compared as zeros.
+    const scanned = wanted === undefined ? g.regionCount : wanted.count();
     const scanDelta = track(scanRecorder.stop());
     // Claims 7, 8: the revised compare delta map.
     const revised = track(compare.clone().subtract(scanDelta));

@@ -133,6 +133,23 @@ export class DeltaMap {
     return other.regionCount === this.regionCount && this.kernels.firstDifference(this.bits(), other.bits()) < 0;
   }
 
+  /** The set regions in [first, end), ascending (one kernel call per batch, no per-region test). */
+  regionsIn(first: number, end: number): number[] {
+    const out: number[] = [];
+    if (end <= first) return out;
+    const batch = new Uint32Array(Math.min(ITERATION_BATCH, end - first));
+    for (let start = first; start < end; ) {
+      const n = this.kernels.extractSetBits(this.bits(), this.regionCount, start, batch);
+      for (let i = 0; i < n; i++) {
+        if (batch[i]! >= end) return out;
+        out.push(batch[i]!);
+      }
+      if (n < batch.length) return out;
+      start = batch[n - 1]! + 1;
+    }
+    return out;
+  }
+
   /** The set regions in ascending order; the map may be read but not changed while iterating. */
   *regions(): Generator<number, void, undefined> {
     const out = new Uint32Array(ITERATION_BATCH);

@@ -108,9 +108,10 @@ export function mergeRunPages(page: number, pages: readonly RunPage[]): RunPage 
  * names are zeros (never written).
  */
 export class PitPage {
-  readonly packOf: Uint32Array;
-  readonly offsetOf: Uint32Array;
-  readonly digests: Uint8Array;
+  // Allocated by the first apply(): a page no run names (a thin volume's holes) costs nothing.
+  private packOf: Uint32Array | undefined;
+  private offsetOf: Uint32Array | undefined;
+  private digests: Uint8Array | undefined;
   private readonly packNames: string[] = [];
   private readonly packIds = new Map<string, number>();
 
@@ -120,21 +121,25 @@ export class PitPage {
     readonly first: number,
     /** Regions in the page (the last page of a volume may be shorter). */
     readonly count: number,
-  ) {
-    this.packOf = new Uint32Array(count).fill(ZERO_REGION);
-    this.offsetOf = new Uint32Array(count);
-    this.digests = new Uint8Array(count * DIGEST_BYTES);
+  ) {}
+
+  /** No region of the page holds data (every one is zeros). */
+  get empty(): boolean {
+    return this.packOf === undefined || this.packOf.every((pack) => pack === ZERO_REGION);
   }
 
   /** Overlays a newer run's entries for this page. */
   apply(run: RunPage): void {
+    const packOf = (this.packOf ??= new Uint32Array(this.count).fill(ZERO_REGION));
+    const offsetOf = (this.offsetOf ??= new Uint32Array(this.count));
+    const digests = (this.digests ??= new Uint8Array(this.count * DIGEST_BYTES));
     const ids = run.packs.map((name) => this.packId(name));
     for (let i = 0; i < run.regions.length; i++) {
       const at = run.regions[i]! - this.first;
       const pack = run.entryPack[i]!;
-      this.packOf[at] = pack === ZERO_PACK ? ZERO_REGION : ids[pack]!;
-      this.offsetOf[at] = run.entryOffset[i]!;
-      this.digests.set(run.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), at * DIGEST_BYTES);
+      packOf[at] = pack === ZERO_PACK ? ZERO_REGION : ids[pack]!;
+      offsetOf[at] = run.entryOffset[i]!;
+      digests.set(run.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), at * DIGEST_BYTES);
     }
   }
 
@@ -143,33 +148,26 @@ export class PitPage {
   }
 
   isZero(region: number): boolean {
-    return this.packOf[region - this.first] === ZERO_REGION;
+    return this.packOf === undefined || this.packOf[region - this.first] === ZERO_REGION;
   }
 
   /** The region's digest (a view; all zeros for a zero region). */
   digest(region: number): Uint8Array {
+    if (this.digests === undefined) return ZERO_DIGEST;
     const at = region - this.first;
     return this.digests.subarray(at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
   }
 
   location(region: number): RegionLocation | undefined {
+    if (this.packOf === undefined) return undefined;
     const at = region - this.first;
     const pack = this.packOf[at]!;
-    return pack === ZERO_REGION ? undefined : { pack: this.packNames[pack]!, offset: this.offsetOf[at]! };
+    return pack === ZERO_REGION ? undefined : { pack: this.packNames[pack]!, offset: this.offsetOf![at]! };
   }
 
   /** Bytes of memory this page holds (for caches). */
   get bytes(): number {
-    return this.count * (8 + DIGEST_BYTES) + this.packNames.length * 64;
-  }
-
-  clone(): PitPage {
-    const copy = new PitPage(this.page, this.first, this.count);
-    copy.packOf.set(this.packOf);
-    copy.offsetOf.set(this.offsetOf);
-    copy.digests.set(this.digests);
-    for (const name of this.packNames) copy.packId(name);
-    return copy;
+    return 64 + (this.packOf === undefined ? 0 : this.count * (8 + DIGEST_BYTES)) + this.packNames.length * 64;
   }
 
   private packId(name: string): number {

@@ -1,0 +1,66 @@
+// Which regions of a sparse file hold data: the file's allocated extents, found with
+// lseek(SEEK_DATA / SEEK_HOLE), so a backup or scan of a thin 16 TiB image reads only what is
+// allocated and takes the holes for zeros without reading them. Node has no lseek; the optional
+// dependency fs-ext provides it (a small native addon). Without it, or on a file system that
+// cannot tell, every region counts as data and is read, as for block devices.
+
+import { createRequire } from 'node:module';
+import { DeltaMap } from '../model/delta-map.js';
+import type { Geometry } from '../model/pit-map.js';
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+type Seek = (fd: number, offset: number, whence: number) => number;
+
+let seek: Seek | null | undefined;
+
+/** fs-ext's lseek, or null when it is not installed (or cannot load here). */
+function lseek(): Seek | null {
+  if (seek === undefined) {
+    try {
+      const fsExt = createRequire(import.meta.url)('fs-ext') as { seekSync: Seek };
+      seek = fsExt.seekSync;
+    } catch {
+      seek = null;
+    }
+  }
+  return seek;
+}
+
+/** Whether this process can find a file's holes (tests require it under CI). */
+export function canFindHoles(): boolean {
+  return lseek() !== null;
+}
+
+/**
+ * The regions of the file behind `fd` that hold any allocated byte, or undefined when that
+ * cannot be told (no lseek, a file system without SEEK_DATA, a block device): then every region
+ * must be read. Holes in the middle of a region do not make it a hole; only regions wholly in
+ * holes are left out. Two lseek calls per extent, however large the file.
+ */
+export function regionsWithData(fd: number, g: Geometry, isBlockDevice: boolean): DeltaMap | undefined {
+  const find = lseek();
+  if (find === null || isBlockDevice) return undefined;
+  const map = new DeltaMap(g.regionCount);
+  let at = 0;
+  try {
+    while (at < g.volumeSize) {
+      let data: number;
+      try {
+        data = find(fd, at, SEEK_DATA);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENXIO') break; // no data after `at`
+        throw error;
+      }
+      if (data >= g.volumeSize) break;
+      const hole = Math.min(find(fd, data, SEEK_HOLE), g.volumeSize);
+      map.setRange(Math.floor(data / g.regionSize), Math.ceil(hole / g.regionSize));
+      at = hole;
+    }
+  } catch {
+    map.dispose();
+    return undefined; // the file system cannot tell (EINVAL): read everything
+  }
+  return map;
+}
