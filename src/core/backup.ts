@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
 import type { DeltaMap } from '../model/delta-map.js';
 import type { Delta } from '../model/pit-map.js';
-import { type LockTimer, type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
+import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository, loadNewestForWriting } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
@@ -20,6 +20,7 @@ import { openVolume } from '../volume/source.js';
 import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
 import { DeltaWriter, NEVER_DIGEST, locationId, readRegions } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
+import type { Timer } from '../timer.js';
 
 export interface BackupOptions {
   store: ObjectStore;
@@ -47,7 +48,7 @@ export interface BackupOptions {
   /** Repository lock lifetime without refresh; default 5 minutes (tests shorten it). */
   lockTtlMs?: number;
   /** Schedules the lock's refreshes; tests drive them by hand. */
-  lockTimer?: LockTimer;
+  lockTimer?: Timer;
 }
 
 export interface BackupResult {

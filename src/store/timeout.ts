@@ -9,6 +9,7 @@
 // still land in a GET's `into` buffer after the caller has reused it.
 
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
+import { type Timer, realTimer } from '../timer.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;
@@ -20,16 +21,11 @@ export interface TimeoutOptions {
   minBytesPerSecond?: number;
   /** Bytes a whole-object GET is budgeted for, since its size is not known up front. Default 32 MiB. */
   unsizedGetBytes?: number;
-  /** Calls `fire` after `ms` unless the returned cancel is called first; injectable for tests. */
-  timer?: (ms: number, fire: () => void) => () => void;
+  /** Runs the deadlines; tests inject one they advance by hand. Default: real timers. */
+  timer?: Timer;
 }
 
 type Operation = 'get' | 'put' | 'head' | 'list' | 'delete';
-
-const realTimer = (ms: number, fire: () => void): (() => void) => {
-  const handle = setTimeout(fire, ms);
-  return () => clearTimeout(handle);
-};
 
 /** The options with their defaults filled in; InvalidArgumentError names a bad one. */
 export function checkTimeoutOptions(options: TimeoutOptions = {}): Required<TimeoutOptions> {
@@ -56,7 +52,7 @@ export class TimeoutStore implements ObjectStore {
   private readonly baseMs: number;
   private readonly minBytesPerSecond: number;
   private readonly unsizedGetBytes: number;
-  private readonly timer: (ms: number, fire: () => void) => () => void;
+  private readonly timer: Timer;
 
   constructor(
     private readonly inner: ObjectStore,
@@ -137,10 +133,10 @@ export class TimeoutStore implements ObjectStore {
       stop(new AbortedError('cancelled', { cause: caller?.reason }));
     };
     caller?.addEventListener('abort', onCallerAbort, { once: true });
-    const cancel = this.timer(ms, () => {
+    const cancel = this.timer.schedule(() => {
       controller.abort(timeout);
       stop(timeout);
-    });
+    }, ms);
     try {
       return await Promise.race([fn(controller.signal), stopped]);
     } catch (error) {
