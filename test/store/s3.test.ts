@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { S3Store, classifyS3Error, type S3StoreOptions } from '../../src/store/s3.js';
+import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { skipOutsideCi, skipTitle } from '../helpers/requirements.js';
 import { s3ServerEnv, startS3Server, type S3Server } from '../helpers/s3-server.js';
 import { collect, describeStoreConformance, expectStoreError } from './conformance.js';
@@ -214,35 +215,20 @@ describe('S3Store', () => {
   it('turns a request cancelled in flight into AbortedError', async () => {
     const store = makeStore();
     await store.put('large', randomBytes(20 * MiB));
-    // Between the store and s3rver, a proxy that passes the response's first bytes and holds
-    // back the rest: the GET is in flight, its body arriving, when the signal fires.
-    let responseStarted!: () => void;
-    const responding = new Promise<void>((resolve) => (responseStarted = resolve));
-    const sockets: Socket[] = [];
-    const upstreamPort = Number(new URL(server.endpoint).port);
-    const proxy = createServer((downstream) => {
-      const upstream = connect(upstreamPort, '127.0.0.1');
-      sockets.push(downstream, upstream);
-      for (const socket of [downstream, upstream]) socket.on('error', () => undefined);
-      downstream.pipe(upstream);
-      upstream.once('data', (chunk: Buffer) => {
-        upstream.pause();
-        downstream.write(chunk, () => responseStarted());
-      });
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    // Between the store and s3rver, a proxy that passes the response's headers and first bytes
+    // and holds back the rest: the GET is in flight, its body arriving, when the signal fires.
+    const proxy = await startFaultProxy({ target: server.endpoint, seed: 0 });
     try {
-      const port = (proxy.address() as AddressInfo).port;
+      const held = proxy.holdNext((method) => method === 'GET');
       const prefix = store.location.slice(`s3://${BUCKET}/`.length);
-      const proxied = new S3Store({ bucket: BUCKET, prefix, endpoint: `http://127.0.0.1:${port}` });
+      const proxied = new S3Store({ bucket: BUCKET, prefix, endpoint: proxy.endpoint });
       const controller = new AbortController();
       const pending = proxied.get('large', { signal: controller.signal });
-      await responding;
+      await held.sent;
       controller.abort();
       await expect(pending).rejects.toMatchObject({ code: 'ABORTED' });
     } finally {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => proxy.close(resolve));
+      await proxy.close();
     }
     await emptyPrefix(store);
   });
