@@ -51,6 +51,7 @@ export class FsStore implements ObjectStore {
       fd = await openAsync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
       const offset = range?.offset ?? 0;
       const length = range?.length ?? (await fstatAsync(fd)).size;
+      if (range === undefined) options?.onBodyLength?.(length);
       // The caller's buffer, or one with its own ArrayBuffer (not a pool slice), so callers can
       // transfer it to a worker.
       const into = options?.into;

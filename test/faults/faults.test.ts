@@ -27,8 +27,8 @@ const BUCKET = 'faults';
 const TEN_PERCENT = { slowdown: 0.025, 'reset-before': 0.02, 'reset-after': 0.025, 'reset-mid': 0.02, stall: 0.01, latency: 0.02 };
 /** Small, so a stalled attempt is given up on soon; real requests here take milliseconds. */
 const REQUEST_TIMEOUT = '1500ms';
-/** The same for stores the test opens itself, whose whole-object GETs are small. */
-const TEST_TIMEOUT = { ...requestTimeoutOptions(1500), unsizedGetBytes: 1024 * 1024 };
+/** The same for stores the test opens itself. */
+const TEST_TIMEOUT = requestTimeoutOptions(1500);
 const fixture = useS3Fixture('faults', [BUCKET]);
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 let proxy: FaultProxy;

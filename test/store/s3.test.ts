@@ -14,9 +14,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { S3Store, classifyS3Error, type S3StoreOptions } from '../../src/store/s3.js';
+import { TimeoutStore } from '../../src/store/timeout.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
+import { ManualClock } from '../helpers/manual-clock.js';
 import { skipOutsideCi, skipTitle } from '../helpers/requirements.js';
 import { s3ServerEnv, startS3Server, type S3Server } from '../helpers/s3-server.js';
+import { outcome, turns, waitUntil } from '../helpers/wait.js';
 import { collect, describeStoreConformance, expectStoreError } from './conformance.js';
 
 const BUCKET = 'cdp-test';
@@ -262,6 +265,45 @@ describe('S3Store', () => {
     });
     expect(copy.stdout.equals(body)).toBe(true);
     await emptyPrefix(store);
+  });
+});
+
+describe('S3Store per-attempt timeouts over HTTP (fault proxy, manual clock)', () => {
+  it('a whole-object GET: a stalled header times out at the base budget; a large body gets the budget of its Content-Length from the headers on', async () => {
+    const direct = makeStore();
+    const proxy = await startFaultProxy({ target: server.endpoint, seed: 0 });
+    const clock = new ManualClock();
+    const prefix = direct.location.slice(`s3://${BUCKET}/`.length);
+    const store = new TimeoutStore(new S3Store({ bucket: BUCKET, prefix, endpoint: proxy.endpoint }), { baseMs: 1000, minBytesPerSecond: MiB, timer: clock });
+    try {
+      await direct.put('small', new Uint8Array([1]));
+      proxy.injectNext('stall', (method) => method === 'GET');
+      const stalled = store.get('small');
+      await proxy.firstStall();
+      expect(clock.delays).toEqual([1000]);
+      await clock.advance(1000);
+      const error = await expectStoreError(stalled, 'retryable');
+      expect(error.message).toMatch(/^GET small in s3:\/\/.*: no answer within 1\.0 s \(the per-attempt timeout\)$/);
+
+      // Larger than any fixed budget would allow at 1 MiB/s (it was 32 MiB for every whole GET).
+      const body = randomBytes(40 * MiB);
+      await direct.put('large', body);
+      const held = proxy.holdNext((method) => method === 'GET');
+      const pending = store.get('large');
+      const state = outcome(pending);
+      await held.sent;
+      await waitUntil(() => clock.delays.length === 3, 'the response headers to reach the store');
+      expect(clock.delays.slice(1)).toEqual([1000, 1000 + 40_000]);
+      await clock.advance(40_999);
+      await turns();
+      expect(state()).toBeUndefined();
+      held.release();
+      expect(Buffer.from(await pending).equals(body)).toBe(true);
+      expect(clock.waiting).toBe(0);
+    } finally {
+      await proxy.close();
+      await emptyPrefix(direct);
+    }
   });
 });
 
