@@ -5,7 +5,7 @@ import type { DeltaKind } from '../model/pit-map.js';
 import type { ScanRecord } from '../repo/records.js';
 import { deltaKey } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
-import { type UnreadableMarks, readScanRecords, readTrust } from '../repo/trust.js';
+import { readScanRecords, readTrust, unreadableConcerns } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface LogMark {
@@ -62,6 +62,8 @@ export interface UnreadableMarksEntry {
   /** When it was written (from the key), ISO 8601 UTC; '' if the key has no time. */
   time: string;
   error: string;
+  /** The newest point in time its writer had seen, from the key (absent in the old key form). */
+  newestSeq?: number;
   /** The points in time it could concern: restore passes over them unless --allow-suspect. */
   possiblyMarked: number[];
 }
@@ -88,11 +90,10 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
   const [chain, trust, scans] = await Promise.all([repo.listChain(signal), readTrust(store, signal), readScanRecords(store, signal)]);
   const withCheckpoint = new Set(chain.checkpoints);
   const deltas = await repo.readDeltas(chain.seqs, signal);
-  // A marks object nobody can read may concern any point that ended before it was written.
-  const concerns = (u: UnreadableMarks, end: number): boolean => u.time === undefined || end <= u.time;
   const entries = deltas.map((delta): LogEntry => {
     const marks = (trust.marks.get(delta.seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
-    const marksUnreadable = trust.unreadable.filter((u) => concerns(u, delta.end)).map((u) => u.key);
+    // A marks object nobody can read may concern the points up to the newest its writer had seen.
+    const marksUnreadable = trust.unreadable.filter((u) => unreadableConcerns(u, delta)).map((u) => u.key);
     const entry: LogEntry = {
       type: 'delta',
       seq: delta.seq,
@@ -126,6 +127,7 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
       key: u.key,
       time: u.time === undefined ? '' : new Date(u.time).toISOString(),
       error: u.error,
+      ...(u.seq === undefined ? {} : { newestSeq: u.seq }),
       possiblyMarked: entries.filter((e) => e.marksUnreadable.includes(u.key)).map((e) => e.seq),
     }),
   );

@@ -5,6 +5,7 @@
 import { NoPointInTimeError, UsageError } from '../errors.js';
 import type { Delta } from '../model/pit-map.js';
 import { type ChainListing, ChainGapError, type Repository } from '../repo/repository.js';
+import type { UnreadableMarks } from '../repo/trust.js';
 
 export type PointSelector = { kind: 'latest' } | { kind: 'seq'; seq: number } | { kind: 'time'; time: number; text: string };
 
@@ -71,11 +72,10 @@ export interface ChooseOptions {
   /** Marks by seq (suspect after a scan, damaged after a verify): such points are passed over. */
   untrusted?: ReadonlyMap<number, ReadonlyArray<{ kind: string }>>;
   /**
-   * Times (the keys' times; undefined when the key has none) of marks objects that cannot be
-   * read: every point whose `end` is at or before such a time may be marked, so it is passed
-   * over like a marked one.
+   * Marks objects that cannot be read (what their keys say: Trust.unreadable): every point they
+   * may concern (unreadableConcerns) is passed over like a marked one.
    */
-  unreadableMarks?: ReadonlyArray<number | undefined>;
+  unreadableMarks?: ReadonlyArray<Pick<UnreadableMarks, 'time' | 'seq'>>;
   /** Take the newest point at or before the request even if it is marked. */
   allowSuspect?: boolean;
 }
@@ -86,8 +86,10 @@ export async function choosePoint(repo: Repository, selector: PointSelector, opt
   const candidate = await newestAtOrBefore(repo, chain, selector, options);
   // Points at or before this one may be marked by a marks object nobody can read.
   let unknownUntil = 0;
-  for (const time of options.unreadableMarks ?? []) {
-    unknownUntil = Math.max(unknownUntil, time === undefined ? chain.latest : await lastAtOrBefore(repo, chain, time, options.signal));
+  // (Concerned points are always a prefix of the chain: up to a seq, or up to a time.)
+  for (const { seq, time } of options.unreadableMarks ?? []) {
+    const until = seq !== undefined ? Math.min(seq, chain.latest) : time !== undefined ? await lastAtOrBefore(repo, chain, time, options.signal) : chain.latest;
+    unknownUntil = Math.max(unknownUntil, until);
   }
   const marksOf = (seq: number): string[] => {
     const kinds = new Set((options.untrusted?.get(seq) ?? []).map((m) => m.kind));

@@ -96,7 +96,7 @@ export async function loadPoint(options: PlanRestoreOptions): Promise<{ repo: Re
     signal: options.signal,
     now: options.now,
     untrusted: trust.marks,
-    unreadableMarks: trust.unreadable.map((u) => u.time),
+    unreadableMarks: trust.unreadable,
     allowSuspect: options.allowSuspect,
   });
   const pit = await repo.loadPit(chosen.seq, { chain, signal: options.signal });

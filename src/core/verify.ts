@@ -11,7 +11,7 @@ import { sealEnvelope } from '../repo/envelope.js';
 import { PACK_PREFIX, seqName } from '../repo/keys.js';
 import { type DamagedLocation, MAX_REGIONS_LISTED, type TrustMark, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
-import { putMarks, readTrust } from '../repo/trust.js';
+import { putMarks, readTrust, unreadableConcerns } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionPool } from '../volume/region-pool.js';
 import { locationId } from './delta-writer.js';
@@ -197,10 +197,11 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   }
   for (let region = 0; region < g.regionCount; region++) closeSpan(region, chainEnd);
 
-  // A marks object nobody can read: restore treats every point that ended before it as possibly
-  // marked. Verify cannot tell what it said; it names it (and marks nothing because of it).
+  // A marks object nobody can read: restore treats every point it may concern (up to the newest
+  // its writer had seen) as possibly marked. Verify cannot tell what it said; it names it (and
+  // marks nothing because of it).
   for (const u of trust.unreadable) {
-    const affects = [...ends].filter(([, end]) => u.time === undefined || end <= u.time).map(([seq]) => seq);
+    const affects = [...ends].filter(([seq, end]) => unreadableConcerns(u, { seq, end })).map(([seq]) => seq);
     const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
     problems.push({ object: 'marks', key: u.key, detail, affects });
   }
@@ -292,7 +293,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const now = Date.now();
   if (options.dryRun !== true) {
     record = timeKey(VERIFY_PREFIX, now);
-    if (marks.length > 0 || fresh.length > 0) await putMarks(store, { created: now, record, marks, damaged: fresh }, signal);
+    if (marks.length > 0 || fresh.length > 0) await putMarks(store, { created: now, record, marks, damaged: fresh }, last, signal);
     const summary = { time: now, problems: problems.length, damaged: damagedSeqs.size, ...(subset === undefined ? {} : { subset }) };
     await store.put(record, sealEnvelope(VERIFY_KIND, summary), { signal, ifAbsent: true });
   }

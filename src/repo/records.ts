@@ -4,6 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { seqName } from './keys.js';
 
 export const MARK_PREFIX = 'marks/';
 export const SCAN_PREFIX = 'scans/';
@@ -46,6 +47,26 @@ export interface MarksObject {
 /** `<ms epoch, 16 digits>-<random>`: sorts in time order. */
 export function timeKey(prefix: string, time: number): string {
   return `${prefix}${String(time).padStart(16, '0')}-${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * `marks/<ms epoch, 16 digits>-<seq, 16 digits>-<random>`: `seq` is the newest point in time the
+ * writer had seen, so a reader that cannot read the object still knows which points it can
+ * concern (those up to `seq`), whatever the writer's clock said.
+ */
+export function marksKey(time: number, seq: number): string {
+  return `${MARK_PREFIX}${String(time).padStart(16, '0')}-${seqName(seq)}-${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * What a marks key says: `seq` from the current form, only `time` from the old one
+ * (`marks/<time>-<random>`), neither from a key of any other shape.
+ */
+export function parseMarksKey(key: string): { time?: number; seq?: number } {
+  const current = /^marks\/(\d{16})-(\d{16})-[0-9a-f]{8}$/.exec(key);
+  if (current !== null) return { time: Number(current[1]), seq: Number(current[2]) };
+  const old = /^marks\/(\d{16})-/.exec(key);
+  return old === null ? {} : { time: Number(old[1]) };
 }
 
 export function encodeMarks(value: MarksObject): Uint8Array {

@@ -385,7 +385,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('passes over a suspect point in time unless allowSuspect, as restore does', async () => {
       const marked = await makeRepo(kind, `marks-${kind}`);
       const store = openStore(marked.url);
-      await putMarks(store, { created: Date.now(), record: 'scans/test', marks: [{ seq: 3, kind: 'suspect', reason: 'test', regions: [1] }], damaged: [] });
+      await putMarks(store, { created: Date.now(), record: 'scans/test', marks: [{ seq: 3, kind: 'suspect', reason: 'test', regions: [1] }], damaged: [] }, 3);
       const careful = await openPitExport({ store, at: parsePointSelector('latest'), workers: 1 });
       opened.push(careful);
       expect({ seq: careful.seq, skipped: careful.skipped, untrusted: careful.untrusted }).toEqual({ seq: 2, skipped: [{ seq: 3, kinds: ['suspect'] }], untrusted: [] });

@@ -12,6 +12,7 @@ import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
+import { seqName } from '../../src/repo/keys.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
@@ -101,6 +102,8 @@ for (const kind of ['fs', 's3'] as const) {
       expect(result.problems).toHaveLength(1);
       expect(result.problems[0]).toMatchObject({ object: 'region', key: where.pack, affects: [2, 3] });
       expect(result.damaged).toEqual([2, 3]);
+      // The marks key carries the newest point this verify had seen (3): what it can concern, if it is ever unreadable.
+      expect(await f.raw.keys('marks/')).toEqual([expect.stringMatching(new RegExp(`^marks/\\d{16}-${seqName(3)}-[0-9a-f]{8}$`))]);
 
       // log says what the mark is: damaged, not suspect.
       const logged = await cli('--repo', f.repoUrl, 'log');
