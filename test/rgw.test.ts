@@ -24,6 +24,7 @@ import { S3Store, type S3StoreOptions } from '../src/store/s3.js';
 import { describeEndToEnd } from './cli/e2e-suite.js';
 import { cli } from './helpers/cli.js';
 import { makeImage } from './helpers/images.js';
+import { skipOutsideCi, skipTitle } from './helpers/requirements.js';
 import { S3RawObjects, snapshot } from './helpers/raw-objects.js';
 import { collect, describeStoreConformance, expectStoreError } from './store/conformance.js';
 
@@ -33,8 +34,7 @@ const AWS_CLI = '/usr/bin/aws';
 const MiB = 1024 * 1024;
 
 const missing = missingCephPrograms();
-const skipped = missing.length > 0 && process.env['CI'] !== 'true';
-const skipNote = skipped ? ` (skipped: ${missing.join(', ')} not installed; Debian packages ceph-mon, ceph-osd, radosgw)` : '';
+const cephMissing = missing.length > 0 ? `${missing.join(', ')} not installed; Debian packages ceph-mon, ceph-osd, radosgw` : undefined;
 
 describe('startCephRgw', () => {
   it('refuses to start without the Ceph programs, naming them and the packages', async () => {
@@ -51,7 +51,7 @@ describe('startCephRgw', () => {
   });
 });
 
-describe.skipIf(skipped)(`Ceph RGW${skipNote}`, () => {
+describe.skipIf(skipOutsideCi(cephMissing))(skipTitle('Ceph RGW', cephMissing), () => {
   let rgw: CephRgw;
   let dir: string;
   const savedEnv = { ...process.env };
