@@ -1,5 +1,6 @@
-// TimeoutStore with an injected timer (ManualClock): the test decides when an attempt's time is up, so nothing
-// here waits for real time to pass. (test/faults/ drives real stalled HTTP requests.)
+// TimeoutStore with an injected timer (ManualClock): the test decides when an attempt's time is
+// up, so nothing here waits for real time to pass (turns(1) lets the store's promise chains
+// settle up to where they wait). (test/faults/ drives real stalled HTTP requests.)
 
 import { describe, expect, it } from 'vitest';
 import { AbortedError, InvalidArgumentError, StoreError } from '../../src/errors.js';
@@ -7,7 +8,7 @@ import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { TimeoutStore } from '../../src/store/timeout.js';
 import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
 import { ManualClock } from '../helpers/manual-clock.js';
-import { outcome } from '../helpers/wait.js';
+import { outcome, turns } from '../helpers/wait.js';
 import { collect, expectStoreError } from './conformance.js';
 
 const MiB = 1024 * 1024;
@@ -53,9 +54,6 @@ function slowBodyStore() {
   return { store, headers: (bytes: number) => headers!(bytes), body: () => body!() };
 }
 
-/** Lets the store's promise chains settle up to where they wait. */
-const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
 describe('TimeoutStore', () => {
   it('budgets baseMs plus the bytes moved at the minimum throughput', async () => {
     const clock = new ManualClock();
@@ -75,7 +73,7 @@ describe('TimeoutStore', () => {
     const slow = slowBodyStore();
     const store = new TimeoutStore(slow.store, { baseMs: 1000, minBytesPerSecond: MiB, timer: clock });
     const pending = store.get('deltas/7');
-    await settle();
+    await turns(1);
     expect(clock.delays).toEqual([1000]);
     await clock.advance(1000);
     const error = await expectStoreError(pending, 'retryable');
@@ -88,20 +86,20 @@ describe('TimeoutStore', () => {
     const store = new TimeoutStore(slow.store, { baseMs: 1000, minBytesPerSecond: MiB, timer: clock });
     const pending = store.get('checkpoints/9');
     const state = outcome(pending);
-    await settle();
+    await turns(1);
     await clock.advance(600);
     slow.headers(64 * MiB);
     expect(clock.delays).toEqual([1000, 65_000]);
     expect(clock.waiting).toBe(1); // the headers' deadline is gone
     await clock.advance(64_999); // 1 ms before the body's deadline, long past any fixed budget
-    await settle();
+    await turns(1);
     expect(state()).toBeUndefined();
     slow.body();
     expect(Array.from(await pending)).toEqual([42]);
     expect(clock.waiting).toBe(0);
     // And the body's deadline is enforced: the same again, but the body never comes.
     const stalledBody = store.get('checkpoints/9');
-    await settle();
+    await turns(1);
     slow.headers(2 * MiB);
     await clock.advance(3000);
     const error = await expectStoreError(stalledBody, 'retryable');
@@ -113,7 +111,7 @@ describe('TimeoutStore', () => {
     const inner = stalledStore();
     const store = new TimeoutStore(inner, { baseMs: 2000, timer: clock });
     const pending = store.put('packs/p1', new Uint8Array(10));
-    await settle();
+    await turns(1);
     expect(inner.signals[0]!.aborted).toBe(false);
     await clock.advance(clock.untilNext());
     const error = await expectStoreError(pending, 'retryable');
@@ -125,7 +123,7 @@ describe('TimeoutStore', () => {
     const clock = new ManualClock();
     const store = new TimeoutStore(stalledStore({ deaf: true }), { timer: clock });
     const pending = store.head('k');
-    await settle();
+    await turns(1);
     await clock.advance(clock.untilNext());
     await expectStoreError(pending, 'retryable');
   });
@@ -136,7 +134,7 @@ describe('TimeoutStore', () => {
       const store = new TimeoutStore(stalledStore({ deaf }), { timer: clock });
       const controller = new AbortController();
       const pending = store.get('k', { signal: controller.signal });
-      await settle();
+      await turns(1);
       controller.abort();
       await expect(pending).rejects.toBeInstanceOf(AbortedError);
       expect(clock.waiting).toBe(0);
@@ -149,7 +147,7 @@ describe('TimeoutStore', () => {
     const retries: RetryInfo[] = [];
     const store = new RetryingStore(new TimeoutStore(inner, { timer: clock }), { sleep: async () => undefined, onRetry: (info) => retries.push(info) });
     const pending = store.get('deltas/5', { range: { offset: 0, length: 100 } });
-    await settle();
+    await turns(1);
     await clock.advance(clock.untilNext());
     expect(Array.from(await pending)).toEqual([42]);
     expect(inner.signals).toHaveLength(2);
@@ -161,7 +159,7 @@ describe('TimeoutStore', () => {
     const clock = new ManualClock();
     const store = new TimeoutStore(stalledStore(), { baseMs: 500, timer: clock });
     const pending = collect(store.list('deltas/'));
-    await settle();
+    await turns(1);
     expect(clock.untilNext()).toBe(500);
     await clock.advance(500);
     const error = await expectStoreError(pending, 'retryable');
