@@ -16,7 +16,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../src/cli/exit-codes.js';
 import { type CephRgw, cephRgwEnv, missingCephPrograms, startCephRgw } from '../src/dev/ceph-rgw.js';
@@ -25,7 +25,7 @@ import { describeEndToEnd } from './cli/e2e-suite.js';
 import { cli } from './helpers/cli.js';
 import { makeImage } from './helpers/images.js';
 import { skipOutsideCi, skipTitle } from './helpers/requirements.js';
-import { S3RawObjects, snapshot } from './helpers/raw-objects.js';
+import { S3RawObjects, deleteS3Prefix, snapshot } from './helpers/raw-objects.js';
 import { collect, describeStoreConformance, expectStoreError } from './store/conformance.js';
 
 const BUCKET = 'cdp-test';
@@ -86,13 +86,7 @@ describe.skipIf(skipOutsideCi(cephMissing))(skipTitle('Ceph RGW', cephMissing), 
   /** Removes everything under the store's prefix. */
   async function emptyPrefix(store: S3Store): Promise<void> {
     const client = clientWith();
-    const prefix = store.location.slice(`s3://${BUCKET}/`.length);
-    for (;;) {
-      const page = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix, MaxKeys: 1000 }));
-      const objects = (page.Contents ?? []).flatMap((o) => (o.Key === undefined ? [] : [{ Key: o.Key }]));
-      if (objects.length === 0) break;
-      await client.send(new DeleteObjectsCommand({ Bucket: BUCKET, Delete: { Objects: objects } }));
-    }
+    await deleteS3Prefix(client, BUCKET, store.location.slice(`s3://${BUCKET}/`.length));
     client.destroy();
   }
 

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect } from 'vitest';
 import { NbdServer, type NbdErrorInfo } from '../../src/nbd/server.js';
 import { itNeeding } from '../helpers/requirements.js';
 import { KiB, MemoryExport, MiB, runTool } from './helpers.js';

@@ -9,13 +9,14 @@ import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { S3Store, classifyS3Error, type S3StoreOptions } from '../../src/store/s3.js';
 import { TimeoutStore } from '../../src/store/timeout.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
+import { deleteS3Prefix } from '../helpers/raw-objects.js';
 import { ManualClock } from '../helpers/manual-clock.js';
 import { skipOutsideCi, skipTitle } from '../helpers/requirements.js';
 import { s3ServerEnv, startS3Server, type S3Server } from '../helpers/s3-server.js';
@@ -44,13 +45,7 @@ function makeStore(options: Partial<S3StoreOptions> = {}): S3Store {
 /** Removes everything under the store's prefix (s3rver keeps it on disk until stop() otherwise). */
 async function emptyPrefix(store: S3Store): Promise<void> {
   const client = new S3Client({ endpoint: server.endpoint, forcePathStyle: true });
-  const prefix = store.location.slice(`s3://${BUCKET}/`.length);
-  for (;;) {
-    const page = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix, MaxKeys: 1000 }));
-    const objects = (page.Contents ?? []).flatMap((o) => (o.Key === undefined ? [] : [{ Key: o.Key }]));
-    if (objects.length === 0) break;
-    await client.send(new DeleteObjectsCommand({ Bucket: BUCKET, Delete: { Objects: objects } }));
-  }
+  await deleteS3Prefix(client, BUCKET, store.location.slice(`s3://${BUCKET}/`.length));
   client.destroy();
 }
 
