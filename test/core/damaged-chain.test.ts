@@ -3,7 +3,7 @@
 // the gap, and writers never fill it (nor write past it unless a checkpoint lets them).
 
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
@@ -17,11 +17,10 @@ import { scan } from '../../src/core/scan.js';
 import { PitExport } from '../../src/core/serve.js';
 import { status } from '../../src/core/status.js';
 import { seqName } from '../../src/repo/keys.js';
-import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot } from '../helpers/raw-objects.js';
+import { type RawObjects, flipBodyByte, snapshot } from '../helpers/raw-objects.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
@@ -45,12 +44,7 @@ interface Fixture {
 /** Points in time 1 to 5, each rewriting one region; a checkpoint at 3 (interval 3). */
 async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const repoUrl = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/repo-${n}`;
-  const store = openStore(repoUrl);
-  const raw = kind === 'fs' ? new FsRawObjects(repoUrl) : new S3RawObjects(BUCKET, `repo-${n}`, fixture.server.endpoint);
-  if (raw instanceof S3RawObjects) fixture.onTeardown(() => raw.destroy());
+  const { work, repoUrl, store, raw } = await fixture.repository(kind, BUCKET, n);
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: 100 + n, zero: 0, repeated: 0 });
   const source = join(work, 'disk.img');
   await writeFile(source, image);

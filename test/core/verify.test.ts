@@ -3,7 +3,7 @@
 // repaired by the next backup while the primary still holds the content.
 
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
@@ -14,11 +14,10 @@ import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
 import { seqName } from '../../src/repo/keys.js';
 import { Repository } from '../../src/repo/repository.js';
-import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import { FsRawObjects, type RawObjects, S3RawObjects } from '../helpers/raw-objects.js';
+import type { RawObjects } from '../helpers/raw-objects.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
@@ -41,12 +40,7 @@ interface Fixture {
 /** Points in time 1 (base), 2 (region 5 rewritten) and 3 (region 9 rewritten); packs of 4 regions. */
 async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const repoUrl = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/repo-${n}`;
-  const store = openStore(repoUrl);
-  const raw = kind === 'fs' ? new FsRawObjects(repoUrl) : new S3RawObjects(BUCKET, `repo-${n}`, fixture.server.endpoint);
-  if (raw instanceof S3RawObjects) fixture.onTeardown(() => raw.destroy());
+  const { work, repoUrl, store, raw } = await fixture.repository(kind, BUCKET, n);
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
