@@ -17,11 +17,10 @@ import { scan } from '../../src/core/scan.js';
 import { PitExport } from '../../src/core/serve.js';
 import { status } from '../../src/core/status.js';
 import { seqName } from '../../src/repo/keys.js';
-import type { ObjectStore } from '../../src/store/types.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import { type RawObjects, flipBodyByte, snapshot } from '../helpers/raw-objects.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { flipBodyByte, snapshot } from '../helpers/raw-objects.js';
+import { type ScratchRepository, useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
 const REGIONS = 24;
@@ -30,12 +29,8 @@ const fixture = useS3Fixture('chain', [BUCKET]);
 let counter = 0;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-interface Fixture {
-  store: ObjectStore;
-  repoUrl: string;
-  raw: RawObjects;
+interface Fixture extends ScratchRepository {
   source: string;
-  work: string;
   image: Buffer;
   /** Per point in time: the image's SHA-256 and the point's time. */
   points: Map<number, { digest: string; time: string }>;

@@ -14,11 +14,9 @@ import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
 import { seqName } from '../../src/repo/keys.js';
 import { Repository } from '../../src/repo/repository.js';
-import type { ObjectStore } from '../../src/store/types.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import type { RawObjects } from '../helpers/raw-objects.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { type ScratchRepository, useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
 const REGIONS = 40;
@@ -27,12 +25,8 @@ const fixture = useS3Fixture('verify', [BUCKET]);
 let counter = 0;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-interface Fixture {
-  store: ObjectStore;
-  repoUrl: string;
-  raw: RawObjects;
+interface Fixture extends ScratchRepository {
   source: string;
-  work: string;
   /** The image at each point in time. */
   points: Map<number, string>;
 }
