@@ -16,7 +16,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../src/cli/exit-codes.js';
 import { type CephRgw, cephRgwEnv, missingCephPrograms, startCephRgw } from '../src/dev/ceph-rgw.js';
@@ -24,7 +24,8 @@ import { S3Store, type S3StoreOptions } from '../src/store/s3.js';
 import { describeEndToEnd } from './cli/e2e-suite.js';
 import { cli } from './helpers/cli.js';
 import { makeImage } from './helpers/images.js';
-import { S3RawObjects, snapshot } from './helpers/raw-objects.js';
+import { skipOutsideCi, skipTitle } from './helpers/requirements.js';
+import { S3RawObjects, deleteS3Prefix, snapshot } from './helpers/raw-objects.js';
 import { collect, describeStoreConformance, expectStoreError } from './store/conformance.js';
 
 const BUCKET = 'cdp-test';
@@ -33,8 +34,7 @@ const AWS_CLI = '/usr/bin/aws';
 const MiB = 1024 * 1024;
 
 const missing = missingCephPrograms();
-const skipped = missing.length > 0 && process.env['CI'] !== 'true';
-const skipNote = skipped ? ` (skipped: ${missing.join(', ')} not installed; Debian packages ceph-mon, ceph-osd, radosgw)` : '';
+const cephMissing = missing.length > 0 ? `${missing.join(', ')} not installed; Debian packages ceph-mon, ceph-osd, radosgw` : undefined;
 
 describe('startCephRgw', () => {
   it('refuses to start without the Ceph programs, naming them and the packages', async () => {
@@ -51,7 +51,7 @@ describe('startCephRgw', () => {
   });
 });
 
-describe.skipIf(skipped)(`Ceph RGW${skipNote}`, () => {
+describe.skipIf(skipOutsideCi(cephMissing))(skipTitle('Ceph RGW', cephMissing), () => {
   let rgw: CephRgw;
   let dir: string;
   const savedEnv = { ...process.env };
@@ -86,13 +86,7 @@ describe.skipIf(skipped)(`Ceph RGW${skipNote}`, () => {
   /** Removes everything under the store's prefix. */
   async function emptyPrefix(store: S3Store): Promise<void> {
     const client = clientWith();
-    const prefix = store.location.slice(`s3://${BUCKET}/`.length);
-    for (;;) {
-      const page = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix, MaxKeys: 1000 }));
-      const objects = (page.Contents ?? []).flatMap((o) => (o.Key === undefined ? [] : [{ Key: o.Key }]));
-      if (objects.length === 0) break;
-      await client.send(new DeleteObjectsCommand({ Bucket: BUCKET, Delete: { Objects: objects } }));
-    }
+    await deleteS3Prefix(client, BUCKET, store.location.slice(`s3://${BUCKET}/`.length));
     client.destroy();
   }
 

@@ -21,7 +21,9 @@ export function registerStatus(program: Command): void {
           );
         }
         for (const u of result.unreadableMarks) {
-          lines.push(`warning: trust marks ${u.key} cannot be read (${u.error}); restore treats the points in time before it as possibly marked (see cdp-s3 verify)`);
+          lines.push(
+            `warning: trust marks ${u.key} cannot be read (${u.error}); restore treats the points in time it may concern${u.newestSeq === undefined ? '' : ` (up to ${u.newestSeq})`} as possibly marked (see cdp-s3 verify)`,
+          );
         }
         if (result.untrusted.length > 0) lines.push(`untrusted points in time: ${result.untrusted.join(', ')} (see cdp-s3 log)`);
         const scan = result.lastScan;

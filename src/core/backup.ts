@@ -10,7 +10,7 @@ import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
 import type { DeltaMap } from '../model/delta-map.js';
 import type { PitPage } from '../model/pages.js';
 import type { DeltaKind } from '../model/pit-map.js';
-import { type LockTimer, type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
+import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import type { PitView } from '../repo/pit-view.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
@@ -23,6 +23,7 @@ import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
 import { DeltaCommitter } from './delta-committer.js';
 import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
+import type { Timer } from '../timer.js';
 
 export interface BackupOptions {
   store: ObjectStore;
@@ -50,7 +51,7 @@ export interface BackupOptions {
   /** Repository lock lifetime without refresh; default 5 minutes (tests shorten it). */
   lockTtlMs?: number;
   /** Schedules the lock's refreshes; tests drive them by hand. */
-  lockTimer?: LockTimer;
+  lockTimer?: Timer;
 }
 
 export interface BackupResult {

@@ -7,7 +7,7 @@ import type { ScanRecord } from '../repo/records.js';
 import { deltaKey } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
 import type { PointSummary } from '../repo/run-codec.js';
-import { type UnreadableMarks, readScanRecords, readTrust, unreadableCutoff } from '../repo/trust.js';
+import { readScanRecords, readTrust, unreadableConcerns } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface LogMark {
@@ -67,6 +67,8 @@ export interface UnreadableMarksEntry {
   /** When it was written (from the key), ISO 8601 UTC; '' if the key has no time. */
   time: string;
   error: string;
+  /** The newest point in time its writer had seen, from the key (absent in the old key form). */
+  newestSeq?: number;
   /** The points in time it could concern: restore passes over them unless --allow-suspect. */
   possiblyMarked: number[];
 }
@@ -94,8 +96,6 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
   const missingSeqs = new Set(index.missingDeltas());
   const spansAt = new Map<number, number[]>();
   for (const span of index.spans()) (spansAt.get(span.last) ?? spansAt.set(span.last, []).get(span.last)!).push(span.level);
-  // A marks object nobody can read may concern any point up to the newest its writer had seen.
-  const concerns = (u: UnreadableMarks, seq: number): boolean => seq <= unreadableCutoff({ ...trust, unreadable: [u] }, index.latest);
   const entries: LogEntry[] = [];
   const blocked = new Map<number, number | undefined>();
   for (let seq = 1; seq <= index.latest; seq++) {
@@ -109,7 +109,8 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
       throw error;
     }
     const marks = (trust.marks.get(seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
-    const marksUnreadable = trust.unreadable.filter((u) => concerns(u, seq)).map((u) => u.key);
+    // A marks object nobody can read may concern the points up to the newest its writer had seen.
+    const marksUnreadable = trust.unreadable.filter((u) => unreadableConcerns(u, seq)).map((u) => u.key);
     entries.push({
       type: 'delta',
       seq,
@@ -142,6 +143,7 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
       key: u.key,
       time: u.time === undefined ? '' : new Date(u.time).toISOString(),
       error: u.error,
+      ...(u.seq === undefined ? {} : { newestSeq: u.seq }),
       possiblyMarked: entries.filter((e) => e.marksUnreadable.includes(u.key)).map((e) => e.seq),
     }),
   );

@@ -315,7 +315,8 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
             ? 'the primary differs from it in regions that no delta records: every point in time is suspect'
             : 'the primary differs from it in regions this or an older delta records, and no later delta rewrote them';
         const marks: TrustMark[] = suspectDetails.map((s) => ({ seq: s.seq, kind: 'suspect', reason, regions: s.regions }));
-        await putMarks(store, { created: end, record, marks, damaged: [] }, signal);
+        // `latest` is the newest point this scan has seen (its fix-up, if it wrote one).
+        await putMarks(store, { created: end, record, marks, damaged: [] }, latest, signal);
       }
       const scanRecord: ScanRecord = { start: scanStart, end, source: options.source, dryRun, drl: drl !== undefined, ...counts };
       await putScanRecord(store, record, scanRecord, signal);

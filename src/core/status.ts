@@ -31,7 +31,8 @@ export interface StatusResult {
   missingDeltas: number[];
   unrestorable: number[];
   /** `marks/` objects that cannot be read (restore treats the points before them as possibly marked). */
-  unreadableMarks: Array<{ key: string; error: string }>;
+  /** `newestSeq`: the newest point its writer had seen (the points it may concern end there; absent in old keys). */
+  unreadableMarks: Array<{ key: string; error: string; newestSeq?: number }>;
   lastScan: { time: string; scanned: number; discrepancies: number; fixupSeq: number | undefined; suspect: number[] } | undefined;
   protects: ProtectReport[];
 }
@@ -78,7 +79,7 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
     untrusted: [...trust.marks.keys()].sort((a, b) => a - b),
     missingDeltas,
     unrestorable,
-    unreadableMarks: trust.unreadable.map(({ key, error }) => ({ key, error })),
+    unreadableMarks: trust.unreadable.map(({ key, error, seq }) => ({ key, error, ...(seq === undefined ? {} : { newestSeq: seq }) })),
     lastScan:
       scan === undefined
         ? undefined

@@ -20,7 +20,7 @@ import { type DamagedLocation, MAX_REGIONS_LISTED, type TrustMark, timeKey } fro
 import { Repository } from '../repo/repository.js';
 import { encodePage } from '../repo/run-codec.js';
 import type { RunReader } from '../repo/run-reader.js';
-import { putMarks, readTrust, unreadableCutoff } from '../repo/trust.js';
+import { putMarks, readTrust, unreadableConcerns } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { TaskWindow } from '../util/task-window.js';
 import { RegionPool } from '../volume/region-pool.js';
@@ -218,9 +218,10 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
 
   // A marks object nobody can read: restore treats every point it could concern as possibly
   // marked. Verify cannot tell what it said; it names it (and marks nothing because of it).
+  // (Verify cannot tell what it said; it names it, and marks nothing because of it.)
   for (const u of trust.unreadable) {
-    const until = Math.min(latest, unreadableCutoff({ ...trust, unreadable: [u] }, latest));
-    const affects = Array.from({ length: until }, (_, i) => i + 1);
+    const affects: number[] = [];
+    for (let seq = 1; seq <= latest && unreadableConcerns(u, seq); seq++) affects.push(seq);
     const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
     problems.push({ object: 'marks', key: u.key, detail, affects });
   }
@@ -241,7 +242,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   const now = Date.now();
   if (options.dryRun !== true) {
     record = timeKey(VERIFY_PREFIX, now);
-    if (marks.length > 0 || fresh.length > 0) await putMarks(store, { created: now, record, marks, damaged: fresh }, signal);
+    if (marks.length > 0 || fresh.length > 0) await putMarks(store, { created: now, record, marks, damaged: fresh }, latest, signal);
     const summary = { time: now, problems: problems.length, damaged: damagedSeqs.size, ...(subset === undefined ? {} : { subset }) };
     await store.put(record, sealEnvelope(VERIFY_KIND, summary), { signal, ifAbsent: true });
   }

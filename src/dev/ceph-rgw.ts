@@ -14,13 +14,13 @@
 // lists in byte order, and answers errors with an empty <Message>.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { missingPrograms } from './programs.js';
 
 export interface CephRgw {
   /** e.g. http://127.0.0.1:41234 */
@@ -62,17 +62,7 @@ process.stdin.setEncoding('utf8').on('data', (chunk) => {
 
 /** Which of CEPH_RGW_PROGRAMS are not on $PATH. */
 export function missingCephPrograms(): string[] {
-  const dirs = (process.env['PATH'] ?? '').split(delimiter).filter((d) => d !== '');
-  const found = (program: string): boolean =>
-    dirs.some((dir) => {
-      try {
-        accessSync(join(dir, program), constants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-  return CEPH_RGW_PROGRAMS.filter((program) => !found(program));
+  return missingPrograms(CEPH_RGW_PROGRAMS);
 }
 
 export async function startCephRgw(options: CephRgwOptions = {}): Promise<CephRgw> {

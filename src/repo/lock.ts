@@ -39,6 +39,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FormatError, InvalidArgumentError, type LockHolder, LockedError, StoreError, throwIfAborted } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
+import { type Timer, realTimer } from '../timer.js';
 import { type EnvelopeKind, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { LOCK_PREFIX } from './keys.js';
 
@@ -87,26 +88,8 @@ export interface AcquireLockOptions {
   /** Wall-clock milliseconds since the epoch; tests may shift it. */
   clock?: () => number;
   /** Schedules the refreshes; tests inject one they advance by hand. Default: real timers. */
-  timer?: LockTimer;
+  timer?: Timer;
 }
-
-/** Runs the lock's refreshes. */
-export interface LockTimer {
-  /**
-   * Calls `callback` once, `ms` from now, without keeping the process alive; returns a function
-   * that cancels the call. (The callback's result is the refresh in progress, for timers that
-   * want to await it.)
-   */
-  schedule(callback: () => unknown, ms: number): () => void;
-}
-
-const realTimer: LockTimer = {
-  schedule(callback, ms) {
-    const timer = setTimeout(callback, ms);
-    timer.unref();
-    return () => clearTimeout(timer);
-  },
-};
 
 export interface WriterLock {
   readonly id: string;
@@ -319,7 +302,7 @@ class HeldLock implements WriterLock {
     private readonly store: ObjectStore,
     info: LockInfo,
     private readonly clock: () => number,
-    private readonly timer: LockTimer,
+    private readonly timer: Timer,
     private readonly refreshMs: number,
   ) {
     this.info = info;

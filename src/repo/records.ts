@@ -4,6 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { seqName } from './keys.js';
 
 export const MARK_PREFIX = 'marks/';
 export const SCAN_PREFIX = 'scans/';
@@ -46,6 +47,21 @@ export interface MarksObject {
 /** `<ms epoch, 16 digits>-<random>`: sorts in time order. */
 export function timeKey(prefix: string, time: number): string {
   return `${prefix}${String(time).padStart(16, '0')}-${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * `marks/<ms epoch, 16 digits>-<seq, 16 digits>-<random>`: `seq` is the newest point in time the
+ * writer had seen, so a reader that cannot read the object still knows which points it can
+ * concern (those up to `seq`), whatever the writer's clock said.
+ */
+export function marksKey(time: number, seq: number): string {
+  return `${MARK_PREFIX}${String(time).padStart(16, '0')}-${seqName(seq)}-${randomBytes(4).toString('hex')}`;
+}
+
+/** What a marks key says (`time` and `seq`), or nothing for a key of any other shape. */
+export function parseMarksKey(key: string): { time?: number; seq?: number } {
+  const match = /^marks\/(\d{16})-(\d{16})-[0-9a-f]{8}$/.exec(key);
+  return match === null ? {} : { time: Number(match[1]), seq: Number(match[2]) };
 }
 
 export function encodeMarks(value: MarksObject): Uint8Array {

@@ -15,6 +15,8 @@ import {
   decodeScanRecord,
   encodeMarks,
   encodeScanRecord,
+  marksKey,
+  parseMarksKey,
   timeKey,
 } from './records.js';
 
@@ -26,17 +28,28 @@ export interface Trust {
   damagedLocations: DamagedLocation[];
   /**
    * `marks/` objects that cannot be read: which points they mark, and which stored bytes they
-   * name as bad, is unknown. They were written at `time` (from the key; undefined if it has
-   * none), so they can only concern points in time that ended at or before it.
+   * name as bad, is unknown; which points they can concern is in their key (unreadableConcerns).
    */
   unreadable: UnreadableMarks[];
 }
 
 export interface UnreadableMarks {
   key: string;
+  /** When it was written, from the key (undefined if the key has none). */
   time: number | undefined;
+  /** The newest point in time its writer had seen, from the key (undefined: the key has another shape). */
+  seq: number | undefined;
   /** What is wrong with it (one line). */
   error: string;
+}
+
+/**
+ * Whether an unreadable marks object may mark point `seq`: a writer marks only points it has
+ * seen, so every point up to the key's seq, whatever any clock said; a key of another shape
+ * concerns every point.
+ */
+export function unreadableConcerns(u: Pick<UnreadableMarks, 'seq'>, seq: number): boolean {
+  return u.seq === undefined || seq <= u.seq;
 }
 
 async function readAll<T>(store: ObjectStore, prefix: string, decode: (bytes: Uint8Array, key: string) => T, signal?: AbortSignal): Promise<Array<{ key: string; value: T }>> {
@@ -61,8 +74,8 @@ export async function readTrust(store: ObjectStore, signal?: AbortSignal): Promi
   };
   for (const { key, value } of await readAll(store, MARK_PREFIX, decodeOrKeep, signal)) {
     if (value instanceof FormatError) {
-      const time = /^marks\/(\d{16})-/.exec(key)?.[1];
-      trust.unreadable.push({ key, time: time === undefined ? undefined : Number(time), error: value.message.slice(value.what.length + 2) });
+      const { time, seq } = parseMarksKey(key);
+      trust.unreadable.push({ key, time, seq, error: value.message.slice(value.what.length + 2) });
       continue;
     }
     for (const mark of value.marks) {
@@ -79,8 +92,9 @@ export async function readTrust(store: ObjectStore, signal?: AbortSignal): Promi
   return trust;
 }
 
-export async function putMarks(store: ObjectStore, marks: MarksObject, signal?: AbortSignal): Promise<string> {
-  const key = timeKey(MARK_PREFIX, marks.created);
+/** Puts `marks` under a new key; `newestSeq` is the newest point in time the writer has seen. */
+export async function putMarks(store: ObjectStore, marks: MarksObject, newestSeq: number, signal?: AbortSignal): Promise<string> {
+  const key = marksKey(marks.created, newestSeq);
   await store.put(key, encodeMarks(marks), { signal, ifAbsent: true });
   return key;
 }
@@ -104,6 +118,6 @@ export async function readScanRecords(store: ObjectStore, signal?: AbortSignal):
  */
 export function unreadableCutoff(trust: Trust, latest: number): number {
   let cutoff = 0;
-  for (const u of trust.unreadable) cutoff = Math.max(cutoff, (u as UnreadableMarks & { seq?: number }).seq ?? latest);
+  for (const u of trust.unreadable) cutoff = Math.max(cutoff, Math.min(u.seq ?? latest, latest));
   return cutoff;
 }

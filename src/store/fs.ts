@@ -4,9 +4,13 @@
 // Symbolic links inside the root are never followed (a planted packs/x -> /elsewhere would read or
 // write outside the repository): objects are opened O_NOFOLLOW and a key's directories are
 // checked with lstat; a link reads as no object, and writing through one is refused.
+// Anything else that is not a regular file where an object should be (a FIFO, socket or device
+// planted in the repository) is refused as 'permanent', naming the key: objects are opened
+// O_NONBLOCK, so open() of a FIFO returns at once instead of waiting forever for a writer, and
+// the opened descriptor is checked with fstat before anything is read.
 
 import { randomBytes } from 'node:crypto';
-import { close, constants, fstat, open as openFd, type Dirent } from 'node:fs';
+import { close, constants, fstat, open as openFd, type Dirent, type Stats } from 'node:fs';
 import { open, mkdir, rename, link, unlink, readdir, lstat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -48,16 +52,21 @@ export class FsStore implements ObjectStore {
     let fd: number | undefined;
     try {
       await this.refuseLinkedDirectory(key, 'read');
-      fd = await openAsync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      // O_NONBLOCK changes nothing for a regular file's reads (pread); it only keeps open() of a
+      // FIFO from blocking.
+      fd = await openAsync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      const stats = await fstatAsync(fd);
+      if (!stats.isFile()) throw this.notAnObject(key, stats);
       const offset = range?.offset ?? 0;
-      const length = range?.length ?? (await fstatAsync(fd)).size;
+      const length = range?.length ?? stats.size;
+      if (range === undefined) options?.onBodyLength?.(length);
       // The caller's buffer, or one with its own ArrayBuffer (not a pool slice), so callers can
       // transfer it to a worker.
       const into = options?.into;
       const buffer = into !== undefined && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
       const filled = await preadFully(fd, buffer, offset);
       // An empty range reads nothing, so only the size can tell whether it starts past the end.
-      const emptyPastEnd = range !== undefined && range.length === 0 && range.offset > (await fstatAsync(fd)).size;
+      const emptyPastEnd = range !== undefined && range.length === 0 && range.offset > stats.size;
       if (filled < length || emptyPastEnd) {
         // Objects never change once written: a short read is a range past the end (or, without a
         // range, a file that shrank while being read).
@@ -69,6 +78,11 @@ export class FsStore implements ObjectStore {
       }
       return buffer;
     } catch (error) {
+      // open() of a socket fails with ENXIO: say what is there instead.
+      if ((error as NodeJS.ErrnoException).code === 'ENXIO') {
+        const info = await lstat(path).catch(() => undefined);
+        if (info !== undefined && !info.isFile()) throw this.notAnObject(key, info);
+      }
       throw this.classify(error, key);
     } finally {
       if (fd !== undefined) await closeAsync(fd).catch(() => undefined);
@@ -148,7 +162,9 @@ export class FsStore implements ObjectStore {
     try {
       await this.refuseLinkedDirectory(key, 'read');
       const info = await lstat(path);
-      return info.isFile() ? { key, size: info.size } : undefined;
+      if (info.isFile()) return { key, size: info.size };
+      if (info.isDirectory() || info.isSymbolicLink()) return undefined;
+      throw this.notAnObject(key, info);
     } catch (error) {
       const mapped = this.classify(error, key);
       if (mapped instanceof StoreError && mapped.kind === 'not-found') return undefined;
@@ -188,6 +204,12 @@ export class FsStore implements ObjectStore {
       const mapped = this.classify(error, dir === '' ? prefix : dir);
       if (mapped instanceof StoreError && mapped.kind === 'not-found') return;
       throw mapped;
+    }
+    // A link is no object (see the top); any other kind of file is refused where it would be listed.
+    for (const entry of entries) {
+      const key = dir + entry.name;
+      if (entry.isFile() || entry.isDirectory() || entry.isSymbolicLink() || entry.name.startsWith(TEMP_PREFIX)) continue;
+      if (key.startsWith(prefix)) throw this.notAnObject(key, entry);
     }
     const children = entries
       .filter((entry) => !entry.name.startsWith(TEMP_PREFIX) && (entry.isFile() || entry.isDirectory()))
@@ -229,6 +251,17 @@ export class FsStore implements ObjectStore {
           : new StoreError('permanent', `cannot write ${key}: ${text}`, { key });
       }
     }
+  }
+
+  /**
+   * What to say of a non-object found at `key`: a directory is a key prefix, not an object
+   * ('not-found', as for any missing key); a FIFO, socket or device is refused.
+   */
+  private notAnObject(key: string, file: Stats | Dirent): StoreError {
+    const where = `${key} in ${this.location}`;
+    if (file.isDirectory()) return new StoreError('not-found', `${where} does not exist (it is a directory)`, { key });
+    const what = file.isFIFO() ? 'a FIFO (named pipe)' : file.isSocket() ? 'a socket' : file.isCharacterDevice() ? 'a character device' : file.isBlockDevice() ? 'a block device' : 'not a file';
+    return new StoreError('permanent', `${where} is ${what}, not a regular file: the repository is damaged (the local store keeps objects only as regular files); remove it`, { key });
   }
 
   private path(key: string): string {

@@ -5,9 +5,11 @@
 // When the attempts run out, the last error surfaces with "(gave up after N attempts)" added.
 //
 // Conditional puts: if an ifAbsent put fails ambiguously (e.g. the reply is lost after the
-// server stored the object) and a retry then gets 'exists', the object is read back: if it is
-// byte for byte what this put wrote, it is our own earlier attempt and the put succeeded.
-// Otherwise 'exists' surfaces (another writer's object).
+// server stored the object) and a retry then gets 'exists', the object is compared with ours: a
+// HEAD first (another size is another writer's object, and is not downloaded), then a ranged
+// read of exactly its size (so its per-attempt timeout is sized to it); if it is byte for byte
+// what this put wrote, it is our own earlier attempt and the put succeeded. Otherwise 'exists'
+// surfaces (another writer's object).
 
 import { setTimeout as delay } from 'node:timers/promises';
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
@@ -88,8 +90,12 @@ export class RetryingStore implements ObjectStore {
 
   /** Whether `key` holds exactly `body`; a failure to read is thrown (and the put retried). */
   private async holds(key: string, body: Uint8Array, signal: AbortSignal | undefined): Promise<boolean> {
+    const io = signal === undefined ? {} : { signal };
+    const info = await this.inner.head(key, io);
+    if (info === undefined || info.size !== body.length) return false;
+    if (body.length === 0) return true;
     try {
-      const stored = await this.inner.get(key, signal === undefined ? {} : { signal });
+      const stored = await this.inner.get(key, { ...io, range: { offset: 0, length: info.size } });
       return Buffer.from(stored.buffer, stored.byteOffset, stored.length).equals(body);
     } catch (error) {
       if (error instanceof StoreError && error.kind === 'not-found') return false;

@@ -127,6 +127,8 @@ export class S3Store implements ObjectStore {
       );
       if (output.Body === undefined) throw new StoreError('retryable', `GET ${key} in ${this.location} returned no body`, { key });
       const expected = range?.length ?? output.ContentLength;
+      // The headers are in; the body is still to come (the per-attempt timeout sizes its budget by it).
+      if (range === undefined && output.ContentLength !== undefined) options?.onBodyLength?.(output.ContentLength);
       const into = options?.into;
       let body: Uint8Array;
       if (into !== undefined && expected !== undefined && into.length >= expected && isAsyncIterable(output.Body)) {

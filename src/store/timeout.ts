@@ -1,6 +1,10 @@
 // Bounds every store call attempt in time, so a request the server never answers (or answers
 // ever more slowly) fails as 'retryable' and RetryingStore tries again, instead of hanging the
 // command forever. The budget grows with the bytes moved: baseMs + bytes / minBytesPerSecond.
+// A whole-object GET does not know its size up front: it has baseMs for the response headers,
+// and once the adapter reports the body's length (GetOptions.onBodyLength: S3's Content-Length)
+// the deadline moves to that length's budget counted from then, so a large object on a slow link
+// gets the time its bytes need while a stalled header still times out at baseMs.
 // Stacked inside the concurrency limit (open.ts), so time spent waiting for a slot is not
 // counted. The attempt is aborted through the AbortSignal handed to the adapter (the S3 SDK then
 // drops the connection), and the call fails at once even if the adapter ignores the signal.
@@ -9,6 +13,7 @@
 // still land in a GET's `into` buffer after the caller has reused it.
 
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
+import { type Timer, realTimer } from '../timer.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;
@@ -18,25 +23,17 @@ export interface TimeoutOptions {
   baseMs?: number;
   /** An attempt may take bytes / this longer than baseMs. Default 1 MiB/s (10 s per 10 MiB). */
   minBytesPerSecond?: number;
-  /** Bytes a whole-object GET is budgeted for, since its size is not known up front. Default 32 MiB. */
-  unsizedGetBytes?: number;
-  /** Calls `fire` after `ms` unless the returned cancel is called first; injectable for tests. */
-  timer?: (ms: number, fire: () => void) => () => void;
+  /** Runs the deadlines; tests inject one they advance by hand. Default: real timers. */
+  timer?: Timer;
 }
 
 type Operation = 'get' | 'put' | 'head' | 'list' | 'delete';
-
-const realTimer = (ms: number, fire: () => void): (() => void) => {
-  const handle = setTimeout(fire, ms);
-  return () => clearTimeout(handle);
-};
 
 /** The options with their defaults filled in; InvalidArgumentError names a bad one. */
 export function checkTimeoutOptions(options: TimeoutOptions = {}): Required<TimeoutOptions> {
   const checked = {
     baseMs: options.baseMs ?? 10_000,
     minBytesPerSecond: options.minBytesPerSecond ?? MiB,
-    unsizedGetBytes: options.unsizedGetBytes ?? 32 * MiB,
     timer: options.timer ?? realTimer,
   };
   if (!(Number.isFinite(checked.baseMs) && checked.baseMs > 0)) {
@@ -45,9 +42,6 @@ export function checkTimeoutOptions(options: TimeoutOptions = {}): Required<Time
   if (!(Number.isFinite(checked.minBytesPerSecond) && checked.minBytesPerSecond > 0)) {
     throw new InvalidArgumentError(`minimum request throughput ${checked.minBytesPerSecond} bytes/s must be a finite number above 0`);
   }
-  if (!(Number.isSafeInteger(checked.unsizedGetBytes) && checked.unsizedGetBytes >= 0)) {
-    throw new InvalidArgumentError(`unsized GET budget ${checked.unsizedGetBytes} bytes must be a whole number of at least 0`);
-  }
   return checked;
 }
 
@@ -55,15 +49,14 @@ export class TimeoutStore implements ObjectStore {
   readonly location: string;
   private readonly baseMs: number;
   private readonly minBytesPerSecond: number;
-  private readonly unsizedGetBytes: number;
-  private readonly timer: (ms: number, fire: () => void) => () => void;
+  private readonly timer: Timer;
 
   constructor(
     private readonly inner: ObjectStore,
     options: TimeoutOptions = {},
   ) {
     this.location = inner.location;
-    ({ baseMs: this.baseMs, minBytesPerSecond: this.minBytesPerSecond, unsizedGetBytes: this.unsizedGetBytes, timer: this.timer } = checkTimeoutOptions(options));
+    ({ baseMs: this.baseMs, minBytesPerSecond: this.minBytesPerSecond, timer: this.timer } = checkTimeoutOptions(options));
   }
 
   /** The budget of one attempt that moves `bytes`. */
@@ -72,8 +65,19 @@ export class TimeoutStore implements ObjectStore {
   }
 
   get(key: string, options?: GetOptions): Promise<Uint8Array> {
-    const bytes = options?.range?.length ?? this.unsizedGetBytes;
-    return this.attempt('get', key, bytes, options?.signal, (signal) => this.inner.get(key, { ...options, signal }));
+    const range = options?.range;
+    if (range !== undefined) return this.attempt('get', key, range.length, options?.signal, (signal) => this.inner.get(key, { ...options, signal }));
+    // Whole object: the headers within baseMs, then the body within its own budget (see the top).
+    return this.attempt('get', key, 0, options?.signal, (signal, extend) =>
+      this.inner.get(key, {
+        ...options,
+        signal,
+        onBodyLength: (bytes) => {
+          extend(bytes);
+          options?.onBodyLength?.(bytes);
+        },
+      }),
+    );
   }
 
   put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
@@ -119,17 +123,11 @@ export class TimeoutStore implements ObjectStore {
     key: string,
     bytes: number,
     caller: AbortSignal | undefined,
-    fn: (signal: AbortSignal) => Promise<T>,
+    fn: (signal: AbortSignal, extend: (bytes: number) => void) => Promise<T>,
     shared?: AbortController,
   ): Promise<T> {
     throwIfAborted(caller);
-    const ms = this.budgetMs(bytes);
     const controller = shared ?? new AbortController();
-    const timeout = new StoreError(
-      'retryable',
-      `${operation.toUpperCase()} ${key} in ${this.location}: no answer within ${(ms / 1000).toFixed(1)} s (the per-attempt timeout${bytes > 0 ? ` for ${bytes} bytes` : ''})`,
-      { key },
-    );
     let stop!: (error: Error) => void;
     const stopped = new Promise<never>((_, reject) => (stop = reject));
     const onCallerAbort = (): void => {
@@ -137,17 +135,35 @@ export class TimeoutStore implements ObjectStore {
       stop(new AbortedError('cancelled', { cause: caller?.reason }));
     };
     caller?.addEventListener('abort', onCallerAbort, { once: true });
-    const cancel = this.timer(ms, () => {
-      controller.abort(timeout);
-      stop(timeout);
-    });
+    let timedOut: StoreError | undefined;
+    const arm = (bytes: number): (() => void) => {
+      const ms = this.budgetMs(bytes);
+      return this.timer.schedule(() => {
+        timedOut = new StoreError(
+          'retryable',
+          `${operation.toUpperCase()} ${key} in ${this.location}: no answer within ${(ms / 1000).toFixed(1)} s (the per-attempt timeout${bytes > 0 ? ` for ${bytes} bytes` : ''})`,
+          { key },
+        );
+        controller.abort(timedOut);
+        stop(timedOut);
+      }, ms);
+    };
+    let cancel = arm(bytes);
+    let settled = false;
+    // The body's budget replaces what is left of the headers' (it is never shorter: it holds baseMs too).
+    const extend = (bodyBytes: number): void => {
+      if (settled || timedOut !== undefined) return;
+      cancel();
+      cancel = arm(bodyBytes);
+    };
     try {
-      return await Promise.race([fn(controller.signal), stopped]);
+      return await Promise.race([fn(controller.signal, extend), stopped]);
     } catch (error) {
       if (caller?.aborted === true) throw error instanceof AbortedError ? error : new AbortedError('cancelled', { cause: error });
-      if (controller.signal.reason === timeout) throw timeout;
+      if (timedOut !== undefined) throw timedOut;
       throw error;
     } finally {
+      settled = true;
       cancel();
       caller?.removeEventListener('abort', onCallerAbort);
     }

@@ -39,6 +39,12 @@ export interface GetOptions {
    */
   into?: Uint8Array;
   signal?: AbortSignal;
+  /**
+   * Called once the adapter knows how many bytes the object's body holds (S3: when the response
+   * headers arrive with Content-Length), before it reads them; only for a whole-object GET.
+   * TimeoutStore budgets the attempt's body by it.
+   */
+  onBodyLength?: (bytes: number) => void;
 }
 
 export interface ListOptions {

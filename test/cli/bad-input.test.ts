@@ -487,6 +487,40 @@ for (const kind of ['fs', 's3'] as const) {
         expect(verified.stdout).toContain(pack);
       });
 
+      if (kind === 'fs') it('a FIFO planted in the repository (a delta, a pack, a marks object): log, verify and restore fail at once with one line naming it, instead of blocking in open()', async () => {
+        const own = await makeRepo('fs', 'fifo', { rounds: 2 });
+        const pack = (await own.raw.keys('packs/'))[0]!;
+        const target = join(await freshDir('fifo'), 'restored.img');
+        const log = ['log'];
+        const verify = ['verify'];
+        const restore = ['restore', '--at', '1', '--to', target];
+        const cases = [
+          { key: 'deltas/0000000000000002', commands: [log, verify, restore] },
+          { key: pack, commands: [verify, restore] }, // log reads no pack
+          { key: 'marks/0000000000000001-0badf1f0', commands: [log, verify, restore] },
+        ];
+        const before = await snapshot(own.raw);
+        for (const { key, commands } of cases) {
+          const path = join(own.repo, key);
+          const original = await readFile(path).catch(() => undefined);
+          await mkdir(join(path, '..'), { recursive: true });
+          await rm(path, { force: true });
+          execFileSync('mkfifo', [path]);
+          try {
+            for (const command of commands) {
+              const message = new RegExp(`^cdp-s3: ${key} in file://\\S+ is a FIFO \\(named pipe\\), not a regular file: the repository is damaged .*; remove it$`);
+              expectFailure(await cli('--repo', own.repo, ...command), EXIT.store, message);
+            }
+            await expectNoTarget(target);
+          } finally {
+            await rm(path);
+            if (original !== undefined) await writeFile(path, original);
+          }
+        }
+        expect(await snapshot(own.raw)).toEqual(before);
+        await expectIntact(own);
+      });
+
       it('pack with a flipped data byte: restore refuses with the integrity code (digest mismatch), no target', async () => {
         const pack = (await fx.raw.keys('packs/0000000000000001-'))[0]!;
         // Byte 16 is the first byte of the first region stored in the base pack (after the 16-byte header).

@@ -12,6 +12,7 @@ import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { runTool } from '../nbd/helpers.js';
 import { missingBinaries, skipOutsideCi, skipTitle } from '../helpers/requirements.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const REGION = 64 * 1024;
 const BUCKET = 'servecli';
@@ -38,22 +39,10 @@ function start(args: string[]): Served {
 
 /** Waits for output (or the exit) until `value` finds what it looks for; only the test's timeout bounds it. */
 async function until<T>(value: () => T | undefined, served: Served, what: string): Promise<T> {
-  for (;;) {
-    const v = value();
-    if (v !== undefined) return v;
-    if (served.child.exitCode !== null) throw new Error(`serve exited (${served.child.exitCode}) before ${what}: ${served.stderr()}`);
-    await new Promise<void>((resolve) => {
-      const next = (): void => {
-        served.child.stdout!.off('data', next);
-        served.child.stderr!.off('data', next);
-        served.child.off('exit', next);
-        resolve();
-      };
-      served.child.stdout!.on('data', next);
-      served.child.stderr!.on('data', next);
-      served.child.on('exit', next);
-    });
-  }
+  await waitUntil(() => value() !== undefined || served.child.exitCode !== null, what);
+  const v = value();
+  if (v === undefined) throw new Error(`serve exited (${served.child.exitCode}) before ${what}: ${served.stderr()}`);
+  return v;
 }
 
 describe('serve listen addresses', () => {

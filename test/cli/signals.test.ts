@@ -14,16 +14,16 @@ import { openStore } from '../../src/store/open.js';
 import { spawnCli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
-import { StallingProxy, type StalledRequest } from '../helpers/stalling-proxy.js';
+import { type FaultProxy, type RequestMatcher, startFaultProxy } from '../helpers/fault-proxy.js';
 
 const BUCKET = 'signals';
 const REGION = 64 * 1024;
 const fixture = useS3Fixture('signals', [BUCKET]);
 let counter = 0;
-const proxies: StallingProxy[] = [];
+const proxies: FaultProxy[] = [];
 
 afterEach(async () => {
-  for (const proxy of proxies.splice(0)) await proxy.stop();
+  for (const proxy of proxies.splice(0)) await proxy.close();
 });
 
 function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
@@ -54,8 +54,9 @@ async function keys(repo: string): Promise<string[]> {
 }
 
 /** Runs the command with its store behind a proxy that holds what `stall` picks; signals it when the first such request arrives. */
-async function interrupt(args: string[], stall: (r: StalledRequest) => boolean, signal: NodeJS.Signals) {
-  const proxy = await StallingProxy.start(fixture.server.endpoint, stall);
+async function interrupt(args: string[], stall: RequestMatcher, signal: NodeJS.Signals) {
+  const proxy = await startFaultProxy({ target: fixture.server.endpoint, seed: 0 });
+  proxy.stallEvery(stall);
   proxies.push(proxy);
   const child = spawnCli(['--endpoint', proxy.endpoint, '--no-progress', ...args]);
   const done = exited(child);
@@ -71,16 +72,16 @@ describe('SIGINT and SIGTERM stop a command whose store never answers (exit 130,
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     it(`init waiting on its config put: ${signal}`, async () => {
       const fx = await makeRepo(-1);
-      const { held } = await interrupt(['--repo', fx.repo, 'init', '--from', fx.source], (r) => r.method === 'PUT', signal);
-      expect(held.path.split('?')[0]).toBe(`/${BUCKET}/${fx.prefix}/config`);
+      const { held } = await interrupt(['--repo', fx.repo, 'init', '--from', fx.source], (method) => method === 'PUT', signal);
+      expect(held.url.split('?')[0]).toBe(`/${BUCKET}/${fx.prefix}/config`);
       expect(await keys(fx.repo)).toEqual([]);
     });
 
     it(`backup waiting on a pack upload: ${signal}`, async () => {
       const fx = await makeRepo(0);
       const before = await keys(fx.repo);
-      const { held, stderr } = await interrupt(['--repo', fx.repo, 'backup', fx.source], (r) => r.method === 'PUT' && r.path.includes('/packs/'), signal);
-      expect(held.path).toContain(`/${fx.prefix}/packs/`);
+      const { held, stderr } = await interrupt(['--repo', fx.repo, 'backup', fx.source], (method, url) => method === 'PUT' && url.includes('/packs/'), signal);
+      expect(held.url).toContain(`/${fx.prefix}/packs/`);
       expect(stderr).toMatch(/backup cancelled; nothing was committed/);
       expect((await keys(fx.repo)).filter((k) => k.startsWith('deltas/') || k.startsWith('checkpoints/'))).toEqual([]);
       expect((await keys(fx.repo)).filter((k) => !k.startsWith('packs/'))).toEqual(before);
@@ -89,7 +90,7 @@ describe('SIGINT and SIGTERM stop a command whose store never answers (exit 130,
     it(`restore waiting on a pack read: ${signal}`, async () => {
       const fx = await makeRepo(1);
       const target = join(fx.work, 'restored.img');
-      await interrupt(['--repo', fx.repo, 'restore', '--at', 'latest', '--to', target], (r) => r.method === 'GET' && r.path.includes('/packs/'), signal);
+      await interrupt(['--repo', fx.repo, 'restore', '--at', 'latest', '--to', target], (method, url) => method === 'GET' && url.includes('/packs/'), signal);
       expect(await readdir(fx.work)).toEqual(['disk.img']);
     });
   }

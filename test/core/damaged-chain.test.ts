@@ -3,7 +3,7 @@
 // the gap, and writers never fill it (nor write past it unless a span lets them).
 
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
@@ -16,12 +16,11 @@ import { verify } from '../../src/core/verify.js';
 import { scan } from '../../src/core/scan.js';
 import { PitExport } from '../../src/core/serve.js';
 import { status } from '../../src/core/status.js';
-import { openStore } from '../../src/store/open.js';
-import type { ObjectStore } from '../../src/store/types.js';
+import { seqName } from '../../src/repo/keys.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import { FsRawObjects, type RawObjects, S3RawObjects, flipBodyByte, snapshot } from '../helpers/raw-objects.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { flipBodyByte, snapshot } from '../helpers/raw-objects.js';
+import { type ScratchRepository, useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
 const REGIONS = 24;
@@ -30,12 +29,8 @@ const fixture = useS3Fixture('chain', [BUCKET]);
 let counter = 0;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-interface Fixture {
-  store: ObjectStore;
-  repoUrl: string;
-  raw: RawObjects;
+interface Fixture extends ScratchRepository {
   source: string;
-  work: string;
   image: Buffer;
   /** Per point in time: the image's SHA-256 and the point's time. */
   points: Map<number, { digest: string; time: string }>;
@@ -44,12 +39,7 @@ interface Fixture {
 /** Points in time 1 to 5, each rewriting one region; a span of points 1–3 (fanout 3). */
 async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const repoUrl = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/repo-${n}`;
-  const store = openStore(repoUrl);
-  const raw = kind === 'fs' ? new FsRawObjects(repoUrl) : new S3RawObjects(BUCKET, `repo-${n}`, fixture.server.endpoint);
-  if (raw instanceof S3RawObjects) fixture.onTeardown(() => raw.destroy());
+  const { work, repoUrl, store, raw } = await fixture.repository(kind, BUCKET, n);
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: 100 + n, zero: 0, repeated: 0 });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
@@ -193,7 +183,8 @@ for (const kind of ['fs', 's3'] as const) {
       expect(scanned).toMatchObject({ suspect: [5], fixupSeq: 6 });
       f.points.set(6, { digest: sha(f.image), time: new Date(scanTime).toISOString() });
       const [marksKey] = await f.raw.keys('marks/');
-      expect(marksKey).toBe(`marks/${String(scanTime).padStart(16, '0')}-${marksKey!.slice(-8)}`);
+      // The scan's time, the newest point it had seen (its fix-up 6), a random part.
+      expect(marksKey).toBe(`marks/${String(scanTime).padStart(16, '0')}-${seqName(6)}-${marksKey!.slice(-8)}`);
       await f.raw.put(marksKey!, flipBodyByte(await f.raw.get(marksKey!)));
 
       // Backup keeps working; its point ended after the unreadable object was written, so it is trusted.
@@ -238,3 +229,43 @@ for (const kind of ['fs', 's3'] as const) {
     });
   });
 }
+
+describe('unreadable marks objects and skewed clocks (local store)', () => {
+  it('what one may concern ends at the newest point its writer had seen (from its key), whatever its clock said; old keys keep the time rule', async () => {
+    const f = await makeFixture('fs'); // points 1 to 5
+    const end = (seq: number): number => Date.parse(f.points.get(seq)!.time);
+    const time = (ms: number): string => String(ms).padStart(16, '0');
+    const DAY = 86_400_000;
+    /** With only `key` (garbled) in marks/: the points log, verify and restore take it to concern, and the newest restore takes. */
+    const concerned = async (key: string) => {
+      await f.store.put(key, new Uint8Array(60).fill(7));
+      try {
+        const logged = await log({ store: f.store });
+        const possiblyMarked = logged.unreadableMarks.map((u) => u.possiblyMarked);
+        const shownUnknown = logged.entries.filter((e) => e.marksUnreadable.length > 0).map((e) => e.seq);
+        expect(shownUnknown).toEqual(possiblyMarked[0]);
+        const affects = (await verify({ store: f.store, workers: 2, dryRun: true })).problems.map((p) => p.affects);
+        expect(affects).toEqual(possiblyMarked);
+        const latest = await planRestore({ store: f.store, at: parsePointSelector('latest') });
+        return { possiblyMarked: possiblyMarked[0], newestSeq: logged.unreadableMarks[0]!.newestSeq, restores: latest.seq, skipped: latest.skipped.map((s) => s.seq) };
+      } finally {
+        await f.store.delete(key);
+      }
+    };
+
+    // Its writer's clock a day behind, having seen point 3: points 1 to 3, though it says it was written before all of them.
+    expect(await concerned(`marks/${time(end(1) - DAY)}-${seqName(3)}-0badc10c`)).toEqual({ possiblyMarked: [1, 2, 3], newestSeq: 3, restores: 5, skipped: [] });
+    // A day ahead, having seen point 2: only 1 and 2, though every point ended before its time.
+    expect(await concerned(`marks/${time(end(5) + DAY)}-${seqName(2)}-0badc10d`)).toEqual({ possiblyMarked: [1, 2], newestSeq: 2, restores: 5, skipped: [] });
+    // Having seen all five: the newest is passed over too, and then every point is.
+    await f.store.put(`marks/${time(end(5))}-${seqName(5)}-0badc10e`, new Uint8Array(60).fill(7));
+    await expect(planRestore({ store: f.store, at: parsePointSelector('latest') })).rejects.toMatchObject({ code: 'NO_POINT_IN_TIME' });
+    const taken = await planRestore({ store: f.store, at: parsePointSelector('5'), allowSuspect: true });
+    expect({ seq: taken.seq, untrusted: taken.untrusted }).toEqual({ seq: 5, untrusted: ['marks-unreadable'] });
+    expect(await status({ store: f.store })).toMatchObject({ unreadableMarks: [{ key: `marks/${time(end(5))}-${seqName(5)}-0badc10e`, newestSeq: 5 }] });
+    await f.store.delete(`marks/${time(end(5))}-${seqName(5)}-0badc10e`);
+    // The old key form (no seq): the points that ended at or before its time, as before.
+    expect(await concerned(`marks/${time(end(4))}-0badc10f`)).toEqual({ possiblyMarked: [1, 2, 3, 4], newestSeq: undefined, restores: 5, skipped: [] });
+    expect(await concerned(`marks/${time(end(4) - 1)}-0badc10f`)).toMatchObject({ possiblyMarked: [1, 2, 3] });
+  });
+});

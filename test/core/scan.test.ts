@@ -3,7 +3,7 @@
 // primary behind cdp-s3's back. Every case runs against the local store and the S3 server.
 
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
@@ -15,7 +15,6 @@ import { scan } from '../../src/core/scan.js';
 import { geometry } from '../../src/model/pit-map.js';
 import { loadDelta } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
-import { openStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { InProcessWriter } from '../../src/volume/changes.js';
 import { DirtyRegionLog } from '../../src/volume/dirty-region-log.js';
@@ -39,10 +38,7 @@ interface Fixture {
 /** A repository with points in time 1 (base: regions 0–39 hold data, 40–47 are zero), 2 (region 5) and 3 (region 9). */
 async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const repoUrl = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/repo-${n}`;
-  const store = openStore(repoUrl);
+  const { work, repoUrl, store } = await fixture.repository(kind, BUCKET, n);
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 });
   image.fill(0, 40 * REGION);
   const source = join(work, 'disk.img');

@@ -23,7 +23,7 @@ import { FsRawObjects, type RawObjects, S3RawObjects } from '../helpers/raw-obje
 import { seededRandom } from '../../src/demo/sample-image.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { cli } from '../helpers/cli.js';
-import { RawClient, hasBinary, runTool } from '../nbd/helpers.js';
+import { RawClient, runTool } from '../nbd/helpers.js';
 import { missingBinaries, requireOrSkip, skipOutsideCi, skipTitle } from '../helpers/requirements.js';
 import { turns, waitUntil } from '../helpers/wait.js';
 
@@ -386,7 +386,7 @@ for (const kind of ['fs', 's3'] as const) {
     it('passes over a suspect point in time unless allowSuspect, as restore does', async () => {
       const marked = await makeRepo(kind, `marks-${kind}`);
       const store = openStore(marked.url);
-      await putMarks(store, { created: Date.now(), record: 'scans/test', marks: [{ seq: 3, kind: 'suspect', reason: 'test', regions: [1] }], damaged: [] });
+      await putMarks(store, { created: Date.now(), record: 'scans/test', marks: [{ seq: 3, kind: 'suspect', reason: 'test', regions: [1] }], damaged: [] }, 3);
       const careful = await openPitExport({ store, at: parsePointSelector('latest'), workers: 1 });
       opened.push(careful);
       expect({ seq: careful.seq, skipped: careful.skipped, untrusted: careful.untrusted }).toEqual({ seq: 2, skipped: [{ seq: 3, kinds: ['suspect'] }], untrusted: [] });
@@ -575,8 +575,8 @@ async function run(command: string, args: string[]): Promise<string> {
 
 /** Why a FUSE + loop-device mount cannot run here, or undefined if it can. */
 async function mountUnsupported(): Promise<string | undefined> {
-  const missing = ['nbdfuse', 'fusermount3', 'losetup', 'mount', 'umount', 'mkfs.ext4', 'truncate'].filter((b) => !hasBinary(b));
-  if (missing.length > 0) return `${missing.join(', ')} not installed`;
+  const missing = missingBinaries('nbdfuse', 'fusermount3', 'losetup', 'mount', 'umount', 'mkfs.ext4', 'truncate');
+  if (missing !== undefined) return missing;
   if (!existsSync('/dev/fuse')) return '/dev/fuse does not exist (no FUSE in this environment)';
   if (process.getuid?.() !== 0) return 'losetup and mount need root';
   // A loop device must be attachable (containers often have none).

@@ -3,7 +3,7 @@
 // repaired by the next backup while the primary still holds the content.
 
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backup } from '../../src/core/backup.js';
@@ -13,13 +13,11 @@ import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
 import { loadMap } from '../helpers/pit.js';
+import { seqName } from '../../src/repo/keys.js';
 import { Repository } from '../../src/repo/repository.js';
-import { openStore } from '../../src/store/open.js';
-import type { ObjectStore } from '../../src/store/types.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
-import { FsRawObjects, type RawObjects, S3RawObjects } from '../helpers/raw-objects.js';
-import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { type ScratchRepository, useS3Fixture } from '../helpers/s3-fixture.js';
 
 const REGION = 64 * 1024;
 const REGIONS = 40;
@@ -28,12 +26,8 @@ const fixture = useS3Fixture('verify', [BUCKET]);
 let counter = 0;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-interface Fixture {
-  store: ObjectStore;
-  repoUrl: string;
-  raw: RawObjects;
+interface Fixture extends ScratchRepository {
   source: string;
-  work: string;
   /** The image at each point in time. */
   points: Map<number, string>;
 }
@@ -41,12 +35,7 @@ interface Fixture {
 /** Points in time 1 (base), 2 (region 5 rewritten) and 3 (region 9 rewritten); packs of 4 regions. */
 async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const n = ++counter;
-  const work = join(fixture.dir, `${kind}-${n}`);
-  await mkdir(work, { recursive: true });
-  const repoUrl = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/repo-${n}`;
-  const store = openStore(repoUrl);
-  const raw = kind === 'fs' ? new FsRawObjects(repoUrl) : new S3RawObjects(BUCKET, `repo-${n}`, fixture.server.endpoint);
-  if (raw instanceof S3RawObjects) fixture.onTeardown(() => raw.destroy());
+  const { work, repoUrl, store, raw } = await fixture.repository(kind, BUCKET, n);
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
@@ -102,6 +91,8 @@ for (const kind of ['fs', 's3'] as const) {
       expect(result.problems).toHaveLength(1);
       expect(result.problems[0]).toMatchObject({ object: 'region', key: where.pack, affects: [2, 3] });
       expect(result.damaged).toEqual([2, 3]);
+      // The marks key carries the newest point this verify had seen (3): what it can concern, if it is ever unreadable.
+      expect(await f.raw.keys('marks/')).toEqual([expect.stringMatching(new RegExp(`^marks/\\d{16}-${seqName(3)}-[0-9a-f]{8}$`))]);
 
       // log says what the mark is: damaged, not suspect.
       const logged = await cli('--repo', f.repoUrl, 'log');

@@ -27,8 +27,8 @@ const BUCKET = 'faults';
 const TEN_PERCENT = { slowdown: 0.025, 'reset-before': 0.02, 'reset-after': 0.025, 'reset-mid': 0.02, stall: 0.01, latency: 0.02 };
 /** Small, so a stalled attempt is given up on soon; real requests here take milliseconds. */
 const REQUEST_TIMEOUT = '1500ms';
-/** The same for stores the test opens itself, whose whole-object GETs are small. */
-const TEST_TIMEOUT = { ...requestTimeoutOptions(1500), unsizedGetBytes: 1024 * 1024 };
+/** The same for stores the test opens itself. */
+const TEST_TIMEOUT = requestTimeoutOptions(1500);
 const fixture = useS3Fixture('faults', [BUCKET]);
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 let proxy: FaultProxy;
@@ -143,6 +143,32 @@ describe('a lost reply to a committed conditional PUT', () => {
     const restored = await viaProxy('--repo', w.repo, 'restore', '--at', 'latest', '--to', '-');
     expect(restored.code, restored.stderr).toBe(0);
     expect(sha(restored.stdoutBytes)).toBe(sha(image));
+  });
+});
+
+describe('a lost reply to a committed conditional PUT, at the store', () => {
+  it('the retry gets 412 and compares over HTTP: a HEAD, then a GET of exactly the stored size (ours); another size is not downloaded', async () => {
+    proxy.setProbabilities({});
+    const store = openStore(`s3://${BUCKET}/readback`, { endpoint: proxy.endpoint, timeout: TEST_TIMEOUT, retry: { baseDelayMs: 1, maxDelayMs: 5 } });
+    const body = new Uint8Array(70_000).map((_, i) => i * 13);
+    const conditionalPut = (key: string) => (method: string, url: string, headers: Record<string, unknown>) =>
+      method === 'PUT' && url.split('?')[0]!.endsWith(`/${key}`) && headers['if-none-match'] === '*';
+    const since = (from: number) => proxy.requests.slice(from).map((r) => `${r.method} ${r.url.split('?')[0]!.replace(/^.*\/readback\//, '')}${r.range === undefined ? '' : ` ${r.range}`}`);
+
+    // Ours: the first reply is lost after s3rver stored it.
+    let from = proxy.requests.length;
+    proxy.injectNext('reset-after', conditionalPut('marks/ours'));
+    await store.put('marks/ours', body, { ifAbsent: true });
+    expect(since(from)).toEqual(['PUT marks/ours', 'PUT marks/ours', 'HEAD marks/ours', `GET marks/ours bytes=0-${body.length - 1}`]);
+
+    // Another writer's, of another size: the first attempt never reached the server.
+    await store.put('marks/theirs', new Uint8Array(10).fill(1), { ifAbsent: true });
+    from = proxy.requests.length;
+    proxy.injectNext('reset-before', conditionalPut('marks/theirs'));
+    const error = await store.put('marks/theirs', body, { ifAbsent: true }).catch((e: unknown) => e);
+    expect((error as StoreError).kind).toBe('exists');
+    expect(since(from)).toEqual(['PUT marks/theirs', 'PUT marks/theirs', 'HEAD marks/theirs']);
+    expect(Array.from(await store.get('marks/theirs'))).toEqual(Array.from(new Uint8Array(10).fill(1)));
   });
 });
 

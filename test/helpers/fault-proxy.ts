@@ -4,12 +4,15 @@
 // handled it (the reply is lost), a reset in the middle of the response body, a latency spike,
 // or a stall (the connection is held and never answered). An outage can be switched on and off
 // (every connection is reset). Counters say which faults really happened, so a fault test can
-// insist that it injected some.
+// insist that it injected some. Tests that act at one moment can also stall every request they
+// pick (and hear when the first arrives), or hold a response after its headers and first bytes
+// until they release it; the proxy logs every request it was sent.
 //
 // s3rver ignores If-None-Match; with `emulateIfNoneMatch` the proxy answers a conditional PUT
 // of a key it has seen stored (through itself) with 412 PreconditionFailed, as S3 does. Every
 // write must then go through the proxy.
 
+import { EventEmitter, once } from 'node:events';
 import { Agent, createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { seededRandom } from './random.js';
@@ -38,6 +41,25 @@ export interface FaultCounts extends Record<FaultKind, number> {
   stallsClosedByClient: number;
 }
 
+/** Picks requests: `url` is the path as sent, with the query (e.g. /bucket/prefix/packs/…?x-id=GetObject). */
+export type RequestMatcher = (method: string, url: string, headers: IncomingMessage['headers']) => boolean;
+
+export interface ProxiedRequest {
+  method: string;
+  /** The path as sent, with the query. */
+  url: string;
+  /** The Range header, if any. */
+  range: string | undefined;
+}
+
+/** A response held after its headers and the first half of its body (see holdNext). */
+export interface HeldResponse {
+  /** Resolves once the headers and the first bytes have been written to the client. */
+  readonly sent: Promise<void>;
+  /** Sends the rest of the body. */
+  release(): void;
+}
+
 export interface FaultProxy {
   readonly endpoint: string;
   readonly counts: FaultCounts;
@@ -45,7 +67,15 @@ export interface FaultProxy {
   injected(): number;
   setProbabilities(probabilities: Partial<Record<FaultKind, number>>): void;
   /** The next request that `matches` gets `kind`, whatever the RNG says. */
-  injectNext(kind: FaultKind, matches?: (method: string, path: string, headers: IncomingMessage['headers']) => boolean): void;
+  injectNext(kind: FaultKind, matches?: RequestMatcher): void;
+  /** From now on every request that `matches` stalls (is taken and never answered). */
+  stallEvery(matches: RequestMatcher): void;
+  /** Resolves with the first stalled request (at once if one has been stalled already). */
+  firstStall(): Promise<ProxiedRequest>;
+  /** The next request that `matches` is answered with its headers and half its body; the rest waits for release(). */
+  holdNext(matches?: RequestMatcher): HeldResponse;
+  /** Every request the proxy was sent, in order of arrival. */
+  readonly requests: ProxiedRequest[];
   /** Resolves when every connection stalled so far has been closed by its client. */
   stalledConnectionsClosed(): Promise<void>;
   /** While on, every request's connection is reset. */
@@ -70,7 +100,12 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const latencyMs = options.latencyMs ?? 200;
   let probabilities: Partial<Record<FaultKind, number>> = { ...options.probabilities };
   let outage = false;
-  const forced: Array<{ kind: FaultKind; matches: (method: string, path: string, headers: IncomingMessage['headers']) => boolean }> = [];
+  const forced: Array<{ kind: FaultKind; matches: RequestMatcher }> = [];
+  const stallRules: RequestMatcher[] = [];
+  const holds: Array<{ matches: RequestMatcher; sent: () => void; released: Promise<void> }> = [];
+  const requests: ProxiedRequest[] = [];
+  const stalled: ProxiedRequest[] = [];
+  const events = new EventEmitter();
   const stored = new Set<string>();
   const sockets = new Set<Socket>();
   const stallsClosed: Array<Promise<void>> = [];
@@ -84,6 +119,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   };
 
   const draw = (method: string, path: string, headers: IncomingMessage['headers']): FaultKind | undefined => {
+    if (stallRules.some((matches) => matches(method, path, headers))) return 'stall';
     const index = forced.findIndex((f) => f.matches(method, path, headers));
     if (index >= 0) return forced.splice(index, 1)[0]!.kind;
     let r = random();
@@ -100,6 +136,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     counts.requests++;
+    const seen: ProxiedRequest = { method: req.method ?? 'GET', url: req.url ?? '/', range: req.headers['range'] };
+    requests.push(seen);
     const socket = req.socket;
     if (outage) {
       counts.outage++;
@@ -109,11 +147,15 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     const path = (req.url ?? '/').split('?')[0]!;
     const fault = draw(method, req.url ?? '/', req.headers);
     if (fault !== undefined) counts[fault]++;
+    const holdIndex = fault === undefined ? holds.findIndex((h) => h.matches(method, req.url ?? '/', req.headers)) : -1;
+    const hold = holdIndex >= 0 ? holds.splice(holdIndex, 1)[0] : undefined;
     switch (fault) {
       case 'reset-before':
         return reset(socket);
       case 'stall':
         req.resume(); // take the request, never answer
+        stalled.push(seen);
+        events.emit('stall', seen);
         stallsClosed.push(
           new Promise((resolve) =>
             socket.once('close', () => {
@@ -163,6 +205,11 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           res.write(body.subarray(0, body.length >> 1), () => reset(socket));
           return;
         }
+        if (hold !== undefined && method !== 'HEAD') {
+          res.write(body.subarray(0, body.length >> 1), () => hold.sent());
+          void hold.released.then(() => res.end(body.subarray(body.length >> 1)));
+          return;
+        }
         res.end(method === 'HEAD' ? undefined : body);
       });
     });
@@ -192,6 +239,23 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     async stalledConnectionsClosed() {
       await Promise.all(stallsClosed);
     },
+    stallEvery(matches) {
+      stallRules.push(matches);
+    },
+    async firstStall() {
+      if (stalled.length > 0) return stalled[0]!;
+      const [first] = (await once(events, 'stall')) as [ProxiedRequest];
+      return first;
+    },
+    holdNext(matches = () => true) {
+      let sent!: () => void;
+      let release!: () => void;
+      const sentPromise = new Promise<void>((resolve) => (sent = resolve));
+      const released = new Promise<void>((resolve) => (release = resolve));
+      holds.push({ matches, sent, released });
+      return { sent: sentPromise, release };
+    },
+    requests,
     setOutage(on) {
       outage = on;
     },

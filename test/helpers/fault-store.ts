@@ -2,7 +2,7 @@
 // or the stack openStore builds) and lets a test fail or abort at a chosen moment.
 
 import { DelegatingStore } from '../../src/store/delegating.js';
-import type { GetOptions, ObjectStore, PutOptions } from '../../src/store/types.js';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../src/store/types.js';
 
 export interface FaultHooks {
   /** Runs before a put is delegated; throw to make the put fail without reaching the store. */
@@ -18,6 +18,7 @@ export interface FaultHooks {
 export class FaultStore extends DelegatingStore {
   readonly puts: string[] = [];
   readonly gets: Array<{ key: string; ranged: boolean }> = [];
+  readonly heads: string[] = [];
 
   constructor(
     inner: ObjectStore,
@@ -32,6 +33,11 @@ export class FaultStore extends DelegatingStore {
     const bytes = await this.inner.get(key, options);
     await this.hooks.afterGet?.(key, options, bytes);
     return bytes;
+  }
+
+  override head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    this.heads.push(key);
+    return this.inner.head(key, options);
   }
 
   override async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {

@@ -1,5 +1,8 @@
-// A wall clock and timer that move only when a test advances them: timed behaviour (lock
-// refreshes and expiry, intervals) is driven step by step instead of by waiting.
+// A wall clock and timer (src/timer.ts) that move only when a test advances them: timed
+// behaviour (lock refreshes and expiry, intervals, the store's per-attempt timeouts) is driven
+// step by step instead of by waiting.
+
+import type { Timer } from '../../src/timer.js';
 
 interface Pending {
   due: number;
@@ -7,9 +10,11 @@ interface Pending {
   callback: () => unknown;
 }
 
-export class ManualClock {
+export class ManualClock implements Timer {
   private pending: Pending[] = [];
   private scheduled = 0;
+  /** The delay of every callback ever scheduled, in order (what budgets a caller chose). */
+  readonly delays: number[] = [];
 
   /** Milliseconds since the epoch; starts at the real time so stored timestamps look ordinary. */
   constructor(public time: number = Date.now()) {}
@@ -19,6 +24,7 @@ export class ManualClock {
   /** Calls `callback` once when the clock has advanced `ms`; returns a function that cancels it. */
   schedule(callback: () => unknown, ms: number): () => void {
     const entry: Pending = { due: this.time + ms, order: this.scheduled++, callback };
+    this.delays.push(ms);
     this.pending.push(entry);
     return () => {
       this.pending = this.pending.filter((p) => p !== entry);
@@ -28,6 +34,12 @@ export class ManualClock {
   /** Callbacks waiting to run. */
   get waiting(): number {
     return this.pending.length;
+  }
+
+  /** Milliseconds until the next callback falls due; throws if none is waiting. */
+  untilNext(): number {
+    if (this.pending.length === 0) throw new Error('no callback is scheduled');
+    return Math.min(...this.pending.map((p) => p.due)) - this.time;
   }
 
   /**

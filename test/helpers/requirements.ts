@@ -2,22 +2,14 @@
 // skip with the reason on a developer machine that lacks it. In CI (.ci/run: CI=true, root, every
 // tool installed) a missing requirement is a failure: a test CI cannot run must not pass silently.
 
-import { execFileSync } from 'node:child_process';
+import { it } from 'vitest';
+import { missingPrograms } from '../../src/dev/programs.js';
 
 export const IN_CI = process.env.CI === 'true';
 
-export function hasBinary(name: string): boolean {
-  try {
-    execFileSync('which', [name], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Why the test cannot run here (the first missing tool), or undefined. */
+/** Why the test cannot run here (the missing tools), or undefined. */
 export function missingBinaries(...names: string[]): string | undefined {
-  const missing = names.filter((name) => !hasBinary(name));
+  const missing = missingPrograms(names);
   return missing.length === 0 ? undefined : `${missing.join(', ')} not installed`;
 }
 
@@ -46,4 +38,13 @@ export function skipOutsideCi(why: string | undefined): boolean {
 /** A test title that says why it is skipped, when it is. */
 export function skipTitle(title: string, why: string | undefined): string {
   return skipOutsideCi(why) ? `${title} (skipped: ${why})` : title;
+}
+
+/**
+ * `it`, for a test that runs `binaries`: skipped where one is missing, saying which in its
+ * title, except in CI (where it runs, and fails at the missing tool).
+ */
+export function itNeeding(...binaries: string[]): (title: string, fn: () => Promise<void>) => void {
+  const why = missingBinaries(...binaries);
+  return (title, fn) => it.skipIf(skipOutsideCi(why))(skipTitle(title, why), fn);
 }

@@ -32,3 +32,13 @@ export async function quiesce(value: () => number): Promise<number> {
     if (same >= 10) return now;
   }
 }
+
+/** What became of `promise` so far: undefined while it is pending, then 'resolved' or the error. */
+export function outcome(promise: Promise<unknown>): () => unknown {
+  let result: unknown;
+  promise.then(
+    () => (result = 'resolved'),
+    (error: unknown) => (result = error),
+  );
+  return () => result;
+}

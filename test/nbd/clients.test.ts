@@ -6,21 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect } from 'vitest';
 import { NbdServer, type NbdErrorInfo } from '../../src/nbd/server.js';
-import { IN_CI } from '../helpers/requirements.js';
-import { KiB, MemoryExport, MiB, hasBinary, runTool } from './helpers.js';
-
-// Whether to run the tests that use each client.
-const QEMU_IO = hasBinary('qemu-io') || IN_CI;
-const QEMU_IMG = hasBinary('qemu-img') || IN_CI;
-const NBDINFO = hasBinary('nbdinfo') || IN_CI;
-const NBDCOPY = hasBinary('nbdcopy') || IN_CI;
-
-function title(text: string, ...binaries: Array<[string, boolean]>): string {
-  const missing = binaries.filter(([, present]) => !present).map(([name]) => name);
-  return missing.length === 0 ? text : `${text} (skipped: ${missing.join(', ')} not installed)`;
-}
+import { itNeeding } from '../helpers/requirements.js';
+import { KiB, MemoryExport, MiB, runTool } from './helpers.js';
 
 let server: NbdServer;
 let port: number;
@@ -59,8 +48,7 @@ function qemuIo(name: string, commands: string[]): ReturnType<typeof runTool> {
 }
 
 describe('qemu-io and qemu-img', () => {
-  it.skipIf(!QEMU_IO || !QEMU_IMG)(
-    title('write patterns, read them back, discard and zero; qemu-img compare finds the export identical', ['qemu-io', QEMU_IO], ['qemu-img', QEMU_IMG]),
+  itNeeding('qemu-io', 'qemu-img')('write patterns, read them back, discard and zero; qemu-img compare finds the export identical',
     async () => {
       scratch.data.fill(0);
       const expected = Buffer.alloc(scratch.size);
@@ -108,7 +96,7 @@ describe('qemu-io and qemu-img', () => {
     },
   );
 
-  it.skipIf(!QEMU_IO)(title('a read-only export refuses writes with a permission error', ['qemu-io', QEMU_IO]), async () => {
+  itNeeding('qemu-io')('a read-only export refuses writes with a permission error', async () => {
     const result = await qemuIo('ro', ['write -P 0xab 0 64k']);
     expect(result.code).not.toBe(0);
     expect(result.stderr).toMatch(/Permission denied|read-only/i);
@@ -119,7 +107,7 @@ describe('qemu-io and qemu-img', () => {
     expect(readOnly.operations.some((o) => o.op === 'read')).toBe(true);
   });
 
-  it.skipIf(!QEMU_IO)(title('an unknown export name fails the client', ['qemu-io', QEMU_IO]), async () => {
+  itNeeding('qemu-io')('an unknown export name fails the client', async () => {
     const result = await qemuIo('no-such-export', ['read 0 4k']);
     expect(result.code).not.toBe(0);
     // NBD_REP_ERR_UNKNOWN, with the server's message passed on.
@@ -128,7 +116,7 @@ describe('qemu-io and qemu-img', () => {
 });
 
 describe('nbdinfo', () => {
-  it.skipIf(!NBDINFO)(title('lists every export with its size and description', ['nbdinfo', NBDINFO]), async () => {
+  itNeeding('nbdinfo')('lists every export with its size and description', async () => {
     const result = await runTool('nbdinfo', ['--list', uri()]);
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toMatch(/export="":\n\tdescription: scratch disk\n\texport-size: 8388608 /);
@@ -137,7 +125,7 @@ describe('nbdinfo', () => {
     expect(result.stdout).toMatch(/block_size_maximum: 33554432/);
   });
 
-  it.skipIf(!NBDINFO)(title('describes a named export: size, read-only, flush and multi-conn', ['nbdinfo', NBDINFO]), async () => {
+  itNeeding('nbdinfo')('describes a named export: size, read-only, flush and multi-conn', async () => {
     const result = await runTool('nbdinfo', ['--json', uri('ro')]);
     expect(result.code, result.stderr).toBe(0);
     const info = JSON.parse(result.stdout) as { exports: Array<Record<string, unknown>> };
@@ -158,7 +146,7 @@ describe('nbdinfo', () => {
     expect(size.stdout.trim()).toBe('6291456');
   });
 
-  it.skipIf(!NBDINFO)(title('an unknown export name fails nbdinfo', ['nbdinfo', NBDINFO]), async () => {
+  itNeeding('nbdinfo')('an unknown export name fails nbdinfo', async () => {
     const result = await runTool('nbdinfo', [uri('nope')]);
     expect(result.code).not.toBe(0);
     // NBD_REP_ERR_UNKNOWN, which libnbd reports as ENOENT.
@@ -167,7 +155,7 @@ describe('nbdinfo', () => {
 });
 
 describe('nbdcopy', () => {
-  it.skipIf(!NBDCOPY)(title('copies a file into an export and back out bit-exact, over several connections', ['nbdcopy', NBDCOPY]), async () => {
+  itNeeding('nbdcopy')('copies a file into an export and back out bit-exact, over several connections', async () => {
     const source = join(dir, 'source.img');
     const back = join(dir, 'back.img');
     const bytes = randomBytes(named.size);
@@ -188,7 +176,7 @@ describe('nbdcopy', () => {
     expect(errors).toEqual([]);
   });
 
-  it.skipIf(!NBDCOPY || !QEMU_IO)(title('serves several clients at once', ['nbdcopy', NBDCOPY], ['qemu-io', QEMU_IO]), async () => {
+  itNeeding('nbdcopy', 'qemu-io')('serves several clients at once', async () => {
     const source = join(dir, 'parallel.img');
     const bytes = randomBytes(named.size);
     await writeFile(source, bytes);

@@ -9,10 +9,9 @@ import { InvalidArgumentError } from '../../src/errors.js';
 import { FileExport } from '../../src/nbd/file-export.js';
 import { dropPrefix } from '../../src/volume/positional-io.js';
 import { NbdServer } from '../../src/nbd/server.js';
-import { IN_CI } from '../helpers/requirements.js';
-import { MiB, hasBinary, runTool } from './helpers.js';
+import { itNeeding } from '../helpers/requirements.js';
+import { MiB, runTool } from './helpers.js';
 
-const NBDCOPY = hasBinary('nbdcopy') || IN_CI; // CI installs it: there the test runs (and fails without it)
 let dir: string;
 
 beforeAll(async () => {
@@ -92,7 +91,7 @@ describe('FileExport', () => {
     await expect(FileExport.open(join(dir, 'missing.img'))).rejects.toThrow(/ENOENT/);
   });
 
-  it.skipIf(!NBDCOPY)(`is served bit-exact to nbdcopy${NBDCOPY ? '' : ' (skipped: nbdcopy not installed)'}`, async () => {
+  itNeeding('nbdcopy')('is served bit-exact to nbdcopy', async () => {
     const path = join(dir, 'served.img');
     const source = join(dir, 'source.img');
     const back = join(dir, 'back.img');

@@ -164,7 +164,6 @@ export class MemoryExport implements NbdExport {
 
 // ---- Debian clients ----
 
-export { hasBinary } from '../helpers/requirements.js';
 
 export interface ToolResult {
   code: number;

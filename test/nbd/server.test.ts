@@ -9,11 +9,11 @@ import { CdpError, InvalidArgumentError } from '../../src/errors.js';
 import * as P from '../../src/nbd/protocol.js';
 import { NbdProtocolError, NbdServer, slabBytesFor, type NbdErrorInfo, type NbdServerOptions } from '../../src/nbd/server.js';
 import { NbdRequestError } from '../../src/nbd/types.js';
-import { IN_CI } from '../helpers/requirements.js';
+import { missingBinaries, skipOutsideCi } from '../helpers/requirements.js';
 import { quiesce, turns, waitUntil } from '../helpers/wait.js';
-import { KiB, MemoryExport, MiB, RawClient, hasBinary, runTool } from './helpers.js';
+import { KiB, MemoryExport, MiB, RawClient, runTool } from './helpers.js';
 
-const NBDINFO = hasBinary('nbdinfo') || IN_CI; // CI installs it: there the check runs (and fails without it)
+const NBDINFO = !skipOutsideCi(missingBinaries('nbdinfo')); // CI installs it: there the check runs (and fails without it)
 
 interface Fixture {
   server: NbdServer;

@@ -76,6 +76,15 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       }
     });
 
+    it("reports a whole-object GET's body length before returning it (what the per-attempt timeout budgets by)", async () => {
+      const body = randomBytes(70_000);
+      await store.put('sized', body);
+      const reported: number[] = [];
+      const read = await store.get('sized', { onBodyLength: (bytes) => reported.push(bytes) });
+      expect(reported).toEqual([body.length]);
+      expect(Buffer.from(read).equals(body)).toBe(true);
+    });
+
     it('reads ranges at the start, middle and end, and empty ranges', async () => {
       const body = randomBytes(100_000);
       await store.put('ranged', body);

@@ -1,4 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -69,6 +71,36 @@ describe('FsStore', () => {
     } finally {
       await rm(outside, { recursive: true, force: true });
     }
+  });
+
+  it('refuses a FIFO or a socket planted where an object should be, at once, naming the key: get, ranged get, head and list', async () => {
+    await store.put('packs/real', new Uint8Array([1]));
+    execFileSync('mkfifo', [join(dir, 'packs', 'fifo')]);
+    const socketServer = createServer();
+    await new Promise<void>((resolve) => socketServer.listen(join(dir, 'packs', 'socket'), resolve));
+    try {
+      for (const [key, what] of [['packs/fifo', 'a FIFO \\(named pipe\\)'], ['packs/socket', 'a socket']] as const) {
+        const calls: Array<[string, () => Promise<unknown>]> = [
+          ['get', () => store.get(key)],
+          ['ranged get', () => store.get(key, { range: { offset: 0, length: 1 } })],
+          ['head', () => store.head(key)],
+          ['list', () => collect(store.list(key))],
+        ];
+        for (const [name, call] of calls) {
+          const error = await expectStoreError(call(), 'permanent');
+          expect(error.key, name).toBe(key);
+          expect(error.message, name).toMatch(new RegExp(`^${key} in file://\\S+ is ${what}, not a regular file: the repository is damaged \\(the local store keeps objects only as regular files\\); remove it$`));
+        }
+      }
+      // Listings that would not include them are unaffected; deleting them works.
+      expect(await collect(store.list('packs/r'))).toEqual([{ key: 'packs/real', size: 1 }]);
+      await expectStoreError(collect(store.list('')), 'permanent');
+    } finally {
+      await new Promise((resolve) => socketServer.close(resolve));
+    }
+    await store.delete('packs/fifo');
+    await rm(join(dir, 'packs', 'socket'), { force: true });
+    expect(await collect(store.list(''))).toEqual([{ key: 'packs/real', size: 1 }]);
   });
 
   it('skips temp files in listings', async () => {

@@ -138,14 +138,18 @@ describe('RetryingStore: a conditional put whose reply was lost', () => {
     const dir = await mkdtemp(join(tmpdir(), 'cdp-retry-'));
     const fs = new FsStore(dir);
     let lost = 0;
+    const ranges: Array<{ offset: number; length: number } | undefined> = [];
     const faults = new FaultStore(fs, {
+      beforeGet: (_key, options) => {
+        ranges.push(options?.range);
+      },
       afterPut: (putKey) => {
         if (putKey === key && lost++ === 0) throw new StoreError('retryable', `${putKey}: socket hang up (injected after commit)`, { key: putKey });
       },
     });
     const retries: RetryInfo[] = [];
     const store = new RetryingStore(faults, { sleep: noSleep, onRetry: (info) => retries.push(info) });
-    return { fs, faults, store, retries, lost: () => lost, cleanup: () => rm(dir, { recursive: true, force: true }) };
+    return { fs, faults, store, retries, ranges, lost: () => lost, cleanup: () => rm(dir, { recursive: true, force: true }) };
   }
 
   it('is ours when the object read back is byte-identical: the put succeeds', async () => {
@@ -156,6 +160,10 @@ describe('RetryingStore: a conditional put whose reply was lost', () => {
       expect(t.lost()).toBe(1);
       expect(t.retries.map((r) => [r.operation, r.key, r.attempt, r.error.kind])).toEqual([['put', 'deltas/1', 1, 'retryable']]);
       expect(t.faults.puts).toEqual(['deltas/1', 'deltas/1']); // the retry reached the store and got 'exists'
+      // A HEAD, then a read of exactly the stored size (its timeout sized to it), not a whole-object GET.
+      expect(t.faults.heads).toEqual(['deltas/1']);
+      expect(t.faults.gets).toEqual([{ key: 'deltas/1', ranged: true }]);
+      expect(t.ranges).toEqual([{ offset: 0, length: 5 }]);
       expect(Array.from(await t.fs.get('deltas/1'))).toEqual(Array.from(body));
     } finally {
       await t.cleanup();
@@ -184,6 +192,33 @@ describe('RetryingStore: a conditional put whose reply was lost', () => {
       );
       await expectStoreError(store.put('deltas/1', new Uint8Array([1, 2, 3]), { ifAbsent: true }), 'exists');
       expect(Array.from(await t.fs.get('deltas/1'))).toEqual(Array.from(new Uint8Array([9, 9, 9])));
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it("is another writer's when the sizes differ: 'exists' surfaces after a HEAD, without downloading the object", async () => {
+    const t = await lostReply('deltas/1');
+    try {
+      await t.fs.put('deltas/1', new Uint8Array(1000).fill(9)); // the other writer's, larger than ours
+      let failed = false;
+      const faults = new FaultStore(t.fs, {
+        beforePut: () => {
+          if (!failed) {
+            failed = true;
+            throw new StoreError('retryable', 'socket hang up (injected)', { key: 'deltas/1' });
+          }
+        },
+      });
+      const store = new RetryingStore(faults, { sleep: noSleep });
+      await expectStoreError(store.put('deltas/1', new Uint8Array([1, 2, 3]), { ifAbsent: true }), 'exists');
+      expect(faults.heads).toEqual(['deltas/1']);
+      expect(faults.gets).toEqual([]);
+      // Same size, other bytes: read back (ranged), and still not ours.
+      failed = false;
+      await expectStoreError(store.put('deltas/1', new Uint8Array(1000).fill(8), { ifAbsent: true }), 'exists');
+      expect(faults.gets).toEqual([{ key: 'deltas/1', ranged: true }]);
+      expect(Array.from(await t.fs.get('deltas/1'))).toEqual(Array.from(new Uint8Array(1000).fill(9)));
     } finally {
       await t.cleanup();
     }

@@ -6,16 +6,21 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { S3Store, classifyS3Error, type S3StoreOptions } from '../../src/store/s3.js';
+import { TimeoutStore } from '../../src/store/timeout.js';
+import { startFaultProxy } from '../helpers/fault-proxy.js';
+import { deleteS3Prefix } from '../helpers/raw-objects.js';
+import { ManualClock } from '../helpers/manual-clock.js';
 import { skipOutsideCi, skipTitle } from '../helpers/requirements.js';
 import { s3ServerEnv, startS3Server, type S3Server } from '../helpers/s3-server.js';
+import { outcome, turns, waitUntil } from '../helpers/wait.js';
 import { collect, describeStoreConformance, expectStoreError } from './conformance.js';
 
 const BUCKET = 'cdp-test';
@@ -40,13 +45,7 @@ function makeStore(options: Partial<S3StoreOptions> = {}): S3Store {
 /** Removes everything under the store's prefix (s3rver keeps it on disk until stop() otherwise). */
 async function emptyPrefix(store: S3Store): Promise<void> {
   const client = new S3Client({ endpoint: server.endpoint, forcePathStyle: true });
-  const prefix = store.location.slice(`s3://${BUCKET}/`.length);
-  for (;;) {
-    const page = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix, MaxKeys: 1000 }));
-    const objects = (page.Contents ?? []).flatMap((o) => (o.Key === undefined ? [] : [{ Key: o.Key }]));
-    if (objects.length === 0) break;
-    await client.send(new DeleteObjectsCommand({ Bucket: BUCKET, Delete: { Objects: objects } }));
-  }
+  await deleteS3Prefix(client, BUCKET, store.location.slice(`s3://${BUCKET}/`.length));
   client.destroy();
 }
 
@@ -214,35 +213,20 @@ describe('S3Store', () => {
   it('turns a request cancelled in flight into AbortedError', async () => {
     const store = makeStore();
     await store.put('large', randomBytes(20 * MiB));
-    // Between the store and s3rver, a proxy that passes the response's first bytes and holds
-    // back the rest: the GET is in flight, its body arriving, when the signal fires.
-    let responseStarted!: () => void;
-    const responding = new Promise<void>((resolve) => (responseStarted = resolve));
-    const sockets: Socket[] = [];
-    const upstreamPort = Number(new URL(server.endpoint).port);
-    const proxy = createServer((downstream) => {
-      const upstream = connect(upstreamPort, '127.0.0.1');
-      sockets.push(downstream, upstream);
-      for (const socket of [downstream, upstream]) socket.on('error', () => undefined);
-      downstream.pipe(upstream);
-      upstream.once('data', (chunk: Buffer) => {
-        upstream.pause();
-        downstream.write(chunk, () => responseStarted());
-      });
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    // Between the store and s3rver, a proxy that passes the response's headers and first bytes
+    // and holds back the rest: the GET is in flight, its body arriving, when the signal fires.
+    const proxy = await startFaultProxy({ target: server.endpoint, seed: 0 });
     try {
-      const port = (proxy.address() as AddressInfo).port;
+      const held = proxy.holdNext((method) => method === 'GET');
       const prefix = store.location.slice(`s3://${BUCKET}/`.length);
-      const proxied = new S3Store({ bucket: BUCKET, prefix, endpoint: `http://127.0.0.1:${port}` });
+      const proxied = new S3Store({ bucket: BUCKET, prefix, endpoint: proxy.endpoint });
       const controller = new AbortController();
       const pending = proxied.get('large', { signal: controller.signal });
-      await responding;
+      await held.sent;
       controller.abort();
       await expect(pending).rejects.toMatchObject({ code: 'ABORTED' });
     } finally {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => proxy.close(resolve));
+      await proxy.close();
     }
     await emptyPrefix(store);
   });
@@ -276,6 +260,45 @@ describe('S3Store', () => {
     });
     expect(copy.stdout.equals(body)).toBe(true);
     await emptyPrefix(store);
+  });
+});
+
+describe('S3Store per-attempt timeouts over HTTP (fault proxy, manual clock)', () => {
+  it('a whole-object GET: a stalled header times out at the base budget; a large body gets the budget of its Content-Length from the headers on', async () => {
+    const direct = makeStore();
+    const proxy = await startFaultProxy({ target: server.endpoint, seed: 0 });
+    const clock = new ManualClock();
+    const prefix = direct.location.slice(`s3://${BUCKET}/`.length);
+    const store = new TimeoutStore(new S3Store({ bucket: BUCKET, prefix, endpoint: proxy.endpoint }), { baseMs: 1000, minBytesPerSecond: MiB, timer: clock });
+    try {
+      await direct.put('small', new Uint8Array([1]));
+      proxy.injectNext('stall', (method) => method === 'GET');
+      const stalled = store.get('small');
+      await proxy.firstStall();
+      expect(clock.delays).toEqual([1000]);
+      await clock.advance(1000);
+      const error = await expectStoreError(stalled, 'retryable');
+      expect(error.message).toMatch(/^GET small in s3:\/\/.*: no answer within 1\.0 s \(the per-attempt timeout\)$/);
+
+      // Larger than any fixed budget would allow at 1 MiB/s (it was 32 MiB for every whole GET).
+      const body = randomBytes(40 * MiB);
+      await direct.put('large', body);
+      const held = proxy.holdNext((method) => method === 'GET');
+      const pending = store.get('large');
+      const state = outcome(pending);
+      await held.sent;
+      await waitUntil(() => clock.delays.length === 3, 'the response headers to reach the store');
+      expect(clock.delays.slice(1)).toEqual([1000, 1000 + 40_000]);
+      await clock.advance(40_999);
+      await turns();
+      expect(state()).toBeUndefined();
+      held.release();
+      expect(Buffer.from(await pending).equals(body)).toBe(true);
+      expect(clock.waiting).toBe(0);
+    } finally {
+      await proxy.close();
+      await emptyPrefix(direct);
+    }
   });
 });
 
