@@ -52,6 +52,8 @@ export interface BackupOptions {
   lockTtlMs?: number;
   /** Schedules the lock's refreshes; tests drive them by hand. */
   lockTimer?: Timer;
+  /** Runs of at most this many entries are stored inline in their root (default 1536; the golden fixtures force page packs). */
+  inlineEntries?: number;
 }
 
 export interface BackupResult {
@@ -86,6 +88,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
   const clock = options.clock ?? Date.now;
   throwIfAborted(signal);
   const repo = await Repository.open(store, signal);
+  if (options.inlineEntries !== undefined) repo.inlineEntries = options.inlineEntries;
   const g = repo.geometry;
   const volume = await openVolume(options.source, 'read');
   const maps: DeltaMap[] = [];

@@ -230,7 +230,7 @@ export class DeltaWriter {
     this.changed = new DeltaMap(repo.geometry.regionCount);
     const damaged = options.damaged ?? new Set<string>();
     this.dedup = new DedupIndex(base, (location) => options.noDedup !== true && !damaged.has(locationId(location)));
-    this.run = new RunBuilder(repo.store, seq, repo.context, { signal: options.signal });
+    this.run = new RunBuilder(repo.store, seq, repo.context, { signal: options.signal, inlineEntries: repo.inlineEntries });
     this.uploads = new TaskWindow(options.packsInFlight ?? 4);
   }
 

@@ -46,6 +46,8 @@ export interface NewConfigOptions {
   /** Regions per stored page (a power of two from 256 to 65536); tests use small pages. */
   pageRegions?: number;
   now?: Date;
+  /** The volume's id (default: a random UUID); the golden fixtures pin it. */
+  volumeId?: string;
 }
 
 export function newConfig(options: NewConfigOptions): RepoConfig {
@@ -65,7 +67,7 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
     throw new InvalidArgumentError(`page size must be a power of two from 256 to 65536 regions, got ${pageRegions}`);
   }
   return {
-    volumeId: randomUUID(),
+    volumeId: options.volumeId ?? randomUUID(),
     volumeSize: options.volumeSize,
     regionSize,
     digest: 'sha256',

@@ -65,6 +65,8 @@ export class Repository implements RunSource {
   readonly config: RepoConfig;
   readonly geometry: Geometry;
   readonly context: RootContext;
+  /** Runs with at most this many entries are stored inline in their root (a writer's choice; readers take both). */
+  inlineEntries = INLINE_ENTRIES;
   private readonly roots = new LRUCache<string, RunReader>({ maxSize: ROOT_CACHE_BYTES, sizeCalculation: (run) => Math.max(1, run.rootBytes * 2) });
   private readonly summaryCache = new LRUCache<string, PointSummary[]>({ maxSize: 1 << 20, sizeCalculation: (list) => Math.max(1, list.length) });
   private readonly pages = new LRUCache<string, RunPage>({ maxSize: PAGE_CACHE_BYTES, sizeCalculation: (page) => Math.max(1, page.regions.length * 48) });
@@ -312,7 +314,7 @@ export class Repository implements RunSource {
   /** Stores the span `block` as the merge of `runs` (its children, oldest first). */
   private async writeSpan(block: Block, runs: readonly RunReader[], signal?: AbortSignal): Promise<number> {
     const pageIds = [...new Set(runs.flatMap((run) => run.pages.map((p) => p.page)))].sort((a, b) => a - b);
-    const inline = runs.reduce((n, run) => n + run.count, 0) <= INLINE_ENTRIES;
+    const inline = runs.reduce((n, run) => n + run.count, 0) <= this.inlineEntries;
     const pager = new PagePackWriter(this.store, block.last, { signal });
     const merged = async (page: number): Promise<PageRef> => {
       const parts = runs.filter((run) => run.hasPage(page));

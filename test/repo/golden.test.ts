@@ -1,0 +1,104 @@
+// The golden fixtures: a small format-2 repository stored as bytes (src/dev/golden-fixture.ts
+// made it). Today's code must read it (every point restores to the image it was taken of) and,
+// decoding each object and encoding it again, write the very same bytes: an encoder change that
+// would make other readers see something else cannot pass unnoticed.
+
+import { createHash } from 'node:crypto';
+import { cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { log } from '../../src/core/log.js';
+import { parsePointSelector } from '../../src/core/points.js';
+import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { verify } from '../../src/core/verify.js';
+import { GOLDEN_POINTS, goldenImage } from '../../src/dev/golden-fixture.js';
+import { decodeConfig, encodeConfig } from '../../src/repo/config.js';
+import { sealEnvelope } from '../../src/repo/envelope.js';
+import { PAGE_PACK_HEADER_BYTES, decodeDeltaRoot, decodePage, decodeSpanRoot, encodeDeltaRoot, encodePage, encodeSpanRoot, pagePackHeader } from '../../src/repo/run-codec.js';
+import { FsStore } from '../../src/store/fs.js';
+
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format2');
+let dir: string;
+let repoDir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cdp-s3-golden-'));
+  repoDir = join(dir, 'repo');
+  await cp(join(FIXTURE, 'repo'), repoDir, { recursive: true }); // readers may write records: work on a copy
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const raw = (key: string): Promise<Buffer> => readFile(join(FIXTURE, 'repo', key));
+const keys = async (prefix: string): Promise<string[]> => (await readdir(join(FIXTURE, 'repo', prefix), { recursive: true, withFileTypes: true }))
+  .filter((e) => e.isFile())
+  .map((e) => join(prefix, e.parentPath.slice(join(FIXTURE, 'repo', prefix).length), e.name).replace(/^\/+/, ''))
+  .sort();
+
+describe('golden fixtures (format 2)', () => {
+  it('every point restores to the image it was taken of, and log and verify read the chain', async () => {
+    const expected = JSON.parse(await readFile(join(FIXTURE, 'expected.json'), 'utf8')) as Array<{ seq: number; kind: string; time: string; sha256: string }>;
+    const store = new FsStore(repoDir);
+    for (const point of expected) {
+      expect(createHash('sha256').update(goldenImage(GOLDEN_POINTS[point.seq - 1]!)).digest('hex')).toBe(point.sha256);
+      const plan = await planRestore({ store, at: parsePointSelector(String(point.seq)) });
+      expect(plan).toMatchObject({ seq: point.seq, kind: point.kind, time: point.time });
+      const target = join(dir, `point-${point.seq}.img`);
+      await executeRestore(plan, { to: target, workers: 1 });
+      expect(createHash('sha256').update(await readFile(target)).digest('hex'), `point ${point.seq}`).toBe(point.sha256);
+    }
+    expect((await log({ store })).entries.map((e) => [e.seq, e.kind, e.time, e.spans])).toEqual(
+      expected.map((p) => [p.seq, p.kind, p.time, p.seq === 2 ? [1] : p.seq === 4 ? [1, 2] : []]),
+    );
+    const verified = await verify({ store, readData: true, workers: 1, dryRun: true });
+    expect(verified.problems).toEqual([]);
+    expect(verified).toMatchObject({ deltas: 4, spans: 3 });
+  });
+
+  it('decoding each object and encoding it again gives the stored bytes', async () => {
+    const configBytes = await raw('config');
+    const config = decodeConfig(configBytes);
+    expect(Buffer.from(encodeConfig(config)).equals(configBytes)).toBe(true);
+    const regionCount = Math.ceil(config.volumeSize / config.regionSize);
+    const context = { volumeId: config.volumeId, pageRegions: config.pageRegions, regionCount, pageTotal: Math.ceil(regionCount / config.pageRegions) };
+    let paged = 0;
+    for (const key of await keys('deltas')) {
+      const seq = Number(key.slice(-16));
+      const bytes = await raw(key);
+      const root = decodeDeltaRoot(bytes, seq, context);
+      expect(Buffer.from(encodeDeltaRoot(seq, root.delta!, root.pages, config.volumeId)).equals(bytes), key).toBe(true);
+      paged += root.pages.filter((p) => p.ref !== undefined).length;
+    }
+    for (const key of await keys('spans')) {
+      const [level, last] = key.split('/').slice(1).map(Number) as [number, number];
+      const block = { level, first: last - config.spanFanout ** level + 1, last };
+      const bytes = await raw(key);
+      const root = decodeSpanRoot(bytes, block, context);
+      const summaries = root.summaries !== undefined ? { inline: root.summaries } : { blobs: root.summaryBlobs };
+      expect(Buffer.from(encodeSpanRoot({ ...block, end: root.end }, root.pages, summaries, config.volumeId)).equals(bytes), key).toBe(true);
+      for (const ref of root.pages) {
+        if (ref.ref === undefined) continue;
+        paged++;
+        const pack = await raw(ref.ref.pack);
+        const blob = pack.subarray(ref.ref.offset, ref.ref.offset + ref.ref.length);
+        expect(createHash('sha256').update(blob).digest().equals(Buffer.from(ref.ref.digest))).toBe(true);
+        expect(Buffer.from(encodePage(decodePage(blob, ref.page, context, key), config.volumeId, config.pageRegions)).equals(blob), `${key} page ${ref.page}`).toBe(true);
+      }
+    }
+    expect(paged).toBeGreaterThan(0); // the fixture has runs in page packs, not only inline ones
+    for (const key of await keys('pages')) expect((await raw(key)).subarray(0, PAGE_PACK_HEADER_BYTES).equals(pagePackHeader())).toBe(true);
+    // Span 02/4 shares page 1 with span 01/2 (only that child changed it).
+    const two = decodeSpanRoot(await raw('spans/02/0000000000000004'), { level: 2, first: 1, last: 4 }, context);
+    const one = decodeSpanRoot(await raw('spans/01/0000000000000002'), { level: 1, first: 1, last: 2 }, context);
+    expect(two.pages.find((p) => p.page === 1)!.ref).toEqual(one.pages.find((p) => p.page === 1)!.ref);
+  });
+
+  it('integers are msgpack integers: int64 from 2^32 on (times, large sizes), never float64', () => {
+    const body = (bytes: Uint8Array): Buffer => Buffer.from(bytes.subarray(10, bytes.length - 32));
+    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 2, what: 'test' }, { t: 2 ** 40 })).toString('hex')).toBe('81a174d30000010000000000');
+    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 2, what: 'test' }, { t: 2 ** 32 - 1 })).toString('hex')).toBe('81a174ceffffffff');
+    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 2, what: 'test' }, { t: 300 })).toString('hex')).toBe('81a174cd012c');
+  });
+});
