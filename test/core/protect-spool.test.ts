@@ -141,5 +141,43 @@ for (const kind of ['fs', 's3'] as const) {
       expect(entries.slice(1).map((e) => Date.parse(e.time) - base)).toEqual([60_000, 61_000, 62_000, 63_000, 64_000]);
       for (let i = 0; i < atTick.length; i++) expect(sha(await restoreBytes(f.store, f.work, String(i + 2))), `point ${i + 2}`).toBe(sha(atTick[i]!));
     });
+
+    it('a failed shipment\'s point goes to the spool as it was at its seal, though the host rewrites regions the shipper read while the segment is written', async () => {
+      const f = await makeFixture(kind);
+      let down = true;
+      let failed = false;
+      const store = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (!down || !key.startsWith('packs/')) return;
+          failed = true; // the shipper has read every sealed region: the pack goes out at the end
+          throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      let rewrote = false;
+      const volume = await ProtectedVolume.open({
+        store,
+        source: f.source,
+        drl: f.drl,
+        hooks: {
+          beforeShipRead: async (region) => {
+            // The segment writer is about to read region 1: the host rewrites regions 2 and 3,
+            // which the failed shipment had read already.
+            if (!failed || rewrote || region !== 1) return;
+            rewrote = true;
+            await volume.write(2 * REGION, Buffer.alloc(2 * REGION, 0xb2), false);
+          },
+        },
+      });
+      await volume.write(1 * REGION, Buffer.alloc(3 * REGION, 0xa1), false); // regions 1, 2, 3
+      const atSeal = await readFile(f.source);
+      expect(await volume.sealAndShip()).toBeUndefined(); // fails after reading 1-3; its point is spooled
+      expect(rewrote).toBe(true);
+      expect(volume.status()).toMatchObject({ spooledPoints: 1, spoolBytes: 3 * REGION });
+      down = false;
+      expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: 2 }); // point 2 from the spool, then the rewrite
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(atSeal));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(await readFile(f.source)));
+    });
   });
 }
