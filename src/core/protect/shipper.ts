@@ -14,7 +14,7 @@ import { readTrust } from '../../repo/trust.js';
 import { kernels } from '../../kernels/index.js';
 import { DeltaWriter } from '../delta-writer.js';
 import type { ProtectedVolumeOptions, ShipResult } from './options.js';
-import { type Spool, spoolRegions } from './spool.js';
+import { type Spool, type SpoolSegment, committedAs, spoolRegions } from './spool.js';
 import type { SealedGeneration, WriteTracker } from './write-tracker.js';
 
 export class Shipper {
@@ -198,13 +198,31 @@ export class Shipper {
     return segment !== undefined;
   }
 
-  /** Ships spooled points in time in order; stops at the first failure. Returns the last shipped. */
+  /**
+   * Ships spooled points in time in order; stops at the first failure. Returns the last shipped.
+   * A segment whose delta is in the chain already (its shipment failed, but the store had taken
+   * it) is not shipped again; when the chain has moved past the numbers the segments expect,
+   * they are renumbered to follow it.
+   */
   private async drainSpool(): Promise<ShipResult> {
     let last: ShipResult;
     while (this.spool.length > 0) {
       const segment = this.spool.segments[0]!;
-      const working = this.pit.clone();
       const signal = AbortSignal.timeout(this.shipTimeoutMs);
+      try {
+        if (segment.expectedSeq <= this.pit.seq && (await committedAs(this.repo, segment, signal))) {
+          await this.committedFromSpool(segment);
+          this.options.log?.(`point in time ${segment.expectedSeq} from the spool was committed already (a shipment reported as failed had landed): not shipped again`);
+          last = { seq: segment.expectedSeq, regions: segment.regions.length };
+          continue;
+        }
+        if (segment.expectedSeq !== this.pit.seq + 1) await this.spool.renumber(this.pit.seq + 1);
+      } catch (error) {
+        this.lastShipError = (error as Error).message;
+        this.resync = true;
+        return last;
+      }
+      const working = this.pit.clone();
       const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { signal });
       try {
         for await (const { region, bytes, digest } of spoolRegions(segment)) {
@@ -218,13 +236,7 @@ export class Shipper {
         this.lock.check();
         await this.repo.commitDelta(delta, working, signal);
         this.pit = working;
-        this.deltasShipped++;
-        this.lastShipError = undefined;
-        await this.spool.shift();
-        // Clear DRL bits no later spooled point, sealed map or open map still needs.
-        const clear = new DeltaMap(this.repo.geometry.regionCount);
-        for (const region of segment.regions) clear.set(region);
-        await this.clearDrl(clear);
+        await this.committedFromSpool(segment);
         this.options.log?.(`point in time ${delta.seq} (${new Date(delta.end).toISOString()}) shipped from the spool: ${segment.regions.length} regions`);
         last = { seq: delta.seq, regions: segment.regions.length };
       } catch (error) {
@@ -237,6 +249,16 @@ export class Shipper {
     }
     this.outage = false;
     return last;
+  }
+
+  /** The first spooled segment is in the chain: it goes, with the DRL bits nothing else needs. */
+  private async committedFromSpool(segment: SpoolSegment): Promise<void> {
+    this.deltasShipped++;
+    this.lastShipError = undefined;
+    await this.spool.shift();
+    const clear = new DeltaMap(this.repo.geometry.regionCount);
+    for (const region of segment.regions) clear.set(region);
+    await this.clearDrl(clear);
   }
 
   private async shipDirect(): Promise<ShipResult> {

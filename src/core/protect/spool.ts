@@ -8,7 +8,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { InvalidArgumentError } from '../../errors.js';
+import { FormatError, InvalidArgumentError, StoreError } from '../../errors.js';
 import { DIGEST_BYTES } from '../../model/pit-map.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../../repo/envelope.js';
 import type { Repository } from '../../repo/repository.js';
@@ -33,6 +33,8 @@ export interface SpoolSegment {
   lengths: number[];
   file: string;
   bytes: number;
+  /** SHA-256 of the data file. */
+  sha256: Uint8Array;
   firstWrite: number | undefined;
 }
 
@@ -90,7 +92,7 @@ export class Spool {
     point: { expectedSeq: number; sealTime: number; firstWrite: number | undefined },
   ): Promise<SpoolSegment | undefined> {
     const file = join(this.dir, `${String(++this.counter).padStart(8, '0')}${SPOOL_DATA}`);
-    const segment: SpoolSegment = { ...point, regions: [], offsets: [], lengths: [], file, bytes: 0 };
+    const segment: SpoolSegment = { ...point, regions: [], offsets: [], lengths: [], file, bytes: 0, sha256: new Uint8Array(0) };
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
       const out = await open(file, 'w', 0o600);
@@ -111,7 +113,8 @@ export class Spool {
       }
       // The index goes last and whole (temp file, rename, directory sync): a segment with an index
       // is complete, so after a crash it can still be shipped as its own point in time.
-      await writeSpoolIndex(segment, this.volumeId, digest.digest());
+      segment.sha256 = digest.digest();
+      await writeSpoolIndex(segment, this.volumeId);
       this.segments.push(segment);
       this.used += segment.bytes;
       this.log?.(`store unreachable: kept the point in time of ${new Date(point.sealTime).toISOString()} (${segment.regions.length} regions) in the local spool`);
@@ -122,6 +125,19 @@ export class Spool {
       await rm(spoolIndexPath(file), { force: true });
       this.log?.(`spooling failed, coalescing instead: ${(error as Error).message}`);
       return undefined;
+    }
+  }
+
+  /**
+   * Gives the waiting segments the delta numbers `firstSeq`, `firstSeq` + 1, … (the chain moved
+   * on: a shipment that failed landed after all). Each index is rewritten whole, in order, so a
+   * crash part-way leaves renumbered segments and then ones recovery drops.
+   */
+  async renumber(firstSeq: number): Promise<void> {
+    for (const [i, segment] of this.segments.entries()) {
+      if (segment.expectedSeq === firstSeq + i) continue;
+      segment.expectedSeq = firstSeq + i;
+      await writeSpoolIndex(segment, this.volumeId);
     }
   }
 
@@ -176,7 +192,7 @@ function spoolNumber(file: string): number {
   return Number.parseInt(basename(file), 10);
 }
 
-async function writeSpoolIndex(segment: SpoolSegment, volumeId: string, dataDigest: Uint8Array): Promise<void> {
+async function writeSpoolIndex(segment: SpoolSegment, volumeId: string): Promise<void> {
   const body = {
     volumeId,
     expectedSeq: segment.expectedSeq,
@@ -186,7 +202,7 @@ async function writeSpoolIndex(segment: SpoolSegment, volumeId: string, dataDige
     offsets: segment.offsets,
     lengths: segment.lengths,
     bytes: segment.bytes,
-    sha256: dataDigest,
+    sha256: segment.sha256,
   };
   await writeFileAtomic(spoolIndexPath(segment.file), sealEnvelope(SPOOL_INDEX_KIND, body), { mode: 0o600 });
 }
@@ -220,6 +236,7 @@ export async function recoverSpool(repo: Repository, dir: string, latest: number
       const body = new FieldReader(`spool index ${name}`, openEnvelope(SPOOL_INDEX_KIND, await readFile(join(dir, name))));
       if (body.string('volumeId') !== volumeId) throw new Error('it belongs to another volume');
       const bytes = body.integer('bytes');
+      const sha256 = body.bytes('sha256', 32);
       segment = {
         expectedSeq: body.integer('expectedSeq', 1),
         sealTime: body.integer('sealTime'),
@@ -229,12 +246,13 @@ export async function recoverSpool(repo: Repository, dir: string, latest: number
         lengths: body.integers('lengths'),
         file,
         bytes,
+        sha256,
       };
       const { regions, offsets, lengths } = segment;
       if (offsets.length !== regions.length || lengths.length !== regions.length || regions.some((_, i) => offsets[i]! + lengths[i]! > bytes)) {
         throw new Error('its index is inconsistent');
       }
-      if ((await stat(file)).size !== bytes || !(await sha256OfFile(file)).equals(Buffer.from(body.bytes('sha256', 32)))) {
+      if ((await stat(file)).size !== bytes || !(await sha256OfFile(file)).equals(Buffer.from(sha256))) {
         throw new Error('its data does not match its index');
       }
     } catch (error) {
@@ -286,9 +304,18 @@ export async function* spoolRegions(segment: SpoolSegment): AsyncGenerator<{ reg
   }
 }
 
-/** True when delta `segment.expectedSeq` changed exactly the segment's regions to its bytes. */
-export async function committedAs(repo: Repository, segment: SpoolSegment): Promise<boolean> {
-  const delta = await repo.readDelta(segment.expectedSeq);
+/**
+ * True when delta `segment.expectedSeq` changed exactly the segment's regions to its bytes. A
+ * delta that is missing or unreadable holds nothing of it.
+ */
+export async function committedAs(repo: Repository, segment: SpoolSegment, signal?: AbortSignal): Promise<boolean> {
+  let delta;
+  try {
+    delta = await repo.readDelta(segment.expectedSeq, signal);
+  } catch (error) {
+    if ((error instanceof StoreError && error.kind === 'not-found') || error instanceof FormatError) return false;
+    throw error;
+  }
   try {
     const changed = [...delta.changed.regions()];
     if (changed.length !== segment.regions.length || changed.some((region, i) => region !== segment.regions[i])) return false;
