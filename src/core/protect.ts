@@ -8,8 +8,9 @@
 //    sealed region that is not shipped yet first saves the region's pre-image (bounded memory;
 //    past the bound the write waits for the region to be shipped) (protect/shipper);
 //  - after the delta commits, the DRL bits of its regions clear (unless written again);
-//  - if the store fails, the sealed point in time waits in a local spool (protect/spool), and so
-//    does every interval's point from then on, until the drain has shipped them all in order;
+//  - an interval that ends while a shipment is still trying is sealed into a local spool at once
+//    (protect/spool); if the store fails, the failed point waits there too, ahead of them, and
+//    so does every interval's point from then on, until the drain has shipped them all in order;
 //    writes keep being served; the lag (oldest unshipped write) is visible;
 //  - on start, regions left in the DRL by a crash are shipped with the first seal (claims 5, 6).
 //

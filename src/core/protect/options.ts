@@ -8,7 +8,7 @@ export interface ProtectedVolumeOptions {
   /** The dirty region log file; created if missing. */
   drl: string;
   /**
-   * While the store is unreachable, each interval's sealed content is kept in a local spool
+   * While a shipment is still trying, and while the store is unreachable, each interval's sealed content is kept in a local spool
    * (this directory, default the DRL's path + ".spool") up to spoolBytes (default 1 GiB), so
    * every point in time of the outage is shipped when the store is back. A full spool makes
    * later intervals coalesce into one.

@@ -102,7 +102,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   status(): ProtectStatus {
     const pit = this.shipper.pit;
-    const oldest = this.spool.segments[0]?.firstWrite ?? this.tracker.oldestWrite;
+    const oldest = minDefined(this.spool.segments[0]?.firstWrite, this.tracker.oldestWrite);
     const unshipped = this.pending();
     const unshippedRegions = unshipped.count();
     unshipped.dispose();
@@ -232,4 +232,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       await this.handle.close();
     }
   }
+}
+
+function minDefined(a: number | undefined, b: number | undefined): number | undefined {
+  return a === undefined ? b : b === undefined ? a : Math.min(a, b);
 }

@@ -73,8 +73,22 @@ export class Spool {
     this.counter = Math.max(...segments.map((segment) => spoolNumber(segment.file)));
   }
 
-  hasRoom(regions: number): boolean {
-    return this.used + regions * this.regionSize <= this.limitBytes;
+  /** Room for a segment of `regions` regions, besides `reservedRegions` promised to another. */
+  hasRoom(regions: number, reservedRegions = 0): boolean {
+    return this.used + (regions + reservedRegions) * this.regionSize <= this.limitBytes;
+  }
+
+  /**
+   * A segment number for a point in time that may be written later but ships before every
+   * segment numbered after it (recovery orders segments by their numbers).
+   */
+  reserveNumber(): number {
+    return ++this.counter;
+  }
+
+  /** The delta the next segment becomes: after the last one waiting, else after `chainEnd`. */
+  nextSeq(chainEnd: number): number {
+    return (this.segments.at(-1)?.expectedSeq ?? chainEnd) + 1;
   }
 
   /** Every region of every waiting segment. */
@@ -89,10 +103,11 @@ export class Spool {
   async write(
     regions: Iterable<number>,
     read: (region: number) => Promise<Uint8Array>,
-    point: { expectedSeq: number; sealTime: number; firstWrite: number | undefined },
+    point: { expectedSeq: number; sealTime: number; firstWrite: number | undefined; number?: number },
   ): Promise<SpoolSegment | undefined> {
-    const file = join(this.dir, `${String(++this.counter).padStart(8, '0')}${SPOOL_DATA}`);
-    const segment: SpoolSegment = { ...point, regions: [], offsets: [], lengths: [], file, bytes: 0, sha256: new Uint8Array(0) };
+    const { number = ++this.counter, ...meta } = point;
+    const file = join(this.dir, `${String(number).padStart(8, '0')}${SPOOL_DATA}`);
+    const segment: SpoolSegment = { ...meta, regions: [], offsets: [], lengths: [], file, bytes: 0, sha256: new Uint8Array(0) };
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
       const out = await open(file, 'w', 0o600);
@@ -115,7 +130,9 @@ export class Spool {
       // is complete, so after a crash it can still be shipped as its own point in time.
       segment.sha256 = digest.digest();
       await writeSpoolIndex(segment, this.volumeId);
-      this.segments.push(segment);
+      // In number order: a reserved number written late ships before the segments after it.
+      const at = this.segments.findIndex((other) => spoolNumber(other.file) > number);
+      this.segments.splice(at === -1 ? this.segments.length : at, 0, segment);
       this.used += segment.bytes;
       this.log?.(`store unreachable: kept the point in time of ${new Date(point.sealTime).toISOString()} (${segment.regions.length} regions) in the local spool`);
       return segment;
@@ -141,14 +158,27 @@ export class Spool {
     }
   }
 
+  /** Removes every waiting segment (they cannot ship as their own points in time) and returns them. */
+  async dropAll(): Promise<SpoolSegment[]> {
+    const dropped = this.segments.splice(0);
+    this.used = 0;
+    for (const segment of dropped) await removeSegment(segment);
+    return dropped;
+  }
+
   /** Removes the first segment (it is committed): its index first, so no index names missing data. */
   async shift(): Promise<void> {
     const segment = this.segments.shift();
     if (segment === undefined) return;
     this.used -= segment.bytes;
-    await rm(spoolIndexPath(segment.file), { force: true });
-    await rm(segment.file, { force: true });
+    await removeSegment(segment);
   }
+}
+
+/** The index first, so no index names missing data. */
+async function removeSegment(segment: SpoolSegment): Promise<void> {
+  await rm(spoolIndexPath(segment.file), { force: true });
+  await rm(segment.file, { force: true });
 }
 
 /**

@@ -3,6 +3,12 @@
 // read yet, is applied to the primary, and joins the open delta map. seal() swaps in a fresh
 // open map at one instant; readSealed() then yields each sealed region's content as of that
 // instant, whatever the host writes meanwhile.
+//
+// Several seals can be unshipped at once (a direct shipment still trying while later intervals
+// are sealed into the spool), so pre-images are kept per seal: a region can be sealed and
+// unread in two of them, each needing its own content. A direct shipment also keeps, while
+// memory allows, the pre-images of regions it has already read: if it fails, its point in time
+// is read again for the spool and must still be its content at the seal.
 
 import type { FileHandle } from 'node:fs/promises';
 import { DeltaMap } from '../../model/delta-map.js';
@@ -16,7 +22,7 @@ import type { ProtectHooks } from './options.js';
 /** The regions of one seal, to be read as of its instant. */
 export interface SealedGeneration {
   map: DeltaMap;
-  /** Regions the shipper has read (their content at the seal is taken; later writes need no pre-image). */
+  /** Regions the shipper has read (their content at the seal is taken). */
   shipped: DeltaMap;
   preimages: Map<number, Uint8Array>;
   /** Per region: the read or pre-image copy in progress. */
@@ -24,6 +30,15 @@ export interface SealedGeneration {
   /** Per region: resolves when the shipper has read it. */
   waiters: Map<number, Array<() => void>>;
   firstWrite: number | undefined;
+  /**
+   * Keep the content at the seal of regions already read, too (a direct shipment: if it fails,
+   * its point goes to the spool and is read again). Only while pre-image memory has room.
+   */
+  keepAfterRead: boolean;
+  /** Regions read whose pre-images are kept only in case the shipment fails. */
+  kept: Set<number>;
+  /** A region read was written again and its content at the seal was not kept. */
+  lost: boolean;
 }
 
 export interface WriteTrackerOptions {
@@ -36,7 +51,8 @@ export interface WriteTrackerOptions {
 export class WriteTracker {
   private open: DeltaMap;
   private openFirstWrite: number | undefined;
-  private sealed: SealedGeneration | undefined;
+  /** Sealed, not yet shipped or given up, in the order they were sealed. */
+  private readonly generations = new Set<SealedGeneration>();
   private readonly drlMarked: DeltaMap;
   private drlPending: Promise<void> = Promise.resolve();
   private readonly recorders = new Set<{ map: DeltaMap }>();
@@ -80,9 +96,11 @@ export class WriteTracker {
     return this.open.count();
   }
 
-  /** The time of the oldest write not yet sealed into the spool or shipped. */
+  /** The time of the oldest write in the open map or an unshipped seal. */
   get oldestWrite(): number | undefined {
-    return this.sealed?.firstWrite ?? this.openFirstWrite;
+    let oldest = this.openFirstWrite;
+    for (const sealed of this.generations) if (sealed.firstWrite !== undefined) oldest = Math.min(oldest ?? Infinity, sealed.firstWrite);
+    return oldest;
   }
 
   /**
@@ -125,10 +143,10 @@ export class WriteTracker {
     };
   }
 
-  /** Regions written and not shipped: the open map and the sealed one (a copy). */
+  /** Regions written and not shipped: the open map and the unshipped seals (a copy). */
   unshipped(): DeltaMap {
     const pending = this.open.clone();
-    if (this.sealed !== undefined) pending.union(this.sealed.map);
+    for (const sealed of this.generations) pending.union(sealed.map);
     return pending;
   }
 
@@ -147,8 +165,12 @@ export class WriteTracker {
     candidates.dispose();
   }
 
-  /** Swaps in a fresh open map: the sealed regions, to be read as of this instant. */
-  seal(): SealedGeneration {
+  /**
+   * Swaps in a fresh open map: the sealed regions, to be read as of this instant. With
+   * `keepAfterRead`, regions keep their content at the seal after they are read as well (see
+   * SealedGeneration).
+   */
+  seal(options: { keepAfterRead: boolean }): SealedGeneration {
     const sealed: SealedGeneration = {
       map: this.open,
       shipped: new DeltaMap(this.geometry.regionCount),
@@ -156,49 +178,56 @@ export class WriteTracker {
       busy: new Map(),
       waiters: new Map(),
       firstWrite: this.openFirstWrite,
+      keepAfterRead: options.keepAfterRead,
+      kept: new Set(),
+      lost: false,
     };
     this.open = new DeltaMap(this.geometry.regionCount);
     this.openFirstWrite = undefined;
-    this.sealed = sealed;
+    this.generations.add(sealed);
     return sealed;
   }
 
-  /** The sealed regions are shipped: no longer pending (their pre-images go with release()). */
+  /** The sealed regions are shipped: no longer pending, nothing of them to preserve (their pre-images go with release()). */
   shippedAll(sealed: SealedGeneration): void {
-    if (this.sealed === sealed) this.sealed = undefined;
+    this.generations.delete(sealed);
   }
 
   /** Lets go of a seal: its pre-images are freed and writes waiting on it go on. */
   release(sealed: SealedGeneration): void {
-    if (this.sealed === sealed) this.sealed = undefined;
+    this.generations.delete(sealed);
     this.preimagesHeld -= [...sealed.preimages.values()].reduce((n, b) => n + b.length, 0);
+    sealed.preimages.clear();
+    sealed.kept.clear();
     for (const list of sealed.waiters.values()) for (const wake of list) wake();
+    sealed.waiters.clear();
     sealed.map.dispose();
     sealed.shipped.dispose();
   }
 
   /** A seal that will not ship as its own point in time: its regions go out with the next seal. */
   reopen(sealed: SealedGeneration): void {
-    this.open.union(sealed.map);
-    if (sealed.firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, sealed.firstWrite);
+    this.reopenRegions(sealed.map.regions(), sealed.firstWrite);
+  }
+
+  /** Regions of a point in time that will not ship as its own (a dropped spool segment): they go out with the next seal. */
+  reopenRegions(regions: Iterable<number>, firstWrite: number | undefined): void {
+    for (const region of regions) this.open.set(region);
+    if (firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, firstWrite);
   }
 
   /**
-   * A failed shipment's regions that were written again after the shipper read them (or are
-   * being written now): their content at the seal is gone.
+   * A failed direct shipment is to be read again for the spool: from here on (before any await)
+   * every write to its regions saves a pre-image as for regions not yet read, and the pre-images
+   * kept for read regions serve the new reading. False when its content at the seal is not all
+   * at hand any more (a region read was written again with no room to keep it).
    */
-  rewrittenSinceRead(sealed: SealedGeneration): DeltaMap {
-    const rewritten = sealed.shipped.clone().intersect(this.open);
-    for (const region of this.writing.keys()) if (sealed.shipped.has(region)) rewritten.set(region);
-    return rewritten;
-  }
-
-  /**
-   * From here on (before any await) writes to regions already read save pre-images again: the
-   * sealed regions are read anew, and must still yield their content at the seal.
-   */
-  readAgain(sealed: SealedGeneration): void {
+  readAgain(sealed: SealedGeneration): boolean {
+    if (sealed.lost) return false;
     for (const region of [...sealed.shipped.regions()]) sealed.shipped.clear(region);
+    sealed.kept.clear();
+    sealed.keepAfterRead = false;
+    return true;
   }
 
   /** The region's content at the seal instant: its pre-image if one was saved, else the primary. */
@@ -271,33 +300,73 @@ export class WriteTracker {
       this.drlPending = mark;
     }
     await this.drlPending;
-    const sealed = this.sealed;
-    if (sealed === undefined) return;
+    for (const sealed of [...this.generations]) await this.preserve(sealed, first, end);
+  }
+
+  /** Saves the content at the seal of `sealed`'s regions in [first, end) that still need it. */
+  private async preserve(sealed: SealedGeneration, first: number, end: number): Promise<void> {
     for (let region = first; region < end; region++) {
-      // Shipped or given up while this write waited: nothing of it is left to preserve.
-      if (this.sealed !== sealed) return;
-      if (!sealed.map.has(region) || sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
-      for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
-      if (this.sealed !== sealed) return;
-      if (sealed.shipped.has(region) || sealed.preimages.has(region)) continue;
-      const length = regionLength(this.geometry, region);
-      if (this.preimagesHeld + length > this.options.preimageLimit) {
-        // Out of pre-image memory: wait until the shipper has read this region.
-        this.options.hooks?.writeWaits?.(region);
-        await new Promise<void>((wake) => (sealed.waiters.get(region) ?? sealed.waiters.set(region, []).get(region)!).push(wake));
-        continue;
+      for (;;) {
+        // Shipped or given up while this write waited: nothing of it is left to preserve.
+        if (!this.generations.has(sealed)) return;
+        if (!sealed.map.has(region) || sealed.preimages.has(region)) break;
+        const busy = sealed.busy.get(region);
+        if (busy !== undefined) {
+          await busy;
+          continue;
+        }
+        const length = regionLength(this.geometry, region);
+        const read = sealed.shipped.has(region);
+        if (read && (!sealed.keepAfterRead || sealed.lost)) break;
+        if (this.preimagesHeld + length > this.options.preimageLimit) {
+          if (read) {
+            // Kept only in case the shipment fails: no room, so a failure cannot keep its point.
+            this.loseKept(sealed);
+            break;
+          }
+          // Pre-images kept only in case of a failure make room first: they never make a write wait.
+          if (this.evictKept(length)) continue;
+          // Out of pre-image memory: wait until the shipper has read this region.
+          this.options.hooks?.writeWaits?.(region);
+          await new Promise<void>((wake) => (sealed.waiters.get(region) ?? sealed.waiters.set(region, []).get(region)!).push(wake));
+          continue;
+        }
+        const task = (async () => {
+          const copy = Buffer.allocUnsafe(length);
+          await this.readFully(copy, region * this.geometry.regionSize);
+          // Released meanwhile, or the kept copies given up: not needed, not counted.
+          if (!this.generations.has(sealed) || (read && sealed.lost)) return;
+          sealed.preimages.set(region, copy);
+          if (read && sealed.keepAfterRead) sealed.kept.add(region); // not if it is being read again for the spool now
+          this.preimagesHeld += length;
+        })();
+        sealed.busy.set(region, task);
+        await task;
+        if (sealed.busy.get(region) === task) sealed.busy.delete(region);
       }
-      const task = (async () => {
-        const copy = Buffer.allocUnsafe(length);
-        await this.readFully(copy, region * this.geometry.regionSize);
-        if (this.sealed !== sealed) return; // released meanwhile (the shipment failed): not needed, not counted
-        sealed.preimages.set(region, copy);
-        this.preimagesHeld += length;
-      })();
-      sealed.busy.set(region, task);
-      await task;
-      if (sealed.busy.get(region) === task) sealed.busy.delete(region);
     }
+  }
+
+  /** `sealed` gives up the pre-images it kept for regions already read: a failure can no longer keep its point. */
+  private loseKept(sealed: SealedGeneration): void {
+    sealed.lost = true;
+    for (const region of sealed.kept) {
+      this.preimagesHeld -= sealed.preimages.get(region)?.length ?? 0;
+      sealed.preimages.delete(region);
+    }
+    sealed.kept.clear();
+  }
+
+  /** Frees pre-images kept only in case a shipment fails until `length` more fit; false (freeing none) when that would not do. */
+  private evictKept(length: number): boolean {
+    let keptBytes = 0;
+    for (const sealed of this.generations) for (const region of sealed.kept) keptBytes += sealed.preimages.get(region)?.length ?? 0;
+    if (this.preimagesHeld - keptBytes + length > this.options.preimageLimit) return false;
+    for (const sealed of this.generations) {
+      if (this.preimagesHeld + length <= this.options.preimageLimit) break;
+      if (sealed.kept.size > 0) this.loseKept(sealed);
+    }
+    return this.preimagesHeld + length <= this.options.preimageLimit;
   }
 
   private afterWrite(first: number, end: number): void {
