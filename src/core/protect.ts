@@ -79,18 +79,23 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   const statusKey = protectStatusKey(options.source);
   // Status reports are put one at a time, in the order they are made, and the stop's report is
   // the last word: a tick's report still queued or in flight when it is made is cancelled, so no
-  // late "running" can land after it.
+  // late "running" can land after it. A report reads the status when its put starts, so while
+  // one is queued another adds nothing: reports never pile up behind a slow store.
   let reported: Promise<void> = Promise.resolve();
   const ticking = new AbortController();
   let finalReport = false;
+  let reportQueued = false;
   const publish = (running: boolean): Promise<void> => {
     if (finalReport) return reported;
     if (!running) {
       finalReport = true;
       ticking.abort();
-    }
+    } else if (reportQueued) return reported;
+    else reportQueued = true;
     const signal = running ? ticking.signal : undefined;
     reported = reported.then(async () => {
+      if (running) reportQueued = false;
+      if (signal?.aborted === true) return; // the stop's report is made: this one is cancelled
       const record = { ...volume.status(), running, updated: Date.now(), intervalMs, source: options.source, host: hostname(), pid: process.pid };
       await options.store.put(statusKey, encodeProtectStatus(record), { signal }).catch(() => undefined);
     });
@@ -119,7 +124,11 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   const schedule = options.schedule ?? everyInterval;
   const stopTicker = schedule(() => {
     takeBase();
-    if (!stopped) void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
+    if (stopped) return;
+    // Every tick reports, whatever the shipment is doing (a drain can take long to fail), and
+    // again once the shipment has settled.
+    void publish(true);
+    void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
   }, intervalMs);
   await publish(true);
   const scanNow = async (): Promise<ScanResult> => {
