@@ -18,7 +18,7 @@ import { DeltaMap } from '../../model/delta-map.js';
 import type { PitMap } from '../../model/pit-map.js';
 import type { WriterLock } from '../../repo/lock.js';
 import type { Repository } from '../../repo/repository.js';
-import { readTrust } from '../../repo/trust.js';
+import { type WriterTrust, readWriterTrust } from '../../repo/trust.js';
 import { kernels } from '../../kernels/index.js';
 import { DeltaWriter } from '../delta-writer.js';
 import type { ProtectedVolumeOptions, ShipResult } from './options.js';
@@ -56,6 +56,8 @@ export class Shipper {
   /** A shipment failed part-way: re-read the chain's end before the next one. */
   private resync = false;
   private readonly clock: () => number;
+  /** The unreadable marks objects last warned about. */
+  private warnedUnreadable = '';
 
   constructor(
     private readonly repo: Repository,
@@ -92,6 +94,19 @@ export class Shipper {
   }
 
   /** DRL bits that can go: `candidates` less what is unshipped or being written. */
+  /** The marks as every writer reads them before a delta; unreadable ones are logged once. */
+  private async readTrust(signal: AbortSignal): Promise<WriterTrust> {
+    const trust = await readWriterTrust(this.options.store, signal);
+    const unreadable = trust.unreadable.join(', ');
+    if (unreadable !== '' && unreadable !== this.warnedUnreadable) {
+      this.options.log?.(
+        `trust marks ${unreadable} cannot be read: what they named as damaged is unknown, so changed regions are stored anew instead of deduplicated against earlier packs (see cdp-s3 verify)`,
+      );
+    }
+    this.warnedUnreadable = unreadable;
+    return trust;
+  }
+
   private async clearDrl(candidates: DeltaMap): Promise<void> {
     const pending = this.pending();
     try {
@@ -323,8 +338,9 @@ export class Shipper {
         return last;
       }
       const working = this.pit.clone();
-      const writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { signal });
+      let writer: DeltaWriter | undefined;
       try {
+        writer = new DeltaWriter(this.repo, working, this.pit.seq + 1, { signal, trust: await this.readTrust(signal) });
         for await (const { region, bytes, digest } of spoolRegions(segment)) {
           await writer.apply(region, digest === undefined ? { status: 'zero' } : { status: 'changed', digest, bytes });
         }
@@ -344,7 +360,7 @@ export class Shipper {
         this.resync = true;
         return last;
       } finally {
-        writer.changed.dispose();
+        writer?.changed.dispose();
       }
     }
     this.outage = false;
@@ -366,13 +382,13 @@ export class Shipper {
     const { sealed, sealTime } = flight;
     const start = this.pit.time;
     const working = this.pit.clone();
-    // No abort signal here: the signal means "stop", and stopping ships a last delta.
-    const trust = await readTrust(this.options.store).catch(() => ({ damaged: new Set<string>() }));
-    // A store that hangs must not stall protection: a shipment that takes too long fails.
+    // A store that hangs must not stall protection: a shipment that takes too long fails. (Not
+    // the volume's abort signal: that means "stop", and stopping ships a last delta.)
     const signal = AbortSignal.timeout(this.shipTimeoutMs);
-    const writer = new DeltaWriter(this.repo, working, flight.expectedSeq, { damaged: trust.damaged, signal });
+    let writer: DeltaWriter | undefined;
     const k = kernels();
     try {
+      writer = new DeltaWriter(this.repo, working, flight.expectedSeq, { trust: await this.readTrust(signal), signal });
       for (const region of sealed.map.regions()) {
         const bytes = await this.tracker.readSealed(sealed, region);
         if (k.isZero(bytes)) await writer.apply(region, { status: 'zero' });
@@ -405,7 +421,7 @@ export class Shipper {
       flight.keepable = this.spool.hasRoom(flight.regions) && this.tracker.readAgain(sealed);
       return undefined;
     } finally {
-      writer.changed.dispose();
+      writer?.changed.dispose();
     }
   }
 }
