@@ -130,7 +130,9 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
     void publish(true);
     void volume.sealAndShip().then(() => publish(true)).catch((error: unknown) => options.log?.(`shipping: ${(error as Error).message}`));
   }, intervalMs);
-  await publish(true);
+  // Not awaited: a report is informational, and a slow store (a put retried up to 6 times, 10 s
+  // each) must not keep protect from saying that it serves; supervisors wait for that.
+  void publish(true);
   const scanNow = async (): Promise<ScanResult> => {
     const result = await volume.exclusive((lock) =>
       scan({ store: options.store, source: options.source, changes: volume, heldLock: lock }),

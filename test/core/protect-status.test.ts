@@ -201,5 +201,26 @@ for (const kind of ['fs', 's3'] as const) {
       expect(statusPuts - before).toBe(2); // the held one and one more, not one per tick
       await handle.stop();
     });
+
+    it('protect returns (serving) while its first status report is still being put: a slow store does not delay the start', async () => {
+      const f = await makeFixture(kind);
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let held = false;
+      const store = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (!key.startsWith('status/') || held) return;
+          held = true;
+          await released; // the first report hangs
+        },
+      });
+      const handle = await protect({ store, source: f.source, drl: f.drl, listen: { host: '127.0.0.1', port: 0 }, intervalMs: 1000, schedule: () => () => {} });
+      expect(held).toBe(true);
+      expect(handle.port).toBeGreaterThan(0);
+      release();
+      await handle.stop();
+      const { protects } = await status({ store: f.store });
+      expect(protects).toEqual([expect.objectContaining({ running: false })]);
+    });
   });
 }
