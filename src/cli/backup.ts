@@ -39,6 +39,11 @@ export function registerBackup(program: Command): void {
           `cdp-s3: warning: the chain is missing deltas ${result.missingDeltas.join(', ')}; point in time ${result.seq} was added after the newest (a checkpoint past the gap stands in for it), never into the gap (see cdp-s3 log and verify)`,
         );
       }
+      if (result.unreadableMarks.length > 0) {
+        cli.note(
+          `cdp-s3: warning: trust marks ${result.unreadableMarks.join(', ')} cannot be read: what they named as damaged is unknown, so changed regions were stored anew instead of deduplicated against earlier packs (see cdp-s3 verify)`,
+        );
+      }
       if (result.checkpointError !== undefined) {
         cli.note(`cdp-s3: warning: point in time ${result.seq} is committed, but its checkpoint was not written (${result.checkpointError}); later restores read more deltas`);
       }

@@ -12,7 +12,7 @@ import type { DeltaMap } from '../model/delta-map.js';
 import type { Delta } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository, loadNewestForWriting } from '../repo/repository.js';
-import { readTrust } from '../repo/trust.js';
+import { readWriterTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
@@ -69,6 +69,8 @@ export interface BackupResult {
   regionsRepaired: number;
   /** Deltas missing from the chain (a checkpoint past them let this backup add to it). */
   missingDeltas: number[];
+  /** `marks/` objects that cannot be read: changed regions were stored anew, not deduplicated against earlier packs. */
+  unreadableMarks: string[];
 }
 
 export async function backup(options: BackupOptions): Promise<BackupResult> {
@@ -109,8 +111,8 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     // The PIT map of the newest point in time; it becomes the new one as regions change.
     const pit = await loadNewestForWriting(repo, chain, 'backup', signal);
     const previousTime = pit.time;
-    const trust = await readTrust(store, signal);
-    const writer = new DeltaWriter(repo, pit, previous + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+    const trust = await readWriterTrust(store, signal);
+    const writer = new DeltaWriter(repo, pit, previous + 1, { signal, packsInFlight: options.packsInFlight, trust });
     maps.push(writer.changed);
     // A region whose stored copy a verify found damaged is stored again, even when unchanged.
     const isDamaged = (region: number): boolean => {
@@ -172,6 +174,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       ...(checkpointError === undefined ? {} : { checkpointError }),
       regionsRepaired,
       missingDeltas: chain.missing,
+      unreadableMarks: trust.unreadable,
     };
   } finally {
     // A lock that cannot be removed (or was lost after the last check) expires by itself; the

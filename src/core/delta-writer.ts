@@ -9,6 +9,7 @@ import { type Delta, DIGEST_BYTES, type Geometry, type PitMap, type RegionLocati
 import { packKey } from '../repo/keys.js';
 import { PackBuilder } from '../repo/pack.js';
 import type { Repository } from '../repo/repository.js';
+import { type WriterTrust, locationId, mayReuse } from '../repo/trust.js';
 import type { ReadResult, RegionPool } from '../volume/region-pool.js';
 
 /** A digest no region has: reading with it as the expectation always yields the bytes. */
@@ -115,13 +116,11 @@ export interface DeltaWriterOptions {
   signal?: AbortSignal;
   /** Packs being uploaded at once (each up to the repository's pack size in memory). */
   packsInFlight?: number;
-  /** Locations known to be damaged: never deduplicated against. */
-  damaged?: ReadonlySet<string>;
+  /** What the marks say about stored bytes (readWriterTrust): required, so no writer forgets it. */
+  trust: WriterTrust;
 }
 
-export function locationId(location: RegionLocation): string {
-  return `${location.pack}@${location.offset}`;
-}
+export { locationId };
 
 /**
  * Builds delta `seq` on top of `pit` (which it updates in place to the new point in time):
@@ -135,17 +134,18 @@ export class DeltaWriter {
   private readonly uploads = new Set<Promise<void>>();
   private readonly spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
   private readonly dedup: DedupIndex;
+  /** Packs this writer stores: what it deduplicates against within its own delta is always usable. */
+  private readonly ownPacks = new Set<string>();
   private failure: unknown;
 
   constructor(
     private readonly repo: Repository,
     readonly pit: PitMap,
     readonly seq: number,
-    private readonly options: DeltaWriterOptions = {},
+    private readonly options: DeltaWriterOptions,
   ) {
     this.changed = new DeltaMap(pit.regionCount);
-    const damaged = options.damaged ?? new Set<string>();
-    this.dedup = new DedupIndex(pit, (location) => !damaged.has(locationId(location)));
+    this.dedup = new DedupIndex(pit, (location) => this.ownPacks.has(location.pack) || mayReuse(options.trust, location));
   }
 
   /** Records what the primary holds in `region` now (callers serialize calls). */
@@ -181,11 +181,10 @@ export class DeltaWriter {
       await this.upload(this.pack);
       this.pack = undefined;
     }
-    this.pack ??= new PackBuilder(
-      packKey(this.seq, randomBytes(4).toString('hex')),
-      Math.max(this.repo.config.packSize, g.regionSize),
-      this.spareBuffers.pop(),
-    );
+    if (this.pack === undefined) {
+      this.pack = new PackBuilder(packKey(this.seq, randomBytes(4).toString('hex')), Math.max(this.repo.config.packSize, g.regionSize), this.spareBuffers.pop());
+      this.ownPacks.add(this.pack.key);
+    }
     this.bytesStored += bytes.length;
     return { pack: this.pack.key, offset: this.pack.append(bytes) };
   }

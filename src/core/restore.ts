@@ -20,6 +20,7 @@ import { Repository } from '../repo/repository.js';
 import { readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
+import { syncDirectory } from '../volume/durable-file.js';
 import { openVolume, sameStorage } from '../volume/source.js';
 import { readRegions } from './delta-writer.js';
 import { type ChosenPoint, type PointSelector, choosePoint } from './points.js';
@@ -542,15 +543,6 @@ function targetError(error: unknown, target: string): unknown {
   if (code === 'ENOENT') return new CdpError('TARGET', `${dirname(target)} does not exist; create it or choose another --to`, { cause: error });
   if (error instanceof RegionIoError) return new CdpError('TARGET', `writing ${target} failed: ${error.message}`, { cause: error });
   return error;
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, constants.O_RDONLY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export function describePlan(plan: RestorePlan): string {

@@ -22,7 +22,7 @@ import { DeltaMap } from '../model/delta-map.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository, loadNewestForWriting } from '../repo/repository.js';
-import { putMarks, putScanRecord, readTrust, scanRecordKey } from '../repo/trust.js';
+import { putMarks, putScanRecord, readWriterTrust, scanRecordKey } from '../repo/trust.js';
 import { CountingStore } from '../store/counting.js';
 import type { ObjectStore } from '../store/types.js';
 import { type ChangeSource, QuiescentSource } from '../volume/changes.js';
@@ -103,6 +103,8 @@ export interface ScanResult extends Omit<ScanRecord, 'start' | 'end' | 'source' 
   discrepantRegions: number[];
   /** Deltas missing from the chain: new deltas went after the newest, and the walk back could not subtract them. */
   missingDeltas: number[];
+  /** `marks/` objects that cannot be read: changed regions were stored anew, not deduplicated against earlier packs. */
+  unreadableMarks: string[];
 }
 
 function firstRegions(map: DeltaMap): number[] {
@@ -168,7 +170,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     if (latest !== 0 && base) throw new InvalidArgumentError(`${store.location} has a base already (point in time ${latest})`);
     if (base && dryRun) throw new InvalidArgumentError('a base cannot be taken as a dry run');
     const baseRecorder = base ? changes.record() : undefined;
-    const trust = await readTrust(store, signal);
+    const trust = await readWriterTrust(store, signal);
     const pit = await loadNewestForWriting(repo, chain, 'scan', signal);
     const read = (
       regions: Iterable<number>,
@@ -193,7 +195,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     const present = track(base ? new DeltaMap(g.regionCount) : changes.pending());
     let presentSeq: number | undefined;
     if (!present.isEmpty() && !dryRun) {
-      const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+      const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, trust });
       const sealStart = clock();
       await read(present.regions(), () => NEVER_DIGEST, (region, result) => writer.apply(region, result));
       presentSeq = latest = await commit(writer, 'host', sealStart);
@@ -258,7 +260,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       const copyStart = clock();
       const copyRecorder = changes.record();
       await hooks.copyStarted?.();
-      const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, damaged: trust.damaged });
+      const writer = new DeltaWriter(repo, pit, latest + 1, { signal, packsInFlight: options.packsInFlight, trust });
       progress.phase('copy', copySet.count() * g.regionSize);
       await read(copySet.regions(), () => NEVER_DIGEST, async (region, result) => {
         await writer.apply(region, result);
@@ -327,6 +329,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       record,
       discrepantRegions: firstRegions(compare),
       missingDeltas: chain.missing,
+      unreadableMarks: trust.unreadable,
     };
   } finally {
     await lock?.release().catch(() => undefined);
