@@ -39,7 +39,7 @@ const REGION = 64 * 1024;
 /** Small packs, so a backup puts several and a kill can fall between them. */
 const PACK = 256 * 1024;
 /** Often, so kills also fall between a delta and its checkpoint. */
-const CHECKPOINT_INTERVAL = 3;
+const SPAN_FANOUT = 3;
 /** Writes queued after the kill point (they fail once protect is gone). */
 const SPARE_WRITES = 64;
 const START_TIMEOUT_MS = 30_000;
@@ -79,6 +79,8 @@ export interface CrashReport {
   /** Everything that went wrong, one line each (empty when the loop passed). */
   failures: string[];
   seconds: number;
+  /** protect: the longest a start took until it printed its address (a start limit is START_TIMEOUT_MS). */
+  slowestStartSeconds: number;
 }
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
@@ -144,7 +146,7 @@ async function verifyProblems(store: ObjectStore): Promise<string[]> {
 }
 
 function emptyReport(scenario: CrashReport['scenario'], o: CrashLoopOptions): CrashReport {
-  return { scenario, store: o.store, trials: 0, kills: 0, pointsChecked: 0, losses: 0, failures: [], seconds: 0 };
+  return { scenario, store: o.store, trials: 0, kills: 0, pointsChecked: 0, losses: 0, failures: [], seconds: 0, slowestStartSeconds: 0 };
 }
 
 /** Backups SIGKILLed at random moments, each followed by one that completes. */
@@ -161,7 +163,7 @@ export async function backupCrashLoop(o: CrashLoopOptions): Promise<CrashReport>
   const source = join(o.work, 'disk.img');
   const image = makeImage({ size: o.size, regionSize: REGION, seed: o.seed });
   await writeFile(source, image);
-  await init({ store, from: source, regionSize: REGION, packSize: PACK, checkpointInterval: CHECKPOINT_INTERVAL });
+  await init({ store, from: source, regionSize: REGION, packSize: PACK, spanFanout: SPAN_FANOUT });
   const args = ['--repo', o.repo, 'backup', source];
   /** Committed point in time → SHA-256 of the image it was taken from. */
   const points = new Map<number, string>();
@@ -236,11 +238,17 @@ interface ProtectProcess {
   child: ChildProcess;
   url: string;
   stderr: () => string;
+  /** From the spawn to the address printed. */
+  startSeconds: number;
 }
 
-/** Starts `cdp-s3 protect` and waits for the address it prints. */
-async function startProtect(o: CrashLoopOptions, source: string, drl: string): Promise<ProtectProcess> {
-  const { child, stderr } = spawnCdp(o.cli, ['--repo', o.repo, '--json', 'protect', source, '--drl', drl, '--listen', '127.0.0.1:0', '--interval', `${INTERVAL_MS}ms`]);
+/**
+ * Starts `cdp-s3 protect` and waits for the address it prints. With --debug, so a start that
+ * does not listen in time shows its store retries (operation, key, attempt, why) in the failure.
+ */
+async function startProtect(o: CrashLoopOptions, source: string, drl: string, report: CrashReport): Promise<ProtectProcess> {
+  const spawned = now();
+  const { child, stderr } = spawnCdp(o.cli, ['--debug', '--repo', o.repo, '--json', 'protect', source, '--drl', drl, '--listen', '127.0.0.1:0', '--interval', `${INTERVAL_MS}ms`]);
   let stdout = '';
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -263,7 +271,9 @@ async function startProtect(o: CrashLoopOptions, source: string, drl: string): P
       reject(new Error(`protect exited with ${code ?? signal} before it listened: ${stderr() || '(no output)'}`));
     });
   });
-  return { child, url, stderr };
+  const startSeconds = now() - spawned;
+  report.slowestStartSeconds = Math.max(report.slowestStartSeconds, startSeconds);
+  return { child, url, stderr, startSeconds };
 }
 
 interface Write {
@@ -358,7 +368,7 @@ export async function protectCrashLoop(o: CrashLoopOptions): Promise<CrashReport
   const drl = join(o.work, 'volume.drl');
   const model = makeImage({ size: o.size, regionSize: REGION, seed: o.seed });
   await writeFile(source, model);
-  await init({ store, from: source, regionSize: REGION, packSize: PACK, checkpointInterval: CHECKPOINT_INTERVAL });
+  await init({ store, from: source, regionSize: REGION, packSize: PACK, spanFanout: SPAN_FANOUT });
   await backup({ store, source, workers: 2 });
 
   for (let trial = 1; trial <= o.trials; trial++) {
@@ -385,7 +395,7 @@ async function protectTrial(
   {
     const killAt = 1 + Math.floor(rand() * (o.maxAckedWrites ?? 300));
     const writes = randomWrites(rand, killAt + SPARE_WRITES, o.size);
-    const victim = await startProtect(o, source, drl);
+    const victim = await startProtect(o, source, drl, report);
     let killed = false;
     const { acked, problems, stderr } = await writeThrough(victim.url, writes, (n) => {
       if (n === killAt && running(victim.child)) killed = victim.child.kill('SIGKILL');
@@ -409,7 +419,7 @@ async function protectTrial(
     let recoveryKill: number | undefined;
     if (rand() < 0.5) {
       recoveryKill = rand() * 2 * INTERVAL_MS;
-      const recovering = await startProtect(o, source, drl);
+      const recovering = await startProtect(o, source, drl, report);
       const timer = setTimeout(() => recovering.child.kill('SIGKILL'), recoveryKill);
       const exit = await exited(recovering.child);
       clearTimeout(timer);
@@ -418,7 +428,7 @@ async function protectTrial(
     }
 
     // Restart on the same DRL and drain: the newest point in time is the volume.
-    const restarted = await startProtect(o, source, drl);
+    const restarted = await startProtect(o, source, drl, report);
     restarted.child.kill('SIGTERM');
     const drained = await exited(restarted.child);
     if (drained.code !== 0) fail(`the restarted protect exited with ${drained.code ?? drained.signal} on SIGTERM: ${restarted.stderr()}`);
@@ -433,7 +443,7 @@ async function protectTrial(
     for (const problem of await verifyProblems(store)) fail(problem);
     o.log?.(
       `protect/${o.store} trial ${trial}: SIGKILL at acknowledged write ${killAt} (${acked} acknowledged in all)` +
-        `${recoveryKill === undefined ? '' : `, again ${recoveryKill.toFixed(0)} ms into recovery`}; drained; newest point checked`,
+        `${recoveryKill === undefined ? '' : `, again ${recoveryKill.toFixed(0)} ms into recovery`}; restart listened after ${restarted.startSeconds.toFixed(2)} s; drained; newest point checked`,
     );
   }
 }
@@ -484,9 +494,19 @@ export async function runCrashBench(argv: string[], log: (line: string) => void)
 }
 
 export function renderCrashBench(reports: CrashReport[]): string {
-  const rows = reports.map((r) => [r.scenario, r.store, String(r.trials), String(r.kills), String(r.pointsChecked), String(r.losses), String(r.failures.length), r.seconds.toFixed(1)]);
+  const rows = reports.map((r) => [
+    r.scenario,
+    r.store,
+    String(r.trials),
+    String(r.kills),
+    String(r.pointsChecked),
+    String(r.losses),
+    String(r.failures.length),
+    r.seconds.toFixed(1),
+    r.scenario === 'protect' ? r.slowestStartSeconds.toFixed(2) : '-',
+  ]);
   const failures = reports.flatMap((r) => r.failures);
-  return [table(['scenario', 'store', 'trials', 'kills', 'points checked', 'losses', 'failures', 'seconds'], rows), ...failures].join('\n');
+  return [table(['scenario', 'store', 'trials', 'kills', 'points checked', 'losses', 'failures', 'seconds', 'slowest start s'], rows), ...failures].join('\n');
 }
 
 export function crashBenchFailed(reports: CrashReport[]): boolean {

@@ -39,6 +39,11 @@ export function registerBackup(program: Command): void {
           `cdp-s3: warning: the chain is missing deltas ${result.missingDeltas.join(', ')}; point in time ${result.seq} was added after the newest (a span past the gap stands in for it), never into the gap (see cdp-s3 log and verify)`,
         );
       }
+      if (result.unreadableMarks.length > 0) {
+        cli.note(
+          `cdp-s3: warning: trust marks ${result.unreadableMarks.join(', ')} cannot be read: what they named as damaged is unknown, so changed regions were stored anew instead of deduplicated against earlier packs (see cdp-s3 verify)`,
+        );
+      }
       if (result.spanError !== undefined) {
         cli.note(`cdp-s3: warning: point in time ${result.seq} is committed, but a span due at it was not written (${result.spanError}); later reads fold its parts instead, and the next commit writes it`);
       }

@@ -28,6 +28,11 @@ export function registerScan(program: Command): void {
           `cdp-s3: warning: the chain is missing deltas ${result.missingDeltas.join(', ')}; new points in time go after the newest, never into the gap, and suspects are marked across it (see cdp-s3 log and verify)`,
         );
       }
+      if (result.unreadableMarks.length > 0) {
+        cli.note(
+          `cdp-s3: warning: trust marks ${result.unreadableMarks.join(', ')} cannot be read: what they named as damaged is unknown, so changed regions were stored anew instead of deduplicated against earlier packs (see cdp-s3 verify)`,
+        );
+      }
       cli.result(result, () => {
         const lines = [`scanned ${count(result.scanned, 'region')} against point in time ${result.scanStartSeq}: ${result.discrepancies} differ`];
         if (result.presentSeq !== undefined) lines.unshift(`sealed pending host changes as point in time ${result.presentSeq}`);

@@ -13,7 +13,7 @@ import type { DeltaKind } from '../model/pit-map.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import type { PitView } from '../repo/pit-view.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
-import { readTrust } from '../repo/trust.js';
+import { readWriterTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
@@ -80,6 +80,8 @@ export interface BackupResult {
   regionsRepaired: number;
   /** Deltas missing from the chain that this backup saw (a span past them let it add to it). */
   missingDeltas: number[];
+  /** `marks/` objects that cannot be read: changed regions were stored anew, not deduplicated against earlier packs. */
+  unreadableMarks: string[];
 }
 
 export async function backup(options: BackupOptions): Promise<BackupResult> {
@@ -120,13 +122,13 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     const previous = index.latest;
     // The newest point in time, read page by page as the volume is.
     const head = await viewForWriting(repo, index, 'backup', signal);
-    const trust = await readTrust(store, signal);
+    const trust = await readWriterTrust(store, signal);
     const committer = new DeltaCommitter({
       repo,
       index,
       head,
       lock,
-      damaged: trust.damaged,
+      trust,
       sourcePath: await realpath(options.source),
       clock,
       packsInFlight: options.packsInFlight,
@@ -195,6 +197,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       metadataBytes: committed.commit.metadataBytes + writer.pageBytes,
       regionsRepaired,
       missingDeltas: index.missingDeltas(),
+      unreadableMarks: trust.unreadable,
     };
   } finally {
     // A lock that cannot be removed (or was lost after the last check) expires by itself; the

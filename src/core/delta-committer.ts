@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import type { DeltaKind } from '../model/pit-map.js';
 import type { ChainIndex } from '../repo/chain-index.js';
 import type { WriterLock } from '../repo/lock.js';
+import type { WriterTrust } from '../repo/trust.js';
 import type { PitView } from '../repo/pit-view.js';
 import type { CommitResult, Repository } from '../repo/repository.js';
 import { DeltaWriter } from './delta-writer.js';
@@ -21,10 +22,8 @@ export interface DeltaCommitterOptions {
   head: PitView;
   /** Checked right before each commit: a writer that lost its lock commits nothing. */
   lock?: WriterLock;
-  /** Stored locations found damaged: never deduplicated against. */
-  damaged?: ReadonlySet<string>;
-  /** Deduplicate against nothing stored (an unreadable marks object may name any location bad). */
-  noDedup?: boolean;
+  /** What the marks say about stored bytes (readWriterTrust), unless begin() is given a fresher reading. */
+  trust: WriterTrust;
   /** Where the primary is read (recorded in each delta). */
   sourcePath?: string;
   clock?: () => number;
@@ -66,13 +65,17 @@ export class DeltaCommitter {
     return this.options.index;
   }
 
-  /** A writer for the next delta, on top of the head. */
-  begin(options: { signal?: AbortSignal } = {}): DeltaWriter {
+  /** The same commit path on top of another index and head (the chain as it is in the store now). */
+  rebase(index: ChainIndex, head: PitView): DeltaCommitter {
+    return new DeltaCommitter({ ...this.options, index, head });
+  }
+
+  /** A writer for the next delta, on top of the head (`trust`: a reading taken for this delta). */
+  begin(options: { signal?: AbortSignal; trust?: WriterTrust } = {}): DeltaWriter {
     return new DeltaWriter(this.options.repo, this.headView, this.headView.seq + 1, {
       signal: options.signal ?? this.options.signal,
       packsInFlight: this.options.packsInFlight,
-      damaged: this.options.damaged,
-      noDedup: this.options.noDedup,
+      trust: options.trust ?? this.options.trust,
     });
   }
 

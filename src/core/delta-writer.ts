@@ -13,6 +13,7 @@ import type { PitView } from '../repo/pit-view.js';
 import type { PendingDelta, Repository } from '../repo/repository.js';
 import { RunBuilder } from '../repo/run-builder.js';
 import type { DeltaInfo } from '../repo/run-codec.js';
+import { type WriterTrust, mayReuse } from '../repo/trust.js';
 import { TaskWindow } from '../util/task-window.js';
 import type { ReadResult, RegionPool } from '../volume/region-pool.js';
 
@@ -195,15 +196,11 @@ export interface DeltaWriterOptions {
   signal?: AbortSignal;
   /** Packs being uploaded at once (each up to the repository's pack size in memory). */
   packsInFlight?: number;
-  /** Locations known to be damaged: never deduplicated against. */
-  damaged?: ReadonlySet<string>;
-  /** Deduplicate against no stored location at all (what may be damaged is unknown). */
-  noDedup?: boolean;
+  /** What the marks say about stored bytes (readWriterTrust): required, so no writer forgets it. */
+  trust: WriterTrust;
 }
 
-export function locationId(location: RegionLocation): string {
-  return `${location.pack}@${location.offset}`;
-}
+export { locationId } from '../repo/trust.js';
 
 /**
  * Builds delta `seq` on top of the point `base` shows: apply() each region read from the
@@ -217,6 +214,7 @@ export class DeltaWriter {
   private readonly uploads: TaskWindow;
   private readonly spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
   private readonly dedup: DedupIndex;
+  private readonly ownPacks = new Set<string>();
   private readonly run: RunBuilder;
   private pages: PendingDelta['pages'] | undefined;
 
@@ -225,11 +223,11 @@ export class DeltaWriter {
     /** The newest point, which this delta follows. */
     readonly base: PitView,
     readonly seq: number,
-    private readonly options: DeltaWriterOptions = {},
+    private readonly options: DeltaWriterOptions,
   ) {
     this.changed = new DeltaMap(repo.geometry.regionCount);
-    const damaged = options.damaged ?? new Set<string>();
-    this.dedup = new DedupIndex(base, (location) => options.noDedup !== true && !damaged.has(locationId(location)));
+    // Content this delta stored itself is always there to reuse; older packs only as the marks allow.
+    this.dedup = new DedupIndex(base, (location) => this.ownPacks.has(location.pack) || mayReuse(options.trust, location));
     this.run = new RunBuilder(repo.store, seq, repo.context, { signal: options.signal, inlineEntries: repo.inlineEntries });
     this.uploads = new TaskWindow(options.packsInFlight ?? 4);
   }
@@ -281,11 +279,10 @@ export class DeltaWriter {
       await this.upload(this.pack);
       this.pack = undefined;
     }
-    this.pack ??= new PackBuilder(
-      packKey(this.seq, randomBytes(4).toString('hex')),
-      Math.max(this.repo.config.packSize, g.regionSize),
-      this.spareBuffers.pop(),
-    );
+    if (this.pack === undefined) {
+      this.pack = new PackBuilder(packKey(this.seq, randomBytes(4).toString('hex')), Math.max(this.repo.config.packSize, g.regionSize), this.spareBuffers.pop());
+      this.ownPacks.add(this.pack.key);
+    }
     this.bytesStored += bytes.length;
     return { pack: this.pack.key, offset: this.pack.append(bytes) };
   }

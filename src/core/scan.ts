@@ -23,7 +23,7 @@ import type { Block, ChainIndex } from '../repo/chain-index.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
-import { putMarks, putScanRecord, readTrust, scanRecordKey } from '../repo/trust.js';
+import { putMarks, putScanRecord, readWriterTrust, scanRecordKey } from '../repo/trust.js';
 import { CountingStore } from '../store/counting.js';
 import type { ObjectStore } from '../store/types.js';
 import { type ChangeSource, QuiescentSource } from '../volume/changes.js';
@@ -106,6 +106,8 @@ export interface ScanResult extends Omit<ScanRecord, 'start' | 'end' | 'source' 
   discrepantRegions: number[];
   /** Deltas missing from the chain: new deltas went after the newest, and the walk back could not subtract them. */
   missingDeltas: number[];
+  /** `marks/` objects that cannot be read: changed regions were stored anew, not deduplicated against earlier packs. */
+  unreadableMarks: string[];
 }
 
 function firstRegions(map: DeltaMap): number[] {
@@ -168,13 +170,13 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     if (latest !== 0 && base) throw new InvalidArgumentError(`${store.location} has a base already (point in time ${latest})`);
     if (base && dryRun) throw new InvalidArgumentError('a base cannot be taken as a dry run');
     const baseRecorder = base ? changes.record() : undefined;
-    const trust = await readTrust(store, signal);
+    const trust = await readWriterTrust(store, signal);
     const committer = new DeltaCommitter({
       repo,
       index,
       head: await viewForWriting(repo, index, 'scan', signal),
       lock: activeLock,
-      damaged: trust.damaged,
+      trust,
       sourcePath,
       clock,
       packsInFlight: options.packsInFlight,
@@ -331,6 +333,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
       record,
       discrepantRegions: firstRegions(compare),
       missingDeltas: index.missingDeltas(),
+      unreadableMarks: trust.unreadable,
     };
   } finally {
     await lock?.release().catch(() => undefined);

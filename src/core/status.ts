@@ -1,11 +1,10 @@
 // status: what a repository holds now (newest point in time, last scan) and what each running
 // protect reports about itself (lag, dirty region log, pre-images, shipping errors).
 
-import { openEnvelope } from '../repo/envelope.js';
+import { PROTECT_STATUS_PREFIX, type ProtectStatus, decodeProtectStatus } from '../repo/protect-status.js';
 import { Repository } from '../repo/repository.js';
 import { readScanRecords, readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
-import { PROTECT_STATUS_KIND, PROTECT_STATUS_PREFIX, type ProtectStatus } from './protect.js';
 
 export interface ProtectReport extends ProtectStatus {
   key: string;
@@ -64,8 +63,7 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
   const now = options.now ?? Date.now();
   for await (const info of store.list(PROTECT_STATUS_PREFIX, { signal })) {
     try {
-      const body = openEnvelope(PROTECT_STATUS_KIND, await store.get(info.key, { signal }));
-      const report = JSON.parse(String(body['json'])) as Omit<ProtectReport, 'key' | 'updated' | 'stale'> & { updated: number };
+      const report = decodeProtectStatus(await store.get(info.key, { signal }));
       protects.push({ ...report, key: info.key, updated: new Date(report.updated).toISOString(), stale: report.running && now - report.updated > 3 * report.intervalMs + 10_000 });
     } catch {
       // An unreadable status report is only informational; skip it.

@@ -84,12 +84,41 @@ export async function readTrust(store: ObjectStore, signal?: AbortSignal): Promi
       list.push({ ...mark, record: value.record });
     }
     for (const location of value.damaged) {
-      const id = `${location.pack}@${location.offset}`;
+      const id = locationId(location);
       if (!trust.damaged.has(id)) trust.damagedLocations.push(location);
       trust.damaged.add(id);
     }
   }
   return trust;
+}
+
+/** How a stored region's location is named in `damaged` (`pack@offset`). */
+export function locationId(location: { pack: string; offset: number }): string {
+  return `${location.pack}@${location.offset}`;
+}
+
+/**
+ * What a writer (backup, scan, protect) takes from the marks before each delta it writes: which
+ * stored bytes it must not deduplicate against. One reading for every writer (readWriterTrust).
+ */
+export interface WriterTrust {
+  /** `pack@offset` of stored bytes found missing or corrupt: never reused, stored again. */
+  damaged: ReadonlySet<string>;
+  /**
+   * Keys of `marks/` objects that cannot be read. What they named as damaged is unknown, so
+   * while there is any, no location stored by an earlier delta is reused (mayReuse).
+   */
+  unreadable: string[];
+}
+
+export async function readWriterTrust(store: ObjectStore, signal?: AbortSignal): Promise<WriterTrust> {
+  const trust = await readTrust(store, signal);
+  return { damaged: trust.damaged, unreadable: trust.unreadable.map((u) => u.key) };
+}
+
+/** Whether a new delta may refer to region bytes an earlier delta stored at `location`. */
+export function mayReuse(trust: WriterTrust, location: { pack: string; offset: number }): boolean {
+  return trust.unreadable.length === 0 && !trust.damaged.has(locationId(location));
 }
 
 /** Puts `marks` under a new key; `newestSeq` is the newest point in time the writer has seen. */

@@ -9,12 +9,12 @@
 // O_NONBLOCK, so open() of a FIFO returns at once instead of waiting forever for a writer, and
 // the opened descriptor is checked with fstat before anything is read.
 
-import { randomBytes } from 'node:crypto';
 import { close, constants, fstat, open as openFd, type Dirent, type Stats } from 'node:fs';
-import { open, mkdir, rename, link, unlink, readdir, lstat } from 'node:fs/promises';
+import { mkdir, rename, link, unlink, readdir, lstat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { CdpError, StoreError, throwIfAborted } from '../errors.js';
+import { TEMP_PREFIX, syncDirectory, syncFile, tempPath, writeNewFile } from '../volume/durable-file.js';
 import { preadFully } from '../volume/positional-io.js';
 import { hasBadSegment } from './paths.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
@@ -23,7 +23,6 @@ const openAsync = promisify(openFd);
 const fstatAsync = promisify(fstat);
 const closeAsync = promisify(close);
 
-const TEMP_PREFIX = '.tmp-';
 /** Modes of what the store creates (the umask can only take more away). */
 const PRIVATE_FILE_MODE = 0o600;
 const PRIVATE_DIR_MODE = 0o700;
@@ -93,7 +92,7 @@ export class FsStore implements ObjectStore {
     throwIfAborted(options?.signal);
     const path = this.path(key);
     const dir = dirname(path);
-    const temp = join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
+    const temp = tempPath(dir);
     try {
       // Objects hold disk contents: only the owner may read them, whatever the umask.
       const firstCreated = await mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
@@ -105,16 +104,7 @@ export class FsStore implements ObjectStore {
         }
       }
       await this.refuseLinkedDirectory(key, 'write');
-      const handle = await open(temp, 'wx', PRIVATE_FILE_MODE);
-      try {
-        // One write call for the whole body (writeFile would split it into small chunks).
-        for (let written = 0; written < body.length; ) {
-          written += (await handle.write(body, written, body.length - written, written)).bytesWritten;
-        }
-        if (options?.deferSync !== true) await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await writeNewFile(temp, body, { mode: PRIVATE_FILE_MODE, sync: options?.deferSync !== true });
       throwIfAborted(options?.signal);
       if (options?.ifAbsent === true) {
         // link() fails with EEXIST instead of replacing, which rename() cannot do.
@@ -317,17 +307,5 @@ export class FsStore implements ObjectStore {
 function checkRange(key: string, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
     throw new StoreError('permanent', `invalid range ${offset}+${length} for ${key}: offset and length must be non-negative integers`, { key });
-  }
-}
-
-/** fsync works on a read-only descriptor too, for files as for directories. */
-const syncFile = syncDirectory;
-
-async function syncDirectory(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }

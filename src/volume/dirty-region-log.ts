@@ -18,6 +18,7 @@ import { copyFile, type FileHandle, link, open, rename, unlink } from 'node:fs/p
 import { basename, dirname, join } from 'node:path';
 import { CdpError, FormatError, InvalidArgumentError } from '../errors.js';
 import { DeltaMap, MAX_REGION_COUNT } from '../model/delta-map.js';
+import { syncDirectory } from './durable-file.js';
 
 export const DRL_MAGIC = 'CDPS3DRL';
 export const DRL_VERSION = 1;
@@ -293,20 +294,6 @@ function ioError(path: string, action: string, error: unknown): CdpError {
 
 const isMissing = (error: unknown): boolean =>
   error instanceof CdpError && (error.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
-
-/** Syncs a directory so a new name in it survives a crash (best effort where unsupported). */
-async function syncDirectory(dir: string): Promise<void> {
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(dir, constants.O_RDONLY);
-    await handle.sync();
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EISDIR' && code !== 'EPERM') throw error;
-  } finally {
-    await handle?.close();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The log

@@ -1,10 +1,36 @@
-// Making file system changes durable: a directory's entries (a rename, a link, a new file) are
-// on disk only once the directory itself is synced.
+// Local files that must survive a crash: syncing files and directory entries, and writing a file
+// whole under its name (temporary name, sync, rename, directory sync), so that after a crash a
+// reader finds the old file or the new one, never a part. Shared by the local store, the dirty
+// region log, restore and the outage spool.
 
+import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
+import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
-/** fsyncs a directory. File systems that cannot sync one (some FUSE, tmpfs variants) are let be. */
+/** Names of files being written; a crash can leave one behind, and readers skip them. */
+export const TEMP_PREFIX = '.tmp-';
+
+/** A fresh temporary name in `dir`. */
+export function tempPath(dir: string): string {
+  return join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
+}
+
+/** fsync of a file (a read-only descriptor suffices). */
+export async function syncFile(path: string): Promise<void> {
+  const handle = await open(path, constants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Makes a directory's entries durable, so a name created, renamed or removed in it survives a
+ * crash. File systems that cannot sync a directory say so (EINVAL, ENOTSUP…): there is nothing
+ * more to do there, so that is not an error.
+ */
 export async function syncDirectory(dir: string): Promise<void> {
   let handle: FileHandle | undefined;
   try {
@@ -16,4 +42,32 @@ export async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle?.close();
   }
+}
+
+/** Creates `path` (it must not exist) holding `body`, synced unless `sync` is false. */
+export async function writeNewFile(path: string, body: Uint8Array, options: { mode: number; sync?: boolean }): Promise<void> {
+  const handle = await open(path, 'wx', options.mode);
+  try {
+    // One write call for the whole body (writeFile would split it into small chunks).
+    for (let written = 0; written < body.length; ) {
+      written += (await handle.write(body, written, body.length - written, written)).bytesWritten;
+    }
+    if (options.sync !== false) await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Replaces `path` with `body` atomically and durably; the directory must exist. */
+export async function writeFileAtomic(path: string, body: Uint8Array, options: { mode: number }): Promise<void> {
+  const dir = dirname(path);
+  const temp = tempPath(dir);
+  try {
+    await writeNewFile(temp, body, { mode: options.mode });
+    await rename(temp, path);
+  } catch (error) {
+    await unlink(temp).catch(() => undefined);
+    throw error;
+  }
+  await syncDirectory(dir);
 }

@@ -14,6 +14,7 @@ import { openStore } from '../../src/store/open.js';
 import { cli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 const REGION = 64 * 1024;
@@ -58,8 +59,9 @@ for (const kind of ['fs', 's3'] as const) {
         },
       });
       try {
-        // Serving already; the first report shows the base under way.
-        const first = (await status({ store })).protects;
+        // Serving already; the first report (put in the background) shows the base under way.
+        let first: Awaited<ReturnType<typeof status>>['protects'] = [];
+        await waitUntil(async () => (first = (await status({ store })).protects).length > 0, 'the first status report');
         expect(first).toEqual([expect.objectContaining({ running: true, seq: 0, base: expect.objectContaining({ regionsDone: expect.any(Number) }) })]);
         await logged(/^base: point in time 1,/);
         const url = `nbd://127.0.0.1:${handle.port}`;

@@ -83,7 +83,7 @@ describe('SIGINT and SIGTERM stop a command whose store never answers (exit 130,
       const { held, stderr } = await interrupt(['--repo', fx.repo, 'backup', fx.source], (method, url) => method === 'PUT' && url.includes('/packs/'), signal);
       expect(held.url).toContain(`/${fx.prefix}/packs/`);
       expect(stderr).toMatch(/backup cancelled; nothing was committed/);
-      expect((await keys(fx.repo)).filter((k) => k.startsWith('deltas/') || k.startsWith('checkpoints/'))).toEqual([]);
+      expect((await keys(fx.repo)).filter((k) => k.startsWith('deltas/') || k.startsWith('spans/'))).toEqual([]);
       expect((await keys(fx.repo)).filter((k) => !k.startsWith('packs/'))).toEqual(before);
     });
 

@@ -10,9 +10,17 @@ import { forceUnlock } from '../../src/repo/lock.js';
 import { Repository } from '../../src/repo/repository.js';
 import { DirtyRegionLog } from '../../src/volume/dirty-region-log.js';
 import { FaultStore } from '../helpers/fault-store.js';
+import { waitUntil } from '../helpers/wait.js';
 import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 
 const { fixture, make: makeFixture, restoreBytes } = useProtectFixture('protectspool');
+
+/** A promise with its resolve function, for events the test waits on. */
+function signal(): { promise: Promise<void>; fire: () => void } {
+  let fire!: () => void;
+  const promise = new Promise<void>((resolve) => (fire = resolve));
+  return { promise, fire };
+}
 
 describe('the spool directory is the spool\'s own', () => {
   it('a --spool-dir that holds the DRL is refused before anything is touched; the DRL keeps its regions', async () => {
@@ -140,6 +148,198 @@ for (const kind of ['fs', 's3'] as const) {
       expect(entries.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
       expect(entries.slice(1).map((e) => Date.parse(e.time) - base)).toEqual([60_000, 61_000, 62_000, 63_000, 64_000]);
       for (let i = 0; i < atTick.length; i++) expect(sha(await restoreBytes(f.store, f.work, String(i + 2))), `point ${i + 2}`).toBe(sha(atTick[i]!));
+    });
+
+    for (const outcome of ['fails', 'fails, then a restart', 'commits'] as const) {
+      it(`a direct shipment still trying across three ticks: each tick's point waits in the spool at once; the shipment ${outcome}: four points in time, each bit-exact at its seal`, async () => {
+        const f = await makeFixture(kind);
+        const spoolDir = join(f.work, 'spool');
+        let now = Date.now();
+        let down = false;
+        const store = new FaultStore(f.store, {
+          beforePut: (key) => {
+            if (down && !key.startsWith('locks/')) throw new Error('connect ETIMEDOUT (injected)');
+          },
+        });
+        const shipperHeld = signal();
+        const releaseShipper = signal();
+        const segmentHeld = signal();
+        const releaseSegment = signal();
+        let phase: 'direct' | 'spool' = 'direct';
+        let holdSegment = false;
+        const spooled: string[] = [];
+        let onSpooled = (): void => {};
+        const whenSpooled = (n: number): Promise<void> =>
+          new Promise((resolve) => {
+            onSpooled = () => void (spooled.length >= n && resolve());
+            onSpooled();
+          });
+        const volume = await ProtectedVolume.open({
+          store,
+          source: f.source,
+          drl: f.drl,
+          spoolDir,
+          clock: () => now,
+          log: (line) => {
+            if (/in the local spool/.test(line)) spooled.push(line);
+            onSpooled();
+          },
+          hooks: {
+            beforeShipRead: async (region) => {
+              if (region !== 3) return;
+              if (phase === 'direct') {
+                // The direct shipment has read regions 1 and 2; it is held before region 3.
+                phase = 'spool';
+                shipperHeld.fire();
+                await releaseShipper.promise;
+              } else if (holdSegment) {
+                holdSegment = false;
+                segmentHeld.fire();
+                await releaseSegment.promise;
+              }
+            },
+          },
+        });
+        const atSeal: Buffer[] = [];
+        // Tick 1: regions 1-3 ship directly; the shipment is held before it reads region 3.
+        await volume.write(1 * REGION, Buffer.alloc(3 * REGION, 0x11), false);
+        atSeal.push(await readFile(f.source));
+        const first = volume.sealAndShip();
+        await shipperHeld.promise;
+        // Region 1 (read by the shipment) and region 3 (not read yet) are written again: both keep their content at seal 1.
+        now += 1000;
+        await volume.write(1 * REGION, Buffer.alloc(100, 0x21), false);
+        await volume.write(3 * REGION, Buffer.alloc(100, 0x23), false);
+        await volume.write(4 * REGION, Buffer.alloc(REGION, 0x24), false);
+        atSeal.push(await readFile(f.source));
+        const ticks = [volume.sealAndShip()]; // tick 2: regions 1, 3, 4 go to the spool at once
+        await whenSpooled(1);
+        now += 1000;
+        await volume.write(3 * REGION + 200, Buffer.alloc(100, 0x33), false);
+        await volume.write(5 * REGION, Buffer.alloc(REGION, 0x35), false);
+        atSeal.push(await readFile(f.source));
+        holdSegment = true;
+        ticks.push(volume.sealAndShip()); // tick 3: regions 3, 5; its segment is held before region 3
+        await segmentHeld.promise;
+        // Region 3 is sealed and unread in the direct shipment and in tick 3's seal: each keeps its own content.
+        await volume.write(3 * REGION + 300, Buffer.alloc(100, 0x43), false);
+        releaseSegment.fire();
+        await whenSpooled(2);
+        now += 1000;
+        await volume.write(6 * REGION, Buffer.alloc(REGION, 0x46), false);
+        atSeal.push(await readFile(f.source));
+        ticks.push(volume.sealAndShip()); // tick 4: regions 3, 6
+        await whenSpooled(3);
+        expect(volume.status()).toMatchObject({ seq: 1, spooledPoints: 3, unshippedRegions: 6 });
+        down = outcome !== 'commits';
+        releaseShipper.fire();
+        if (outcome === 'commits') {
+          // It commits as point 2; the spooled points drain after it, in order, as 3, 4 and 5.
+          expect(await Promise.all([first, ...ticks])).toEqual(Array(4).fill({ seq: 5, regions: 2 }));
+          expect(volume.status()).toMatchObject({ preimageBytes: 0, spooledPoints: 0, unshippedRegions: 0, drlRegions: 0 });
+          await volume.close();
+        } else {
+          expect(await first).toBeUndefined(); // its point goes to the spool, ahead of the three
+          expect(await Promise.all(ticks)).toEqual([undefined, undefined, undefined]);
+          expect(spooled).toHaveLength(4);
+          expect(volume.status()).toMatchObject({ seq: 1, spooledPoints: 4, preimageBytes: 0 });
+          down = false;
+          if (outcome === 'fails') {
+            expect(await volume.sealAndShip()).toEqual({ seq: 5, regions: 2 });
+            await volume.close();
+          } else {
+            // The process dies here; protect starts again on the same spool: the order on disk holds.
+            const logs: string[] = [];
+            const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
+            expect(logs.some((l) => /4 points in time from before the restart/.test(l)), logs.join('\n')).toBe(true);
+            expect(await again.sealAndShip()).toEqual({ seq: 6, regions: 6 }); // 2-5 from the spool, then the DRL's regions
+            await again.close();
+            await forceUnlock(f.store);
+          }
+        }
+        const entries = (await log({ store: f.store })).entries;
+        expect(entries.map((e) => e.seq).slice(0, 5)).toEqual([1, 2, 3, 4, 5]);
+        for (let i = 0; i < atSeal.length; i++) expect(sha(await restoreBytes(f.store, f.work, String(i + 2))), `point ${i + 2}`).toBe(sha(atSeal[i]!));
+        expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+      });
+    }
+
+    it('a failed shipment whose point cannot be kept (no pre-image memory for a region it read) takes the points spooled meanwhile with it: all their writes go out with the next seal', async () => {
+      const f = await makeFixture(kind);
+      const spoolDir = join(f.work, 'spool');
+      let down = false;
+      const packReached = signal();
+      const releasePack = signal();
+      let holdPack = true;
+      const store = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (holdPack && key.startsWith('packs/')) {
+            holdPack = false;
+            packReached.fire();
+            await releasePack.promise;
+          }
+          if (down && !key.startsWith('locks/')) throw new Error('connect ETIMEDOUT (injected)');
+        },
+      });
+      const logs: string[] = [];
+      const volume = await ProtectedVolume.open({ store, source: f.source, drl: f.drl, spoolDir, preimageBytes: 0, log: (l) => logs.push(l) });
+      await volume.write(1 * REGION, Buffer.alloc(2 * REGION, 0x11), false); // regions 1, 2
+      const first = volume.sealAndShip();
+      await packReached.promise; // both read and packed
+      await volume.write(1 * REGION, Buffer.alloc(REGION, 0x21), false); // no room to keep region 1's content at the seal
+      const tick2 = volume.sealAndShip(); // spooled at once
+      await volume.write(5 * REGION, Buffer.alloc(REGION, 0x25), false);
+      const tick3 = volume.sealAndShip(); // spooled at once
+      await waitUntil(() => logs.filter((l) => /in the local spool/.test(l)).length === 2, 'two points spooled');
+      expect(volume.status().spooledPoints).toBe(2);
+      down = true;
+      releasePack.fire();
+      expect(await Promise.all([first, tick2, tick3])).toEqual([undefined, undefined, undefined]);
+      expect(logs.some((l) => /point in time of the failed shipment and the 2 sealed while it was trying could not be kept in the spool \(a region it had read was written again/.test(l)), logs.join('\n')).toBe(true);
+      expect(volume.status()).toMatchObject({ spooledPoints: 0, spoolBytes: 0, unshippedRegions: 3, drlRegions: 3, preimageBytes: 0 });
+      expect(await readdir(spoolDir)).toEqual([]);
+      down = false;
+      expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: 3 }); // regions 1, 2, 5 together
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
+    it('a failed shipment\'s point goes to the spool as it was at its seal, though the host rewrites regions the shipper read while the segment is written', async () => {
+      const f = await makeFixture(kind);
+      let down = true;
+      let failed = false;
+      const store = new FaultStore(f.store, {
+        beforePut: (key) => {
+          if (!down || !key.startsWith('packs/')) return;
+          failed = true; // the shipper has read every sealed region: the pack goes out at the end
+          throw new Error('connect ECONNREFUSED (injected)');
+        },
+      });
+      let rewrote = false;
+      const volume = await ProtectedVolume.open({
+        store,
+        source: f.source,
+        drl: f.drl,
+        hooks: {
+          beforeShipRead: async (region) => {
+            // The segment writer is about to read region 1: the host rewrites regions 2 and 3,
+            // which the failed shipment had read already.
+            if (!failed || rewrote || region !== 1) return;
+            rewrote = true;
+            await volume.write(2 * REGION, Buffer.alloc(2 * REGION, 0xb2), false);
+          },
+        },
+      });
+      await volume.write(1 * REGION, Buffer.alloc(3 * REGION, 0xa1), false); // regions 1, 2, 3
+      const atSeal = await readFile(f.source);
+      expect(await volume.sealAndShip()).toBeUndefined(); // fails after reading 1-3; its point is spooled
+      expect(rewrote).toBe(true);
+      expect(volume.status()).toMatchObject({ spooledPoints: 1, spoolBytes: 3 * REGION });
+      down = false;
+      expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: 2 }); // point 2 from the spool, then the rewrite
+      await volume.close();
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(atSeal));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(await readFile(f.source)));
     });
   });
 }

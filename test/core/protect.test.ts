@@ -213,6 +213,100 @@ for (const kind of ['fs', 's3'] as const) {
       await forceUnlock(f.store);
     });
 
+    it('a delta the store took but whose put was reported failed is not shipped again from the spool (direct shipment, then drain)', async () => {
+      for (const failing of ['direct', 'drain'] as const) {
+        const f = await makeFixture(kind);
+        let down = failing === 'drain';
+        let lostReplies = failing === 'direct' ? 1 : 0;
+        const store = new FaultStore(f.store, {
+          beforePut: (key) => {
+            if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+          },
+          afterPut: (key) => {
+            if (lostReplies > 0 && key.startsWith('deltas/')) {
+              lostReplies--;
+              throw new Error('socket hang up after the store took the delta (injected)');
+            }
+          },
+        });
+        const logs: string[] = [];
+        const volume = await ProtectedVolume.open({ store, source: f.source, drl: f.drl, log: (line) => logs.push(line) });
+        await volume.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
+        const atFirst = await readFile(f.source);
+        expect(await volume.sealAndShip(), failing).toBeUndefined(); // failed (direct: after delta 2 landed); spooled as point 2
+        if (failing === 'drain') {
+          down = false;
+          lostReplies = 1;
+        }
+        await volume.write(2 * REGION, Buffer.alloc(REGION, 0xb2), false);
+        // Spooled as point 3, then the drain. Direct: point 2 is in the chain already, only 3 ships.
+        // Drain: delta 2 lands but its reply is lost; the next drain finds it there and ships only 3.
+        let shipped = await volume.sealAndShip();
+        if (failing === 'drain') {
+          expect(shipped, failing).toBeUndefined();
+          shipped = await volume.sealAndShip();
+        }
+        expect(shipped, failing).toEqual({ seq: 3, regions: 1 });
+        expect(volume.status(), failing).toMatchObject({ seq: 3, spooledPoints: 0, drlRegions: 0, unshippedRegions: 0 });
+        await volume.close();
+        expect(logs.some((l) => /point in time 2 from the spool was committed already/.test(l)), failing).toBe(true);
+        expect((await log({ store: f.store })).entries.map((e) => e.seq), failing).toEqual([1, 2, 3]);
+        expect(sha(await restoreBytes(f.store, f.work, '2')), failing).toBe(sha(atFirst));
+        expect(sha(await restoreBytes(f.store, f.work, '3')), failing).toBe(sha(await readFile(f.source)));
+      }
+    });
+
+    it('spooled segments are renumbered when a failed shipment that could not be spooled landed after all, and keep their numbers across a restart', async () => {
+      const f = await makeFixture(kind);
+      const spoolDir = join(f.work, 'spool');
+      let down = false;
+      let rewriteDuringPut = true;
+      let lostReplies = 1;
+      let failPacks = 0;
+      let volume: ProtectedVolume;
+      const store = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (down && !key.startsWith('locks/')) throw new Error('connect ECONNREFUSED (injected)');
+          if (failPacks > 0 && key.startsWith('packs/')) {
+            failPacks--;
+            throw new Error('connect ECONNREFUSED (injected)');
+          }
+          if (rewriteDuringPut && key.startsWith('deltas/')) {
+            // Region 1 is read and packed: rewritten now, its content at the seal is gone.
+            rewriteDuringPut = false;
+            await volume.write(1 * REGION, Buffer.alloc(REGION, 0xb2), false);
+          }
+        },
+        afterPut: (key) => {
+          if (lostReplies > 0 && key.startsWith('deltas/')) {
+            lostReplies--;
+            throw new Error('socket hang up after the store took the delta (injected)');
+          }
+        },
+      });
+      // No pre-image memory: a failed shipment whose region was rewritten cannot keep its point.
+      volume = await ProtectedVolume.open({ store, source: f.source, drl: f.drl, spoolDir, preimageBytes: 0 });
+      await volume.write(1 * REGION, Buffer.alloc(REGION, 0xa1), false);
+      expect(await volume.sealAndShip()).toBeUndefined(); // delta 2 landed, reported failed; not spooled (rewritten)
+      expect(volume.status().spooledPoints).toBe(0);
+      down = true;
+      await volume.write(2 * REGION, Buffer.alloc(REGION, 0xc3), false);
+      expect(await volume.sealAndShip()).toBeUndefined(); // spooled, expecting to become point 2
+      down = false;
+      failPacks = 1;
+      expect(await volume.sealAndShip()).toBeUndefined(); // the chain is at 2: renumbered to 3, then its pack fails
+      expect(volume.status()).toMatchObject({ seq: 2, spooledPoints: 1 });
+      // The process dies here; protect starts again on the same spool.
+      const logs: string[] = [];
+      const again = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, spoolDir, forceUnlock: true, log: (l) => logs.push(l) });
+      expect(again.status().spooledPoints, logs.join('\n')).toBe(1);
+      expect(await again.sealAndShip()).toEqual({ seq: 4, regions: 2 }); // 3 from the spool, then the DRL's regions
+      await again.close();
+      expect((await log({ store: f.store })).entries.map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(await readFile(f.source)));
+      await forceUnlock(f.store);
+    });
+
     it('a store that hangs: the shipment times out, and the next one goes on from the chain as it is', async () => {
       const f = await makeFixture(kind);
       let hang = true;
