@@ -40,7 +40,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FormatError, InvalidArgumentError, type LockHolder, LockedError, StoreError, throwIfAborted } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import { type Timer, realTimer } from '../timer.js';
-import { type EnvelopeKind, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { type EnvelopeKind, FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { LOCK_PREFIX } from './keys.js';
 
 /** A lock expires this long after its last refresh. */
@@ -101,7 +101,7 @@ export interface WriterLock {
   check(): void;
 }
 
-const lockKind = (key: string): EnvelopeKind => ({ magic: 'CDPS3LCK', version: 1, what: `lock ${key}` });
+const lockKind = (key: string): EnvelopeKind => ({ magic: 'CDPS3LCK', version: FORMAT_VERSION, what: `lock ${key}` });
 
 export function lockKey(id: string): string {
   return `${LOCK_PREFIX}${id}`;

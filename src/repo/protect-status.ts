@@ -4,10 +4,10 @@
 
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
-import { openEnvelope, sealEnvelope } from './envelope.js';
+import { FORMAT_VERSION, openEnvelope, sealEnvelope } from './envelope.js';
 
 export const PROTECT_STATUS_PREFIX = 'status/';
-export const PROTECT_STATUS_KIND = { magic: 'CDPS3STA', version: 1, what: 'protect status' } as const;
+export const PROTECT_STATUS_KIND = { magic: 'CDPS3STA', version: FORMAT_VERSION, what: 'protect status' } as const;
 
 /** What a protect knows about its own progress. */
 export interface ProtectStatus {

@@ -3,14 +3,14 @@
 // damaged after a verify) and scan records (`scans/`). Layouts are in docs/FORMAT.md.
 
 import { randomBytes } from 'node:crypto';
-import { FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { seqName } from './keys.js';
 
 export const MARK_PREFIX = 'marks/';
 export const SCAN_PREFIX = 'scans/';
 
-const MARKS_KIND = { magic: 'CDPS3MRK', version: 1, what: 'trust marks' } as const;
-const SCAN_KIND = { magic: 'CDPS3SCN', version: 1, what: 'scan record' } as const;
+const MARKS_KIND = { magic: 'CDPS3MRK', version: FORMAT_VERSION, what: 'trust marks' } as const;
+const SCAN_KIND = { magic: 'CDPS3SCN', version: FORMAT_VERSION, what: 'scan record' } as const;
 
 /** At most this many region numbers are kept per mark, as examples for people. */
 export const MAX_REGIONS_LISTED = 64;

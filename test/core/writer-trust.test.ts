@@ -9,7 +9,7 @@ import { backup } from '../../src/core/backup.js';
 import { log } from '../../src/core/log.js';
 import { ProtectedVolume } from '../../src/core/protect.js';
 import { scan } from '../../src/core/scan.js';
-import { MARK_PREFIX, timeKey } from '../../src/repo/records.js';
+import { marksKey } from '../../src/repo/records.js';
 import { loadMap } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
 import { putMarks } from '../../src/repo/trust.js';
@@ -49,8 +49,8 @@ for (const kind of ['fs', 's3'] as const) {
     it('while a marks object cannot be read, backup, scan and protect (direct and from the spool) store changed regions anew', async () => {
       const f = await makeFixture(kind);
       const same = await region5(f.source);
-      // Written at time 1: it concerns no point in time, so restores are unaffected; only what it named as damaged is unknown.
-      const unreadable = timeKey(MARK_PREFIX, 1);
+      // Its writer had seen no point in time: it concerns none, so restores are unaffected; only what it named as damaged is unknown.
+      const unreadable = marksKey(1, 0);
       await f.store.put(unreadable, Buffer.from('not a marks object'));
 
       await overwrite(f.source, 7, same);
