@@ -45,10 +45,12 @@ export interface Committed {
 
 export class DeltaCommitter {
   private headView: PitView;
+  private chainIndex: ChainIndex;
   private readonly clock: () => number;
 
   constructor(private readonly options: DeltaCommitterOptions) {
     this.headView = options.head;
+    this.chainIndex = options.index;
     this.clock = options.clock ?? Date.now;
   }
 
@@ -62,13 +64,14 @@ export class DeltaCommitter {
   }
 
   get index(): ChainIndex {
-    return this.options.index;
+    return this.chainIndex;
   }
 
   /** The same commit path on top of another index and head (the chain as it is in the store now). */
   rebase(index: ChainIndex, head: PitView): DeltaCommitter {
     return new DeltaCommitter({ ...this.options, index, head });
   }
+
 
   /** A writer for the next delta, on top of the head (`trust`: a reading taken for this delta). */
   begin(options: { signal?: AbortSignal; trust?: WriterTrust } = {}): DeltaWriter {
@@ -91,10 +94,16 @@ export class DeltaCommitter {
     const end = Math.max(options.end ?? this.clock(), head.time + 1, start);
     const source = this.options.sourcePath === undefined ? undefined : { host: hostname(), path: this.options.sourcePath };
     this.options.lock?.check(); // LOCKED if the lock was lost (removed by --force-unlock elsewhere, or expired): commit nothing
-    const commit = await this.options.repo.commitDelta(writer.delta({ kind, start: Math.min(start, end), end, source }), this.options.index, signal);
+    const commit = await this.options.repo.commitDelta(writer.delta({ kind, start: Math.min(start, end), end, source }), this.chainIndex, signal);
     // Extending keeps the folded pages at hand; once spans have replaced many of the runs folded
     // so far, the head is opened afresh from its (short) cover.
-    this.headView = head.runs.length < REOPEN_AFTER_RUNS ? await head.extend(commit.run, writer.seq, end, signal) : await this.options.repo.view(this.options.index, writer.seq, { signal });
+    if (head.runs.length < REOPEN_AFTER_RUNS) this.headView = await head.extend(commit.run, writer.seq, end, signal);
+    else {
+      // A long-running writer (protect) also lists the chain afresh, so what it keeps of the
+      // listing stays O(levels), not one entry per point of its history.
+      this.chainIndex = await this.options.repo.index(signal);
+      this.headView = await this.options.repo.view(this.chainIndex, writer.seq, { signal });
+    }
     return { seq: writer.seq, kind, start, end, regions: writer.changed.count(), bytesStored: writer.bytesStored, packs: writer.packCount, commit };
   }
 }

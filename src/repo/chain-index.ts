@@ -38,7 +38,8 @@ export class ChainIndex {
   private readonly present: Array<Set<number>> = [];
   /** Per level: ranges of `last` values that have been listed completely, [from, to]. */
   private readonly listed: Array<Array<[number, number]>> = [];
-  private readonly unreadable = new Set<string>();
+  /** Blocks listed but found unreadable, with why (a delta's reason is reported when it blocks a point). */
+  private readonly unreadable = new Map<string, FormatError | undefined>();
   /** The highest level any span is stored at (0: no spans). */
   topLevel = 0;
   /** The newest point in time (0: none yet). */
@@ -135,8 +136,8 @@ export class ChainIndex {
   }
 
   /** A block that is listed but cannot be read: spans are replaced by their children from now on. */
-  markUnreadable(block: Block): void {
-    this.unreadable.add(blockKey(block));
+  markUnreadable(block: Block, why?: FormatError): void {
+    this.unreadable.set(blockKey(block), why);
   }
 
   async has(block: Block, signal?: AbortSignal): Promise<boolean> {
@@ -183,7 +184,7 @@ export class ChainIndex {
 
   private async resolve(block: Block, point: number, signal?: AbortSignal): Promise<Block[]> {
     if (this.present[block.level]!.has(block.last) && !this.unreadable.has(blockKey(block))) return [block];
-    if (block.level === 0) throw new ChainGapError(block.last, point, this.unreadable.has(blockKey(block)));
+    if (block.level === 0) throw new ChainGapError(block.last, point, this.unreadable.get(blockKey(block)));
     // Not stored (or unreadable): its children stand in for it.
     const childLevel = block.level - 1;
     const size = this.fanout ** childLevel;
@@ -232,13 +233,15 @@ export class ChainGapError extends FormatError {
     readonly missing: number,
     /** The point in time that cannot be built. */
     readonly point: number,
-    unreadable = false,
+    /** Why the delta cannot be read (undefined: it is missing). */
+    readonly unreadable?: FormatError,
   ) {
     super(
       'FORMAT_CORRUPT',
       `delta ${seqName(missing)}`,
-      `is ${unreadable ? 'unreadable' : 'missing'} and no span from it to point in time ${point} stands in for it, so ${missing === point ? 'that point' : `points ${missing} to ${point}`} cannot be built; ` +
+      `is ${unreadable === undefined ? 'missing' : `unreadable (${unreadable.message.slice(unreadable.what.length + 2)})`} and no span from it to point in time ${point} stands in for it, so ${missing === point ? 'that point' : `points ${missing} to ${point}`} cannot be built; ` +
         (missing === 1 ? 'no earlier point exists' : 'earlier points still restore') + ' (see cdp-s3 log and cdp-s3 verify)',
+      { cause: unreadable },
     );
   }
 }

@@ -194,7 +194,10 @@ export class Repository implements RunSource {
           runs.push(await this.readRun(block, options.signal));
         } catch (error) {
           if (!(error instanceof FormatError)) throw error;
-          if (block.level === 0) throw new ChainGapError(block.last, seq, true);
+          if (block.level === 0) {
+            index.markUnreadable(block, error);
+            throw new ChainGapError(block.last, seq, error);
+          }
           failed = block;
           break;
         }
@@ -429,7 +432,7 @@ export async function viewForWriting(repo: Repository, index: ChainIndex, comman
     throw new FormatError(
       'FORMAT_CORRUPT',
       `delta ${seqName(error.missing)}`,
-      `is missing or unreadable and no span after it stands in for it, so the newest point in time (${index.latest}) cannot be built and ${command} has nothing to add to: ` +
+      `is ${error.unreadable === undefined ? 'missing' : `unreadable (${error.unreadable.message.slice(error.unreadable.what.length + 2)})`} and no span after it stands in for it, so the newest point in time (${index.latest}) cannot be built and ${command} has nothing to add to: ` +
         'put the missing object back, or restore the newest point that still restores (see cdp-s3 log) and start a new repository from it',
       { cause: error },
     );

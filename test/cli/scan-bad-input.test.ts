@@ -94,7 +94,7 @@ for (const kind of ['fs', 's3'] as const) {
       const f = await makeRepo(kind);
       await f.raw.put('deltas/0000000000000002', flipBodyByte(await f.raw.get('deltas/0000000000000002')));
       const before = await snapshot(f.raw);
-      expectFailure(await cli('--repo', f.repoUrl, 'scan', f.source), EXIT.integrity, /delta 0000000000000002: checksum mismatch/);
+      expectFailure(await cli('--repo', f.repoUrl, 'scan', f.source), EXIT.integrity, /delta 0000000000000002: is unreadable \(checksum mismatch/);
       expect(await snapshot(f.raw)).toEqual(before);
       const target = join(f.work, 'out.img');
       expectFailure(await cli('--repo', f.repoUrl, 'restore', '--at', 'latest', '--to', target), EXIT.integrity, /delta 0000000000000002/);
