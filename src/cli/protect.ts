@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { protect } from '../core/protect.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
 import { parseDuration, parseListen, parseSize } from './units.js';
@@ -22,6 +21,8 @@ export function registerProtect(program: Command): void {
       if (opts.drl === '' && source.startsWith('/dev/')) {
         throw new UsageError(`protecting a block device needs --drl FILE on persistent storage (e.g. /var/lib/cdp-s3/${source.slice(5).replace(/\//g, '-')}.drl)`);
       }
+      // Loaded when the command runs: the other commands (status above all) need no NBD server.
+      const { protect } = await import('../core/protect.js');
       const handle = await protect({
         store: cli.store(),
         source,

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { describeSkipped, parsePointSelector } from '../core/points.js';
-import { serve } from '../core/serve.js';
 import { CliContext } from './context.js';
 import { parseListen, parseSize } from './units.js';
 
@@ -29,6 +28,8 @@ export function registerServe(program: Command): void {
       const listen = parseListen(opts.listen);
       const cacheBytes = parseSize(opts.cacheSize, '--cache-size');
       const names = opts.name === undefined || opts.name === '' ? [''] : ['', opts.name];
+      // Loaded when the command runs: the other commands need no NBD server.
+      const { serve } = await import('../core/serve.js');
       const handle = await serve({
         store: cli.store(),
         at,

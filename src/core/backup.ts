@@ -23,7 +23,7 @@ import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
 import { DeltaCommitter } from './delta-committer.js';
 import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
-import type { Timer } from '../timer.js';
+import type { Timer } from '../util/timer.js';
 
 export interface BackupOptions {
   store: ObjectStore;

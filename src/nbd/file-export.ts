@@ -7,7 +7,7 @@
 import { close, fdatasync, fstat, open } from 'node:fs';
 import { promisify } from 'node:util';
 import { InvalidArgumentError } from '../errors.js';
-import { preadFully, pwriteFully, pwritevFully } from '../volume/positional-io.js';
+import { preadFully, pwriteFully, pwritevFully } from '../util/positional-io.js';
 import type { NbdExport } from './types.js';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);

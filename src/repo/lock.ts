@@ -39,7 +39,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FormatError, InvalidArgumentError, type LockHolder, LockedError, StoreError, throwIfAborted } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
-import { type Timer, realTimer } from '../timer.js';
+import { type Timer, realTimer } from '../util/timer.js';
 import { type EnvelopeKind, FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { LOCK_PREFIX } from './keys.js';
 

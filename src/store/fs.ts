@@ -14,8 +14,8 @@ import { mkdir, rename, link, unlink, readdir, lstat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { CdpError, StoreError, throwIfAborted } from '../errors.js';
-import { TEMP_PREFIX, syncDirectory, syncFile, tempPath, writeNewFile } from '../volume/durable-file.js';
-import { preadFully } from '../volume/positional-io.js';
+import { TEMP_PREFIX, syncDirectory, syncFile, tempPath, writeNewFile } from '../util/durable-file.js';
+import { preadFully } from '../util/positional-io.js';
 import { hasBadSegment } from './paths.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 

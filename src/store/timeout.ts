@@ -13,7 +13,7 @@
 // still land in a GET's `into` buffer after the caller has reused it.
 
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
-import { type Timer, realTimer } from '../timer.js';
+import { type Timer, realTimer } from '../util/timer.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;

@@ -18,7 +18,7 @@ import { copyFile, type FileHandle, link, open, rename, unlink } from 'node:fs/p
 import { basename, dirname, join } from 'node:path';
 import { CdpError, FormatError, InvalidArgumentError } from '../errors.js';
 import { DeltaMap, MAX_REGION_COUNT } from '../model/delta-map.js';
-import { syncDirectory } from './durable-file.js';
+import { syncDirectory } from '../util/durable-file.js';
 
 export const DRL_MAGIC = 'CDPS3DRL';
 export const DRL_VERSION = 1;

@@ -2,7 +2,7 @@
 // behaviour (lock refreshes and expiry, intervals, the store's per-attempt timeouts) is driven
 // step by step instead of by waiting.
 
-import type { Timer } from '../../src/timer.js';
+import type { Timer } from '../../src/util/timer.js';
 
 interface Pending {
   due: number;

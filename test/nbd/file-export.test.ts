@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { FileExport } from '../../src/nbd/file-export.js';
-import { dropPrefix } from '../../src/volume/positional-io.js';
+import { dropPrefix } from '../../src/util/positional-io.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { itNeeding } from '../helpers/requirements.js';
 import { MiB, runTool } from './helpers.js';

@@ -16,7 +16,7 @@ import { readWriterTrust } from '../../repo/trust.js';
 import { DeltaCommitter } from '../delta-committer.js';
 import type { ChangeRecorder, ChangeSource } from '../../volume/changes.js';
 import { DirtyRegionLog } from '../../volume/dirty-region-log.js';
-import { pwriteFully, pwritevFully } from '../../volume/positional-io.js';
+import { pwriteFully, pwritevFully } from '../../util/positional-io.js';
 import { openVolume } from '../../volume/source.js';
 import type { Progress } from '../progress.js';
 import { type ScanHooks, type ScanResult, scan } from '../scan.js';

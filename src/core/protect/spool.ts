@@ -12,8 +12,8 @@ import { FormatError, InvalidArgumentError, StoreError } from '../../errors.js';
 import { DIGEST_BYTES } from '../../model/pit-map.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../../repo/envelope.js';
 import type { Repository } from '../../repo/repository.js';
-import { writeFileAtomic } from '../../volume/durable-file.js';
-import { preadFully } from '../../volume/positional-io.js';
+import { writeFileAtomic } from '../../util/durable-file.js';
+import { preadFully } from '../../util/positional-io.js';
 import { kernels } from '../../kernels/index.js';
 
 const SPOOL_DATA = '.bin';

@@ -16,7 +16,7 @@ import { type Geometry, regionLength } from '../../model/pit-map.js';
 import { NbdRequestError } from '../../nbd/types.js';
 import type { ChangeRecorder } from '../../volume/changes.js';
 import type { DirtyRegionLog } from '../../volume/dirty-region-log.js';
-import { preadFully } from '../../volume/positional-io.js';
+import { preadFully } from '../../util/positional-io.js';
 import type { ProtectHooks } from './options.js';
 
 /** The regions of one seal, to be read as of its instant. */
