@@ -9,7 +9,7 @@ import { realpath } from 'node:fs/promises';
 import { AbortedError, CdpError, throwIfAborted } from '../errors.js';
 import type { DeltaMap } from '../model/delta-map.js';
 import type { PitPage } from '../model/pages.js';
-import type { DeltaKind } from '../model/pit-map.js';
+import type { DeltaKind } from '../model/regions.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import type { PitView } from '../repo/pit-view.js';
 import { Repository, viewForWriting } from '../repo/repository.js';

@@ -3,7 +3,7 @@
 
 import { UsageError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import type { Geometry } from '../model/pit-map.js';
+import type { Geometry } from '../model/regions.js';
 
 export interface ByteRange {
   offset: number;

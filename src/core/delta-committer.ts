@@ -4,7 +4,7 @@
 // moves to the new point. What callers do after (clearing a dirty region log) is theirs.
 
 import { hostname } from 'node:os';
-import type { DeltaKind } from '../model/pit-map.js';
+import type { DeltaKind } from '../model/regions.js';
 import type { ChainIndex } from '../repo/chain-index.js';
 import type { WriterLock } from '../repo/lock.js';
 import type { WriterTrust } from '../repo/trust.js';

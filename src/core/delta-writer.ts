@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { DIGEST_BYTES, type Geometry, type RegionLocation, regionLength } from '../model/pit-map.js';
+import { DIGEST_BYTES, type Geometry, type RegionLocation, regionLength } from '../model/regions.js';
 import type { PitPage } from '../model/pages.js';
 import { packKey } from '../repo/keys.js';
 import { PackBuilder } from '../repo/pack.js';

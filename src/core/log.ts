@@ -1,7 +1,7 @@
 // log: the timeline of a repository, oldest first: every point in time (delta), with the marks
 // that say it cannot be trusted and which scan or verify made them, and the scans themselves.
 
-import type { DeltaKind } from '../model/pit-map.js';
+import type { DeltaKind } from '../model/regions.js';
 import { ChainGapError } from '../repo/chain-index.js';
 import type { ScanRecord } from '../repo/records.js';
 import { deltaKey } from '../repo/keys.js';

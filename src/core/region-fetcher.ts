@@ -9,7 +9,7 @@ import type { PitView } from '../repo/pit-view.js';
 import type { Repository } from '../repo/repository.js';
 import { TaskWindow } from '../util/task-window.js';
 import type { RegionPool } from '../volume/region-pool.js';
-import { regionLength } from '../model/pit-map.js';
+import { regionLength } from '../model/regions.js';
 
 /** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
 export const MAX_RANGE_BYTES = 8 * 1024 * 1024;

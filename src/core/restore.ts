@@ -15,7 +15,7 @@ import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { AbortedError, CdpError, IntegrityError, throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { regionLength } from '../model/pit-map.js';
+import { regionLength } from '../model/regions.js';
 import type { ChainIndex } from '../repo/chain-index.js';
 import { seqName } from '../repo/keys.js';
 import type { PitView } from '../repo/pit-view.js';

@@ -21,7 +21,7 @@
 
 import { createHash } from 'node:crypto';
 import { AbortedError, CdpError, IntegrityError } from '../errors.js';
-import { type Geometry, regionLength } from '../model/pit-map.js';
+import { type Geometry, regionLength } from '../model/regions.js';
 import type { PitPage } from '../model/pages.js';
 import type { PitView } from '../repo/pit-view.js';
 import { BufferPool } from '../nbd/buffer-pool.js';

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { CdpError, FormatError, UsageError, throwIfAborted } from '../errors.js';
 import { type RunPage, ZERO_PACK, mergeRunPages } from '../model/pages.js';
-import { DIGEST_BYTES, regionLength } from '../model/pit-map.js';
+import { DIGEST_BYTES, regionLength } from '../model/regions.js';
 import { type Block, type ChainIndex, blockKey } from '../repo/chain-index.js';
 import { FORMAT_VERSION, sealEnvelope } from '../repo/envelope.js';
 import { PACK_PREFIX, seqName, seqOfPackKey } from '../repo/keys.js';

@@ -7,7 +7,7 @@
 // (or that it became zeros). A PitPage is one page of a point in time's PIT map: every region
 // of the page, the fold of the runs that make up the point in time. Pure: no I/O.
 
-import { DIGEST_BYTES, type Geometry, type RegionLocation, ZERO_REGION } from './pit-map.js';
+import { DIGEST_BYTES, type Geometry, type RegionLocation, ZERO_REGION } from './regions.js';
 
 /** In RunPage.entryPack: the region is all zeros (no bytes stored). */
 export const ZERO_PACK = 0xffff;

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { MAX_REGION_COUNT } from '../model/delta-map.js';
-import { type Geometry, geometry } from '../model/pit-map.js';
+import { type Geometry, geometry } from '../model/regions.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 
 export const CONFIG_KIND = { magic: 'CDPS3CFG', version: FORMAT_VERSION, what: 'config' } as const;

@@ -4,7 +4,7 @@
 
 import { LRUCache } from 'lru-cache';
 import { FormatError } from '../errors.js';
-import type { Geometry } from '../model/pit-map.js';
+import type { Geometry } from '../model/regions.js';
 import { PitPage, type RunPage, pageCount, pageSpan } from '../model/pages.js';
 import type { RunReader } from './run-reader.js';
 

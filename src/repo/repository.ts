@@ -5,7 +5,7 @@ import { endianness } from 'node:os';
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { CdpError, FormatError, StoreError, throwIfAborted } from '../errors.js';
-import { type Geometry } from '../model/pit-map.js';
+import { type Geometry } from '../model/regions.js';
 import { type RunPage, mergeRunPages, pageCount } from '../model/pages.js';
 import type { GetOptions, ObjectStore } from '../store/types.js';
 import { type Block, ChainGapError, ChainIndex, blockKey, describeBlock } from './chain-index.js';

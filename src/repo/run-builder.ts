@@ -4,7 +4,7 @@
 // 16 TiB volume holds a page or two in memory, not the whole map.
 
 import { FormatError } from '../errors.js';
-import type { RegionLocation } from '../model/pit-map.js';
+import type { RegionLocation } from '../model/regions.js';
 import { PageBuilder, type RunPage, pageOf } from '../model/pages.js';
 import type { ObjectStore } from '../store/types.js';
 import { PagePackWriter, type PagePackWriterOptions } from './page-packs.js';

@@ -4,7 +4,7 @@
 // its SHA-256. Every blob is itself an envelope, so a page read on its own is checked too.
 
 import { FormatError } from '../errors.js';
-import { DELTA_KINDS, type DeltaKind, DIGEST_BYTES, ZERO_REGION } from '../model/pit-map.js';
+import { DELTA_KINDS, type DeltaKind, DIGEST_BYTES, ZERO_REGION } from '../model/regions.js';
 import { type RunPage, ZERO_PACK } from '../model/pages.js';
 import { u16Bytes, u16Column, u32Bytes, u32Column, u64Bytes, u64Column } from './columns.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';

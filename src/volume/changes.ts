@@ -8,7 +8,7 @@
 import { type FileHandle, open } from 'node:fs/promises';
 import { InvalidArgumentError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import type { Geometry } from '../model/pit-map.js';
+import type { Geometry } from '../model/regions.js';
 
 export interface ChangeRecorder {
   /** Regions written since recording began (a copy). */

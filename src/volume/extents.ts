@@ -6,7 +6,7 @@
 
 import { createRequire } from 'node:module';
 import { DeltaMap } from '../model/delta-map.js';
-import type { Geometry } from '../model/pit-map.js';
+import type { Geometry } from '../model/regions.js';
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;

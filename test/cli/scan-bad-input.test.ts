@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
-import { geometry } from '../../src/model/pit-map.js';
+import { geometry } from '../../src/model/regions.js';
 import { acquireWriterLock } from '../../src/repo/lock.js';
 import { Repository } from '../../src/repo/repository.js';
 import { openStore } from '../../src/store/open.js';

@@ -12,7 +12,7 @@ import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
-import { geometry } from '../../src/model/pit-map.js';
+import { geometry } from '../../src/model/regions.js';
 import { loadDelta } from '../helpers/pit.js';
 import { Repository } from '../../src/repo/repository.js';
 import type { ObjectStore } from '../../src/store/types.js';

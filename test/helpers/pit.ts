@@ -1,7 +1,7 @@
 // A point in time's whole map and a delta's entries, loaded at once for tests (small volumes):
 // the product reads them page by page (PitView, RunReader).
 
-import type { RegionLocation } from '../../src/model/pit-map.js';
+import type { RegionLocation } from '../../src/model/regions.js';
 import type { PitPage } from '../../src/model/pages.js';
 import type { Repository } from '../../src/repo/repository.js';
 

@@ -8,7 +8,7 @@ import { mkdtemp, rm, unlink, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type RegionLocation } from '../../src/model/pit-map.js';
+import { type RegionLocation } from '../../src/model/regions.js';
 import { ChainGapError } from '../../src/repo/chain-index.js';
 import { newConfig } from '../../src/repo/config.js';
 import { deltaKey, packKey, spanKey } from '../../src/repo/keys.js';

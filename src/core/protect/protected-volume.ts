@@ -7,7 +7,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { realpath } from 'node:fs/promises';
 import { CdpError } from '../../errors.js';
 import type { DeltaMap } from '../../model/delta-map.js';
-import type { Geometry } from '../../model/pit-map.js';
+import type { Geometry } from '../../model/regions.js';
 import type { NbdExport } from '../../nbd/types.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../../repo/lock.js';
 import type { ProtectStatus } from '../../repo/protect-status.js';

@@ -9,7 +9,7 @@ import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FormatError, InvalidArgumentError, StoreError } from '../../errors.js';
-import { DIGEST_BYTES } from '../../model/pit-map.js';
+import { DIGEST_BYTES } from '../../model/regions.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../../repo/envelope.js';
 import type { Repository } from '../../repo/repository.js';
 import { writeFileAtomic } from '../../util/durable-file.js';

@@ -12,7 +12,7 @@
 
 import type { FileHandle } from 'node:fs/promises';
 import { DeltaMap } from '../../model/delta-map.js';
-import { type Geometry, regionLength } from '../../model/pit-map.js';
+import { type Geometry, regionLength } from '../../model/regions.js';
 import { NbdRequestError } from '../../nbd/types.js';
 import type { ChangeRecorder } from '../../volume/changes.js';
 import type { DirtyRegionLog } from '../../volume/dirty-region-log.js';
