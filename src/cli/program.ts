@@ -71,7 +71,9 @@ export async function run(argv: string[], options: RunOptions = {}): Promise<num
       if (code === EXIT.outputClosed && !debug) return code;
       // Damage is not fixed by retrying; say what still helps.
       const local = error instanceof FormatError && error.what.startsWith('dirty region log');
-      const hint = code === EXIT.integrity && !local ? ' (stored data is damaged; other points in time may still restore: see cdp-s3 log)' : '';
+      // A repository of another format version is not damaged: its message says what to do.
+      const otherFormat = error instanceof FormatError && error.code === 'FORMAT_UNSUPPORTED_VERSION' && error.what === 'config';
+      const hint = code === EXIT.integrity && !local && !otherFormat ? ' (stored data is damaged; other points in time may still restore: see cdp-s3 log)' : '';
       stderr.write(`cdp-s3: ${error.message}${hint}\n`);
       if (debug && error.stack !== undefined) stderr.write(`${error.stack}\n`);
       return code;

@@ -4,7 +4,7 @@
 // would make other readers see something else cannot pass unnoticed.
 
 import { createHash } from 'node:crypto';
-import { cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,10 @@ import { GOLDEN_POINTS, goldenImage } from '../../src/dev/golden-fixture.js';
 import { decodeConfig, encodeConfig } from '../../src/repo/config.js';
 import { sealEnvelope } from '../../src/repo/envelope.js';
 import { PAGE_PACK_HEADER_BYTES, decodeDeltaRoot, decodePage, decodeSpanRoot, encodeDeltaRoot, encodePage, encodeSpanRoot, pagePackHeader } from '../../src/repo/run-codec.js';
+import { EXIT } from '../../src/cli/exit-codes.js';
 import { FsStore } from '../../src/store/fs.js';
+import { cli } from '../helpers/cli.js';
+import { withVersion } from '../helpers/raw-objects.js';
 
 const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format2');
 let dir: string;
@@ -93,6 +96,23 @@ describe('golden fixtures (format 2)', () => {
     const two = decodeSpanRoot(await raw('spans/02/0000000000000004'), { level: 2, first: 1, last: 4 }, context);
     const one = decodeSpanRoot(await raw('spans/01/0000000000000002'), { level: 1, first: 1, last: 2 }, context);
     expect(two.pages.find((p) => p.page === 1)!.ref).toEqual(one.pages.find((p) => p.page === 1)!.ref);
+  });
+
+  it('a repository of format 1 (cdp-s3 0.1) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
+    for (const [version, says] of [
+      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 2\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it/],
+      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 2\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
+    ] as const) {
+      const other = join(dir, `v${version}`);
+      await cp(repoDir, other, { recursive: true });
+      await writeFile(join(other, 'config'), withVersion(await readFile(join(other, 'config')), version));
+      for (const args of [['log'], ['restore', '--at', 'latest', '--to', join(dir, 'never.img')], ['backup', join(dir, 'point-1.img')]]) {
+        const result = await cli('--repo', other, ...args);
+        expect(result.code, args.join(' ')).toBe(EXIT.integrity);
+        expect(result.stderr).toMatch(says);
+      }
+      await expect(readFile(join(dir, 'never.img'))).rejects.toThrow();
+    }
   });
 
   it('integers are msgpack integers: int64 from 2^32 on (times, large sizes), never float64', () => {
