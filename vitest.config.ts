@@ -3,8 +3,11 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    testTimeout: 60_000,
-    hookTimeout: 60_000,
+    // A safety net for a hung test, not a deadline: tests wait for events, never for time, and on a
+    // machine whose cores are busy with other work a heavy test (Ceph RGW, a crash loop, a real
+    // file system through nbdfuse) can take ten times as long as on a quiet one.
+    testTimeout: 300_000,
+    hookTimeout: 300_000,
     // The SDK warns on Node 20 that its releases from 2027 on need Node 22; the lockfile pins this one.
     env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
   },

@@ -663,7 +663,7 @@ for (const kind of ['fs', 's3'] as const) {
         );
         expectFailure(await cli('--repo', `s3://${BUCKET}/x`, '--endpoint', endpoint, 'restore', '--at', '1', '--to', target), EXIT.store, /cannot reach/);
         await expectNoTarget(target);
-      }, 30_000);
+      });
 
       it('credentials refused: the store exit code, the message is about credentials, nothing written', async () => {
         const before = await snapshot(fx.raw);
@@ -940,7 +940,7 @@ describe('interrupting a real backup process (local store)', () => {
       return;
     }
     throw new Error('every backup finished before SIGINT arrived; cannot test the interruption');
-  }, 60_000);
+  });
 
   it('SIGKILL during backup: nothing committed, leftovers harmless, the next backup is correct', async () => {
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -964,5 +964,5 @@ describe('interrupting a real backup process (local store)', () => {
       return;
     }
     throw new Error('every backup finished before SIGKILL arrived; cannot test the crash');
-  }, 60_000);
+  });
 });

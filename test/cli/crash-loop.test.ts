@@ -36,7 +36,7 @@ for (const kind of ['fs', 's3'] as const) {
   // Three trials of each in all: two on the local store, one on s3rver.
   const trials = kind === 'fs' ? 2 : 1;
   describe(`crash loop (${kind} store)`, () => {
-    it(`backup SIGKILLed at a seeded random moment, then one that completes (${trials}×): every committed point in time restores bit-exact, verify clean`, { timeout: 120_000 }, async () => {
+    it(`backup SIGKILLed at a seeded random moment, then one that completes (${trials}×): every committed point in time restores bit-exact, verify clean`, async () => {
       const report = await backupCrashLoop(options(kind, 'backup', trials, kind === 'fs' ? 11 : 21));
       expect(report.failures).toEqual([]);
       expect(report.losses).toBe(0);
@@ -45,7 +45,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect(report.pointsChecked).toBeGreaterThanOrEqual(((trials + 1) * (trials + 2)) / 2 - 1);
     });
 
-    it(`protect SIGKILLed at a seeded random acknowledged write, restarted on its DRL and drained (${trials}×): no acknowledged write lost`, { timeout: 120_000 }, async (ctx) => {
+    it(`protect SIGKILLed at a seeded random acknowledged write, restarted on its DRL and drained (${trials}×): no acknowledged write lost`, async (ctx) => {
       if (!(await qemuIo)) return ctx.skip('qemu-io or stdbuf missing (apt-get install qemu-utils coreutils)');
       const report = await protectCrashLoop(options(kind, 'protect', trials, kind === 'fs' ? 12 : 22));
       expect(report.failures).toEqual([]);

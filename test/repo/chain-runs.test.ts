@@ -115,7 +115,7 @@ describe('paged runs and spans', () => {
     for (let seq = 0; seq <= 30; seq++) await expectPoint(repo, model, seq);
     const summary = await repo.summary(await repo.index(), 14);
     expect(summary).toMatchObject({ seq: 14, kind: 'host', end: 1_014_000, storedBytes: 14 });
-  }, 120_000);
+  });
 
   it('finds the newest point with a few listings, however long the chain', async () => {
     const { store } = await makeChain(200, 3, 11, 20);
@@ -127,7 +127,7 @@ describe('paged runs and spans', () => {
     // 200 = 2·81 + 1·27 + 1·9 + 0·3 + 2·1: six runs.
     expect(cover.map((b) => `${b.level}/${b.last}`)).toEqual(['4/81', '4/162', '3/189', '2/198', '0/199', '0/200']);
     expect(store.lists).toBeLessThanOrEqual(10); // a probe per level, then one listing per level and one of deltas
-  }, 120_000);
+  });
 
   it('a missing or damaged span is replaced by its children; a missing delta breaks only what no span covers', async () => {
     const { store, repo, model } = await makeChain(12, 3, 3);
@@ -146,5 +146,5 @@ describe('paged runs and spans', () => {
     await expectPoint(repo, model, 6);
     await expectPoint(repo, model, 12);
     void store;
-  }, 120_000);
+  });
 });

@@ -190,7 +190,7 @@ for (const kind of ['fs', 's3'] as const) {
         await winner.release();
       }
       expect(await listLocks(store)).toEqual([]);
-    }, 60_000);
+    });
 
     it('of writers that all pass the first check before any puts its lock, exactly one wins (10 rounds of 2 and 3)', async () => {
       const inner = freshStore(kind);
@@ -214,7 +214,7 @@ for (const kind of ['fs', 's3'] as const) {
         expect(entries.map((e) => [e.key, e.lock?.state])).toEqual([[winner.key, 'held']]);
         await winner.release();
       }
-    }, 60_000);
+    });
 
     it('a writer whose put lands after another writer already won backs off, though it started first', async () => {
       // Sorting by start time alone would let the slow writer win too: it must see "held" and give up.
