@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
+import { pwriteFully } from './positional-io.js';
 import { dirname, join } from 'node:path';
 
 /** Names of files being written; a crash can leave one behind, and readers skip them. */
@@ -49,9 +50,7 @@ export async function writeNewFile(path: string, body: Uint8Array, options: { mo
   const handle = await open(path, 'wx', options.mode);
   try {
     // One write call for the whole body (writeFile would split it into small chunks).
-    for (let written = 0; written < body.length; ) {
-      written += (await handle.write(body, written, body.length - written, written)).bytesWritten;
-    }
+    await pwriteFully(handle.fd, body, 0);
     if (options.sync !== false) await handle.sync();
   } finally {
     await handle.close();

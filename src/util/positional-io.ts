@@ -3,7 +3,7 @@
 // NBD hot paths (FileExport, ProtectedVolume): thousands of requests a second on one thread.
 // Each call loops until all bytes moved: short reads and writes are legal and do happen.
 
-import { read, write, writev } from 'node:fs';
+import { read, readSync, write, writeSync, writev } from 'node:fs';
 
 function preadOnce(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -35,6 +35,20 @@ export async function preadFully(fd: number, target: Uint8Array, position: numbe
     done += n;
   }
   return done;
+}
+
+/** preadFully for a worker thread, which may block: fills `target` or throws at the end of the file. */
+export function preadFullySync(fd: number, target: Uint8Array, position: number): void {
+  for (let done = 0; done < target.length; ) {
+    const n = readSync(fd, target, done, target.length - done, position + done);
+    if (n === 0) throw Object.assign(new Error(`unexpected end of the file at byte ${position + done}`), { code: 'EOF' });
+    done += n;
+  }
+}
+
+/** pwriteFully for a worker thread. */
+export function pwriteFullySync(fd: number, bytes: Uint8Array, position: number): void {
+  for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }
 
 /** Writes all of `bytes` at `position`. */

@@ -6,6 +6,7 @@
 // later), and QuiescentSource, for a source nobody writes (an LVM/ZFS snapshot, an idle image).
 
 import { type FileHandle, open } from 'node:fs/promises';
+import { pwriteFully } from '../util/positional-io.js';
 import { InvalidArgumentError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
 import type { Geometry } from '../model/regions.js';
@@ -91,9 +92,7 @@ export class InProcessWriter implements ChangeSource {
     if (bytes.length === 0) return;
     const touched = new DeltaMap(g.regionCount).setRange(Math.floor(offset / g.regionSize), Math.ceil((offset + bytes.length) / g.regionSize));
     await this.drl?.mark(touched);
-    for (let done = 0; done < bytes.length; ) {
-      done += (await this.handle.write(bytes, done, bytes.length - done, offset + done)).bytesWritten;
-    }
+    await pwriteFully(this.handle.fd, bytes, offset);
     await this.handle.datasync();
     this.unsaved.union(touched);
     for (const recorder of this.recorders) recorder.map.union(touched);

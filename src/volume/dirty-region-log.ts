@@ -15,6 +15,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { copyFile, type FileHandle, link, open, rename, unlink } from 'node:fs/promises';
+import { preadFully, pwriteFully } from '../util/positional-io.js';
 import { basename, dirname, join } from 'node:path';
 import { CdpError, FormatError, InvalidArgumentError } from '../errors.js';
 import { DeltaMap, MAX_REGION_COUNT } from '../model/delta-map.js';
@@ -189,21 +190,11 @@ interface ReadLog {
 
 async function readAt(handle: FileHandle, length: number, position: number): Promise<Buffer> {
   const buffer = Buffer.alloc(length);
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return buffer.subarray(0, done);
+  return buffer.subarray(0, await preadFully(handle.fd, buffer, position));
 }
 
-async function writeAt(handle: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done);
-    done += bytesWritten;
-  }
+function writeAt(handle: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  return pwriteFully(handle.fd, bytes, position);
 }
 
 /** Reads and checks the header, then both slots. Only a damaged header throws. */

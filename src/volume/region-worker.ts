@@ -3,26 +3,12 @@
 // process-wide, so jobs carry the main thread's fd numbers.
 
 import { createHash } from 'node:crypto';
-import { readSync, writeSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { kernels } from '../kernels/index.js';
+import { preadFullySync as readFully, pwriteFullySync as writeFully } from '../util/positional-io.js';
 import type { PoolReply, PoolRequest } from './region-protocol.js';
 
 const k = kernels();
-
-function readFully(fd: number, buffer: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < buffer.length) {
-    const n = readSync(fd, buffer, done, buffer.length - done, position + done);
-    if (n === 0) throw Object.assign(new Error(`unexpected end of volume at byte ${position + done}`), { code: 'EOF' });
-    done += n;
-  }
-}
-
-function writeFully(fd: number, buffer: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < buffer.length) done += writeSync(fd, buffer, done, buffer.length - done, position + done);
-}
 
 function handle(job: PoolRequest): PoolReply {
   if (job.type === 'read') {

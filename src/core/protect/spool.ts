@@ -13,7 +13,7 @@ import { DIGEST_BYTES } from '../../model/regions.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../../repo/envelope.js';
 import type { Repository } from '../../repo/repository.js';
 import { writeFileAtomic } from '../../util/durable-file.js';
-import { preadFully } from '../../util/positional-io.js';
+import { preadFully, pwriteFully } from '../../util/positional-io.js';
 import { kernels } from '../../kernels/index.js';
 
 const SPOOL_DATA = '.bin';
@@ -118,7 +118,7 @@ export class Spool {
           segment.regions.push(region);
           segment.offsets.push(segment.bytes);
           segment.lengths.push(bytes.length);
-          await out.write(bytes, 0, bytes.length, segment.bytes);
+          await pwriteFully(out.fd, bytes, segment.bytes);
           digest.update(bytes);
           segment.bytes += bytes.length;
         }
