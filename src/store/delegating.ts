@@ -1,7 +1,7 @@
 // A store that forwards every call to another: the base of wrappers that change only a few
 // operations (counting, fault injection in tests).
 
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export class DelegatingStore implements ObjectStore {
   readonly location: string;
@@ -22,7 +22,7 @@ export class DelegatingStore implements ObjectStore {
     return this.inner.head(key, options);
   }
 
-  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
     return this.inner.list(prefix, options);
   }
 

@@ -17,7 +17,7 @@ import { CdpError, StoreError, throwIfAborted } from '../errors.js';
 import { TEMP_PREFIX, syncDirectory, syncFile, tempPath, writeNewFile } from '../util/durable-file.js';
 import { preadFully } from '../util/positional-io.js';
 import { hasBadSegment } from './paths.js';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const openAsync = promisify(openFd);
 const fstatAsync = promisify(fstat);
@@ -162,8 +162,16 @@ export class FsStore implements ObjectStore {
     }
   }
 
-  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
-    yield* this.walk('', prefix, options?.signal);
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
+    let left = options?.limit ?? Infinity;
+    if (left <= 0) return;
+    const after = options?.startAfter;
+    // The walk yields in key order: skip up to startAfter, stop at the limit.
+    for await (const info of this.walk('', prefix, options?.signal)) {
+      if (after !== undefined && info.key <= after) continue;
+      yield info;
+      if (--left === 0) return;
+    }
   }
 
   async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {

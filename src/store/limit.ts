@@ -3,7 +3,7 @@
 
 import pLimit, { type LimitFunction } from 'p-limit';
 import { throwIfAborted } from '../errors.js';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export class LimitedStore implements ObjectStore {
   readonly location: string;
@@ -38,7 +38,7 @@ export class LimitedStore implements ObjectStore {
 
 
   /** Not limited: a listing is one sequential request at a time and may be consumed slowly. */
-  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
     return this.inner.list(prefix, options);
   }
 

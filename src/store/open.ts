@@ -12,7 +12,7 @@ import { hasBadSegment, isBucketName } from './paths.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
 import { TimeoutStore, checkTimeoutOptions, type TimeoutOptions } from './timeout.js';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export type RepoUrl = { kind: 's3'; bucket: string; prefix: string } | { kind: 'fs'; path: string };
 
@@ -131,7 +131,7 @@ class LazyStore implements ObjectStore {
     return (await this.inner()).head(key, options);
   }
 
-  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
     yield* (await this.inner()).list(prefix, options);
   }
 

@@ -13,7 +13,7 @@
 
 import { setTimeout as delay } from 'node:timers/promises';
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 export interface RetryInfo {
   operation: 'get' | 'put' | 'head' | 'list' | 'delete';
@@ -119,7 +119,7 @@ export class RetryingStore implements ObjectStore {
    * Retries only until the first item (or the end) arrives: once items have been yielded, a
    * restart would yield them again, so a later failure surfaces to the caller.
    */
-  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
     const { iterator, first } = await this.run('list', prefix, options?.signal, async () => {
       const iterator = this.inner.list(prefix, options)[Symbol.asyncIterator]();
       return { iterator, first: await iterator.next() };

@@ -20,7 +20,7 @@ import pLimit from 'p-limit';
 import { AbortedError, CdpError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import { endpointProblem, redactUserinfo } from './endpoint.js';
 import { hasBadSegment, isBucketName } from './paths.js';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;
 /** S3's limits: parts are at least 5 MiB (except the last), at most 10 000 of them. */
@@ -188,8 +188,10 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
     const signal = options?.signal;
+    let left = options?.limit ?? Infinity;
+    if (left <= 0) return;
     let token: string | undefined;
     do {
       const page = await this.call(undefined, signal, () =>
@@ -197,14 +199,19 @@ export class S3Store implements ObjectStore {
           new ListObjectsV2Command({
             Bucket: this.bucket,
             Prefix: this.base + prefix,
-            ...(token !== undefined ? { ContinuationToken: token } : {}),
+            ...(token !== undefined ? { ContinuationToken: token } : options?.startAfter !== undefined ? { StartAfter: this.base + options.startAfter } : {}),
+            ...(left < 1000 ? { MaxKeys: left } : {}),
           }),
           signal === undefined ? {} : { abortSignal: signal },
         ),
       );
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;
-        yield { key: object.Key.slice(this.base.length), size: object.Size ?? 0 };
+        const key = object.Key.slice(this.base.length);
+        // A server that ignores StartAfter must not make the caller see earlier keys.
+        if (options?.startAfter !== undefined && key <= options.startAfter) continue;
+        yield { key, size: object.Size ?? 0 };
+        if (--left === 0) return;
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
     } while (token !== undefined);

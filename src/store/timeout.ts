@@ -14,7 +14,7 @@
 
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import { type Timer, realTimer } from '../util/timer.js';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 
 const MiB = 1024 * 1024;
 
@@ -98,14 +98,14 @@ export class TimeoutStore implements ObjectStore {
   }
 
   /** Each step of the listing (a page request, at most) has its own budget. */
-  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
     const caller = options?.signal;
     // One signal for the whole listing, since the adapter takes it once; a step that runs out
     // of time aborts it, which ends the listing (RetryingStore restarts one that yielded nothing).
     const listing = new AbortController();
     const forward = (): void => listing.abort(caller?.reason);
     caller?.addEventListener('abort', forward, { once: true });
-    const iterator = this.inner.list(prefix, { signal: listing.signal })[Symbol.asyncIterator]();
+    const iterator = this.inner.list(prefix, { ...options, signal: listing.signal })[Symbol.asyncIterator]();
     try {
       for (;;) {
         const step = await this.attempt('list', prefix, 0, caller, () => iterator.next(), listing);

@@ -171,6 +171,18 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect(listed.every((o) => o.size === o.key.length)).toBe(true);
     });
 
+    it('lists from after a key, and at most a limit of keys (start-after, across pages)', async () => {
+      const keys = Array.from({ length: 1050 }, (_, i) => `from/${String(i).padStart(6, '0')}`);
+      const limit = pLimit(32);
+      await Promise.all(keys.map((key) => limit(() => store.put(key, bytes(key)))));
+      expect((await collect(store.list('from/', { startAfter: 'from/000999' }))).map((o) => o.key)).toEqual(keys.slice(1000));
+      expect((await collect(store.list('from/', { startAfter: 'from/000002x' }))).map((o) => o.key)).toEqual(keys.slice(3));
+      expect((await collect(store.list('from/', { startAfter: 'from/' }))).length).toBe(1050);
+      expect((await collect(store.list('from/', { limit: 2 }))).map((o) => o.key)).toEqual(keys.slice(0, 2));
+      expect((await collect(store.list('from/', { startAfter: 'from/000010', limit: 3 }))).map((o) => o.key)).toEqual(keys.slice(11, 14));
+      expect(await collect(store.list('from/', { startAfter: 'from/999999' }))).toEqual([]);
+    });
+
     it('overwrites without ifAbsent', async () => {
       await store.put('over', bytes('first version'));
       await store.put('over', bytes('second'));
