@@ -32,6 +32,7 @@ import type { ObjectStore } from '../store/types.js';
 import { RegionPool, type VerifySlice } from '../volume/region-pool.js';
 import type { PointSelector } from './points.js';
 import { loadPoint } from './restore.js';
+import { type PlannedGet, ReadAhead, type Slot } from './serve/read-ahead.js';
 
 export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
 // Eight GETs of 8 MiB in flight, as restore keeps: a single reader waits on the store's latency
@@ -40,8 +41,6 @@ export const DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024;
 const DEFAULT_FETCH_UNIT_BYTES = 2 * 1024 * 1024;
 const DEFAULT_PREFETCH_UNIT_BYTES = 8 * 1024 * 1024;
 const DEFAULT_PREFETCH_CONCURRENCY = 8;
-/** How many recent read ends are remembered to recognise sequential reads (clients pipeline). */
-const RECENT_ENDS = 16;
 
 export interface PitExportOptions {
   store: ObjectStore;
@@ -86,16 +85,6 @@ export interface PitExportStats {
   fetchBuffersReused: number;
 }
 
-/** One stored region to fetch: where it lives and the digest it must have. */
-interface Slot {
-  id: string;
-  region: number;
-  pack: string;
-  offset: number;
-  length: number;
-  digest: Uint8Array;
-}
-
 /** Pages of the map kept at hand for reads (each read loads the ones it needs first). */
 const PAGES_AT_HAND = 64;
 
@@ -108,12 +97,8 @@ class PitReader {
   /** Fetched ranges the cache holds views of, with how many: memory is counted per range. */
   private readonly backing = new Map<ArrayBufferLike, number>();
   private readonly inFlight = new Map<string, Promise<Uint8Array>>();
-  private readonly recentEnds: number[] = [];
   private readonly cacheBytes: number;
-  private readonly readAheadBytes: number;
-  private readonly prefetchConcurrency: number;
-  private readonly fetchUnitBytes: number;
-  private readonly prefetchUnitBytes: number;
+  private readonly readAhead: ReadAhead;
   private readonly pool: RegionPool;
   private readonly abort = new AbortController();
   private readonly log: (line: string) => void;
@@ -141,15 +126,16 @@ class PitReader {
     this.geometry = repo.geometry;
     this.cacheBytes = nonNegative(options.cacheBytes ?? DEFAULT_CACHE_BYTES, 'cacheBytes');
     // Prefetched regions wait in the cache; a window the cache cannot hold would be thrown away.
-    this.readAheadBytes = Math.min(nonNegative(options.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES, 'readAheadBytes'), Math.floor(this.cacheBytes / 2));
-    this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? DEFAULT_PREFETCH_CONCURRENCY);
-    this.fetchUnitBytes = Math.max(this.geometry.regionSize, options.fetchUnitBytes ?? DEFAULT_FETCH_UNIT_BYTES);
+    const readAheadBytes = Math.min(nonNegative(options.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES, 'readAheadBytes'), Math.floor(this.cacheBytes / 2));
+    const prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? DEFAULT_PREFETCH_CONCURRENCY);
+    const fetchUnitBytes = Math.max(this.geometry.regionSize, options.fetchUnitBytes ?? DEFAULT_FETCH_UNIT_BYTES);
     // Read-ahead GETs are larger (fewer requests; an object store's cost is mostly per request),
     // but never below a demand GET.
-    this.prefetchUnitBytes = Math.max(this.fetchUnitBytes, options.prefetchUnitBytes ?? DEFAULT_PREFETCH_UNIT_BYTES);
+    const prefetchUnitBytes = Math.max(fetchUnitBytes, options.prefetchUnitBytes ?? DEFAULT_PREFETCH_UNIT_BYTES);
+    this.readAhead = new ReadAhead({ geometry: this.geometry, readAheadBytes, fetchUnitBytes, prefetchUnitBytes, prefetchConcurrency });
     this.log = options.log ?? (() => {});
     this.pool = new RegionPool(options.workers);
-    this.spare = new BufferPool(this.readAheadBytes + this.prefetchConcurrency * this.prefetchUnitBytes);
+    this.spare = new BufferPool(readAheadBytes + prefetchConcurrency * prefetchUnitBytes);
   }
 
   /** Fills `target` with the bytes at [offset, offset + target.length). */
@@ -193,15 +179,11 @@ class PitReader {
     if (length === 0) return;
     const g = this.geometry;
     const end = offset + length;
-    const first = Math.floor(offset / g.regionSize);
-    const last = Math.floor((end - 1) / g.regionSize);
-    const sequential = this.recentEnds.includes(offset);
-    this.recentEnds.push(end);
-    if (this.recentEnds.length > RECENT_ENDS) this.recentEnds.shift();
+    const read = this.readAhead.observe(offset, length);
+    const { first, last } = read;
     // The map's pages for this read and its read-ahead window; from here on no await until the
     // fetches are registered, so concurrent reads share them.
-    const windowEnd = sequential ? Math.min(g.regionCount - 1, last + Math.ceil(this.readAheadBytes / g.regionSize)) : last;
-    await this.loadPages(first, windowEnd);
+    await this.loadPages(first, read.windowEnd);
     if (this.closed) throw new NbdRequestError('ESHUTDOWN', 'the export is closed');
 
     // Fetch what is neither cached nor in flight (merged GETs).
@@ -217,14 +199,8 @@ class PitReader {
         missing.push(slot);
       }
     }
-    // A sequential read fetches what it misses together with the read-ahead window, in large
-    // GETs (the first one holds the missing regions and starts at once); others fetch just what
-    // they miss.
-    const demand = new Set(missing.map((m) => m.id));
-    if (sequential) {
-      const ahead = this.readAheadSlots(last);
-      this.fetchSlots([...missing, ...ahead.slots], this.prefetchUnitBytes, demand, ahead.growsAt);
-    } else this.fetchSlots(missing, this.fetchUnitBytes, demand, undefined);
+    const state = { slot: (region: number) => this.slot(region), held: (id: string) => this.cache.has(id) || this.inFlight.has(id), prefetching: this.prefetching };
+    for (const get of this.readAhead.plan(read, missing, state)) this.fetchUnit(get);
 
     const arrivals: Array<Promise<void>> = [];
     for (let i = 0; i < slots.length; i++) {
@@ -347,68 +323,7 @@ class PitReader {
     return this.inFlight.get(id);
   }
 
-  /**
-   * Regions after `last` up to the read-ahead window that are neither cached nor in flight, and
-   * the window's last region if the window could still move on past it (not at the volume's end).
-   */
-  private readAheadSlots(last: number): { slots: Slot[]; growsAt: number | undefined } {
-    if (this.readAheadBytes === 0 || this.closed) return { slots: [], growsAt: undefined };
-    const g = this.geometry;
-    const wanted: Slot[] = [];
-    const seen = new Set<string>();
-    let bytes = 0;
-    let region = last + 1;
-    for (; region < g.regionCount && bytes < this.readAheadBytes; region++) {
-      bytes += regionLength(g, region);
-      const slot = this.slot(region);
-      if (slot === undefined || seen.has(slot.id) || this.cache.has(slot.id) || this.inFlight.has(slot.id)) continue;
-      seen.add(slot.id);
-      wanted.push(slot);
-    }
-    return { slots: wanted, growsAt: region >= g.regionCount ? undefined : region - 1 };
-  }
-
-  /**
-   * Starts ranged GETs for the slots (demand ones first, then in volume order): neighbours in one
-   * pack merge into one GET of up to `unitBytes`. A GET holding a `demand` slot always starts;
-   * pure prefetches only while fewer than prefetchConcurrency are running, the rest are left for
-   * the next sequential read to ask for again. A last pure-prefetch GET that ends at `growsAt`
-   * (the window's edge, which the next reads move on) and is small (less than a unit, or than half
-   * the window when that is smaller) waits until the window has moved far enough to fill it:
-   * otherwise each read would extend the window by a region and every read-ahead GET would be one
-   * region long. A small GET that cannot grow (zeros, cached or fetched regions follow it up to
-   * the edge) starts at once.
-   */
-  private fetchSlots(slots: Slot[], unitBytes: number, demand: ReadonlySet<string>, growsAt: number | undefined): void {
-    const taken = new Set<string>();
-    let unit: Slot[] = [];
-    let bytes = 0;
-    const flush = (): boolean => {
-      if (unit.length === 0) return true;
-      const prefetch = !unit.some((slot) => demand.has(slot.id));
-      if (prefetch && this.prefetching >= this.prefetchConcurrency) return false;
-      this.fetchUnit(unit, prefetch, demand);
-      unit = [];
-      bytes = 0;
-      return true;
-    };
-    for (const slot of slots) {
-      // A deduplicated region already on its way (in this call or another).
-      if (taken.has(slot.id) || this.inFlight.has(slot.id)) continue;
-      const previous = unit.at(-1);
-      const joins = previous !== undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset && bytes + slot.length <= unitBytes;
-      if (!joins && !flush()) return;
-      taken.add(slot.id);
-      unit.push(slot);
-      bytes += slot.length;
-    }
-    const worthAGet = Math.min(unitBytes, Math.floor(this.readAheadBytes / 2));
-    const canGrow = growsAt !== undefined && unit.at(-1)?.region === growsAt;
-    if (canGrow && bytes < worthAGet && !unit.some((slot) => demand.has(slot.id))) return;
-    flush();
-  }
-
-  private fetchUnit(slots: Slot[], prefetch: boolean, demand: ReadonlySet<string>): void {
+  private fetchUnit({ slots, prefetch, ahead }: PlannedGet): void {
     const head = slots[0]!;
     const length = slots.reduce((sum, s) => sum + s.length, 0);
     if (prefetch) this.prefetching++;
@@ -417,7 +332,7 @@ class PitReader {
       const bytes = await this.repo.readPackRange(head.pack, head.offset, length, this.abort.signal, into);
       this.stats.gets++;
       this.stats.bytesFetched += bytes.length;
-      this.stats.prefetched += slots.filter((slot) => !demand.has(slot.id)).length;
+      this.stats.prefetched += ahead;
       let at = 0;
       const slices = slots.map((slot) => {
         const slice = { at, length: slot.length, expected: slot.digest, writes: [] };
