@@ -19,7 +19,6 @@
 // just settled takes its bytes in the reaction it registered, before any macrotask. Should the
 // verifying threads die, digests are checked on the main thread from then on.
 
-import { createHash } from 'node:crypto';
 import { AbortedError, CdpError, IntegrityError } from '../errors.js';
 import { type Geometry, regionLength } from '../model/pit-map.js';
 import type { PitPage } from '../model/pages.js';
@@ -29,8 +28,9 @@ import { NbdServer } from '../nbd/server.js';
 import { NbdRequestError, type NbdExport, type ReadViews } from '../nbd/types.js';
 import type { Repository } from '../repo/repository.js';
 import type { ObjectStore } from '../store/types.js';
-import { RegionPool, type VerifySlice } from '../volume/region-pool.js';
+import { RegionPool } from '../volume/region-pool.js';
 import type { PointSelector } from './points.js';
+import { RegionFetcher, integrityError } from './region-fetcher.js';
 import { loadPoint } from './restore.js';
 import { type PlannedGet, ReadAhead, type Slot } from './serve/read-ahead.js';
 
@@ -91,7 +91,7 @@ const PAGES_AT_HAND = 64;
 /** What every export name of one point in time shares: the map, the cache and the fetches. */
 class PitReader {
   readonly geometry: Geometry;
-  readonly stats: PitExportStats = { gets: 0, bytesFetched: 0, cacheHits: 0, cacheMisses: 0, prefetched: 0, integrityErrors: 0, cachedBytes: 0, fetchBuffersReused: 0 };
+  private readonly counts: Omit<PitExportStats, 'gets' | 'bytesFetched'> = { cacheHits: 0, cacheMisses: 0, prefetched: 0, integrityErrors: 0, cachedBytes: 0, fetchBuffersReused: 0 };
   /** Verified regions by stored location, least recently used first: views of fetched ranges. */
   private readonly cache = new Map<string, Uint8Array>();
   /** Fetched ranges the cache holds views of, with how many: memory is counted per range. */
@@ -100,6 +100,7 @@ class PitReader {
   private readonly cacheBytes: number;
   private readonly readAhead: ReadAhead;
   private readonly pool: RegionPool;
+  private readonly fetcher: RegionFetcher;
   private readonly abort = new AbortController();
   private readonly log: (line: string) => void;
   private prefetching = 0;
@@ -112,7 +113,6 @@ class PitReader {
   /** Buffers ready for the next GETs (up to what the read-ahead window and its GETs can use). */
   private readonly spare: BufferPool;
   private closed = false;
-  private poolFailed: Error | undefined;
 
   /** Pages of the map the reads in progress use, most recent last. */
   private readonly pagesAtHand = new Map<number, PitPage>();
@@ -135,6 +135,11 @@ class PitReader {
     this.readAhead = new ReadAhead({ geometry: this.geometry, readAheadBytes, fetchUnitBytes, prefetchUnitBytes, prefetchConcurrency });
     this.log = options.log ?? (() => {});
     this.pool = new RegionPool(options.workers);
+    this.fetcher = new RegionFetcher(repo, this.pool, {
+      signal: this.abort.signal,
+      // Serving goes on, verified on this thread.
+      onPoolFailure: (error) => this.log(`serve: the verifying threads failed (${error.message}); verifying on the main thread from now on`),
+    });
     this.spare = new BufferPool(readAheadBytes + prefetchConcurrency * prefetchUnitBytes);
   }
 
@@ -193,9 +198,9 @@ class PitReader {
       const slot = this.slot(region);
       slots.push(slot);
       if (slot === undefined) continue;
-      if (this.cache.has(slot.id) || this.inFlight.has(slot.id)) this.stats.cacheHits++;
+      if (this.cache.has(slot.id) || this.inFlight.has(slot.id)) this.counts.cacheHits++;
       else {
-        this.stats.cacheMisses++;
+        this.counts.cacheMisses++;
         missing.push(slot);
       }
     }
@@ -252,6 +257,11 @@ class PitReader {
     if (!this.backing.has(buffer) && !this.closed) this.retire(buffer);
   }
 
+  /** The counts as of now. */
+  get stats(): PitExportStats {
+    return { gets: this.fetcher.gets, bytesFetched: this.fetcher.bytesFetched, ...this.counts };
+  }
+
   get fetching(): boolean {
     return this.inFlight.size > 0 || this.prefetching > 0;
   }
@@ -266,7 +276,7 @@ class PitReader {
     this.cache.clear();
     this.backing.clear();
     this.retired.clear();
-    this.stats.cachedBytes = 0;
+    this.counts.cachedBytes = 0;
   }
 
   /** Makes the pages holding regions [first, last] at hand (without waiting when they are). */
@@ -323,36 +333,19 @@ class PitReader {
     return this.inFlight.get(id);
   }
 
-  private fetchUnit({ slots, prefetch, ahead }: PlannedGet): void {
-    const head = slots[0]!;
-    const length = slots.reduce((sum, s) => sum + s.length, 0);
+  /** Starts a planned GET; each of its slots is in flight until it is cached (or failed). */
+  private fetchUnit(get: PlannedGet): void {
+    const { range, slots, prefetch } = get;
     if (prefetch) this.prefetching++;
     const fetched = (async (): Promise<Array<Uint8Array | Error>> => {
-      const into = this.takeBuffer(length);
-      const bytes = await this.repo.readPackRange(head.pack, head.offset, length, this.abort.signal, into);
-      this.stats.gets++;
-      this.stats.bytesFetched += bytes.length;
-      this.stats.prefetched += ahead;
-      let at = 0;
-      const slices = slots.map((slot) => {
-        const slice = { at, length: slot.length, expected: slot.digest, writes: [] };
-        at += slot.length;
-        return slice;
-      });
-      // A store that filled `into` hands it over whole (no copy on the way to the thread).
-      const { bytes: back, mismatches } = await this.verify(bytes, slices, bytes.buffer === into.buffer);
-      const bad = new Map(mismatches.map((m) => [m.slice, m.digest]));
-      return slots.map((slot, i) => {
-        const digest = bad.get(i);
-        if (digest !== undefined) {
-          return new IntegrityError(
-            `region ${slot.region} in ${slot.pack} at ${slot.offset}`,
-            Buffer.from(slices[i]!.expected).toString('hex'),
-            Buffer.from(digest).toString('hex'),
-          );
-        }
+      const { bytes, mismatches, missing } = await this.fetcher.fetch(range, { into: this.takeBuffer(range.length), reportDamage: true });
+      if (missing !== undefined) throw missing;
+      this.counts.prefetched += get.ahead;
+      const bad = new Map(mismatches.map((m) => [m.slice, m]));
+      return range.slices.map((slice, i) => {
+        const mismatch = bad.get(i);
         // Views of one buffer: the cache counts the buffer once and frees it with its last view.
-        return back.subarray(slices[i]!.at, slices[i]!.at + slot.length);
+        return mismatch === undefined ? bytes!.subarray(slice.at, slice.at + slice.length) : integrityError(range, mismatch);
       });
     })();
     slots.forEach((slot, i) => {
@@ -380,48 +373,20 @@ class PitReader {
       });
   }
 
-  /**
-   * SHA-256 of each slice on a worker thread; should the threads fail (they are gone for good
-   * then), on this thread instead, so serving goes on.
-   */
-  private async verify(
-    bytes: Uint8Array,
-    slices: VerifySlice[],
-    owned: boolean,
-  ): Promise<{ bytes: Uint8Array; mismatches: Array<{ slice: number; digest: Uint8Array }> }> {
-    if (this.poolFailed === undefined) {
-      try {
-        return await this.pool.verify(bytes, slices, owned);
-      } catch (error) {
-        if (this.closed) throw error;
-        this.poolFailed = error as Error;
-        this.log(`serve: the verifying threads failed (${this.poolFailed.message}); verifying on the main thread from now on`);
-        // Bytes that went to a thread that died are gone: this read fails, the next ones fetch again.
-        if (bytes.byteLength === 0) throw error;
-      }
-    }
-    const mismatches: Array<{ slice: number; digest: Uint8Array }> = [];
-    slices.forEach((slice, index) => {
-      const digest = createHash('sha256').update(bytes.subarray(slice.at, slice.at + slice.length)).digest();
-      if (!digest.equals(slice.expected)) mismatches.push({ slice: index, digest });
-    });
-    return { bytes, mismatches };
-  }
-
   private remember(id: string, bytes: Uint8Array): void {
     if (this.closed || bytes.buffer.byteLength > this.cacheBytes || this.cache.has(id)) return;
     this.cache.set(id, bytes);
     const views = this.backing.get(bytes.buffer) ?? 0;
     this.backing.set(bytes.buffer, views + 1);
-    if (views === 0) this.stats.cachedBytes += bytes.buffer.byteLength;
+    if (views === 0) this.counts.cachedBytes += bytes.buffer.byteLength;
     for (const [oldest, old] of this.cache) {
-      if (this.stats.cachedBytes <= this.cacheBytes) break;
+      if (this.counts.cachedBytes <= this.cacheBytes) break;
       this.cache.delete(oldest);
       const left = this.backing.get(old.buffer)! - 1;
       if (left > 0) this.backing.set(old.buffer, left);
       else {
         this.backing.delete(old.buffer);
-        this.stats.cachedBytes -= old.buffer.byteLength;
+        this.counts.cachedBytes -= old.buffer.byteLength;
         if (!this.pins.has(old.buffer)) this.retire(old.buffer);
       }
     }
@@ -431,7 +396,7 @@ class PitReader {
   private takeBuffer(length: number): Uint8Array {
     const idle = this.spare.idleBytes;
     const buffer = this.spare.acquire(length);
-    if (this.spare.idleBytes < idle) this.stats.fetchBuffersReused++;
+    if (this.spare.idleBytes < idle) this.counts.fetchBuffersReused++;
     return buffer;
   }
 
@@ -456,7 +421,7 @@ class PitReader {
     if (error instanceof NbdRequestError) return error;
     if (this.closed) return new NbdRequestError('ESHUTDOWN', 'the export is closed');
     if (error instanceof IntegrityError) {
-      this.stats.integrityErrors++;
+      this.counts.integrityErrors++;
       this.log(`serve: point in time ${this.seq}, ${error.message}; answered EIO (other points in time may still be intact: see cdp-s3 log)`);
       return new NbdRequestError('EIO', error.message);
     }
