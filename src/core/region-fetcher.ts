@@ -2,13 +2,17 @@
 // plan merged ranged GETs from the regions wanted (in volume order) → fetch them into recycled
 // buffers with a bounded number in flight → verify every region against its SHA-256 on the
 // RegionPool's threads (which also write verified regions to their targets) → hand each range
-// on, as it is ready or in the order planned.
+// on, as it is ready or in the order planned. A caller with its own buffers (serve) fetches one
+// range at a time into one of them; with onPoolFailure, verifying goes on on the main thread
+// once the pool's threads are gone.
 
+import { createHash } from 'node:crypto';
 import { FormatError, IntegrityError, throwIfAborted } from '../errors.js';
 import type { PitView } from '../repo/pit-view.js';
 import type { Repository } from '../repo/repository.js';
 import { TaskWindow } from '../util/task-window.js';
-import type { RegionPool } from '../volume/region-pool.js';
+import { pwriteFully } from '../util/positional-io.js';
+import type { RegionPool, VerifyResult, VerifySlice } from '../volume/region-pool.js';
 import { regionLength } from '../model/regions.js';
 
 /** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
@@ -120,7 +124,7 @@ export async function* planRanges(
 
 export interface FetchedRange {
   range: FetchRange;
-  /** The verified bytes (only with keepBytes; valid until the handler returns). */
+  /** The verified bytes (with keepBytes, valid until the handler returns; with into, the caller's). */
   bytes: Uint8Array | undefined;
   /** Slices whose bytes do not match their digest (nothing of them was written). */
   mismatches: Array<{ slice: number; digest: Uint8Array }>;
@@ -128,19 +132,45 @@ export interface FetchedRange {
   missing: FormatError | undefined;
 }
 
-export interface FetchHandlers {
+/** How one range is fetched. */
+export interface FetchOptions {
   /** Where the worker writes each verified slice: [fd, position] pairs. */
   writes?: (slice: FetchSlice) => Array<[number, number]>;
   /** Bring the verified bytes back to the main thread. */
   keepBytes?: boolean;
-  /** A missing pack or bad bytes are reported to onRange instead of thrown. */
+  /** A missing pack or bad bytes are reported in the result instead of thrown. */
   reportDamage?: boolean;
+  /**
+   * The buffer to read into (at least the range's length). It stays the caller's: the fetcher
+   * never recycles it, and the verified bytes come back as with keepBytes — the same memory, but
+   * after a trip to a thread under a new ArrayBuffer object. Without it, a recycled one.
+   */
+  into?: Uint8Array;
+}
+
+export interface FetchHandlers extends Omit<FetchOptions, 'into'> {
   onRange?: (fetched: FetchedRange) => Promise<void> | void;
 }
 
 export interface RegionFetcherOptions {
   fetchesInFlight?: number;
   signal?: AbortSignal;
+  /**
+   * Given, a fetcher whose pool's threads have failed (they are gone for good then) verifies and
+   * writes on the main thread from then on, and calls this once with why; the range whose bytes
+   * were with a dying thread still fails. Without it, every fetch fails with the pool's error.
+   */
+  onPoolFailure?: (error: Error) => void;
+}
+
+/** The error for a slice whose bytes do not match its digest. */
+export function integrityError(range: FetchRange, mismatch: { slice: number; digest: Uint8Array }): IntegrityError {
+  const slice = range.slices[mismatch.slice]!;
+  return new IntegrityError(
+    `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.at}`,
+    Buffer.from(slice.digest).toString('hex'),
+    Buffer.from(mismatch.digest).toString('hex'),
+  );
 }
 
 export class RegionFetcher {
@@ -148,6 +178,7 @@ export class RegionFetcher {
   gets = 0;
   bytesFetched = 0;
   private readonly spare: Uint8Array[] = [];
+  private poolFailureTold = false;
 
   constructor(
     private readonly repo: Repository,
@@ -214,40 +245,61 @@ export class RegionFetcher {
   }
 
   /** One ranged GET, verified slice by slice on a worker (and written there, with `writes`). */
-  async fetch(range: FetchRange, handlers: FetchHandlers): Promise<FetchedRange> {
-    let buffer = this.spare.pop();
+  async fetch(range: FetchRange, options: FetchOptions): Promise<FetchedRange> {
+    const theirs = options.into;
+    let buffer = theirs ?? this.spare.pop();
     if (buffer === undefined || buffer.length < range.length) buffer = new Uint8Array(Math.max(MAX_RANGE_BYTES, range.length));
     let bytes: Uint8Array;
     try {
       bytes = await this.repo.readPackRange(range.pack, range.offset, range.length, this.options.signal, buffer);
     } catch (error) {
-      this.giveBack(buffer);
-      if (error instanceof FormatError && handlers.reportDamage === true) return { range, bytes: undefined, mismatches: [], missing: error };
+      if (theirs === undefined) this.giveBack(buffer);
+      if (error instanceof FormatError && options.reportDamage === true) return { range, bytes: undefined, mismatches: [], missing: error };
       throw error;
     }
     this.gets++;
     this.bytesFetched += bytes.length;
     // A store that read into the buffer hands it over whole (no copy on the way to the thread).
     const owned = bytes.buffer === buffer.buffer;
-    if (!owned) this.giveBack(buffer);
-    const { bytes: back, mismatches } = await this.pool.verify(
+    if (!owned && theirs === undefined) this.giveBack(buffer);
+    const recyclable = owned && theirs === undefined;
+    const { bytes: back, mismatches } = await this.verify(
       bytes,
-      range.slices.map((slice) => ({ at: slice.at, length: slice.length, expected: slice.digest, writes: handlers.writes?.(slice) ?? [] })),
+      range.slices.map((slice) => ({ at: slice.at, length: slice.length, expected: slice.digest, writes: options.writes?.(slice) ?? [] })),
       owned,
     );
-    const kept = handlers.keepBytes === true ? back : undefined;
-    if (kept === undefined && owned) this.giveBack(back);
-    if (mismatches.length > 0 && handlers.reportDamage !== true) {
-      if (kept !== undefined && owned) this.giveBack(kept);
-      const bad = mismatches[0]!;
-      const slice = range.slices[bad.slice]!;
-      throw new IntegrityError(
-        `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.at}`,
-        Buffer.from(slice.digest).toString('hex'),
-        Buffer.from(bad.digest).toString('hex'),
-      );
+    const kept = options.keepBytes === true || theirs !== undefined ? back : undefined;
+    if (kept === undefined && recyclable) this.giveBack(back);
+    if (mismatches.length > 0 && options.reportDamage !== true) {
+      if (kept !== undefined && recyclable) this.giveBack(kept);
+      throw integrityError(range, mismatches[0]!);
     }
     return { range, bytes: kept, mismatches, missing: undefined };
+  }
+
+  /** On the pool's threads; once they have failed, here (with onPoolFailure). */
+  private async verify(bytes: Uint8Array, slices: VerifySlice[], owned: boolean): Promise<VerifyResult> {
+    const onPoolFailure = this.options.onPoolFailure;
+    if (onPoolFailure === undefined) return this.pool.verify(bytes, slices, owned);
+    if (this.pool.failure === undefined) {
+      try {
+        return await this.pool.verify(bytes, slices, owned);
+      } catch (error) {
+        // A failed write (RegionIoError) leaves the threads alive: only a dead pool falls back.
+        if (this.pool.failure === undefined || this.options.signal?.aborted === true) throw error;
+        this.tellPoolFailure(onPoolFailure);
+        // Bytes that went to a thread that died are gone (detached): this range fails, later ones are fetched anew.
+        if (bytes.byteLength === 0) throw error;
+      }
+    }
+    this.tellPoolFailure(onPoolFailure);
+    return verifyHere(bytes, slices);
+  }
+
+  private tellPoolFailure(onPoolFailure: (error: Error) => void): void {
+    if (this.poolFailureTold) return;
+    this.poolFailureTold = true;
+    onPoolFailure(this.pool.failure!);
   }
 
   /** Keeps a range buffer for a later GET (a page fault per byte of a fresh one is what this saves). */
@@ -255,4 +307,19 @@ export class RegionFetcher {
     if (bytes === undefined || bytes.buffer.byteLength < MAX_RANGE_BYTES || bytes.buffer instanceof SharedArrayBuffer) return;
     if (this.spare.length < (this.options.fetchesInFlight ?? DEFAULT_FETCHES_IN_FLIGHT) + 2) this.spare.push(new Uint8Array(bytes.buffer));
   }
+}
+
+/** What a worker does for a verify-write job, on this thread. */
+async function verifyHere(bytes: Uint8Array, slices: VerifySlice[]): Promise<VerifyResult> {
+  const mismatches: VerifyResult['mismatches'] = [];
+  for (const [index, slice] of slices.entries()) {
+    const part = bytes.subarray(slice.at, slice.at + slice.length);
+    const digest = createHash('sha256').update(part).digest();
+    if (!digest.equals(slice.expected)) {
+      mismatches.push({ slice: index, digest });
+      continue;
+    }
+    for (const [fd, position] of slice.writes) await pwriteFully(fd, part, position);
+  }
+  return { bytes, mismatches };
 }

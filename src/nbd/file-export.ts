@@ -2,7 +2,7 @@
 // benchmark as the like-for-like peer of nbdkit's file plugin. FLUSH and FUA are fdatasync. TRIM
 // and WRITE_ZEROES write zeros (cdp-s3 backends read trimmed ranges as zeros), in bounded chunks
 // so a whole-disk request does not allocate the whole disk. Positional I/O on the raw descriptor
-// (volume/positional-io.ts).
+// (util/positional-io.ts).
 
 import { close, fdatasync, fstat, open } from 'node:fs';
 import { promisify } from 'node:util';

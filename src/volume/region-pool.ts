@@ -60,7 +60,7 @@ export class RegionPool {
   private readonly pending = new Map<number, Pending>();
   private readonly idle = new Map<number, ArrayBuffer[]>();
   private nextId = 1;
-  private failure: Error | undefined;
+  private failedWith: Error | undefined;
 
   constructor(size = availableParallelism()) {
     const url = workerUrl();
@@ -75,6 +75,11 @@ export class RegionPool {
 
   get size(): number {
     return this.workers.length;
+  }
+
+  /** Why the threads failed, once one has (they are gone for good then: every job fails with it). */
+  get failure(): Error | undefined {
+    return this.failedWith;
   }
 
   /** Reads `length` bytes at `offset` of `fd`, and compares them with `expected` (null: zeros). */
@@ -122,7 +127,7 @@ export class RegionPool {
   }
 
   private submit(request: PoolRequest, transfer: ArrayBuffer[]): Promise<Exclude<PoolReply, { status: 'error' }>> {
-    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.failedWith !== undefined) return Promise.reject(this.failedWith);
     const id = this.nextId++;
     request.id = id;
     // The least busy worker takes the job.
@@ -147,8 +152,8 @@ export class RegionPool {
   }
 
   private fail(error: Error): void {
-    this.failure = new CdpError('SOURCE', `a region worker failed: ${error.message}`, { cause: error });
-    for (const waiter of this.pending.values()) waiter.reject(this.failure);
+    this.failedWith = new CdpError('SOURCE', `a region worker failed: ${error.message}`, { cause: error });
+    for (const waiter of this.pending.values()) waiter.reject(this.failedWith);
     this.pending.clear();
   }
 }

@@ -1,4 +1,4 @@
-// A wall clock and timer (src/timer.ts) that move only when a test advances them: timed
+// A wall clock and timer (src/util/timer.ts) that move only when a test advances them: timed
 // behaviour (lock refreshes and expiry, intervals, the store's per-attempt timeouts) is driven
 // step by step instead of by waiting.
 
