@@ -60,6 +60,7 @@ export class RegionPool {
   private readonly pending = new Map<number, Pending>();
   private readonly idle = new Map<number, ArrayBuffer[]>();
   private nextId = 1;
+  private closing = false;
   private failedWith: Error | undefined;
 
   constructor(size = availableParallelism()) {
@@ -68,6 +69,10 @@ export class RegionPool {
       const worker = new Worker(fileURLToPath(url));
       worker.on('message', (reply: PoolReply) => this.settle(index, reply));
       worker.on('error', (error) => this.fail(error));
+      // A worker that exits on its own (not by close()) would leave its jobs waiting forever.
+      worker.on('exit', (code) => {
+        if (!this.closing) this.fail(new Error(`it exited with code ${code}`));
+      });
       return worker;
     });
     this.busy = this.workers.map(() => 0);
@@ -112,6 +117,7 @@ export class RegionPool {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 
@@ -152,6 +158,7 @@ export class RegionPool {
   }
 
   private fail(error: Error): void {
+    if (this.failedWith !== undefined) return; // the first failure says why
     this.failedWith = new CdpError('SOURCE', `a region worker failed: ${error.message}`, { cause: error });
     for (const waiter of this.pending.values()) waiter.reject(this.failedWith);
     this.pending.clear();
