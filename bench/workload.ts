@@ -9,7 +9,8 @@ import { seededRandom } from '../src/demo/sample-image.js';
 import { median } from './harness.js';
 
 export const run = promisify(execFile);
-export const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
+/** The CLI the benchmarks run; CDP_S3_BENCH_CLI points them at another build (e.g. main's, for a before/after). */
+export const CLI = process.env['CDP_S3_BENCH_CLI'] ?? new URL('../src/cli/main.js', import.meta.url).pathname;
 export const AWS = '/usr/bin/aws';
 export const REGION = 1024 * 1024;
 

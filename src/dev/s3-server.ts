@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
 export interface S3Server {
-  /** e.g. http://127.0.0.1:41234 */
+  /** e.g. http://127.0.0.1:41234 (https with `tls`) */
   endpoint: string;
   port: number;
   /** Where s3rver keeps buckets and objects. */
@@ -27,6 +27,12 @@ export interface S3ServerOptions {
   directory?: string;
   /** Buckets created at startup. */
   buckets?: string[];
+  /**
+   * Serve https with this key and certificate (PEM files), e.g. for restic, whose signed
+   * uploads s3rver stores right only over TLS. Clients must trust the certificate
+   * (NODE_EXTRA_CA_CERTS, AWS_CA_BUNDLE, restic --cacert).
+   */
+  tls?: { key: string; cert: string };
 }
 
 const START_TIMEOUT_MS = 20_000;
@@ -45,6 +51,7 @@ export async function startS3Server(options: S3ServerOptions = {}): Promise<S3Se
 
   const args = ['--openssl-legacy-provider', '--import', WATCHDOG, cli];
   args.push('--directory', directory, '--address', '127.0.0.1', '--port', '0', '--silent');
+  if (options.tls !== undefined) args.push('--key', options.tls.key, '--cert', options.tls.cert);
   for (const bucket of options.buckets ?? []) args.push('--configure-bucket', bucket);
 
   // AWS_CA_BUNDLE (set on some machines) is for TLS clients; it has no business in a plain-http server.
@@ -91,7 +98,7 @@ export async function startS3Server(options: S3ServerOptions = {}): Promise<S3Se
 
   let stopped: Promise<void> | undefined;
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
     port,
     directory,
     stop: () =>
