@@ -228,7 +228,11 @@ export class DeltaWriter {
     this.changed = new DeltaMap(repo.geometry.regionCount);
     // Content this delta stored itself is always there to reuse; older packs only as the marks allow.
     this.dedup = new DedupIndex(base, (location) => this.ownPacks.has(location.pack) || mayReuse(options.trust, location));
-    this.run = new RunBuilder(repo.store, seq, repo.context, { signal: options.signal, inlineEntries: repo.inlineEntries });
+    this.run = new RunBuilder(repo.store, seq, repo.context, {
+      signal: options.signal,
+      inlineEntries: repo.inlineEntries,
+      onPageStored: (ref, page) => repo.rememberPage(ref, page),
+    });
     this.uploads = new TaskWindow(options.packsInFlight ?? 4);
   }
 

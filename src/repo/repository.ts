@@ -156,6 +156,15 @@ export class Repository implements RunSource {
     return page;
   }
 
+  /**
+   * Keeps a page this process just stored, so the spans that merge its run (written by the same
+   * writer, soon) need not read it back (a second-level span merges 16 runs of up to a page a
+   * page of the volume each).
+   */
+  rememberPage(ref: PageRef, page: RunPage): void {
+    if (ref.ref !== undefined) this.pages.set(`${ref.ref.pack}@${ref.ref.offset}`, page);
+  }
+
   async readSummaries(run: RunReader, signal?: AbortSignal): Promise<PointSummary[]> {
     const { first, last } = run.block;
     const out: PointSummary[] = [];
@@ -339,7 +348,11 @@ export class Repository implements RunSource {
       }
       const ref = await ahead.shift()!;
       if (inline || ref.inline === undefined) refs.push(ref);
-      else refs.push({ page: ref.page, count: ref.count, ref: await pager.add(encodePage(ref.inline, this.config.volumeId, this.pageRegions)), inline: undefined });
+      else {
+        const stored: PageRef = { page: ref.page, count: ref.count, ref: await pager.add(encodePage(ref.inline, this.config.volumeId, this.pageRegions)), inline: undefined };
+        this.rememberPage(stored, ref.inline);
+        refs.push(stored);
+      }
     }
     const summaries = await this.spanSummaries(block, runs, pager, signal);
     await pager.finish();
@@ -351,6 +364,8 @@ export class Repository implements RunSource {
       // Another writer stored it meanwhile: a span is derived from its children alone.
       if (!(error instanceof StoreError && error.kind === 'exists')) throw error;
     }
+    // The next level's merge reads it: keep its root.
+    this.roots.set(blockKey(block), new RunReader(block, decodeSpanRoot(root, block, this.context), this, root.length));
     return root.length + pager.bytesWritten;
   }
 

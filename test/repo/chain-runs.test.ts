@@ -53,6 +53,7 @@ afterEach(async () => {
 async function makeChain(points: number, fanout: number, seed: number, maxChanges = 700) {
   const store = new CountingLists(new FsStore(dir));
   const repo = await Repository.init(store, newConfig({ volumeSize: REGIONS * REGION - 1000, regionSize: REGION, spanFanout: fanout, pageRegions: PAGE }));
+  repo.inlineEntries = 300; // spans go to page packs too
   const random = seededRandom(seed);
   const model: Array<Map<number, ModelEntry>> = [new Map()];
   const index = await repo.index();
