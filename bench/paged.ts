@@ -39,6 +39,7 @@ import { planRestore, planTotals } from '../src/core/restore.js';
 import { seededRandom } from '../src/demo/sample-image.js';
 import { s3ServerEnv, startS3Server } from '../src/dev/s3-server.js';
 import { newConfig } from '../src/repo/config.js';
+import { wholeAt } from '../src/model/regions.js';
 import { packKey } from '../src/repo/keys.js';
 import { encodeProtectStatus, protectStatusKey } from '../src/repo/protect-status.js';
 import { Repository } from '../src/repo/repository.js';
@@ -276,7 +277,7 @@ export async function syntheticChain(repo: Repository, store: ObjectStore, o: Ch
     const digests = randomBytes(32 * regions.size);
     let i = 0;
     for (const region of [...regions].sort((a, b) => a - b)) {
-      await builder.set(region, { pack, offset: 16 + i * repo.geometry.regionSize }, digests.subarray(32 * i, 32 * i + 32));
+      await builder.set(region, wholeAt({ pack, offset: 16 + i * repo.geometry.regionSize }), digests.subarray(32 * i, 32 * i + 32));
       i++;
     }
     const pages = await builder.finish();

@@ -13,15 +13,15 @@ import type { DeltaKind } from '../model/regions.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import type { PitView } from '../repo/pit-view.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
-import { readWriterTrust } from '../repo/trust.js';
+import { readWriterTrust, storedDamaged } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { DirtyRegionLog } from '../volume/dirty-region-log.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
 import { regionsWithData } from '../volume/extents.js';
 import { openVolume } from '../volume/source.js';
-import { type ByteRange, regionsOfRanges } from './changed-ranges.js';
+import { type ByteRange, RangeBlocks, regionsOfRanges } from './changed-ranges.js';
 import { DeltaCommitter } from './delta-committer.js';
-import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
+import { NEVER_DIGEST, readRegions, regionsWithPages } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
 import type { Timer } from '../util/timer.js';
 
@@ -107,11 +107,16 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     // The regions to read: everything, or what a change tracker or the dirty region log names.
     let toScan = options.changed === undefined ? undefined : regionsOfRanges(options.changed, g);
     if (toScan !== undefined) maps.push(toScan);
+    // The blocks the changed ranges touch: a region only they name can be stored as a patch of
+    // those blocks (the DRL names regions, not blocks: its regions are stored whole).
+    const rangeBlocks = options.changed === undefined ? undefined : new RangeBlocks(options.changed, g, repo.config.blockSize);
+    let drlDirty: DeltaMap | undefined;
     if (options.drl !== undefined) {
       drl = await DirtyRegionLog.open(options.drl, { volumeId: repo.config.volumeId, regionCount: g.regionCount, regionSize: g.regionSize });
-      const dirty = drl.dirty();
-      maps.push(dirty);
-      toScan = toScan === undefined ? dirty : toScan.union(dirty);
+      drlDirty = drl.dirty();
+      maps.push(drlDirty);
+      if (toScan === undefined) maps.push((toScan = drlDirty.clone()));
+      else toScan.union(drlDirty);
     }
     pool = new RegionPool(options.workers);
     // One writer at a time, from before the chain is read to the end (the source is checked
@@ -138,10 +143,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
     maps.push(writer.changed);
     let page: PitPage | undefined;
     // A region whose stored copy a verify found damaged is stored again, even when unchanged.
-    const isDamaged = (region: number): boolean => {
-      const location = page!.location(region);
-      return location !== undefined && trust.damaged.has(locationId(location));
-    };
+    const isDamaged = (region: number): boolean => storedDamaged(trust.damaged, page!.stored(region));
     let regionsScanned = 0;
     let bytesScanned = 0;
     let regionsRepaired = 0;
@@ -160,7 +162,8 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
         expected: (region) => (isDamaged(region) ? NEVER_DIGEST : page!.isZero(region) ? null : page!.digest(region)),
         onResult: async (region, result) => {
           if (result.status !== 'same' && isDamagedIn(head, trust.damaged, region)) regionsRepaired++;
-          await writer.apply(region, result);
+          const blocks = rangeBlocks === undefined || drlDirty?.has(region) === true ? undefined : rangeBlocks.of(region);
+          await writer.apply(region, result, blocks);
           await writer.closeBelow(region);
         },
         onRead: (region, length) => {
@@ -212,8 +215,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
 
 /** Whether the head's stored copy of `region` (its page is at hand) is known damaged. */
 function isDamagedIn(head: PitView, damaged: ReadonlySet<string>, region: number): boolean {
-  const location = head.cachedPageOf(region)?.location(region);
-  return location !== undefined && damaged.has(locationId(location));
+  return storedDamaged(damaged, head.cachedPageOf(region)?.stored(region));
 }
 
 function wrapSourceError(error: unknown, source: string): unknown {

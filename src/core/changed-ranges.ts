@@ -3,7 +3,8 @@
 
 import { UsageError } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import type { Geometry } from '../model/regions.js';
+import { type Geometry, regionLength } from '../model/regions.js';
+import { emptyBlocks, markBlocks } from '../model/patches.js';
 
 export interface ByteRange {
   offset: number;
@@ -37,4 +38,37 @@ export function regionsOfRanges(ranges: ByteRange[], g: Geometry): DeltaMap {
     if (length > 0) map.setRange(Math.floor(offset / g.regionSize), Math.ceil((offset + length) / g.regionSize));
   }
   return map;
+}
+
+/**
+ * The blocks of each region that the changed ranges touch (the only ones an external tracker
+ * says were written), asked for in ascending region order, so a backup can store them as a
+ * patch of the region's previous version.
+ */
+export class RangeBlocks {
+  private readonly ranges: ByteRange[];
+  private next = 0;
+
+  constructor(
+    ranges: readonly ByteRange[],
+    private readonly geometry: Geometry,
+    private readonly blockSize: number,
+  ) {
+    this.ranges = ranges.filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
+  }
+
+  /** The block bitmap of `region` (regions asked for in ascending order). */
+  of(region: number): Uint8Array {
+    const g = this.geometry;
+    const start = region * g.regionSize;
+    const length = regionLength(g, region);
+    const end = start + length;
+    while (this.next < this.ranges.length && this.ranges[this.next]!.offset + this.ranges[this.next]!.length <= start) this.next++;
+    const blocks = emptyBlocks(length, this.blockSize);
+    for (let i = this.next; i < this.ranges.length && this.ranges[i]!.offset < end; i++) {
+      const { offset, length: n } = this.ranges[i]!;
+      markBlocks(blocks, Math.max(offset, start) - start, Math.min(offset + n, end) - start, this.blockSize);
+    }
+    return blocks;
+  }
 }

@@ -5,7 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { DIGEST_BYTES, type Geometry, type RegionLocation, regionLength } from '../model/regions.js';
+import { DIGEST_BYTES, type Geometry, type RegionLocation, type StoredRegion, piecesOf, regionLength, wholeAt } from '../model/regions.js';
+import { encodePatch, patchLength } from '../model/patches.js';
 import type { PitPage } from '../model/pages.js';
 import { packKey } from '../repo/keys.js';
 import { PackBuilder } from '../repo/pack.js';
@@ -159,20 +160,21 @@ function prefixOf(digest: Uint8Array): number {
  * the region (unchanged or moved within the page range: every region of the page is indexed),
  * and among the regions this delta stored recently (repeated content). Zero regions never need
  * it. A full index of every stored region is what this avoids (an entry per region of the volume).
+ * A copy may be a base with patches: the new entry names the same pieces.
  */
 class DedupIndex {
-  private readonly recent = new Map<number, { location: RegionLocation; digest: Uint8Array }>();
+  private readonly recent = new Map<number, { stored: StoredRegion; digest: Uint8Array }>();
   private pageIndex: { page: PitPage; byPrefix: Map<number, number> } | undefined;
 
   constructor(
     private readonly base: PitView | undefined,
-    private readonly usable: (location: RegionLocation) => boolean,
+    private readonly usable: (stored: StoredRegion) => boolean,
   ) {}
 
-  find(region: number, digest: Uint8Array): RegionLocation | undefined {
+  find(region: number, digest: Uint8Array): StoredRegion | undefined {
     const prefix = prefixOf(digest);
     const recent = this.recent.get(prefix);
-    if (recent !== undefined && Buffer.from(recent.digest).equals(digest) && this.usable(recent.location)) return recent.location;
+    if (recent !== undefined && Buffer.from(recent.digest).equals(digest) && this.usable(recent.stored)) return recent.stored;
     const page = this.base?.cachedPageOf(region);
     if (page === undefined) return undefined;
     if (this.pageIndex?.page !== page) {
@@ -182,13 +184,13 @@ class DedupIndex {
     }
     const match = this.pageIndex.byPrefix.get(prefix);
     if (match === undefined || !Buffer.from(page.digest(match)).equals(digest)) return undefined;
-    const location = page.location(match);
-    return location !== undefined && this.usable(location) ? location : undefined;
+    const stored = page.stored(match);
+    return stored !== undefined && this.usable(stored) ? stored : undefined;
   }
 
-  stored(digest: Uint8Array, location: RegionLocation): void {
+  stored(digest: Uint8Array, stored: StoredRegion): void {
     if (this.recent.size >= RECENT_CONTENT) this.recent.clear();
-    this.recent.set(prefixOf(digest), { location, digest: digest.slice() });
+    this.recent.set(prefixOf(digest), { stored, digest: digest.slice() });
   }
 }
 
@@ -210,6 +212,8 @@ export class DeltaWriter {
   readonly changed: DeltaMap;
   bytesStored = 0;
   packCount = 0;
+  /** Regions stored as a patch on their previous version (their bytes count in bytesStored). */
+  regionsPatched = 0;
   private pack: PackBuilder | undefined;
   private readonly uploads: TaskWindow;
   private readonly spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
@@ -227,7 +231,7 @@ export class DeltaWriter {
   ) {
     this.changed = new DeltaMap(repo.geometry.regionCount);
     // Content this delta stored itself is always there to reuse; older packs only as the marks allow.
-    this.dedup = new DedupIndex(base, (location) => this.ownPacks.has(location.pack) || mayReuse(options.trust, location));
+    this.dedup = new DedupIndex(base, (stored) => this.usable(stored));
     this.run = new RunBuilder(repo.store, seq, repo.context, {
       signal: options.signal,
       inlineEntries: repo.inlineEntries,
@@ -236,8 +240,14 @@ export class DeltaWriter {
     this.uploads = new TaskWindow(options.packsInFlight ?? 4);
   }
 
-  /** Records what the primary holds in `region` now (callers serialize calls). */
-  async apply(region: number, result: ReadResult): Promise<void> {
+  /**
+   * Records what the primary holds in `region` now (callers serialize calls). `changedBlocks`,
+   * when the caller knows it, is a block bitmap (model/patches.ts) that holds every block whose
+   * content may differ from the region's version in the base point: the region may then be
+   * stored as a patch of those blocks on that version. Without it, a changed region is stored
+   * whole.
+   */
+  async apply(region: number, result: ReadResult, changedBlocks?: Uint8Array): Promise<void> {
     if (this.uploads.failed) await this.uploads.drain();
     if (result.status === 'same') return;
     this.changed.set(region);
@@ -245,12 +255,37 @@ export class DeltaWriter {
       await this.run.set(region, undefined, ZERO_DIGEST);
       return;
     }
-    let location = this.dedup.find(region, result.digest);
-    if (location === undefined) {
-      location = await this.store(result.bytes);
-      this.dedup.stored(result.digest, location);
+    let stored = this.dedup.find(region, result.digest);
+    if (stored === undefined) {
+      stored = (changedBlocks === undefined ? undefined : await this.patch(region, result.bytes, changedBlocks)) ?? wholeAt(await this.store(result.bytes));
+      this.dedup.stored(result.digest, stored);
     }
-    await this.run.set(region, location, result.digest);
+    await this.run.set(region, stored, result.digest);
+  }
+
+  /**
+   * Stores the changed blocks of `region` as a patch on its version in the base point, if the
+   * limits allow (repo.patchLimits) and every piece of that version may be reused; undefined
+   * otherwise (the region is stored whole).
+   */
+  private async patch(region: number, bytes: Uint8Array, changedBlocks: Uint8Array): Promise<StoredRegion | undefined> {
+    const limits = this.repo.patchLimits;
+    const previous = (await this.base.page(this.base.pageOf(region), this.options.signal)).stored(region);
+    const earlier = previous?.patches ?? [];
+    if (earlier.length >= limits.maxPatches || (previous !== undefined && !this.usable(previous))) return undefined;
+    const blockSize = this.repo.config.blockSize;
+    const length = patchLength(changedBlocks, bytes.length, blockSize);
+    let total = length;
+    for (const patch of earlier) total += patch.length;
+    if (total > limits.maxPatchFraction * bytes.length) return undefined;
+    const location = await this.store(encodePatch(bytes, changedBlocks, blockSize));
+    this.regionsPatched++;
+    return { base: previous?.base, patches: [...earlier, { ...location, length }] };
+  }
+
+  /** Whether every stored piece of `stored` may be named by this delta. */
+  private usable(stored: StoredRegion): boolean {
+    return piecesOf(stored).every((piece) => this.ownPacks.has(piece.pack) || mayReuse(this.options.trust, piece));
   }
 
   /** No region below `region` will be applied again: its pages can be written out. */
@@ -277,6 +312,7 @@ export class DeltaWriter {
     return { seq: this.seq, info: { ...info, storedBytes: this.bytesStored }, pages: this.pages };
   }
 
+  /** Puts `bytes` (a region, or a patch) in the pack being filled. */
   private async store(bytes: Uint8Array): Promise<RegionLocation> {
     const g = this.repo.geometry;
     if (this.pack !== undefined && !this.pack.hasRoomFor(bytes.length)) {

@@ -15,6 +15,8 @@ export interface InitOptions {
   /** Power of two from 64 KiB to 16 MiB. Default 1 MiB. */
   regionSize?: number;
   packSize?: number;
+  /** Bytes in a block, the unit writes are shipped in (a power of two from 512 to the region size). Default 4 KiB. */
+  blockSize?: number;
   /** Runs merged into a span of the next level (default 16; tests use small ones). */
   spanFanout?: number;
   signal?: AbortSignal;
@@ -34,7 +36,7 @@ export async function init(options: InitOptions): Promise<RepoConfig> {
   }
   let config: RepoConfig;
   try {
-    config = newConfig({ volumeSize: size!, regionSize: options.regionSize, packSize: options.packSize, spanFanout: options.spanFanout });
+    config = newConfig({ volumeSize: size!, regionSize: options.regionSize, packSize: options.packSize, spanFanout: options.spanFanout, blockSize: options.blockSize });
   } catch (error) {
     throw new UsageError((error as Error).message, { cause: error });
   }

@@ -2,7 +2,9 @@
 // plan merged ranged GETs from the regions wanted (in volume order) → fetch them into recycled
 // buffers with a bounded number in flight → verify every region against its SHA-256 on the
 // RegionPool's threads (which also write verified regions to their targets) → hand each range
-// on, as it is ready or in the order planned. A caller with its own buffers (serve) fetches one
+// on, as it is ready or in the order planned. A region stored as a base with patches is
+// composed first: consecutive such regions form one composed range, whose pieces are fetched
+// in GETs merged per pack, applied in order, and the composed regions verified like any other. A caller with its own buffers (serve) fetches one
 // range at a time into one of them; with onPoolFailure, verifying goes on on the main thread
 // once the pool's threads are gone.
 
@@ -13,7 +15,8 @@ import type { Repository } from '../repo/repository.js';
 import { TaskWindow } from '../util/task-window.js';
 import { pwriteFully } from '../util/positional-io.js';
 import type { RegionPool, VerifyResult, VerifySlice } from '../volume/region-pool.js';
-import { regionLength } from '../model/regions.js';
+import { type StoredRegion, regionLength, storedId } from '../model/regions.js';
+import { PATCH_DIGEST_BYTES, applyPatch } from '../model/patches.js';
 
 /** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
 export const MAX_RANGE_BYTES = 8 * 1024 * 1024;
@@ -26,23 +29,49 @@ export interface FetchSlice {
   length: number;
   digest: Uint8Array;
   regions: number[];
+  /** A patch read on its own (verify): its first 32 bytes are the SHA-256 of the rest; `digest` is unused. */
+  selfChecked?: boolean;
 }
 
-/** One ranged GET of a pack. */
+/** Where one piece of a composed region is: in GET `get` of its range, `at` bytes in, `length` long. */
+export interface PieceRef {
+  get: number;
+  at: number;
+  length: number;
+}
+
+/** The pieces of a composed range: the GETs that fetch them, and per slice its base and patches. */
+export interface Composition {
+  gets: Array<{ pack: string; offset: number; length: number }>;
+  /** Per slice: its base (undefined: zeros) and its patches, applied in order. */
+  parts: Array<{ base: PieceRef | undefined; patches: PieceRef[] }>;
+}
+
+/**
+ * One ranged GET of a pack; or, with `composed`, regions composed of pieces that its GETs
+ * fetch, laid out back to back as the slices say (`pack` and `offset` then name its first GET).
+ */
 export interface FetchRange {
   pack: string;
   offset: number;
   length: number;
   slices: FetchSlice[];
+  composed?: Composition;
 }
 
 /** A stored region wanted, in volume order. */
 export interface WantedRegion {
   region: number;
+  /** Where its bytes are (for a composed region: its last patch). */
   pack: string;
   offset: number;
+  /** Bytes of the region (of the patch, for a self-checked one). */
   length: number;
   digest: Uint8Array;
+  /** The region is its base (undefined: zeros) with these patches applied in order. */
+  compose?: StoredRegion;
+  /** A patch to read on its own (verify): it carries its own SHA-256. */
+  selfChecked?: boolean;
 }
 
 export interface PlanCounts {
@@ -72,15 +101,72 @@ export async function* storedRegions(view: PitView, counts: PlanCounts, wanted?:
     }
     for (let region = page.first; region < page.first + page.count; region++) {
       if (wanted !== undefined && !wanted(region)) continue;
-      const location = page.location(region);
-      if (location === undefined) {
+      const stored = page.stored(region);
+      if (stored === undefined) {
         counts.zeroRegions++;
         continue;
       }
       counts.dataRegions++;
-      yield { region, pack: location.pack, offset: location.offset, length: regionLength(view.geometry, region), digest: page.digest(region).slice() };
+      yield wantedRegion(region, stored, regionLength(view.geometry, region), page.digest(region));
     }
   }
+}
+
+/** What fetching `region`, stored as `stored`, means: its bytes, or its pieces to compose. */
+export function wantedRegion(region: number, stored: StoredRegion, length: number, digest: Uint8Array): WantedRegion {
+  const last = stored.patches.at(-1) ?? stored.base!;
+  const wanted: WantedRegion = { region, pack: last.pack, offset: last.offset, length, digest: digest.slice() };
+  if (stored.patches.length > 0) wanted.compose = stored;
+  return wanted;
+}
+
+/**
+ * The range that composes `wanted` (composed regions, in volume order, at most a range's worth):
+ * one slice per composition (regions with the same one share it, unless `oneRegionPerSlice`),
+ * and their pieces in GETs, one per run of pieces back to back (or shared) in a pack. Patches
+ * of neighbouring regions written by one delta lie back to back in its pack, as do their bases.
+ */
+export function composedRange(wanted: readonly WantedRegion[], options: { maxRangeBytes?: number; oneRegionPerSlice?: boolean } = {}): FetchRange {
+  const max = options.maxRangeBytes ?? MAX_RANGE_BYTES;
+  const slices: FetchSlice[] = [];
+  const parts: Composition['parts'] = [];
+  const pieces: Array<{ pack: string; offset: number; length: number; ref: PieceRef }> = [];
+  const sliceOf = new Map<string, FetchSlice>();
+  let at = 0;
+  const piece = (pack: string, offset: number, length: number): PieceRef => {
+    const ref = { get: -1, at: 0, length };
+    pieces.push({ pack, offset, length, ref });
+    return ref;
+  };
+  for (const w of wanted) {
+    const compose = w.compose!;
+    const id = storedId(compose);
+    const same = options.oneRegionPerSlice === true ? undefined : sliceOf.get(id);
+    if (same !== undefined && same.length === w.length) {
+      same.regions.push(w.region);
+      continue;
+    }
+    const slice: FetchSlice = { at, length: w.length, digest: w.digest, regions: [w.region] };
+    slices.push(slice);
+    sliceOf.set(id, slice);
+    at += w.length;
+    parts.push({
+      base: compose.base === undefined ? undefined : piece(compose.base.pack, compose.base.offset, w.length),
+      patches: compose.patches.map((p) => piece(p.pack, p.offset, p.length)),
+    });
+  }
+  const gets: Composition['gets'] = [];
+  pieces.sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset));
+  for (const p of pieces) {
+    const get = gets.at(-1);
+    const end = p.offset + p.length;
+    if (get !== undefined && get.pack === p.pack && p.offset <= get.offset + get.length && end - get.offset <= max) {
+      get.length = Math.max(get.length, end - get.offset);
+    } else gets.push({ pack: p.pack, offset: p.offset, length: p.length });
+    p.ref.get = gets.length - 1;
+    p.ref.at = p.offset - gets.at(-1)!.offset;
+  }
+  return { pack: gets[0]!.pack, offset: gets[0]!.offset, length: at, slices, composed: { gets, parts } };
 }
 
 /**
@@ -88,6 +174,7 @@ export async function* storedRegions(view: PitView, counts: PlanCounts, wanted?:
  * maxRangeBytes (backups pack regions in volume order, so neighbours usually do). A region
  * whose stored bytes are already in the range being built (deduplicated content) joins that
  * slice instead of being fetched again, unless `oneRegionPerSlice` (a stream in volume order).
+ * Consecutive composed regions go into composed ranges of up to maxRangeBytes of regions.
  */
 export async function* planRanges(
   regions: AsyncIterable<WantedRegion>,
@@ -98,7 +185,30 @@ export async function* planRanges(
   const packs = new Set<string>();
   let current: FetchRange | undefined;
   let inCurrent = new Map<number, FetchSlice>(); // offset → slice, for the range being built
+  let group: WantedRegion[] = []; // composed regions gathered for one composed range
+  let groupBytes = 0;
+  const composed = (): FetchRange => {
+    const range = composedRange(group, options);
+    group = [];
+    groupBytes = 0;
+    for (const get of range.composed!.gets) {
+      counts.requests++;
+      counts.downloadBytes += get.length;
+      packs.add(get.pack);
+    }
+    counts.packs = packs.size;
+    return range;
+  };
   for await (const wanted of regions) {
+    if (wanted.compose !== undefined) {
+      if (current !== undefined) yield current;
+      current = undefined;
+      if (group.length > 0 && groupBytes + wanted.length > max) yield composed();
+      group.push(wanted);
+      groupBytes += wanted.length;
+      continue;
+    }
+    if (group.length > 0) yield composed();
     const same = options.oneRegionPerSlice === true || current?.pack !== wanted.pack ? undefined : inCurrent.get(wanted.offset);
     if (same !== undefined && same.length === wanted.length) {
       same.regions.push(wanted.region);
@@ -113,13 +223,14 @@ export async function* planRanges(
       packs.add(wanted.pack);
       counts.packs = packs.size;
     }
-    const slice: FetchSlice = { at: current!.length, length: wanted.length, digest: wanted.digest, regions: [wanted.region] };
+    const slice: FetchSlice = { at: current!.length, length: wanted.length, digest: wanted.digest, regions: [wanted.region], ...(wanted.selfChecked === true ? { selfChecked: true } : {}) };
     current!.slices.push(slice);
     inCurrent.set(wanted.offset, slice);
     current!.length += wanted.length;
     counts.downloadBytes += wanted.length;
   }
   if (current !== undefined) yield current;
+  if (group.length > 0) yield composed();
 }
 
 export interface FetchedRange {
@@ -166,8 +277,11 @@ export interface RegionFetcherOptions {
 /** The error for a slice whose bytes do not match its digest. */
 export function integrityError(range: FetchRange, mismatch: { slice: number; digest: Uint8Array }): IntegrityError {
   const slice = range.slices[mismatch.slice]!;
+  const part = range.composed?.parts[mismatch.slice];
   return new IntegrityError(
-    `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.at}`,
+    part === undefined
+      ? `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.at}`
+      : `region ${slice.regions[0]} composed of ${part.base === undefined ? 'zeros' : 'its base'} and ${part.patches.length} patches`,
     Buffer.from(slice.digest).toString('hex'),
     Buffer.from(mismatch.digest).toString('hex'),
   );
@@ -244,28 +358,35 @@ export class RegionFetcher {
     }
   }
 
-  /** One ranged GET, verified slice by slice on a worker (and written there, with `writes`). */
+  /**
+   * One ranged GET (or a composed range's GETs, then the composing), verified slice by slice on
+   * a worker (and written there, with `writes`).
+   */
   async fetch(range: FetchRange, options: FetchOptions): Promise<FetchedRange> {
     const theirs = options.into;
     let buffer = theirs ?? this.spare.pop();
     if (buffer === undefined || buffer.length < range.length) buffer = new Uint8Array(Math.max(MAX_RANGE_BYTES, range.length));
     let bytes: Uint8Array;
     try {
-      bytes = await this.repo.readPackRange(range.pack, range.offset, range.length, this.options.signal, buffer);
+      bytes = range.composed === undefined ? await this.get(range, buffer) : await this.compose(range, range.composed, buffer);
     } catch (error) {
       if (theirs === undefined) this.giveBack(buffer);
       if (error instanceof FormatError && options.reportDamage === true) return { range, bytes: undefined, mismatches: [], missing: error };
       throw error;
     }
-    this.gets++;
-    this.bytesFetched += bytes.length;
     // A store that read into the buffer hands it over whole (no copy on the way to the thread).
     const owned = bytes.buffer === buffer.buffer;
     if (!owned && theirs === undefined) this.giveBack(buffer);
     const recyclable = owned && theirs === undefined;
     const { bytes: back, mismatches } = await this.verify(
       bytes,
-      range.slices.map((slice) => ({ at: slice.at, length: slice.length, expected: slice.digest, writes: options.writes?.(slice) ?? [] })),
+      range.slices.map((slice) => ({
+        at: slice.at,
+        length: slice.length,
+        expected: slice.digest,
+        writes: options.writes?.(slice) ?? [],
+        ...(slice.selfChecked === true ? { selfChecked: true } : {}),
+      })),
       owned,
     );
     const kept = options.keepBytes === true || theirs !== undefined ? back : undefined;
@@ -275,6 +396,41 @@ export class RegionFetcher {
       throw integrityError(range, mismatches[0]!);
     }
     return { range, bytes: kept, mismatches, missing: undefined };
+  }
+
+  /** The range's one GET, into `buffer` when the store can. */
+  private async get(range: FetchRange, buffer: Uint8Array): Promise<Uint8Array> {
+    const bytes = await this.repo.readPackRange(range.pack, range.offset, range.length, this.options.signal, buffer);
+    this.gets++;
+    this.bytesFetched += bytes.length;
+    return bytes;
+  }
+
+  /**
+   * Fetches a composed range's pieces (its GETs at once) and composes each slice into `buffer`:
+   * its base (or zeros), then its patches in order. A patch that does not fit its region leaves
+   * the slice as it is: its digest check fails then, like any damage.
+   */
+  private async compose(range: FetchRange, composition: Composition, buffer: Uint8Array): Promise<Uint8Array> {
+    const pieces = await Promise.all(composition.gets.map((get) => this.repo.readPackRange(get.pack, get.offset, get.length, this.options.signal)));
+    for (const piece of pieces) {
+      this.gets++;
+      this.bytesFetched += piece.length;
+    }
+    const blockSize = this.repo.config.blockSize;
+    const of = (ref: PieceRef): Uint8Array => pieces[ref.get]!.subarray(ref.at, ref.at + ref.length);
+    range.slices.forEach((slice, i) => {
+      const part = composition.parts[i]!;
+      const region = buffer.subarray(slice.at, slice.at + slice.length);
+      if (part.base === undefined) region.fill(0);
+      else region.set(of(part.base));
+      try {
+        for (const patch of part.patches) applyPatch(region, of(patch), blockSize);
+      } catch {
+        // Damaged: the digest check says so.
+      }
+    });
+    return buffer.subarray(0, range.length);
   }
 
   /** On the pool's threads; once they have failed, here (with onPoolFailure). */
@@ -314,8 +470,9 @@ async function verifyHere(bytes: Uint8Array, slices: VerifySlice[]): Promise<Ver
   const mismatches: VerifyResult['mismatches'] = [];
   for (const [index, slice] of slices.entries()) {
     const part = bytes.subarray(slice.at, slice.at + slice.length);
-    const digest = createHash('sha256').update(part).digest();
-    if (!digest.equals(slice.expected)) {
+    const expected = slice.selfChecked === true ? part.subarray(0, PATCH_DIGEST_BYTES) : slice.expected;
+    const digest = createHash('sha256').update(slice.selfChecked === true ? part.subarray(PATCH_DIGEST_BYTES) : part).digest();
+    if (!digest.equals(expected)) {
       mismatches.push({ slice: index, digest });
       continue;
     }

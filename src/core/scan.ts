@@ -23,7 +23,7 @@ import type { Block, ChainIndex } from '../repo/chain-index.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
-import { putMarks, putScanRecord, readWriterTrust, scanRecordKey } from '../repo/trust.js';
+import { putMarks, putScanRecord, readWriterTrust, scanRecordKey, storedDamaged } from '../repo/trust.js';
 import { CountingStore } from '../store/counting.js';
 import type { ObjectStore } from '../store/types.js';
 import { type ChangeSource, QuiescentSource } from '../volume/changes.js';
@@ -32,7 +32,7 @@ import { RegionPool } from '../volume/region-pool.js';
 import { regionsWithData } from '../volume/extents.js';
 import { openVolume } from '../volume/source.js';
 import { DeltaCommitter } from './delta-committer.js';
-import { NEVER_DIGEST, locationId, readRegions, regionsWithPages } from './delta-writer.js';
+import { NEVER_DIGEST, readRegions, regionsWithPages } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
 
 /** The dirty region log as the scan uses it (src/volume/dirty-region-log.ts). */
@@ -248,8 +248,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     if (trust.damaged.size > 0) {
       for await (const p of pit.pages(signal)) {
         for (let region = p.first; region < p.first + p.count; region++) {
-          const location = p.location(region);
-          if (location !== undefined && trust.damaged.has(locationId(location))) damaged.set(region);
+          if (storedDamaged(trust.damaged, p.stored(region))) damaged.set(region);
         }
       }
     }

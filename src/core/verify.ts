@@ -11,8 +11,8 @@
 
 import { createHash } from 'node:crypto';
 import { CdpError, FormatError, UsageError, throwIfAborted } from '../errors.js';
-import { type RunPage, ZERO_PACK, mergeRunPages } from '../model/pages.js';
-import { DIGEST_BYTES, regionLength } from '../model/regions.js';
+import { type RunPage, mergeRunPages, runEntries } from '../model/pages.js';
+import { DIGEST_BYTES, piecesOf, regionLength } from '../model/regions.js';
 import { type Block, type ChainIndex, blockKey } from '../repo/chain-index.js';
 import { FORMAT_VERSION, sealEnvelope } from '../repo/envelope.js';
 import { PACK_PREFIX, seqName, seqOfPackKey } from '../repo/keys.js';
@@ -182,29 +182,52 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   // A location whose storing delta cannot be read is checked where it is first referenced.
   const orphans = new Set<string>();
   const storerReadable = (pack: string): boolean => readable.has(blockKey(index.block(0, seqOfPackKey(pack))));
+  // Whether this delta checks a stored piece: the one that stored it does; a piece whose storer
+  // cannot be read is checked where it is first referenced.
+  const checksHere = (seq: number, id: string, pack: string, seen: Set<string>, orphaned = orphans): boolean => {
+    if (seen.has(id)) return false;
+    seen.add(id);
+    if (seqOfPackKey(pack) === seq) return true;
+    if (storerReadable(pack) || orphaned.has(id)) return false;
+    orphaned.add(id);
+    return true;
+  };
+  const orphanBases = new Set<string>();
   async function* storedHere(): AsyncGenerator<WantedRegion> {
     for (const seq of deltas) {
       const run = readable.get(blockKey(index.block(0, seq)));
       if (run === undefined) continue;
       const seen = new Set<string>();
+      const seenBases = new Set<string>();
       for (const ref of run.pages) {
         const page = (await run.page(ref.page, signal))!;
-        for (let i = 0; i < page.regions.length; i++) {
-          const pack = page.entryPack[i]!;
-          if (pack === ZERO_PACK) continue;
-          const location = { pack: page.packs[pack]!, offset: page.entryOffset[i]!, length: regionLength(g, page.regions[i]!) };
-          const id = locationId(location);
-          if (seen.has(id)) continue;
-          seen.add(id);
-          if (seqOfPackKey(location.pack) !== seq) {
-            if (storerReadable(location.pack) || orphans.has(id)) continue; // checked where it was stored
-            orphans.add(id);
+        for (const { region, digest, stored } of runEntries(page)) {
+          if (stored === undefined) continue;
+          const length = regionLength(g, region);
+          // A region stored whole: its bytes against its digest.
+          const whole = stored.patches.length === 0 ? stored.base : undefined;
+          // A patched region's base was stored whole by an earlier delta, which checks it; here
+          // only that it is there, when that delta cannot be read.
+          const base = whole === undefined ? stored.base : undefined;
+          const pieces = [
+            ...(whole === undefined ? [] : [{ ...whole, length, patch: false }]),
+            ...stored.patches.map((patch) => ({ ...patch, patch: true })),
+          ];
+          if (base !== undefined && checksHere(seq, locationId(base), base.pack, seenBases, orphanBases)) {
+            const size = packSizes.get(base.pack);
+            if (size === undefined || base.offset + length > size) bad.set(locationId(base), { ...base, length, problem: 'missing', digest: new Uint8Array(DIGEST_BYTES) });
           }
-          locations++;
-          const size = packSizes.get(location.pack);
-          const digest = page.digests.slice(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
-          if (size === undefined || location.offset + location.length > size) bad.set(id, { ...location, problem: 'missing', digest });
-          else if (chosen(location.pack)) yield { region: page.regions[i]!, ...location, digest };
+          for (const piece of pieces) {
+            const location = { pack: piece.pack, offset: piece.offset, length: piece.length };
+            const id = locationId(location);
+            if (!checksHere(seq, id, location.pack, seen)) continue;
+            locations++;
+            const size = packSizes.get(location.pack);
+            // A patch carries its own digest.
+            const expected = piece.patch ? new Uint8Array(DIGEST_BYTES) : digest.slice();
+            if (size === undefined || location.offset + location.length > size) bad.set(id, { ...location, problem: 'missing', digest: expected });
+            else if (chosen(location.pack)) yield { region, ...location, digest: expected, ...(piece.patch ? { selfChecked: true } : {}) };
+          }
         }
       }
     }
@@ -322,13 +345,12 @@ async function pointsUsing(
     if (run === undefined) continue;
     for (const ref of run.pages) {
       const page = (await run.page(ref.page, signal))!;
-      for (let i = 0; i < page.regions.length; i++) {
-        const region = page.regions[i]!;
-        close(region, seq - 1);
-        const pack = page.entryPack[i]!;
-        if (pack === ZERO_PACK) continue;
-        const id = `${page.packs[pack]!}@${page.entryOffset[i]!}`;
-        if (bad.has(id)) open.set(region, { id, since: seq });
+      for (const entry of runEntries(page)) {
+        close(entry.region, seq - 1);
+        if (entry.stored === undefined) continue;
+        // A region composed of pieces needs every one of them.
+        const id = piecesOf(entry.stored).map(locationId).find((piece) => bad.has(piece));
+        if (id !== undefined) open.set(entry.region, { id, since: seq });
       }
     }
   }

@@ -1,7 +1,8 @@
-// Writes the golden fixture repository (test/fixtures/format2): a small volume of 301 regions in
-// two pages, four points in time made by backups, spans of fanout 2, and runs forced into page
-// packs, so every encoding of docs/FORMAT.md appears in it. Run once when the format changes on
-// purpose: `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format2`.
+// Writes the golden fixture repository (test/fixtures/format3): a small volume of 301 regions in
+// two pages, six points in time made by backups, spans of fanout 2, runs forced into page
+// packs, and regions stored as patches (on a stored base, on zeros, two deep, deduplicated), so
+// every encoding of docs/FORMAT.md appears in it. Run once when the format changes on purpose:
+// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format3`.
 // The tests read what is stored (test/repo/golden.test.ts); they never regenerate it.
 
 import { createHash } from 'node:crypto';
@@ -27,11 +28,40 @@ export const GOLDEN_POINTS: Array<Record<number, number>> = [
   { 0: 0x31, 1: 0x22, 5: 0x22, 257: 0x14, 258: 0x23, 300: 0x15 },
 ];
 
-export function goldenImage(point: Record<number, number>): Buffer {
+export const GOLDEN_BLOCK = 4096;
+
+/**
+ * Points 5 and 6: block writes on top of point 4, [offset, length, fill], backed up with
+ * `changed` ranges so the regions are stored as patches. Point 5 patches region 0 (a block) on
+ * its stored base and region 10 (zeros until then) on zeros, and writes one byte of region 257
+ * (a block); point 6 patches region 0 again (two patches deep) and gives region 11 region 10's
+ * content (the composed region deduplicated).
+ */
+export const GOLDEN_BLOCK_WRITES: Array<Array<[number, number, number]>> = [
+  [
+    [3 * GOLDEN_BLOCK, GOLDEN_BLOCK, 0x51],
+    [10 * GOLDEN_REGION + 5 * GOLDEN_BLOCK, 2 * GOLDEN_BLOCK, 0x52],
+    [257 * GOLDEN_REGION + 100, 1, 0x53],
+  ],
+  [
+    [15 * GOLDEN_BLOCK + 10, 20, 0x61],
+    [11 * GOLDEN_REGION + 5 * GOLDEN_BLOCK, 2 * GOLDEN_BLOCK, 0x52],
+  ],
+];
+
+/** Points in time in the fixture. */
+export const GOLDEN_POINT_COUNT = GOLDEN_POINTS.length + GOLDEN_BLOCK_WRITES.length;
+
+/** The volume's image at point `seq` (1 …). */
+export function goldenImage(seq: number): Buffer {
   const image = Buffer.alloc(GOLDEN_SIZE);
+  const point = GOLDEN_POINTS[Math.min(seq, GOLDEN_POINTS.length) - 1]!;
   for (const [region, fill] of Object.entries(point)) {
     const start = Number(region) * GOLDEN_REGION;
     image.fill(fill, start, Math.min(GOLDEN_SIZE, start + GOLDEN_REGION));
+  }
+  for (const writes of GOLDEN_BLOCK_WRITES.slice(0, Math.max(0, seq - GOLDEN_POINTS.length))) {
+    for (const [offset, length, fill] of writes) image.fill(fill, offset, offset + length);
   }
   return image;
 }
@@ -47,19 +77,28 @@ async function main(dir: string): Promise<void> {
     packSize: 4 * GOLDEN_REGION,
     spanFanout: 2,
     pageRegions: 256,
+    blockSize: GOLDEN_BLOCK,
     volumeId: '5e1f0c2a-7c1d-4c7e-9b1a-0f6d2a3b4c5d',
     now: new Date('2026-12-01T00:00:00Z'),
   });
   await Repository.init(store, config);
   const source = join(dir, 'disk.img');
   const expected = [];
-  for (const [i, point] of GOLDEN_POINTS.entries()) {
-    const image = goldenImage(point);
+  for (let seq = 1; seq <= GOLDEN_POINT_COUNT; seq++) {
+    const image = goldenImage(seq);
     await writeFile(source, image);
-    const clock = (): number => Date.parse('2026-12-01T00:00:00Z') + (i + 1) * 60_000;
-    // Points 2 and 4 and their spans go to page packs (a writer's choice: readers take both
+    const clock = (): number => Date.parse('2026-12-01T00:00:00Z') + seq * 60_000;
+    const writes = GOLDEN_BLOCK_WRITES[seq - GOLDEN_POINTS.length - 1];
+    // Points 2, 4 and 6 and their spans go to page packs (a writer's choice: readers take both
     // forms); span 02/4 then shares page 1 with span 01/2, the only child that changed it.
-    const result = await backup({ store, source, clock, workers: 1, inlineEntries: i % 2 === 1 ? 1 : undefined });
+    const result = await backup({
+      store,
+      source,
+      clock,
+      workers: 1,
+      inlineEntries: seq % 2 === 0 ? 1 : undefined,
+      ...(writes === undefined ? {} : { changed: writes.map(([offset, length]) => ({ offset, length })) }),
+    });
     expected.push({ seq: result.seq, kind: result.kind, time: result.time, sha256: createHash('sha256').update(image).digest('hex') });
   }
   await rm(source);
@@ -67,7 +106,7 @@ async function main(dir: string): Promise<void> {
 }
 
 if (process.argv[1]?.endsWith('golden-fixture.js')) {
-  main(process.argv[2] ?? 'test/fixtures/format2').catch((error: unknown) => {
+  main(process.argv[2] ?? 'test/fixtures/format3').catch((error: unknown) => {
     process.stderr.write(`${(error as Error).stack ?? String(error)}\n`);
     process.exit(1);
   });

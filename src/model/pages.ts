@@ -3,11 +3,11 @@
 // regions [p * pageRegions, (p + 1) * pageRegions).
 //
 // A RunPage is what one run (a delta, or a span merging many) says about the regions of one
-// page: only the regions it changed, ascending, each with its digest and where its bytes are
-// (or that it became zeros). A PitPage is one page of a point in time's PIT map: every region
+// page: only the regions it changed, ascending, each with its digest and how its bytes are
+// stored (whole, or a base with patches: model/patches.ts), or that it became zeros. A PitPage is one page of a point in time's PIT map: every region
 // of the page, the fold of the runs that make up the point in time. Pure: no I/O.
 
-import { DIGEST_BYTES, type Geometry, type RegionLocation, ZERO_REGION } from './regions.js';
+import { DIGEST_BYTES, type Geometry, type PatchLocation, type StoredRegion, ZERO_REGION } from './regions.js';
 
 /** In RunPage.entryPack: the region is all zeros (no bytes stored). */
 export const ZERO_PACK = 0xffff;
@@ -25,6 +25,46 @@ export interface RunPage {
   readonly entryOffset: Uint32Array;
   /** Per entry: the region's SHA-256, 32 bytes each (zeros for a zero region). */
   readonly digests: Uint8Array;
+  /** Patched entries (absent when no entry of the page has patches): */
+  readonly patches?: PagePatches;
+}
+
+/**
+ * The patches of a page's entries: per entry how many (0 for a region stored whole or zeros),
+ * then all of them back to back in entry order, each applied in order on its entry's base
+ * (entryPack/entryOffset; ZERO_PACK there is a base of zeros).
+ */
+export interface PagePatches {
+  counts: Uint8Array;
+  pack: Uint16Array;
+  offset: Uint32Array;
+  length: Uint32Array;
+}
+
+/** Most patches one entry may have (its count is a byte). */
+export const MAX_ENTRY_PATCHES = 255;
+
+/** What entry i of a run page stores (undefined: zeros), reading its patches from `patchAt` on. */
+function entryOf(page: RunPage, i: number, patchAt: number): StoredRegion | undefined {
+  const pack = page.entryPack[i]!;
+  const base = pack === ZERO_PACK ? undefined : { pack: page.packs[pack]!, offset: page.entryOffset[i]! };
+  const count = page.patches?.counts[i] ?? 0;
+  if (count === 0) return base === undefined ? undefined : { base, patches: [] };
+  const patches: PatchLocation[] = [];
+  for (let j = patchAt; j < patchAt + count; j++) {
+    patches.push({ pack: page.packs[page.patches!.pack[j]!]!, offset: page.patches!.offset[j]!, length: page.patches!.length[j]! });
+  }
+  return { base, patches };
+}
+
+/** Every entry of a run page, in order: region, digest (a view) and how it is stored (undefined: zeros). */
+export function* runEntries(page: RunPage): Generator<{ index: number; region: number; digest: Uint8Array; stored: StoredRegion | undefined }> {
+  let patchAt = 0;
+  for (let i = 0; i < page.regions.length; i++) {
+    const stored = entryOf(page, i, patchAt);
+    patchAt += page.patches?.counts[i] ?? 0;
+    yield { index: i, region: page.regions[i]!, digest: page.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), stored };
+  }
 }
 
 export function pageOf(region: number, pageRegions: number): number {
@@ -42,7 +82,7 @@ export function pageSpan(g: Geometry, pageRegions: number, page: number): { firs
 }
 
 interface PendingEntry {
-  location: RegionLocation | undefined;
+  stored: StoredRegion | undefined;
   digest: Uint8Array;
 }
 
@@ -56,17 +96,15 @@ export class PageBuilder {
     return this.entries.size;
   }
 
-  set(region: number, location: RegionLocation | undefined, digest: Uint8Array): void {
-    this.entries.set(region, { location, digest: location === undefined ? ZERO_DIGEST : digest.slice() });
+  /** Records how `region` is stored (undefined: zeros) and its digest. */
+  set(region: number, stored: StoredRegion | undefined, digest: Uint8Array): void {
+    if (stored !== undefined && stored.patches.length > MAX_ENTRY_PATCHES) throw new Error(`region ${region} has ${stored.patches.length} patches; at most ${MAX_ENTRY_PATCHES}`);
+    this.entries.set(region, { stored, digest: stored === undefined ? ZERO_DIGEST : digest.slice() });
   }
 
   /** Takes every entry of `page` (a newer run's entries override what is here). */
   setAll(page: RunPage): void {
-    for (let i = 0; i < page.regions.length; i++) {
-      const pack = page.entryPack[i]!;
-      const location = pack === ZERO_PACK ? undefined : { pack: page.packs[pack]!, offset: page.entryOffset[i]! };
-      this.entries.set(page.regions[i]!, { location, digest: page.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) });
-    }
+    for (const entry of runEntries(page)) this.entries.set(entry.region, { stored: entry.stored, digest: entry.digest });
   }
 
   build(): RunPage {
@@ -77,22 +115,40 @@ export class PageBuilder {
     const digests = new Uint8Array(n * DIGEST_BYTES);
     const packs: string[] = [];
     const packIndex = new Map<string, number>();
+    // Canonical: each pack listed once, in the order of its first use (bases and patches alike).
+    const packOf = (name: string): number => {
+      let index = packIndex.get(name);
+      if (index === undefined) {
+        index = packs.length;
+        packs.push(name);
+        packIndex.set(name, index);
+      }
+      return index;
+    };
+    const counts = new Uint8Array(n);
+    const patchPack: number[] = [];
+    const patchOffset: number[] = [];
+    const patchLength: number[] = [];
     for (let i = 0; i < n; i++) {
       const entry = this.entries.get(regions[i]!)!;
-      if (entry.location === undefined) entryPack[i] = ZERO_PACK;
+      const base = entry.stored?.base;
+      if (base === undefined) entryPack[i] = ZERO_PACK;
       else {
-        let index = packIndex.get(entry.location.pack);
-        if (index === undefined) {
-          index = packs.length;
-          packs.push(entry.location.pack);
-          packIndex.set(entry.location.pack, index);
-        }
-        entryPack[i] = index;
-        entryOffset[i] = entry.location.offset;
+        entryPack[i] = packOf(base.pack);
+        entryOffset[i] = base.offset;
       }
+      for (const patch of entry.stored?.patches ?? []) {
+        patchPack.push(packOf(patch.pack));
+        patchOffset.push(patch.offset);
+        patchLength.push(patch.length);
+      }
+      counts[i] = entry.stored?.patches.length ?? 0;
       digests.set(entry.digest, i * DIGEST_BYTES);
     }
-    return { page: this.page, regions, packs, entryPack, entryOffset, digests };
+    if (packs.length >= ZERO_PACK) throw new Error(`page ${this.page} names ${packs.length} packs; at most ${ZERO_PACK - 1}`);
+    const patches =
+      patchPack.length === 0 ? undefined : { counts, pack: Uint16Array.from(patchPack), offset: Uint32Array.from(patchOffset), length: Uint32Array.from(patchLength) };
+    return { page: this.page, regions, packs, entryPack, entryOffset, digests, ...(patches === undefined ? {} : { patches }) };
   }
 }
 
@@ -114,6 +170,9 @@ export class PitPage {
   private digests: Uint8Array | undefined;
   private readonly packNames: string[] = [];
   private readonly packIds = new Map<string, number>();
+  /** Regions (offsets in the page) stored as a base with patches: the patches. */
+  private readonly patchesAt = new Map<number, PatchLocation[]>();
+  private patchCount = 0;
 
   constructor(
     readonly page: number,
@@ -125,7 +184,7 @@ export class PitPage {
 
   /** No region of the page holds data (every one is zeros). */
   get empty(): boolean {
-    return this.packOf === undefined || this.packOf.every((pack) => pack === ZERO_REGION);
+    return this.packOf === undefined || (this.patchesAt.size === 0 && this.packOf.every((pack) => pack === ZERO_REGION));
   }
 
   /** Overlays a newer run's entries for this page. */
@@ -134,12 +193,26 @@ export class PitPage {
     const offsetOf = (this.offsetOf ??= new Uint32Array(this.count));
     const digests = (this.digests ??= new Uint8Array(this.count * DIGEST_BYTES));
     const ids = run.packs.map((name) => this.packId(name));
+    let patchAt = 0;
     for (let i = 0; i < run.regions.length; i++) {
       const at = run.regions[i]! - this.first;
       const pack = run.entryPack[i]!;
       packOf[at] = pack === ZERO_PACK ? ZERO_REGION : ids[pack]!;
       offsetOf[at] = run.entryOffset[i]!;
       digests.set(run.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), at * DIGEST_BYTES);
+      const count = run.patches?.counts[i] ?? 0;
+      const before = this.patchesAt.get(at);
+      if (before !== undefined) this.patchCount -= before.length;
+      if (count === 0) this.patchesAt.delete(at);
+      else {
+        const patches: PatchLocation[] = [];
+        for (let j = patchAt; j < patchAt + count; j++) {
+          patches.push({ pack: run.packs[run.patches!.pack[j]!]!, offset: run.patches!.offset[j]!, length: run.patches!.length[j]! });
+        }
+        this.patchesAt.set(at, patches);
+        this.patchCount += count;
+      }
+      patchAt += count;
     }
   }
 
@@ -148,7 +221,7 @@ export class PitPage {
   }
 
   isZero(region: number): boolean {
-    return this.packOf === undefined || this.packOf[region - this.first] === ZERO_REGION;
+    return this.packOf === undefined || (this.packOf[region - this.first] === ZERO_REGION && !this.patchesAt.has(region - this.first));
   }
 
   /** The region's digest (a view; all zeros for a zero region). */
@@ -158,16 +231,19 @@ export class PitPage {
     return this.digests.subarray(at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
   }
 
-  location(region: number): RegionLocation | undefined {
+  /** How the region is stored, or undefined: zeros. */
+  stored(region: number): StoredRegion | undefined {
     if (this.packOf === undefined) return undefined;
     const at = region - this.first;
     const pack = this.packOf[at]!;
-    return pack === ZERO_REGION ? undefined : { pack: this.packNames[pack]!, offset: this.offsetOf![at]! };
+    const base = pack === ZERO_REGION ? undefined : { pack: this.packNames[pack]!, offset: this.offsetOf![at]! };
+    const patches = this.patchesAt.get(at) ?? [];
+    return base === undefined && patches.length === 0 ? undefined : { base, patches };
   }
 
   /** Bytes of memory this page holds (for caches). */
   get bytes(): number {
-    return 64 + (this.packOf === undefined ? 0 : this.count * (8 + DIGEST_BYTES)) + this.packNames.length * 64;
+    return 64 + (this.packOf === undefined ? 0 : this.count * (8 + DIGEST_BYTES)) + this.packNames.length * 64 + this.patchesAt.size * 64 + this.patchCount * 48;
   }
 
   private packId(name: string): number {

@@ -28,3 +28,38 @@ export interface RegionLocation {
   pack: string;
   offset: number;
 }
+
+/** Where a patch is: its bytes in a pack (docs/FORMAT.md, "Patches"). */
+export interface PatchLocation {
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+/**
+ * How a region's content is stored: a whole copy (`base`, no patches), or a base (a whole copy,
+ * or undefined: zeros) with patches applied in order. A map says "zeros" with no StoredRegion.
+ */
+export interface StoredRegion {
+  base: RegionLocation | undefined;
+  patches: readonly PatchLocation[];
+}
+
+/** A region stored whole at `location`. */
+export function wholeAt(location: RegionLocation): StoredRegion {
+  return { base: location, patches: [] };
+}
+
+/** Every stored piece a region's content is made of: its base (if stored) and its patches. */
+export function piecesOf(stored: StoredRegion): RegionLocation[] {
+  return stored.base === undefined ? [...stored.patches] : [stored.base, ...stored.patches];
+}
+
+/**
+ * A name for the stored content: the same for every region that shares it (deduplicated), and
+ * different for different content (a patch belongs to one chain, so the last piece names it).
+ */
+export function storedId(stored: StoredRegion): string {
+  const last = stored.patches.at(-1) ?? stored.base!;
+  return stored.patches.length === 0 ? `${last.pack}@${last.offset}` : `${last.pack}@${last.offset}+${stored.patches.length}`;
+}

@@ -14,6 +14,10 @@ export const DEFAULT_REGION_SIZE = 1024 * 1024;
 export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_PAGE_REGIONS = 4096;
 export const DEFAULT_SPAN_FANOUT = 16;
+export const DEFAULT_BLOCK_SIZE = 4096;
+export const MIN_BLOCK_SIZE = 512;
+/** A region of at most this many blocks: a patch's block bitmap is at most 4 KiB. */
+export const MAX_REGION_BLOCKS = 32768;
 export const MIN_SPAN_FANOUT = 2;
 export const MAX_SPAN_FANOUT = 64;
 /**
@@ -34,6 +38,8 @@ export interface RepoConfig {
   pageRegions: number;
   /** Runs of one level merged into a span of the next (docs/FORMAT.md, "Spans"). */
   spanFanout: number;
+  /** Bytes in a block, the unit of a patch (docs/FORMAT.md, "Patches"). */
+  blockSize: number;
   /** ISO 8601 UTC. */
   created: string;
 }
@@ -45,6 +51,8 @@ export interface NewConfigOptions {
   spanFanout?: number;
   /** Regions per stored page (a power of two from 256 to 65536); tests use small pages. */
   pageRegions?: number;
+  /** Bytes in a block, the unit a write is shipped in (a power of two, 512 bytes to the region size). */
+  blockSize?: number;
   now?: Date;
   /** The volume's id (default: a random UUID); the golden fixtures pin it. */
   volumeId?: string;
@@ -66,6 +74,9 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
   if (!Number.isInteger(pageRegions) || pageRegions < 256 || pageRegions > 65536 || (pageRegions & (pageRegions - 1)) !== 0) {
     throw new InvalidArgumentError(`page size must be a power of two from 256 to 65536 regions, got ${pageRegions}`);
   }
+  const blockSize = options.blockSize ?? Math.min(DEFAULT_BLOCK_SIZE, regionSize);
+  const blockError = blockSizeError(blockSize, regionSize);
+  if (blockError !== undefined) throw new InvalidArgumentError(blockError);
   return {
     volumeId: options.volumeId ?? randomUUID(),
     volumeSize: options.volumeSize,
@@ -74,8 +85,20 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
     packSize,
     pageRegions,
     spanFanout,
+    blockSize,
     created: (options.now ?? new Date()).toISOString(),
   };
+}
+
+/** Why `blockSize` cannot be the block size with these regions, or undefined. */
+function blockSizeError(blockSize: number, regionSize: number): string | undefined {
+  if (!Number.isInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > regionSize || (blockSize & (blockSize - 1)) !== 0) {
+    return `block size must be a power of two from ${MIN_BLOCK_SIZE} bytes to the region size (${regionSize}), got ${blockSize}`;
+  }
+  if (regionSize / blockSize > MAX_REGION_BLOCKS) {
+    return `a ${regionSize}-byte region would have ${regionSize / blockSize} blocks of ${blockSize} bytes; at most ${MAX_REGION_BLOCKS}: choose larger blocks`;
+  }
+  return undefined;
 }
 
 export function validateGeometry(volumeSize: number, regionSize: number): void {
@@ -120,9 +143,13 @@ export function encodeConfig(config: RepoConfig): Uint8Array {
   return sealEnvelope(CONFIG_KIND, { ...config });
 }
 
+/** The cdp-s3 releases that wrote each older format version. */
+const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x' };
+
 /**
- * The config, refusing repositories of other format versions by name: version 1 (cdp-s3 before
- * paged maps) is not migrated; its points in time restore with the cdp-s3 that wrote them.
+ * The config, refusing repositories of other format versions by name: older ones (version 1,
+ * before paged maps; version 2, before patches) are not migrated; their points in time restore
+ * with the cdp-s3 that wrote them.
  */
 export function decodeConfig(bytes: Uint8Array): RepoConfig {
   const version = bytes.length >= 10 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint16(8, true) : undefined;
@@ -133,7 +160,7 @@ export function decodeConfig(bytes: Uint8Array): RepoConfig {
       CONFIG_KIND.what,
       `format version ${version} is not supported (this cdp-s3 reads version ${FORMAT_VERSION}): ` +
         (version < FORMAT_VERSION
-          ? `the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it (0.1.x), then start a new repository with cdp-s3 init`
+          ? `the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it (${WRITTEN_BY[version] ?? 'an older release'}), then start a new repository with cdp-s3 init`
           : 'the repository was made by a newer cdp-s3; upgrade cdp-s3'),
     );
   }
@@ -146,9 +173,12 @@ export function decodeConfig(bytes: Uint8Array): RepoConfig {
     packSize: r.integer('packSize', 1, 2 ** 31),
     pageRegions: r.integer('pageRegions', 256, 65536),
     spanFanout: r.integer('spanFanout', MIN_SPAN_FANOUT, MAX_SPAN_FANOUT),
+    blockSize: r.integer('blockSize', MIN_BLOCK_SIZE, MAX_REGION_SIZE),
     created: r.string('created'),
   };
   validateGeometry(config.volumeSize, config.regionSize);
+  const blockError = blockSizeError(config.blockSize, config.regionSize);
+  if (blockError !== undefined) throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, blockError);
   if ((config.pageRegions & (config.pageRegions - 1)) !== 0) throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, `pageRegions ${config.pageRegions} is not a power of two`);
   if (Math.ceil(config.volumeSize / config.regionSize) > MAX_VOLUME_REGIONS) {
     throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, `the volume has more than ${MAX_VOLUME_REGIONS} regions`);

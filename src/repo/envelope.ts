@@ -19,7 +19,7 @@ const TRAILER = 32;
 const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, variableMapSize: true, int64AsType: 'number' });
 
 /** The repository format this cdp-s3 writes and reads (config, chain, records: docs/FORMAT.md). */
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 
 /**
  * msgpackr writes integers of 2^32 and more (volume sizes, millisecond times) as float64, which
@@ -107,6 +107,11 @@ export class FieldReader {
 
   has(field: string): boolean {
     return this.body[field] !== undefined;
+  }
+
+  /** The field as decoded (a nested map, for its own reader). */
+  raw(field: string): unknown {
+    return this.body[field];
   }
 
   integer(field: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {

@@ -42,6 +42,19 @@ const PAGE_CACHE_BYTES = 32 * 1024 * 1024;
 /** Pages of a span's children read ahead while merging. */
 const MERGE_READ_AHEAD = 8;
 
+/**
+ * A writer stores a region whose changed blocks it knows as a patch on the region's stored
+ * version while the region then has at most `maxPatches` patches and they add up to at most
+ * `maxPatchFraction` of the region's bytes; otherwise whole. So a restore needs at most
+ * maxPatches + 1 pieces of a region, and fetches at most 1 + maxPatchFraction of its bytes.
+ */
+export interface PatchLimits {
+  maxPatches: number;
+  maxPatchFraction: number;
+}
+
+export const DEFAULT_PATCH_LIMITS: PatchLimits = { maxPatches: 16, maxPatchFraction: 0.25 };
+
 /** A delta a writer has built (its packs and page packs stored), ready to commit. */
 export interface PendingDelta {
   seq: number;
@@ -67,6 +80,8 @@ export class Repository implements RunSource {
   readonly context: RootContext;
   /** Runs with at most this many entries are stored inline in their root (a writer's choice; readers take both). */
   inlineEntries = INLINE_ENTRIES;
+  /** When writers store a changed region as a patch, and when whole (a writer's choice; readers take any chain). */
+  patchLimits: PatchLimits = DEFAULT_PATCH_LIMITS;
   private readonly roots = new LRUCache<string, RunReader>({ maxSize: ROOT_CACHE_BYTES, sizeCalculation: (run) => Math.max(1, run.rootBytes * 2) });
   private readonly summaryCache = new LRUCache<string, PointSummary[]>({ maxSize: 1 << 20, sizeCalculation: (list) => Math.max(1, list.length) });
   private readonly pages = new LRUCache<string, RunPage>({ maxSize: PAGE_CACHE_BYTES, sizeCalculation: (page) => Math.max(1, page.regions.length * 48) });

@@ -4,7 +4,7 @@
 // 16 TiB volume holds a page or two in memory, not the whole map.
 
 import { FormatError } from '../errors.js';
-import type { RegionLocation } from '../model/regions.js';
+import type { StoredRegion } from '../model/regions.js';
 import { PageBuilder, type RunPage, pageOf } from '../model/pages.js';
 import type { ObjectStore } from '../store/types.js';
 import { PagePackWriter, type PagePackWriterOptions } from './page-packs.js';
@@ -53,12 +53,12 @@ export class RunBuilder {
     return this.pager?.packsWritten ?? 0;
   }
 
-  /** Records what `region` holds at the run's point in time (undefined location: zeros). */
-  async set(region: number, location: RegionLocation | undefined, digest: Uint8Array): Promise<void> {
+  /** Records what `region` holds at the run's point in time (undefined: zeros). */
+  async set(region: number, stored: StoredRegion | undefined, digest: Uint8Array): Promise<void> {
     const page = pageOf(region, this.context.pageRegions);
     let builder = this.openPages.get(page);
     if (builder === undefined) builder = await this.openPage(page);
-    builder.set(region, location, digest);
+    builder.set(region, stored, digest);
   }
 
   /** Adds every entry of a page (a newer page's entries override). */

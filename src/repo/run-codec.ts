@@ -5,7 +5,8 @@
 
 import { FormatError } from '../errors.js';
 import { DELTA_KINDS, type DeltaKind, DIGEST_BYTES, ZERO_REGION } from '../model/regions.js';
-import { type RunPage, ZERO_PACK } from '../model/pages.js';
+import { MAX_ENTRY_PATCHES, type PagePatches, type RunPage, ZERO_PACK } from '../model/pages.js';
+import { PATCH_DIGEST_BYTES } from '../model/patches.js';
 import { u16Bytes, u16Column, u32Bytes, u32Column, u64Bytes, u64Column } from './columns.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { isPackKey, isPagePackKey, seqName } from './keys.js';
@@ -149,7 +150,47 @@ export function encodePage(page: RunPage, volumeId: string, pageRegions: number)
     entryPack: u16Bytes(page.entryPack),
     entryOffset: u32Bytes(page.entryOffset),
     digests: page.digests,
+    ...(page.patches === undefined
+      ? {}
+      : {
+          patches: {
+            counts: page.patches.counts,
+            pack: u16Bytes(page.patches.pack),
+            offset: u32Bytes(page.patches.offset),
+            length: u32Bytes(page.patches.length),
+          },
+        }),
   });
+}
+
+/**
+ * Checks the patch columns of `n` entries naming `packCount` packs: counts, then every patch's
+ * pack index (by `packIndex`, of whatever width), offset and length.
+ */
+function checkPatches(name: string, n: number, counts: Uint8Array, packIndex: ArrayLike<number>, packCount: number, lengths: Uint32Array): void {
+  if (counts.length !== n) throw new FormatError('FORMAT_CORRUPT', name, `patch counts are ${counts.length} for ${n} entries`);
+  let total = 0;
+  for (const count of counts) {
+    if (count > MAX_ENTRY_PATCHES) throw new FormatError('FORMAT_CORRUPT', name, `an entry has ${count} patches`);
+    total += count;
+  }
+  if (total === 0) throw new FormatError('FORMAT_CORRUPT', name, 'has a patch table with no patches');
+  if (packIndex.length !== total || lengths.length !== total) throw new FormatError('FORMAT_CORRUPT', name, `patch columns hold other than ${total} patches`);
+  for (let j = 0; j < total; j++) {
+    if (packIndex[j]! >= packCount) throw new FormatError('FORMAT_CORRUPT', name, `a patch names pack ${packIndex[j]} of ${packCount}`);
+    if (lengths[j]! <= PATCH_DIGEST_BYTES) throw new FormatError('FORMAT_CORRUPT', name, `a patch is ${lengths[j]} bytes long`);
+  }
+}
+
+function decodePagePatches(body: unknown, name: string, n: number, packCount: number): PagePatches {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new FormatError('FORMAT_CORRUPT', name, 'field "patches" is not a map');
+  const r = new FieldReader(`${name} patches`, body as Record<string, unknown>);
+  const counts = new Uint8Array(r.bytes('counts', n));
+  const pack = u16Column(r.bytes('pack'), name, 'patches.pack');
+  const offset = u32Column(r.bytes('offset', pack.length * 4), name, 'patches.offset');
+  const length = u32Column(r.bytes('length', pack.length * 4), name, 'patches.length');
+  checkPatches(name, n, counts, pack, packCount, length);
+  return { counts, pack, offset, length };
 }
 
 /** Decodes and checks a page; `page` is the index its ref names, `what` the run it belongs to. */
@@ -178,7 +219,9 @@ export function decodePage(bytes: Uint8Array, page: number, context: PageContext
   for (const p of entryPack) if (p !== ZERO_PACK && p >= packs.length) throw new FormatError('FORMAT_CORRUPT', name, `an entry names pack ${p} of ${packs.length}`);
   const entryOffset = u32Column(r.bytes('entryOffset', n * 4), name, 'entryOffset');
   const digests = new Uint8Array(r.bytes('digests', n * DIGEST_BYTES));
-  return { page, regions, packs, entryPack, entryOffset, digests };
+  if (!r.has('patches')) return { page, regions, packs, entryPack, entryOffset, digests };
+  const patches = decodePagePatches(r.raw('patches'), name, n, packs.length);
+  return { page, regions, packs, entryPack, entryOffset, digests, patches };
 }
 
 // ---- summaries -----------------------------------------------------------------------------
@@ -239,6 +282,10 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
   const digests = new Uint8Array(n * DIGEST_BYTES);
   const packs: string[] = [];
   const packIndex = new Map<string, number>();
+  const counts = new Uint8Array(n);
+  const patchPack: number[] = [];
+  const patchOffset: number[] = [];
+  const patchLength: number[] = [];
   let at = 0;
   for (const page of pages) {
     const ids = page.packs.map((name) => {
@@ -257,9 +304,21 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
     }
     entryOffset.set(page.entryOffset, at);
     digests.set(page.digests, at * DIGEST_BYTES);
+    if (page.patches !== undefined) {
+      counts.set(page.patches.counts, at);
+      for (let j = 0; j < page.patches.pack.length; j++) {
+        patchPack.push(ids[page.patches.pack[j]!]!);
+        patchOffset.push(page.patches.offset[j]!);
+        patchLength.push(page.patches.length[j]!);
+      }
+    }
     at += page.regions.length;
   }
-  return { regions: u32Bytes(regions), packs, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), digests };
+  const patches =
+    patchPack.length === 0
+      ? {}
+      : { patches: { counts, pack: u32Bytes(Uint32Array.from(patchPack)), offset: u32Bytes(Uint32Array.from(patchOffset)), length: u32Bytes(Uint32Array.from(patchLength)) } };
+  return { regions: u32Bytes(regions), packs, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), digests, ...patches };
 }
 
 function decodeEntries(body: unknown, what: string, context: RootContext): PageRef[] {
@@ -276,6 +335,21 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
   const entryPack = u32Column(r.bytes('entryPack', n * 4), what, 'entries.entryPack');
   const entryOffset = u32Column(r.bytes('entryOffset', n * 4), what, 'entries.entryOffset');
   const digests = r.bytes('digests', n * DIGEST_BYTES);
+  let patches: { counts: Uint8Array; pack: Uint32Array; offset: Uint32Array; length: Uint32Array; starts: Uint32Array } | undefined;
+  if (r.has('patches')) {
+    const body = r.raw('patches');
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new FormatError('FORMAT_CORRUPT', what, 'field "entries.patches" is not a map');
+    const p = new FieldReader(`${what} patches`, body as Record<string, unknown>);
+    const counts = new Uint8Array(p.bytes('counts', n));
+    const pack = u32Column(p.bytes('pack'), what, 'entries.patches.pack');
+    const offset = u32Column(p.bytes('offset', pack.length * 4), what, 'entries.patches.offset');
+    const length = u32Column(p.bytes('length', pack.length * 4), what, 'entries.patches.length');
+    checkPatches(what, n, counts, pack, packs.length, length);
+    // Where each entry's patches start.
+    const starts = new Uint32Array(n + 1);
+    for (let i = 0; i < n; i++) starts[i + 1] = starts[i]! + counts[i]!;
+    patches = { counts, pack, offset, length, starts };
+  }
   const out: PageRef[] = [];
   let from = 0;
   while (from < n) {
@@ -291,19 +365,32 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
     const local: string[] = [];
     const localIndex = new Map<number, number>();
     const pagePacks = new Uint16Array(to - from);
-    for (let i = from; i < to; i++) {
-      const p = entryPack[i]!;
-      if (p === ZERO_REGION) {
-        pagePacks[i - from] = ZERO_PACK;
-        continue;
-      }
+    const localOf = (p: number): number => {
       let index = localIndex.get(p);
       if (index === undefined) {
         index = local.length;
         local.push(packs[p]!);
         localIndex.set(p, index);
       }
-      pagePacks[i - from] = index;
+      return index;
+    };
+    let pagePatches: PagePatches | undefined;
+    const patchFrom = patches?.starts[from] ?? 0;
+    const patchTo = patches?.starts[to] ?? 0;
+    const localPatchPack = new Uint16Array(patchTo - patchFrom);
+    for (let i = from; i < to; i++) {
+      const p = entryPack[i]!;
+      pagePacks[i - from] = p === ZERO_REGION ? ZERO_PACK : localOf(p);
+      // In the canonical order a page has: each entry's base, then its patches.
+      for (let j = patches?.starts[i] ?? 0; j < (patches?.starts[i + 1] ?? 0); j++) localPatchPack[j - patchFrom] = localOf(patches!.pack[j]!);
+    }
+    if (patches !== undefined && patchTo > patchFrom) {
+      pagePatches = {
+        counts: patches.counts.slice(from, to),
+        pack: localPatchPack,
+        offset: patches.offset.slice(patchFrom, patchTo),
+        length: patches.length.slice(patchFrom, patchTo),
+      };
     }
     const inline: RunPage = {
       page,
@@ -312,6 +399,7 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
       entryPack: pagePacks,
       entryOffset: entryOffset.slice(from, to),
       digests: digests.slice(from * DIGEST_BYTES, to * DIGEST_BYTES),
+      ...(pagePatches === undefined ? {} : { patches: pagePatches }),
     };
     out.push({ page, count: to - from, ref: undefined, inline });
     from = to;

@@ -3,6 +3,7 @@
 
 import pLimit from 'p-limit';
 import { FormatError } from '../errors.js';
+import { type StoredRegion, piecesOf } from '../model/regions.js';
 import type { ObjectStore } from '../store/types.js';
 import {
   type DamagedLocation,
@@ -119,6 +120,11 @@ export async function readWriterTrust(store: ObjectStore, signal?: AbortSignal):
 /** Whether a new delta may refer to region bytes an earlier delta stored at `location`. */
 export function mayReuse(trust: WriterTrust, location: { pack: string; offset: number }): boolean {
   return trust.unreadable.length === 0 && !trust.damaged.has(locationId(location));
+}
+
+/** Whether any stored piece of a region (its base or a patch) is known damaged. */
+export function storedDamaged(damaged: ReadonlySet<string>, stored: StoredRegion | undefined): boolean {
+  return stored !== undefined && piecesOf(stored).some((piece) => damaged.has(locationId(piece)));
 }
 
 /** Puts `marks` under a new key; `newestSeq` is the newest point in time the writer has seen. */

@@ -20,6 +20,8 @@ export interface VerifySlice {
   expected: Uint8Array;
   /** (fd, position) pairs to write the slice to once it verifies; may be empty. */
   writes: Array<[number, number]>;
+  /** The slice carries its own SHA-256 in its first 32 bytes, of the bytes after them (a patch); `expected` is unused. */
+  selfChecked?: boolean;
 }
 
 export interface VerifyWriteRequest {

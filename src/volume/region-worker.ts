@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { kernels } from '../kernels/index.js';
+import { PATCH_DIGEST_BYTES } from '../model/patches.js';
 import { preadFullySync as readFully, pwriteFullySync as writeFully } from '../util/positional-io.js';
 import type { PoolReply, PoolRequest } from './region-protocol.js';
 
@@ -23,8 +24,9 @@ function handle(job: PoolRequest): PoolReply {
   const mismatches: Array<{ slice: number; digest: Uint8Array }> = [];
   job.slices.forEach((slice, index) => {
     const bytes = job.bytes.subarray(slice.at, slice.at + slice.length);
-    const digest = createHash('sha256').update(bytes).digest();
-    if (!digest.equals(slice.expected)) {
+    // A patch read on its own checks against the digest it carries.
+    const digest = createHash('sha256').update(slice.selfChecked === true ? bytes.subarray(PATCH_DIGEST_BYTES) : bytes).digest();
+    if (!digest.equals(slice.selfChecked === true ? bytes.subarray(0, PATCH_DIGEST_BYTES) : slice.expected)) {
       mismatches.push({ slice: index, digest });
       return;
     }

@@ -8,7 +8,7 @@ import { mkdtemp, rm, unlink, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type RegionLocation } from '../../src/model/regions.js';
+import { type StoredRegion } from '../../src/model/regions.js';
 import { ChainGapError } from '../../src/repo/chain-index.js';
 import { newConfig } from '../../src/repo/config.js';
 import { deltaKey, packKey, spanKey } from '../../src/repo/keys.js';
@@ -20,7 +20,7 @@ import { DelegatingStore } from '../../src/store/delegating.js';
 import { seededRandom } from '../helpers/random.js';
 
 interface ModelEntry {
-  location: RegionLocation | undefined;
+  location: StoredRegion | undefined;
   digest: Uint8Array;
 }
 
@@ -71,7 +71,10 @@ async function makeChain(points: number, fanout: number, seed: number, maxChange
       for (const region of pass) {
         const zero = random() < 0.1;
         const digest = new Uint8Array(32).map(() => Math.floor(random() * 256));
-        const location = zero ? undefined : { pack, offset: 16 + Math.floor(random() * 1e6) };
+        // Some regions are a base (or zeros) with patches, as block-level writes store them.
+        const patches = random() < 0.3 ? Array.from({ length: 1 + Math.floor(random() * 3) }, (_, j) => ({ pack, offset: 16 + j * 100 + Math.floor(random() * 1e6), length: 33 + Math.floor(random() * 9000) })) : [];
+        const base = random() < 0.2 && patches.length > 0 ? undefined : { pack, offset: 16 + Math.floor(random() * 1e6) };
+        const location = zero ? undefined : { base, patches };
         await builder.set(region, location, zero ? new Uint8Array(32) : digest);
         state.set(region, { location, digest: zero ? new Uint8Array(32) : digest });
         if (pass === firstPass) await builder.closeBelow(region);
@@ -92,7 +95,7 @@ async function expectPoint(repo: Repository, model: Array<Map<number, ModelEntry
   for await (const page of view.pages()) {
     for (let region = page.first; region < page.first + page.count; region++) {
       const entry = expected.get(region);
-      const location = page.location(region);
+      const location = page.stored(region);
       if (entry === undefined || entry.location === undefined) {
         expect(location, `point ${seq} region ${region}`).toBeUndefined();
         expect(Buffer.from(page.digest(region)).equals(Buffer.alloc(32))).toBe(true);

@@ -12,16 +12,17 @@ import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { verify } from '../../src/core/verify.js';
-import { GOLDEN_POINTS, goldenImage } from '../../src/dev/golden-fixture.js';
+import { goldenImage } from '../../src/dev/golden-fixture.js';
 import { decodeConfig, encodeConfig } from '../../src/repo/config.js';
 import { sealEnvelope } from '../../src/repo/envelope.js';
 import { PAGE_PACK_HEADER_BYTES, decodeDeltaRoot, decodePage, decodeSpanRoot, encodeDeltaRoot, encodePage, encodeSpanRoot, pagePackHeader } from '../../src/repo/run-codec.js';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { FsStore } from '../../src/store/fs.js';
+import { runEntries } from '../../src/model/pages.js';
 import { cli } from '../helpers/cli.js';
 import { withVersion } from '../helpers/raw-objects.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format2');
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format3');
 let dir: string;
 let repoDir: string;
 
@@ -40,12 +41,12 @@ const keys = async (prefix: string): Promise<string[]> => (await readdir(join(FI
   .map((e) => join(prefix, e.parentPath.slice(join(FIXTURE, 'repo', prefix).length), e.name).replace(/^\/+/, ''))
   .sort();
 
-describe('golden fixtures (format 2)', () => {
+describe('golden fixtures (format 3)', () => {
   it('every point restores to the image it was taken of, and log and verify read the chain', async () => {
     const expected = JSON.parse(await readFile(join(FIXTURE, 'expected.json'), 'utf8')) as Array<{ seq: number; kind: string; time: string; sha256: string }>;
     const store = new FsStore(repoDir);
     for (const point of expected) {
-      expect(createHash('sha256').update(goldenImage(GOLDEN_POINTS[point.seq - 1]!)).digest('hex')).toBe(point.sha256);
+      expect(createHash('sha256').update(goldenImage(point.seq)).digest('hex')).toBe(point.sha256);
       const plan = await planRestore({ store, at: parsePointSelector(String(point.seq)) });
       expect(plan).toMatchObject({ seq: point.seq, kind: point.kind, time: point.time });
       const target = join(dir, `point-${point.seq}.img`);
@@ -53,11 +54,13 @@ describe('golden fixtures (format 2)', () => {
       expect(createHash('sha256').update(await readFile(target)).digest('hex'), `point ${point.seq}`).toBe(point.sha256);
     }
     expect((await log({ store })).entries.map((e) => [e.seq, e.kind, e.time, e.spans])).toEqual(
-      expected.map((p) => [p.seq, p.kind, p.time, p.seq === 2 ? [1] : p.seq === 4 ? [1, 2] : []]),
+      expected.map((p) => [p.seq, p.kind, p.time, p.seq === 2 || p.seq === 6 ? [1] : p.seq === 4 ? [1, 2] : []]),
     );
     const verified = await verify({ store, readData: true, workers: 1, dryRun: true });
     expect(verified.problems).toEqual([]);
-    expect(verified).toMatchObject({ deltas: 4, spans: 3 });
+    expect(verified).toMatchObject({ deltas: 6, spans: 4 });
+    // Every stored piece was read once: the regions stored whole and the three patches.
+    expect(verified.locationsRead).toBe(verified.locations);
   });
 
   it('decoding each object and encoding it again gives the stored bytes', async () => {
@@ -91,6 +94,19 @@ describe('golden fixtures (format 2)', () => {
       }
     }
     expect(paged).toBeGreaterThan(0); // the fixture has runs in page packs, not only inline ones
+    // …and regions stored as patches, inline (point 5) and in page packs (point 6): on a stored
+    // base, on zeros, two deep, and a composed region deduplicated.
+    const store = new FsStore(join(FIXTURE, 'repo'));
+    const { Repository } = await import('../../src/repo/repository.js');
+    const repo = await Repository.open(store);
+    const stored = async (seq: number): Promise<Map<number, string>> => {
+      const run = await repo.readRun({ level: 0, first: seq, last: seq });
+      const out = new Map<number, string>();
+      for (const ref of run.pages) for (const e of runEntries((await run.page(ref.page))!)) out.set(e.region, e.stored === undefined ? 'zeros' : `${e.stored.base === undefined ? 'zeros' : 'base'}+${e.stored.patches.length}`);
+      return out;
+    };
+    expect([...(await stored(5))]).toEqual([[0, 'base+1'], [10, 'zeros+1'], [257, 'base+1']]);
+    expect([...(await stored(6))]).toEqual([[0, 'base+2'], [11, 'zeros+1']]);
     for (const key of await keys('pages')) expect((await raw(key)).subarray(0, PAGE_PACK_HEADER_BYTES).equals(pagePackHeader())).toBe(true);
     // Span 02/4 shares page 1 with span 01/2 (only that child changed it).
     const two = decodeSpanRoot(await raw('spans/02/0000000000000004'), { level: 2, first: 1, last: 4 }, context);
@@ -98,10 +114,11 @@ describe('golden fixtures (format 2)', () => {
     expect(two.pages.find((p) => p.page === 1)!.ref).toEqual(one.pages.find((p) => p.page === 1)!.ref);
   });
 
-  it('a repository of format 1 (cdp-s3 0.1) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
+  it('a repository of format 1 or 2 (cdp-s3 0.1, 0.2) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
     for (const [version, says] of [
-      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 2\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it/],
-      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 2\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
+      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 3\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
+      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 3\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
+      [4, /^cdp-s3: config: format version 4 is not supported \(this cdp-s3 reads version 3\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
     ] as const) {
       const other = join(dir, `v${version}`);
       await cp(repoDir, other, { recursive: true });
@@ -117,8 +134,8 @@ describe('golden fixtures (format 2)', () => {
 
   it('integers are msgpack integers: int64 from 2^32 on (times, large sizes), never float64', () => {
     const body = (bytes: Uint8Array): Buffer => Buffer.from(bytes.subarray(10, bytes.length - 32));
-    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 2, what: 'test' }, { t: 2 ** 40 })).toString('hex')).toBe('81a174d30000010000000000');
-    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 2, what: 'test' }, { t: 2 ** 32 - 1 })).toString('hex')).toBe('81a174ceffffffff');
-    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 2, what: 'test' }, { t: 300 })).toString('hex')).toBe('81a174cd012c');
+    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 3, what: 'test' }, { t: 2 ** 40 })).toString('hex')).toBe('81a174d30000010000000000');
+    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 3, what: 'test' }, { t: 2 ** 32 - 1 })).toString('hex')).toBe('81a174ceffffffff');
+    expect(body(sealEnvelope({ magic: 'CDPS3TST', version: 3, what: 'test' }, { t: 300 })).toString('hex')).toBe('81a174cd012c');
   });
 });

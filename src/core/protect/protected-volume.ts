@@ -55,6 +55,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     this.tracker = new WriteTracker(handle, drl, this.geometry, {
       clock: this.clock,
       preimageLimit: options.preimageBytes ?? 256 * 1024 * 1024,
+      blockSize: repo.config.blockSize,
       hooks: options.hooks,
     });
     this.shipper = new Shipper(repo, lock, this.tracker, spool, committer, options);

@@ -403,7 +403,7 @@ export class Shipper {
       for (const region of sealed.map.regions()) {
         const bytes = await this.tracker.readSealed(sealed, region);
         if (k.isZero(bytes)) await writer.apply(region, { status: 'zero' });
-        else await writer.apply(region, { status: 'changed', digest: createHash('sha256').update(bytes).digest(), bytes });
+        else await writer.apply(region, { status: 'changed', digest: createHash('sha256').update(bytes).digest(), bytes }, this.tracker.changedBlocks(sealed, region));
       }
       const committed = await this.committer.commit(writer, 'host', Math.min(start, sealTime), { end: sealTime, signal });
       this.reportSpanError(committed.commit.spanError);

@@ -4,6 +4,11 @@
 // open map at one instant; readSealed() then yields each sealed region's content as of that
 // instant, whatever the host writes meanwhile.
 //
+// Within each region of the open map it also tracks which blocks were written, so a seal can
+// ship a patch of those blocks instead of the whole region (model/patches.ts). A block is marked
+// before its write starts and again once it is done, so the blocks of a seal hold every write
+// that could have changed what the shipper reads, including writes still in flight at the seal.
+//
 // Several seals can be unshipped at once (a direct shipment still trying while later intervals
 // are sealed into the spool), so pre-images are kept per seal: a region can be sealed and
 // unread in two of them, each needing its own content. A direct shipment also keeps, while
@@ -18,10 +23,23 @@ import type { ChangeRecorder } from '../../volume/changes.js';
 import type { DirtyRegionLog } from '../../volume/dirty-region-log.js';
 import { preadFully } from '../../util/positional-io.js';
 import type { ProtectHooks } from './options.js';
+import { allBlocks, emptyBlocks, markBlocks, orBlocks } from '../../model/patches.js';
+
+/**
+ * Per region of a map: the blocks written since the region's last shipped version, or null:
+ * unknown (the region ships whole). A region of the map with no entry is unknown too (after a
+ * restart the DRL names regions, not blocks).
+ */
+export type BlockMaps = Map<number, Uint8Array | null>;
+
+/** Regions whose written blocks are tracked at once; past this, more regions ship whole. */
+const MAX_TRACKED_REGIONS = 1 << 18;
 
 /** The regions of one seal, to be read as of its instant. */
 export interface SealedGeneration {
   map: DeltaMap;
+  /** The blocks written in each region of `map` since its last shipped version. */
+  blocks: BlockMaps;
   /** Regions the shipper has read (their content at the seal is taken). */
   shipped: DeltaMap;
   preimages: Map<number, Uint8Array>;
@@ -45,11 +63,14 @@ export interface WriteTrackerOptions {
   clock: () => number;
   /** Bytes of pre-images kept before writes to unread sealed regions wait for the shipper. */
   preimageLimit: number;
+  /** The repository's block size: the unit in which written blocks are tracked. */
+  blockSize: number;
   hooks?: ProtectHooks;
 }
 
 export class WriteTracker {
   private open: DeltaMap;
+  private openBlocks: BlockMaps = new Map();
   private openFirstWrite: number | undefined;
   /** Sealed, not yet shipped or given up, in the order they were sealed. */
   private readonly generations = new Set<SealedGeneration>();
@@ -117,10 +138,12 @@ export class WriteTracker {
     const end = Math.ceil((offset + length) / regionSize);
     this.beginWrite(first, end);
     try {
+      // Before any await: a seal from here on counts these blocks as written.
+      this.noteBlocks(offset, length);
       await this.beforeWrite(first, end);
       await apply();
       if (fua) await this.handle.datasync();
-      this.afterWrite(first, end);
+      this.afterWrite(offset, length);
     } finally {
       this.endWrite(first, end);
     }
@@ -152,6 +175,8 @@ export class WriteTracker {
 
   committed(regions: DeltaMap): void {
     this.open.subtract(regions);
+    // Their next version is relative to the one just committed.
+    for (const region of [...this.openBlocks.keys()]) if (regions.has(region)) this.openBlocks.delete(region);
     if (this.open.isEmpty()) this.openFirstWrite = undefined; // nothing unshipped is that old any more
   }
 
@@ -173,6 +198,7 @@ export class WriteTracker {
   seal(options: { keepAfterRead: boolean }): SealedGeneration {
     const sealed: SealedGeneration = {
       map: this.open,
+      blocks: this.openBlocks,
       shipped: new DeltaMap(this.geometry.regionCount),
       preimages: new Map(),
       busy: new Map(),
@@ -183,6 +209,7 @@ export class WriteTracker {
       lost: false,
     };
     this.open = new DeltaMap(this.geometry.regionCount);
+    this.openBlocks = new Map();
     this.openFirstWrite = undefined;
     this.generations.add(sealed);
     return sealed;
@@ -207,13 +234,53 @@ export class WriteTracker {
 
   /** A seal that will not ship as its own point in time: its regions go out with the next seal. */
   reopen(sealed: SealedGeneration): void {
-    this.reopenRegions(sealed.map.regions(), sealed.firstWrite);
+    this.reopenRegions(sealed.map.regions(), sealed.firstWrite, sealed.blocks);
   }
 
-  /** Regions of a point in time that will not ship as its own (a dropped spool segment): they go out with the next seal. */
-  reopenRegions(regions: Iterable<number>, firstWrite: number | undefined): void {
-    for (const region of regions) this.open.set(region);
+  /**
+   * Regions of a point in time that will not ship as its own (a dropped spool segment): they go
+   * out with the next seal, their written blocks (`blocks`; unknown without) joining the open ones.
+   */
+  reopenRegions(regions: Iterable<number>, firstWrite: number | undefined, blocks?: BlockMaps): void {
+    for (const region of regions) {
+      const theirs = blocks?.get(region) ?? null;
+      const mine = this.openBlocks.get(region);
+      if (theirs === null) this.openBlocks.set(region, null);
+      else if (mine === undefined) {
+        if (!this.open.has(region)) this.openBlocks.set(region, theirs.slice());
+      } else if (mine !== null) orBlocks(mine, theirs);
+      this.open.set(region);
+    }
     if (firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, firstWrite);
+  }
+
+  /** The blocks of `region` written since its last shipped version, or undefined: unknown (ship it whole). */
+  changedBlocks(sealed: SealedGeneration, region: number): Uint8Array | undefined {
+    return sealed.blocks.get(region) ?? undefined;
+  }
+
+  /**
+   * Marks the blocks bytes [offset, offset + length) touch in the open map's regions. A region
+   * in the open map whose blocks are unknown stays so; a region tracked for the first time
+   * starts from nothing (its last shipped version).
+   */
+  private noteBlocks(offset: number, length: number): void {
+    const { regionSize } = this.geometry;
+    const blockSize = this.options.blockSize;
+    const end = offset + length;
+    for (let region = Math.floor(offset / regionSize); region * regionSize < end; region++) {
+      let blocks = this.openBlocks.get(region);
+      if (blocks === null) continue;
+      if (blocks === undefined) {
+        if (this.open.has(region) || this.openBlocks.size >= MAX_TRACKED_REGIONS) continue;
+        blocks = emptyBlocks(regionLength(this.geometry, region), blockSize);
+        this.openBlocks.set(region, blocks);
+      }
+      const start = region * regionSize;
+      markBlocks(blocks, Math.max(offset, start) - start, Math.min(end, start + regionSize) - start, blockSize);
+      // Every block written: the region ships whole anyway, and needs no bitmap.
+      if (allBlocks(blocks, regionLength(this.geometry, region), blockSize)) this.openBlocks.set(region, null);
+    }
   }
 
   /**
@@ -369,8 +436,13 @@ export class WriteTracker {
     return this.preimagesHeld + length <= this.options.preimageLimit;
   }
 
-  private afterWrite(first: number, end: number): void {
+  private afterWrite(offset: number, length: number): void {
+    const regionSize = this.geometry.regionSize;
+    const first = Math.floor(offset / regionSize);
+    const end = Math.ceil((offset + length) / regionSize);
     this.openFirstWrite ??= this.options.clock();
+    // Again: a seal since the start of this write has taken the blocks marked then.
+    this.noteBlocks(offset, length);
     this.open.setRange(first, end);
     for (const recorder of this.recorders) recorder.map.setRange(first, end);
   }

@@ -8,12 +8,12 @@
 
 import { AbortedError, CdpError, IntegrityError } from '../../errors.js';
 import type { PitPage } from '../../model/pages.js';
-import { type Geometry, regionLength } from '../../model/regions.js';
+import { type Geometry, regionLength, storedId } from '../../model/regions.js';
 import { NbdRequestError, type ReadViews } from '../../nbd/types.js';
 import type { PitView } from '../../repo/pit-view.js';
 import type { Repository } from '../../repo/repository.js';
 import { RegionPool } from '../../volume/region-pool.js';
-import { RegionFetcher, integrityError } from '../region-fetcher.js';
+import { RegionFetcher, integrityError, wantedRegion } from '../region-fetcher.js';
 import { type PlannedGet, ReadAhead, type Slot } from './read-ahead.js';
 import { RegionCache } from './region-cache.js';
 
@@ -271,16 +271,9 @@ export class PitReader {
   private slot(region: number): Slot | undefined {
     const page = this.pagesAtHand.get(this.pit.pageOf(region));
     if (page === undefined) throw new NbdRequestError('EIO', `the map page of region ${region} is not loaded`);
-    const location = page.location(region);
-    if (location === undefined) return undefined;
-    return {
-      id: `${location.pack}@${location.offset}`,
-      region,
-      pack: location.pack,
-      offset: location.offset,
-      length: regionLength(this.geometry, region),
-      digest: page.digest(region).slice(),
-    };
+    const stored = page.stored(region);
+    if (stored === undefined) return undefined;
+    return { id: storedId(stored), ...wantedRegion(region, stored, regionLength(this.geometry, region), page.digest(region)) };
   }
 
   /** Starts a planned GET; each of its slots is in flight until it is cached (or failed). */

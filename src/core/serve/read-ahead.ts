@@ -9,7 +9,7 @@
 // always starts; GETs no read waits for only while fewer than prefetchConcurrency are running.
 
 import { type Geometry, regionLength } from '../../model/regions.js';
-import type { FetchRange, WantedRegion } from '../region-fetcher.js';
+import { type FetchRange, type WantedRegion, composedRange } from '../region-fetcher.js';
 
 /** A stored region; `id` names where it is stored, which deduplicated regions share. */
 export interface Slot extends WantedRegion {
@@ -143,7 +143,14 @@ export class ReadAhead {
       // A deduplicated region already in a GET of this plan.
       if (taken.has(slot.id)) continue;
       const previous = unit.at(-1);
-      const joins = previous !== undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset && bytes + slot.length <= unitBytes;
+      // Composed regions (a base with patches) go together into composed ranges; stored ones
+      // into GETs of their pack's neighbours.
+      const joins =
+        previous !== undefined &&
+        bytes + slot.length <= unitBytes &&
+        (slot.compose !== undefined
+          ? previous.compose !== undefined
+          : previous.compose === undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset);
       if (!joins && !flush()) return planned;
       taken.add(slot.id);
       unit.push(slot);
@@ -157,9 +164,10 @@ export class ReadAhead {
   }
 }
 
-/** The ranged GET of slots that lie back to back in one pack: one slice each. */
+/** The ranged GET of slots that lie back to back in one pack (or the composed range of composed slots): one slice each. */
 function rangeOf(slots: Slot[]): FetchRange {
   const head = slots[0]!;
+  if (head.compose !== undefined) return composedRange(slots, { oneRegionPerSlice: true });
   let at = 0;
   const slices = slots.map((slot) => {
     const slice = { at, length: slot.length, digest: slot.digest, regions: [slot.region] };
