@@ -1,5 +1,6 @@
 // The options of a protected volume, shared by its parts (write tracker, spool, shipper).
 
+import type { PatchLimits } from '../../repo/repository.js';
 import type { ObjectStore } from '../../store/types.js';
 
 export interface ProtectedVolumeOptions {
@@ -28,6 +29,8 @@ export interface ProtectedVolumeOptions {
   signal?: AbortSignal;
   /** Where tests interleave writes with the shipper deterministically. */
   hooks?: ProtectHooks;
+  /** When a region is shipped as a patch instead of whole (default: the repository's; tests and benchmarks set others). */
+  patchLimits?: PatchLimits;
 }
 
 export interface ProtectHooks {
@@ -35,6 +38,8 @@ export interface ProtectHooks {
   beforeShipRead?(region: number): Promise<void> | void;
   /** A write waits for the shipper to read this sealed region: the pre-image memory is full. */
   writeWaits?(region: number): void;
+  /** A write is about to change the primary (its DRL marks are durable, its pre-images saved). */
+  beforeWriteApplies?(offset: number, length: number): Promise<void> | void;
 }
 
 export type ShipResult = { seq: number; regions: number } | undefined;

@@ -63,6 +63,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   static async open(options: ProtectedVolumeOptions): Promise<ProtectedVolume> {
     const repo = await Repository.open(options.store, options.signal);
+    if (options.patchLimits !== undefined) repo.patchLimits = options.patchLimits;
     const g = repo.geometry;
     // openVolume refuses what is not a disk (a FIFO, a socket, a character device) before opening it.
     const { handle, size: actual } = await openVolume(options.source, 'write');

@@ -141,6 +141,7 @@ export class WriteTracker {
       // Before any await: a seal from here on counts these blocks as written.
       this.noteBlocks(offset, length);
       await this.beforeWrite(first, end);
+      await this.options.hooks?.beforeWriteApplies?.(offset, length);
       await apply();
       if (fua) await this.handle.datasync();
       this.afterWrite(offset, length);

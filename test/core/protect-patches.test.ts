@@ -1,0 +1,170 @@
+// Block-level deltas under protect: a region whose writes touched only some blocks ships as a
+// patch of those blocks on its previous version. Random writes are applied to the volume and to
+// a model of it alike; every point in time must restore to the model's image at its seal.
+
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { log } from '../../src/core/log.js';
+import { ProtectedVolume } from '../../src/core/protect.js';
+import { scan } from '../../src/core/scan.js';
+import { verify } from '../../src/core/verify.js';
+import { Repository } from '../../src/repo/repository.js';
+import { forceUnlock } from '../../src/repo/lock.js';
+import { patchLength } from '../../src/model/patches.js';
+import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
+import { loadDelta } from '../helpers/pit.js';
+import { seededRandom } from '../helpers/random.js';
+
+const { make: makeFixture, restoreBytes } = useProtectFixture('protectpatches');
+const BLOCK = 4096;
+const BLOCKS = REGION / BLOCK;
+
+/** The bytes a patch of the first `blocks` blocks of a whole region takes. */
+const patchBytes = (blocks: number): number => {
+  const bitmap = new Uint8Array(BLOCKS / 8);
+  for (let block = 0; block < blocks; block++) bitmap[block >> 3]! |= 1 << (block & 7);
+  return patchLength(bitmap, REGION, BLOCK);
+};
+
+for (const kind of ['fs', 's3'] as const) {
+  describe(`block-level deltas under protect (${kind} store)`, () => {
+    it('random writes: every point restores to the model at its seal, across the chain bound; verify is clean; scan finds nothing', async () => {
+      const f = await makeFixture(kind);
+      const model = Buffer.from(await readFile(f.source));
+      // A short chain bound, so regions cross it often: at most 3 patches, or half a region.
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, patchLimits: { maxPatches: 3, maxPatchFraction: 0.5 } });
+      const random = seededRandom(kind === 'fs' ? 11 : 12);
+      const int = (n: number): number => Math.floor(random() * n);
+      const expected = new Map<number, string>([[1, sha(model)]]);
+      const seals = kind === 'fs' ? 40 : 16;
+      for (let round = 0; round < seals; round++) {
+        for (let n = 1 + int(12); n > 0; n--) {
+          const what = random();
+          // Block and region boundaries: aligned blocks, odd bytes, and writes spanning regions.
+          const offset = what < 0.5 ? int(REGIONS * BLOCKS) * BLOCK : int(REGIONS * REGION - 1);
+          const length = Math.min(REGIONS * REGION - offset, what < 0.5 ? BLOCK * (1 + int(3)) : 1 + int(what < 0.9 ? 3 * BLOCK : 2 * REGION));
+          if (what < 0.85) {
+            const bytes = Buffer.alloc(length);
+            for (let i = 0; i < length; i += 512) bytes.fill(int(256), i, Math.min(length, i + 512));
+            await volume.write(offset, bytes, false);
+            bytes.copy(model, offset);
+          } else if (what < 0.93) {
+            await volume.writeZeroes(offset, length, false);
+            model.fill(0, offset, offset + length);
+          } else {
+            await volume.trim(offset, length, false);
+            model.fill(0, offset, offset + length);
+          }
+        }
+        // Now and then a region gets the content of another in the same interval (a composed region deduplicated).
+        if (round % 7 === 3) {
+          const from = int(REGIONS);
+          const to = (from + 1 + int(REGIONS - 1)) % REGIONS;
+          const bytes = Buffer.from(model.subarray(from * REGION, (from + 1) * REGION));
+          await volume.write(to * REGION, bytes, false);
+          bytes.copy(model, to * REGION);
+        }
+        const shipped = await volume.sealAndShip();
+        expect(shipped).toBeDefined();
+        expected.set(shipped!.seq, sha(model));
+      }
+      await volume.close();
+      expect(sha(await readFile(f.source))).toBe(sha(model));
+      const repo = await Repository.open(f.store);
+      let patched = 0;
+      let deepest = 0;
+      for (const seq of expected.keys()) {
+        for (const stored of (await loadDelta(repo, seq)).locations.values()) {
+          if (stored === undefined || stored.patches.length === 0) continue;
+          patched++;
+          deepest = Math.max(deepest, stored.patches.length);
+        }
+      }
+      expect(patched).toBeGreaterThan(20); // the test exercises patches…
+      expect(deepest).toBe(3); // …up to the bound, which it never passes
+      for (const [seq, image] of expected) expect(sha(await restoreBytes(f.store, f.work, String(seq))), `point ${seq}`).toBe(image);
+      const verified = await verify({ store: f.store, readData: true, workers: 2, dryRun: true });
+      expect(verified.problems).toEqual([]);
+      expect(verified.locationsRead).toBe(verified.locations);
+      // The primary matches the newest point: no false discrepancy from composed regions.
+      const scanned = await scan({ store: f.store, source: f.source, dryRun: true, workers: 2 });
+      expect(scanned.discrepancies).toBe(0);
+    });
+
+    it('uploads follow the bytes written: a block written in each region ships as that block', async () => {
+      const f = await makeFixture(kind);
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      for (let region = 0; region < REGIONS; region += 2) await volume.write(region * REGION + 5 * BLOCK + 10, Buffer.alloc(100, region + 1), false);
+      expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: REGIONS / 2 });
+      for (let region = 1; region < REGIONS; region += 4) await volume.write(region * REGION, Buffer.alloc(2 * BLOCK, 0xee), false);
+      await volume.write(0, Buffer.alloc(REGION, 0x77), false); // a whole region: stored whole
+      expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: REGIONS / 4 + 1 });
+      await volume.close();
+      const entries = (await log({ store: f.store })).entries;
+      expect(entries[1]!.bytes).toBe((REGIONS / 2) * patchBytes(1));
+      expect(entries[2]!.bytes).toBe((REGIONS / 4) * patchBytes(2) + REGION);
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
+    it('after a restart on the DRL, regions written before it ship whole; later ones as patches', async () => {
+      const f = await makeFixture(kind);
+      const first = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      await first.write(3 * REGION + 100, Buffer.alloc(10, 0xab), false);
+      await first.flush();
+      // The process dies here: the write is in the DRL only (the lock is left behind).
+      const second = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, forceUnlock: true });
+      await second.write(7 * REGION + 100, Buffer.alloc(10, 0xcd), false);
+      expect(await second.sealAndShip()).toEqual({ seq: 2, regions: 2 });
+      await second.close();
+      const delta = await loadDelta(await Repository.open(f.store), 2);
+      expect(delta.locations.get(3)!.patches).toEqual([]); // which blocks changed before the restart is unknown
+      expect(delta.locations.get(7)!.patches).toHaveLength(1);
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+      await forceUnlock(f.store);
+    });
+
+    it('a write in flight at the seal that lands before the region is read: its blocks are in the patch', async () => {
+      const f = await makeFixture(kind);
+      let holdWrite = false;
+      let writeHeld!: () => void;
+      const writeReached = new Promise<void>((resolve) => (writeHeld = resolve));
+      let releaseWrite!: () => void;
+      const writeReleased = new Promise<void>((resolve) => (releaseWrite = resolve));
+      let readHeld!: () => void;
+      const readReached = new Promise<void>((resolve) => (readHeld = resolve));
+      let releaseRead!: () => void;
+      const readReleased = new Promise<void>((resolve) => (releaseRead = resolve));
+      const volume = await ProtectedVolume.open({
+        store: f.store,
+        source: f.source,
+        drl: f.drl,
+        hooks: {
+          beforeWriteApplies: async () => {
+            if (!holdWrite) return;
+            holdWrite = false;
+            writeHeld();
+            await writeReleased;
+          },
+          beforeShipRead: async (region) => {
+            if (region !== 4) return;
+            readHeld();
+            await readReleased;
+          },
+        },
+      });
+      await volume.write(4 * REGION, Buffer.alloc(100, 0x11), false); // block 0: in the open map
+      holdWrite = true;
+      const inFlight = volume.write(4 * REGION + 9 * BLOCK, Buffer.alloc(100, 0x22), false); // block 9, held before it lands
+      await writeReached;
+      const shipping = volume.sealAndShip(); // seals with the second write in flight
+      await readReached; // the shipper is about to read region 4
+      releaseWrite();
+      await inFlight; // the second write has landed: the shipper reads both blocks
+      releaseRead();
+      expect(await shipping).toEqual({ seq: 2, regions: 1 });
+      expect((await loadDelta(await Repository.open(f.store), 2)).locations.get(4)!.patches[0]!.length).toBe(patchBytes(2));
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(await readFile(f.source)));
+      await volume.close();
+    });
+  });
+}
