@@ -52,7 +52,7 @@ export interface BackupOptions {
   lockTtlMs?: number;
   /** Schedules the lock's refreshes; tests drive them by hand. */
   lockTimer?: Timer;
-  /** Runs of at most this many entries are stored inline in their root (default 1536; the golden fixtures force page packs). */
+  /** Runs of at most this many entries are stored inline in their root (default 4096; the golden fixtures force page packs). */
   inlineEntries?: number;
 }
 
