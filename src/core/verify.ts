@@ -18,6 +18,7 @@ import { FORMAT_VERSION, sealEnvelope } from '../repo/envelope.js';
 import { PACK_PREFIX, seqName, seqOfPackKey } from '../repo/keys.js';
 import { type DamagedLocation, MAX_REGIONS_LISTED, type TrustMark, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
+import type { PitView } from '../repo/pit-view.js';
 import { encodePage } from '../repo/run-codec.js';
 import type { RunReader } from '../repo/run-reader.js';
 import { putMarks, readTrust, unreadableConcerns } from '../repo/trust.js';
@@ -26,7 +27,7 @@ import { TaskWindow } from '../util/task-window.js';
 import { RegionPool } from '../volume/region-pool.js';
 import { locationId } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
-import { type FetchRange, RegionFetcher, type WantedRegion, emptyCounts, planRanges } from './region-fetcher.js';
+import { type FetchRange, RegionFetcher, type WantedRegion, emptyCounts, planRanges, storedRegions } from './region-fetcher.js';
 
 export const VERIFY_PREFIX = 'verifies/';
 const VERIFY_KIND = { magic: 'CDPS3VRF', version: FORMAT_VERSION, what: 'verify record' } as const;
@@ -69,8 +70,10 @@ export interface VerifyResult {
   packs: number;
   /** Distinct stored regions (pack, offset) the chain refers to. */
   locations: number;
-  /** Stored regions read and checked against their digests. */
+  /** Stored regions and patches read and checked against their digests. */
   locationsRead: number;
+  /** Regions of the newest point stored as a base with patches, composed and checked (readData). */
+  compositions: number;
   bytesRead: number;
   /** Which slice of the packs was read, for readDataSubset. */
   subset: { percent: number; slice: number; slices: number } | undefined;
@@ -87,6 +90,8 @@ export function packSlice(pack: string, slices: number): number {
 
 interface BadLocation extends DamagedLocation {
   digest: Uint8Array;
+  /** What is wrong, when it is not the bytes against their own digest (a region that does not compose). */
+  why?: string;
 }
 
 export async function verify(options: VerifyOptions): Promise<VerifyResult> {
@@ -234,6 +239,16 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   }
   const { locationsRead, bytesRead, corrupt } = await readAndCheck(repo, storedHere(), options, progress);
   for (const location of corrupt) bad.set(locationId(location), { ...location, problem: 'corrupt' });
+  // 4b. Every piece can be intact and a composition still wrong (a change to the primary that
+  // protect did not see is not in any patch): with readData, the newest point's patched regions
+  // are composed and checked against their digests. A mismatch is recorded on the region's
+  // newest patch, so the points that compose through it are marked and the next backup or scan
+  // stores the region whole.
+  let compositions = 0;
+  if (options.readData === true && subsetPercent === undefined && latest > 0 && (await index.blockedBy(latest, signal)) === undefined) {
+    const view = await repo.view(index, latest, { signal });
+    compositions = await checkCompositions(repo, view, bad, options, progress);
+  }
 
   // 5. The points each bad location affects: while some region's PIT entry points at it.
   const affected = await pointsUsing(repo, readable, deltas, index, bad, signal);
@@ -275,6 +290,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     packs: packSizes.size,
     locations,
     locationsRead,
+    compositions,
     bytesRead,
     subset,
     problems,
@@ -385,7 +401,9 @@ function reportPerPack(problems: VerifyProblem[], bad: ReadonlyMap<string, BadLo
         ? size === undefined
           ? 'missing'
           : `${size} bytes, but regions end up to byte ${list.reduce((end, l) => Math.max(end, l.offset + l.length), 0)}`
-        : `bytes at ${list.slice(0, 8).map((l) => l.offset).join(', ')}${list.length > 8 ? ', …' : ''} do not match their SHA-256`;
+        : list.some((l) => l.why !== undefined)
+          ? list.map((l) => l.why ?? `bytes at ${l.offset} do not match their SHA-256`).slice(0, 4).join('; ') + (list.length > 4 ? '; …' : '')
+          : `bytes at ${list.slice(0, 8).map((l) => l.offset).join(', ')}${list.length > 8 ? ', …' : ''} do not match their SHA-256`;
     const problem: VerifyProblem = { object: kind === 'missing' ? 'pack' : 'region', key: pack, detail, affects: [...points].sort((a, b) => a - b), regions: list.length };
     problems.push(problem);
     affected.regions.set(problem, regions);
@@ -396,6 +414,57 @@ async function countObjects(store: ObjectStore, prefix: string, signal?: AbortSi
   let n = 0;
   for await (const _ of store.list(prefix, { signal })) n++;
   return n;
+}
+
+/**
+ * Composes the regions of `view` stored as a base with patches (the one read path, composed
+ * ranges) and checks each against its digest; a region that does not compose while none of its
+ * pieces is known bad is recorded in `bad` on its newest patch. Returns how many were composed.
+ */
+async function checkCompositions(repo: Repository, view: PitView, bad: Map<string, BadLocation>, options: VerifyOptions, progress: Progress): Promise<number> {
+  const pool = new RegionPool(options.workers);
+  const fetcher = new RegionFetcher(repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
+  const counts = emptyCounts();
+  const planned = new Map<number, WantedRegion>(); // regions of the ranges in flight
+  let composed = 0;
+  async function* patched(): AsyncGenerator<WantedRegion> {
+    for await (const wanted of storedRegions(view, counts, undefined, options.signal)) {
+      if (wanted.compose === undefined || piecesOf(wanted.compose).some((piece) => bad.has(locationId(piece)))) continue;
+      planned.set(wanted.region, wanted);
+      composed++;
+      yield wanted;
+    }
+  }
+  progress.phase('compose', 0);
+  try {
+    await fetcher.run(planRanges(patched(), counts), {
+      reportDamage: true,
+      onRange: ({ range, mismatches, missing }) => {
+        const failed = new Set(mismatches.map((m) => m.slice));
+        range.slices.forEach((slice, i) => {
+          for (const region of slice.regions) {
+            const wanted = planned.get(region)!;
+            planned.delete(region);
+            if (missing === undefined && !failed.has(i)) continue;
+            const last = wanted.compose!.patches.at(-1)!;
+            bad.set(locationId(last), {
+              ...last,
+              problem: 'corrupt',
+              digest: wanted.digest,
+              why: missing === undefined ? `region ${region} does not compose to its SHA-256 from its base and ${wanted.compose!.patches.length} patches` : missing.message,
+            });
+          }
+        });
+        progress.advance(range.length);
+      },
+    });
+  } catch (error) {
+    throw error instanceof CdpError ? error : new CdpError('STORE_PERMANENT', String(error), { cause: error });
+  } finally {
+    await pool.close();
+  }
+  progress.done();
+  return composed;
 }
 
 /**

@@ -15,9 +15,8 @@ export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_PAGE_REGIONS = 4096;
 export const DEFAULT_SPAN_FANOUT = 16;
 export const DEFAULT_BLOCK_SIZE = 4096;
+/** With regions of at most 16 MiB, a region has at most 32768 blocks: a patch's bitmap is at most 4 KiB. */
 export const MIN_BLOCK_SIZE = 512;
-/** A region of at most this many blocks: a patch's block bitmap is at most 4 KiB. */
-export const MAX_REGION_BLOCKS = 32768;
 export const MIN_SPAN_FANOUT = 2;
 export const MAX_SPAN_FANOUT = 64;
 /**
@@ -94,9 +93,6 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
 function blockSizeError(blockSize: number, regionSize: number): string | undefined {
   if (!Number.isInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > regionSize || (blockSize & (blockSize - 1)) !== 0) {
     return `block size must be a power of two from ${MIN_BLOCK_SIZE} bytes to the region size (${regionSize}), got ${blockSize}`;
-  }
-  if (regionSize / blockSize > MAX_REGION_BLOCKS) {
-    return `a ${regionSize}-byte region would have ${regionSize / blockSize} blocks of ${blockSize} bytes; at most ${MAX_REGION_BLOCKS}: choose larger blocks`;
   }
   return undefined;
 }

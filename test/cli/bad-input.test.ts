@@ -247,6 +247,19 @@ for (const kind of ['fs', 's3'] as const) {
       expect((JSON.parse(largest.stdout) as { volumeSize: number }).volumeSize).toBe(64 * 2 ** 40);
     });
 
+    if (kind === 'fs') it('init --block-size that is no power of two, below 512 bytes or above the region size: usage, nothing written', async () => {
+      const work = await freshDir('block-size');
+      const repo = join(work, 'repo');
+      expectFailure(await cli('--repo', repo, 'init', '--size', '1GiB', '--block-size', '3000'), EXIT.usage, /^cdp-s3: block size must be a power of two from 512 bytes to the region size \(1048576\), got 3000$/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '1GiB', '--block-size', '256'), EXIT.usage, /block size must be a power of two from 512 bytes/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '1GiB', '--block-size', '2MiB'), EXIT.usage, /to the region size \(1048576\), got 2097152$/);
+      expectFailure(await cli('--repo', repo, 'init', '--size', '1GiB', '--block-size', 'lots'), EXIT.usage, /--block-size/);
+      expect(await exists(repo)).toBe(false);
+      const ok = await cli('--repo', repo, '--json', 'init', '--size', '1GiB', '--block-size', '64KiB');
+      expect(ok.code, ok.stderr).toBe(EXIT.ok);
+      expect(JSON.parse(ok.stdout)).toMatchObject({ blockSize: 65536, regionSize: 1048576 });
+    });
+
     it('init twice: refused, the repository as it was', async () => {
       const before = await snapshot(fx.raw);
       for (const args of [['--from', fx.source], ['--size', '1MiB']]) {

@@ -11,7 +11,7 @@
 // also after a crash. If its point cannot be kept, neither can theirs (each is only right on
 // top of it): all their regions go out together with the next seal.
 
-import { createHash } from 'node:crypto';
+import { webcrypto } from 'node:crypto';
 import { CdpError } from '../../errors.js';
 import { DeltaMap } from '../../model/delta-map.js';
 import type { WriterLock } from '../../repo/lock.js';
@@ -24,6 +24,10 @@ import type { DeltaWriter } from '../delta-writer.js';
 import type { ProtectedVolumeOptions, ShipResult } from './options.js';
 import { type Spool, type SpoolSegment, committedAs, spoolRegions } from './spool.js';
 import type { SealedGeneration, WriteTracker } from './write-tracker.js';
+import type { ReadResult } from '../../volume/region-pool.js';
+
+/** Sealed regions read and hashed ahead of the one being packed. */
+const SHIP_READ_AHEAD = 4;
 
 /** A direct shipment: sealed, and trying to commit as delta `expectedSeq`. */
 interface DirectShipment {
@@ -388,6 +392,40 @@ export class Shipper {
     await this.clearDrl(clear);
   }
 
+  /**
+   * Reads each sealed region as of the seal, zero-checks and hashes it (the hashing off the main
+   * thread, a few regions at once, so neither the NBD server nor the next reads wait for it) and
+   * applies them to `writer` in order, with the blocks written since each region's last version.
+   * Every read has settled when this returns or throws: a failed shipment's point is read again
+   * for the spool, and no read of this one may still mark a region read after that.
+   */
+  private async applySealed(sealed: SealedGeneration, writer: DeltaWriter): Promise<void> {
+    const k = kernels();
+    const prepare = async (region: number): Promise<{ region: number; result: ReadResult }> => {
+      const bytes = await this.tracker.readSealed(sealed, region);
+      if (k.isZero(bytes)) return { region, result: { status: 'zero' } };
+      const digest = new Uint8Array(await webcrypto.subtle.digest('SHA-256', bytes));
+      return { region, result: { status: 'changed', digest, bytes } };
+    };
+    const ahead: Array<Promise<{ region: number; result: ReadResult }>> = [];
+    try {
+      for (const region of sealed.map.regions()) {
+        const next = prepare(region);
+        next.catch(() => {}); // awaited in turn below
+        ahead.push(next);
+        if (ahead.length < SHIP_READ_AHEAD) continue;
+        const { region: done, result } = await ahead.shift()!;
+        await writer.apply(done, result, this.tracker.changedBlocks(sealed, done));
+      }
+      while (ahead.length > 0) {
+        const { region: done, result } = await ahead.shift()!;
+        await writer.apply(done, result, this.tracker.changedBlocks(sealed, done));
+      }
+    } finally {
+      await Promise.allSettled(ahead);
+    }
+  }
+
   /** Ships a sealed point in time as the next delta. Undefined when it failed (the caller keeps its point). */
   private async shipDirect(flight: DirectShipment): Promise<ShipResult> {
     const { sealed, sealTime } = flight;
@@ -396,15 +434,10 @@ export class Shipper {
     // the volume's abort signal: that means "stop", and stopping ships a last delta.)
     const signal = AbortSignal.timeout(this.shipTimeoutMs);
     let writer: DeltaWriter | undefined;
-    const k = kernels();
     try {
       writer = this.committer.begin({ trust: await this.readTrust(signal), signal });
       if (writer.seq !== flight.expectedSeq) throw new CdpError('STORE_EXISTS', `the chain moved on to ${writer.seq - 1} while point ${flight.expectedSeq} was sealed`);
-      for (const region of sealed.map.regions()) {
-        const bytes = await this.tracker.readSealed(sealed, region);
-        if (k.isZero(bytes)) await writer.apply(region, { status: 'zero' });
-        else await writer.apply(region, { status: 'changed', digest: createHash('sha256').update(bytes).digest(), bytes }, this.tracker.changedBlocks(sealed, region));
-      }
+      await this.applySealed(sealed, writer);
       const committed = await this.committer.commit(writer, 'host', Math.min(start, sealTime), { end: sealTime, signal });
       this.reportSpanError(committed.commit.spanError);
       this.deltasShipped++;
