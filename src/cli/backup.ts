@@ -50,7 +50,8 @@ export function registerBackup(program: Command): void {
       cli.result(
         result,
         () =>
-          `point in time ${result.seq} (${result.kind}, ${result.time}): ${result.regionsScanned} regions scanned, ${result.regionsChanged} changed, ` +
+          `point in time ${result.seq} (${result.kind}, ${result.time}): ${result.regionsScanned} regions scanned, ${result.regionsChanged} changed` +
+            `${result.regionsPatched > 0 ? ` (${result.regionsPatched} as patches)` : ''}, ` +
           `${formatSize(result.bytesStored)} stored in ${result.packs} pack${result.packs === 1 ? '' : 's'}${result.spans > 0 ? `, ${result.spans} span${result.spans === 1 ? '' : 's'} written` : ''}`,
       );
     });

@@ -67,8 +67,10 @@ export interface BackupResult {
   /** Regions of the volume that hold data (allocated extents), when the source could tell. */
   dataRegions: number | undefined;
   regionsChanged: number;
-  /** Region bytes uploaded (after deduplication; zero regions cost nothing). */
+  /** Region bytes uploaded (after deduplication; zero regions cost nothing), patches included. */
   bytesStored: number;
+  /** Regions stored as a patch of the blocks --changed named (docs/FORMAT.md, "Patches"). */
+  regionsPatched: number;
   packs: number;
   /** Spans written after this point (docs/FORMAT.md, "Spans"). */
   spans: number;
@@ -194,6 +196,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       dataRegions: dataRegions?.count(),
       regionsChanged: committed.regions,
       bytesStored: committed.bytesStored,
+      regionsPatched: committed.regionsPatched,
       packs: committed.packs,
       spans: committed.commit.spans.length,
       ...(committed.commit.spanError === undefined ? {} : { spanError: committed.commit.spanError }),

@@ -39,6 +39,8 @@ export interface Committed {
   /** Regions the delta changed. */
   regions: number;
   bytesStored: number;
+  /** Regions stored as a patch on their previous version. */
+  regionsPatched: number;
   packs: number;
   commit: CommitResult;
 }
@@ -104,6 +106,6 @@ export class DeltaCommitter {
       this.chainIndex = await this.options.repo.index(signal);
       this.headView = await this.options.repo.view(this.chainIndex, writer.seq, { signal });
     }
-    return { seq: writer.seq, kind, start, end, regions: writer.changed.count(), bytesStored: writer.bytesStored, packs: writer.packCount, commit };
+    return { seq: writer.seq, kind, start, end, regions: writer.changed.count(), bytesStored: writer.bytesStored, regionsPatched: writer.regionsPatched, packs: writer.packCount, commit };
   }
 }

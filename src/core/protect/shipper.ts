@@ -446,7 +446,7 @@ export class Shipper {
       // Clear the DRL bits of what is committed, except regions written again since the seal.
       this.tracker.shippedAll(sealed); // shipped: no longer pending
       await this.clearDrl(sealed.map.clone());
-      this.options.log?.(`point in time ${committed.seq} (${new Date(committed.end).toISOString()}): ${flight.regions} regions, ${writer.bytesStored} bytes stored`);
+      this.options.log?.(`point in time ${committed.seq} (${new Date(committed.end).toISOString()}): ${flight.regions} regions (${committed.regionsPatched} as patches), ${writer.bytesStored} bytes stored`);
       return { seq: committed.seq, regions: flight.regions };
     } catch (error) {
       this.lastShipError = (error as Error).message;
