@@ -17,9 +17,10 @@ import type { DeltaInfo } from '../repo/run-codec.js';
 import { type WriterTrust, mayReuse } from '../repo/trust.js';
 import { TaskWindow } from '../util/task-window.js';
 import type { ReadResult, RegionPool } from '../volume/region-pool.js';
+import { NEVER_SAME } from '../volume/region-protocol.js';
 
 /** A digest no region has: reading with it as the expectation always yields the bytes. */
-export const NEVER_DIGEST = new Uint8Array(DIGEST_BYTES).fill(0xff);
+export const NEVER_DIGEST: Uint8Array = NEVER_SAME;
 const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
 
 export interface ReadRegionsOptions {

@@ -24,7 +24,7 @@ import { readTrust, unreadableCutoff } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
 import { RegionIoError, RegionPool } from '../volume/region-pool.js';
 import { pwriteFully } from '../util/positional-io.js';
-import { syncDirectory } from '../util/durable-file.js';
+import { WritebackPacer, syncDirectory } from '../util/durable-file.js';
 import { openVolume, sameStorage } from '../volume/source.js';
 import { readRegions, regionsWithPages } from './delta-writer.js';
 import { type ChosenPoint, type PointSelector, choosePoint } from './points.js';
@@ -194,14 +194,20 @@ async function fetchAndWrite(
   const regionSize = context.repo.geometry.regionSize;
   const fetcher = new RegionFetcher(context.repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
   const counts = emptyCounts();
+  const writeback = new WritebackPacer(fd);
   try {
     await fetcher.run(planRanges(storedRegions(context.view, counts, wanted, options.signal), counts, { maxRangeBytes: options.rangeBytes }), {
       writes: (slice) => slice.regions.map((region): [number, number] => [fd, region * regionSize]),
       onRange: ({ range }) => {
-        for (const slice of range.slices) progress.advance(slice.length * slice.regions.length);
+        let written = 0;
+        for (const slice of range.slices) written += slice.length * slice.regions.length;
+        progress.advance(written);
+        writeback.wrote(written);
       },
     });
+    await writeback.settle();
   } catch (error) {
+    await writeback.settle().catch(() => {});
     if (options.signal?.aborted === true) throw new AbortedError('restore cancelled', { cause: error });
     throw targetError(error, options.to);
   }

@@ -4,7 +4,7 @@
 // region log, restore and the outage spool.
 
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, fdatasync } from 'node:fs';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
 import { pwriteFully } from './positional-io.js';
 import { dirname, join } from 'node:path';
@@ -69,4 +69,44 @@ export async function writeFileAtomic(path: string, body: Uint8Array, options: {
     throw error;
   }
   await syncDirectory(dir);
+}
+
+/** Bytes written between two early writebacks (WritebackPacer). */
+export const WRITEBACK_EVERY = 64 * 1024 * 1024;
+
+/**
+ * Starts the disk writing back what a long writer (a restore) has written so far, one fdatasync
+ * at a time in the background, every `every` bytes: the kernel otherwise holds it all dirty
+ * until the final sync, which then takes as long as the disk needs for everything (measured: a
+ * 512 MiB restore waited a second in its last fsync). The final sync stays the caller's.
+ */
+export class WritebackPacer {
+  private unsynced = 0;
+  private inFlight: Promise<void> | undefined;
+  private failure: unknown;
+
+  constructor(
+    private readonly fd: number,
+    private readonly every = WRITEBACK_EVERY,
+  ) {}
+
+  /** `bytes` more were written. */
+  wrote(bytes: number): void {
+    this.unsynced += bytes;
+    if (this.unsynced < this.every || this.inFlight !== undefined || this.failure !== undefined) return;
+    this.unsynced = 0;
+    this.inFlight = new Promise<void>((resolve) => {
+      fdatasync(this.fd, (error) => {
+        if (error !== null) this.failure ??= error;
+        this.inFlight = undefined;
+        resolve();
+      });
+    });
+  }
+
+  /** Waits for the writeback in flight; throws what one failed with. */
+  async settle(): Promise<void> {
+    await this.inFlight;
+    if (this.failure !== undefined) throw this.failure;
+  }
 }

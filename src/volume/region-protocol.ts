@@ -1,6 +1,12 @@
 // Messages between RegionPool (main thread) and region-worker (worker threads). Buffers travel
 // by transfer, not copy, and go back and forth so steady-state work allocates nothing.
 
+/**
+ * An expected digest no region has: a read with it always yields the bytes (a region to be
+ * stored whatever it holds).
+ */
+export const NEVER_SAME: Buffer = Buffer.alloc(32, 0xff);
+
 export interface ReadRequest {
   type: 'read';
   id: number;

@@ -7,12 +7,41 @@ import { parentPort } from 'node:worker_threads';
 import { kernels } from '../kernels/index.js';
 import { PATCH_DIGEST_BYTES } from '../model/patches.js';
 import { preadFullySync as readFully, pwriteFullySync as writeFully } from '../util/positional-io.js';
-import type { PoolReply, PoolRequest } from './region-protocol.js';
+import { NEVER_SAME, type PoolReply, type PoolRequest } from './region-protocol.js';
 
 const k = kernels();
 
+/**
+ * A region expected to hold known content is read through this small buffer, which stays in the
+ * CPU cache: reading into a cold region-sized buffer and hashing it from there moves every byte
+ * through memory twice more than the hash needs (measured: scan of a page-cached image spent a
+ * third of its time copying), and an unchanged region's bytes are not needed afterwards.
+ */
+const STREAM_CHUNK = 128 * 1024;
+let streamBuffer: Uint8Array | undefined;
+
+/** 'same' or 'zero' for a region read in chunks, or undefined: it changed (read it whole). */
+function streamedCheck(fd: number, offset: number, length: number, expected: Uint8Array): 'same' | 'zero' | undefined {
+  const chunk = (streamBuffer ??= new Uint8Array(STREAM_CHUNK));
+  const hash = createHash('sha256');
+  let zero = true;
+  for (let at = 0; at < length; at += chunk.length) {
+    const part = chunk.subarray(0, Math.min(chunk.length, length - at));
+    readFully(fd, part, offset + at);
+    if (zero) zero = k.isZero(part);
+    hash.update(part);
+  }
+  if (zero) return 'zero';
+  return hash.digest().equals(expected) ? 'same' : undefined;
+}
+
 function handle(job: PoolRequest): PoolReply {
   if (job.type === 'read') {
+    // Most regions a scan or an incremental backup reads are unchanged: check them streamed.
+    if (job.expected !== null && !NEVER_SAME.equals(job.expected)) {
+      const streamed = streamedCheck(job.fd, job.offset, job.length, job.expected);
+      if (streamed !== undefined) return { id: job.id, status: streamed, buffer: job.buffer };
+    }
     const bytes = new Uint8Array(job.buffer, 0, job.length);
     readFully(job.fd, bytes, job.offset);
     if (k.isZero(bytes)) return { id: job.id, status: job.expected === null ? 'same' : 'zero', buffer: job.buffer };
