@@ -237,6 +237,10 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
     const scanDelta = track(scanRecorder.stop());
     // Claims 7, 8: the revised compare delta map.
     const revised = track(compare.clone().subtract(scanDelta));
+    // Regions that differ and are not repaired here (the host wrote them during the scan, or a
+    // dry run repairs nothing): their stored version is not what the primary held before the
+    // writes the change source tracks, so it must ship them whole, not as patches of those writes.
+    (changes as ChangeSource).distrust?.(dryRun ? compare : track(compare.clone().intersect(scanDelta)));
 
     // Claim 11: walk back from the newest delta before the scan, marking suspects.
     const unexplained = track(revised.clone());

@@ -25,6 +25,12 @@ export interface ChangeSource {
   pending(): DeltaMap;
   /** A delta holding the current content of these regions has committed. */
   committed(regions: DeltaMap): void;
+  /**
+   * These regions' stored versions may not be what the primary held before the writes tracked
+   * since (a scan found them different and did not repair them): a source that ships patches
+   * of the blocks written ships them whole next time.
+   */
+  distrust?(regions: DeltaMap): void;
 }
 
 /** Something that durably remembers dirty regions before a write is acknowledged. */

@@ -176,6 +176,31 @@ for (const kind of ['fs', 's3'] as const) {
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
     });
 
+    it('a region a scan inside protect finds different, which the host writes during the scan, ships whole next (not as a patch on the stale version)', async () => {
+      const f = await makeFixture(kind);
+      const volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl });
+      const file = await open(f.source, 'r+');
+      await file.write(Buffer.alloc(10, 0xee), 0, 10, 12 * REGION + 8 * BLOCK); // behind cdp-s3's back
+      await file.close();
+      const result = await volume.exclusive((lock) =>
+        scan({
+          store: f.store,
+          source: f.source,
+          changes: volume,
+          heldLock: lock,
+          workers: 2,
+          // The host writes another block of region 12 during the scan: the scan leaves it to the next point (claims 7, 8).
+          hooks: { afterScanRead: async (region) => (region === 12 ? volume.write(12 * REGION + 2 * BLOCK, Buffer.alloc(10, 0x12), false) : undefined) },
+        }),
+      );
+      expect(result.discrepancies).toBe(1);
+      expect(result.repaired).toBe(0);
+      expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: 1 });
+      await volume.close();
+      expect((await loadDelta(await Repository.open(f.store), 2)).locations.get(12)!.patches).toEqual([]);
+      expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
     it('a write in flight at the seal that lands before the region is read: its blocks are in the patch', async () => {
       const f = await makeFixture(kind);
       let holdWrite = false;

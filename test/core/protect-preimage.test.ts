@@ -29,13 +29,14 @@ for (const kind of ['fs', 's3'] as const) {
         drl: f.drl,
         preimageBytes: REGION, // room for one pre-image
         hooks: {
-          beforeShipRead: (region) => (region === 1 ? shipperMayRead.promise : undefined),
+          // The shipper reads a few regions ahead: hold it before each of them.
+          beforeShipRead: (region) => (region >= 1 && region <= 3 ? shipperMayRead.promise : undefined),
           writeWaits: (region) => waiting.fire(region),
         },
       });
       await volume.write(1 * REGION, Buffer.alloc(3 * REGION, 0xa1), false); // regions 1, 2, 3
       const atSeal = await readFile(f.source);
-      const shipping = volume.sealAndShip(); // seals 1-3; the shipper stops before reading region 1
+      const shipping = volume.sealAndShip(); // seals 1-3; the shipper stops before reading any of them
       await volume.write(1 * REGION, Buffer.alloc(REGION, 0xb2), false); // region 1's pre-image takes all the room
       expect(volume.status().preimageBytes).toBe(REGION);
       let written = false;

@@ -214,6 +214,10 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     return this.shipper.pending();
   }
 
+  distrust(regions: DeltaMap): void {
+    this.tracker.distrust(regions);
+  }
+
   committed(regions: DeltaMap): void {
     this.tracker.committed(regions);
   }

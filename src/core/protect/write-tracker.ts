@@ -255,6 +255,11 @@ export class WriteTracker {
     if (firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, firstWrite);
   }
 
+  /** These regions ship whole next time (their stored version is not known to be the one their writes apply to). */
+  distrust(regions: DeltaMap): void {
+    for (const region of regions.regions()) this.openBlocks.set(region, null);
+  }
+
   /** The blocks of `region` written since its last shipped version, or undefined: unknown (ship it whole). */
   changedBlocks(sealed: SealedGeneration, region: number): Uint8Array | undefined {
     return sealed.blocks.get(region) ?? undefined;
