@@ -42,7 +42,8 @@ export interface PieceRef {
 
 /** The pieces of a composed range: the GETs that fetch them, and per slice its base and patches. */
 export interface Composition {
-  gets: Array<{ pack: string; offset: number; length: number }>;
+  /** Its GETs; a GET object shared with other ranges of its batch is fetched once for all of them. */
+  gets: PieceGet[];
   /** Per slice: its base (undefined: zeros) and its patches, applied in order. */
   parts: Array<{ base: PieceRef | undefined; patches: PieceRef[] }>;
 }
@@ -120,24 +121,54 @@ export function wantedRegion(region: number, stored: StoredRegion, length: numbe
   return wanted;
 }
 
+/** A GET of a composed range: shared by the ranges of one batch that need its pieces (their patches). */
+export interface PieceGet {
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+interface PlannedPiece {
+  pack: string;
+  offset: number;
+  length: number;
+  /** Where the piece lands: its GET (filled in when the GETs are planned) and where in it. */
+  get: PieceGet | undefined;
+  at: number;
+}
+
+/** Merges pieces into GETs: one per run of pieces back to back (or shared) in a pack, of up to `max` bytes. */
+function planGets(pieces: PlannedPiece[], max: number): PieceGet[] {
+  const gets: PieceGet[] = [];
+  for (const p of [...pieces].sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset))) {
+    const get = gets.at(-1);
+    const end = p.offset + p.length;
+    if (get !== undefined && get.pack === p.pack && p.offset <= get.offset + get.length && end - get.offset <= max) {
+      get.length = Math.max(get.length, end - get.offset);
+    } else gets.push({ pack: p.pack, offset: p.offset, length: p.length });
+    p.get = gets.at(-1)!;
+    p.at = p.offset - p.get.offset;
+  }
+  return gets;
+}
+
+/** Composed regions batched: up to this many ranges' worth share the GETs of their patches. */
+export const COMPOSED_BATCH_RANGES = 8;
+
 /**
- * The range that composes `wanted` (composed regions, in volume order, at most a range's worth):
- * one slice per composition (regions with the same one share it, unless `oneRegionPerSlice`),
- * and their pieces in GETs, one per run of pieces back to back (or shared) in a pack. Patches
- * of neighbouring regions written by one delta lie back to back in its pack, as do their bases.
+ * The ranges that compose `wanted` (composed regions, in volume order): ranges of up to
+ * maxRangeBytes of regions, one slice per composition (regions with the same one share it,
+ * unless `oneRegionPerSlice`). Each range fetches its bases in GETs of its own; the patches of
+ * the whole batch are fetched in GETs the ranges share, one per run of patches back to back in a
+ * pack: patches are small, and those of neighbouring regions written by one delta lie back to
+ * back in its pack, so a batch of ranges reads them in a few requests rather than a few per range.
  */
-export function composedRange(wanted: readonly WantedRegion[], options: { maxRangeBytes?: number; oneRegionPerSlice?: boolean } = {}): FetchRange {
+export function composedRanges(wanted: readonly WantedRegion[], options: { maxRangeBytes?: number; oneRegionPerSlice?: boolean } = {}): FetchRange[] {
   const max = options.maxRangeBytes ?? MAX_RANGE_BYTES;
-  const slices: FetchSlice[] = [];
-  const parts: Composition['parts'] = [];
-  const pieces: Array<{ pack: string; offset: number; length: number; ref: PieceRef }> = [];
+  const groups: Array<{ slices: FetchSlice[]; parts: Array<{ base: PlannedPiece | undefined; patches: PlannedPiece[] }>; bases: PlannedPiece[]; length: number }> = [];
+  const patches: PlannedPiece[] = [];
   const sliceOf = new Map<string, FetchSlice>();
-  let at = 0;
-  const piece = (pack: string, offset: number, length: number): PieceRef => {
-    const ref = { get: -1, at: 0, length };
-    pieces.push({ pack, offset, length, ref });
-    return ref;
-  };
+  const piece = (pack: string, offset: number, length: number): PlannedPiece => ({ pack, offset, length, get: undefined, at: 0 });
   for (const w of wanted) {
     const compose = w.compose!;
     const id = storedId(compose);
@@ -146,27 +177,35 @@ export function composedRange(wanted: readonly WantedRegion[], options: { maxRan
       same.regions.push(w.region);
       continue;
     }
-    const slice: FetchSlice = { at, length: w.length, digest: w.digest, regions: [w.region] };
-    slices.push(slice);
+    let group = groups.at(-1);
+    if (group === undefined || (group.length > 0 && group.length + w.length > max)) {
+      groups.push((group = { slices: [], parts: [], bases: [], length: 0 }));
+      sliceOf.clear(); // a slice is shared within its range only
+    }
+    const slice: FetchSlice = { at: group.length, length: w.length, digest: w.digest, regions: [w.region] };
+    group.slices.push(slice);
     sliceOf.set(id, slice);
-    at += w.length;
-    parts.push({
-      base: compose.base === undefined ? undefined : piece(compose.base.pack, compose.base.offset, w.length),
-      patches: compose.patches.map((p) => piece(p.pack, p.offset, p.length)),
-    });
+    group.length += w.length;
+    const base = compose.base === undefined ? undefined : piece(compose.base.pack, compose.base.offset, w.length);
+    if (base !== undefined) group.bases.push(base);
+    const own = compose.patches.map((p) => piece(p.pack, p.offset, p.length));
+    patches.push(...own);
+    group.parts.push({ base, patches: own });
   }
-  const gets: Composition['gets'] = [];
-  pieces.sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset));
-  for (const p of pieces) {
-    const get = gets.at(-1);
-    const end = p.offset + p.length;
-    if (get !== undefined && get.pack === p.pack && p.offset <= get.offset + get.length && end - get.offset <= max) {
-      get.length = Math.max(get.length, end - get.offset);
-    } else gets.push({ pack: p.pack, offset: p.offset, length: p.length });
-    p.ref.get = gets.length - 1;
-    p.ref.at = p.offset - gets.at(-1)!.offset;
-  }
-  return { pack: gets[0]!.pack, offset: gets[0]!.offset, length: at, slices, composed: { gets, parts } };
+  planGets(patches, max);
+  return groups.map((group) => {
+    const gets = planGets(group.bases, max);
+    // The shared patch GETs this range needs, after its own base GETs.
+    for (const part of group.parts) for (const p of part.patches) if (!gets.includes(p.get!)) gets.push(p.get!);
+    const ref = (p: PlannedPiece): PieceRef => ({ get: gets.indexOf(p.get!), at: p.at, length: p.length });
+    const parts = group.parts.map((part) => ({ base: part.base === undefined ? undefined : ref(part.base), patches: part.patches.map(ref) }));
+    return { pack: gets[0]!.pack, offset: gets[0]!.offset, length: group.length, slices: group.slices, composed: { gets, parts } };
+  });
+}
+
+/** The one range that composes `wanted` (at most a range's worth of composed regions). */
+export function composedRange(wanted: readonly WantedRegion[], options: { oneRegionPerSlice?: boolean } = {}): FetchRange {
+  return composedRanges(wanted, { ...options, maxRangeBytes: Number.MAX_SAFE_INTEGER })[0]!;
 }
 
 /**
@@ -185,30 +224,35 @@ export async function* planRanges(
   const packs = new Set<string>();
   let current: FetchRange | undefined;
   let inCurrent = new Map<number, FetchSlice>(); // offset → slice, for the range being built
-  let group: WantedRegion[] = []; // composed regions gathered for one composed range
-  let groupBytes = 0;
-  const composed = (): FetchRange => {
-    const range = composedRange(group, options);
-    group = [];
-    groupBytes = 0;
-    for (const get of range.composed!.gets) {
-      counts.requests++;
-      counts.downloadBytes += get.length;
-      packs.add(get.pack);
+  let batch: WantedRegion[] = []; // composed regions gathered for a batch of composed ranges
+  let batchBytes = 0;
+  const composed = (): FetchRange[] => {
+    const ranges = composedRanges(batch, options);
+    batch = [];
+    batchBytes = 0;
+    const counted = new Set<PieceGet>();
+    for (const range of ranges) {
+      for (const get of range.composed!.gets) {
+        if (counted.has(get)) continue;
+        counted.add(get);
+        counts.requests++;
+        counts.downloadBytes += get.length;
+        packs.add(get.pack);
+      }
     }
     counts.packs = packs.size;
-    return range;
+    return ranges;
   };
   for await (const wanted of regions) {
     if (wanted.compose !== undefined) {
       if (current !== undefined) yield current;
       current = undefined;
-      if (group.length > 0 && groupBytes + wanted.length > max) yield composed();
-      group.push(wanted);
-      groupBytes += wanted.length;
+      if (batch.length > 0 && batchBytes + wanted.length > COMPOSED_BATCH_RANGES * max) yield* composed();
+      batch.push(wanted);
+      batchBytes += wanted.length;
       continue;
     }
-    if (group.length > 0) yield composed();
+    if (batch.length > 0) yield* composed();
     const same = options.oneRegionPerSlice === true || current?.pack !== wanted.pack ? undefined : inCurrent.get(wanted.offset);
     if (same !== undefined && same.length === wanted.length) {
       same.regions.push(wanted.region);
@@ -230,7 +274,7 @@ export async function* planRanges(
     counts.downloadBytes += wanted.length;
   }
   if (current !== undefined) yield current;
-  if (group.length > 0) yield composed();
+  if (batch.length > 0) yield* composed();
 }
 
 export interface FetchedRange {
@@ -293,6 +337,8 @@ export class RegionFetcher {
   bytesFetched = 0;
   private readonly spare: Uint8Array[] = [];
   private poolFailureTold = false;
+  /** GETs of composed ranges in flight or done, by the plan's GET object (kept only while a range holds it). */
+  private readonly sharedGets = new WeakMap<PieceGet, Promise<Uint8Array>>();
 
   constructor(
     private readonly repo: Repository,
@@ -412,11 +458,7 @@ export class RegionFetcher {
    * the slice as it is: its digest check fails then, like any damage.
    */
   private async compose(range: FetchRange, composition: Composition, buffer: Uint8Array): Promise<Uint8Array> {
-    const pieces = await Promise.all(composition.gets.map((get) => this.repo.readPackRange(get.pack, get.offset, get.length, this.options.signal)));
-    for (const piece of pieces) {
-      this.gets++;
-      this.bytesFetched += piece.length;
-    }
+    const pieces = await Promise.all(composition.gets.map((get) => this.getPieces(get)));
     const blockSize = this.repo.config.blockSize;
     const of = (ref: PieceRef): Uint8Array => pieces[ref.get]!.subarray(ref.at, ref.at + ref.length);
     range.slices.forEach((slice, i) => {
@@ -431,6 +473,21 @@ export class RegionFetcher {
       }
     });
     return buffer.subarray(0, range.length);
+  }
+
+  /** A composed range's GET, fetched once however many ranges of its batch share it. */
+  private getPieces(get: PieceGet): Promise<Uint8Array> {
+    let fetched = this.sharedGets.get(get);
+    if (fetched === undefined) {
+      fetched = this.repo.readPackRange(get.pack, get.offset, get.length, this.options.signal).then((bytes) => {
+        this.gets++;
+        this.bytesFetched += bytes.length;
+        return bytes;
+      });
+      fetched.catch(() => {}); // each range that needs it awaits it
+      this.sharedGets.set(get, fetched);
+    }
+    return fetched;
   }
 
   /** On the pool's threads; once they have failed, here (with onPoolFailure). */
