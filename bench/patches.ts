@@ -50,10 +50,13 @@ export interface PatchesRow {
 
 interface Options {
   parts: string[];
+  /** Write rates of the random part. */
+  rates: number[];
   seconds: number;
   intervalMs: number;
   randomSize: number;
   rpoSize: number;
+  rpoRegionSizes: number[];
   replayIntervals: number;
   restoreSize: number;
   runs: number;
@@ -113,11 +116,11 @@ function sequentialPattern(size: number): () => Write {
 }
 
 /** A thin volume (a sparse file) of `size` with a base backup in a fresh repository. */
-async function thinVolume(dir: string, size: number, store: ObjectStore): Promise<{ source: string; drl: string }> {
+async function thinVolume(dir: string, size: number, store: ObjectStore, regionSize?: number): Promise<{ source: string; drl: string }> {
   const source = join(dir, 'disk.img');
   await writeFile(source, '');
   await truncate(source, size);
-  await init({ store, from: source });
+  await init({ store, from: source, regionSize });
   await backup({ store, source });
   return { source, drl: join(dir, 'disk.drl') };
 }
@@ -134,20 +137,23 @@ interface RunResult {
 
 /** `rate` writes a second from `next` for `seconds` through protect (up to 32 in flight), then a clean stop. */
 async function realTime(store: RequestCountingStore, volume: { source: string; drl: string }, next: () => Write, rate: number, o: Options): Promise<RunResult> {
-  const handle: ProtectHandle = await protect({ store, source: volume.source, drl: volume.drl, listen: { host: '127.0.0.1', port: 0 }, intervalMs: o.intervalMs });
+  const handle: ProtectHandle = await protect({ store, source: volume.source, drl: volume.drl, listen: { host: '127.0.0.1', port: 0 }, intervalMs: o.intervalMs, log: process.env['BENCH_PROTECT_LOG'] === undefined ? undefined : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`) });
   store.reset();
   const lags: number[] = [];
   const sampler = setInterval(() => lags.push(handle.volume.status().lagMs), 100);
   const inFlight = new Set<Promise<void>>();
   let written = 0;
   let writes = 0;
+  // Fresh random content in a few buffers taken in turn (a write's buffer is not touched again
+  // until it is done: at most 32 are in flight).
+  const contents = Array.from({ length: 64 }, () => Buffer.allocUnsafe(MiB));
   const start = Date.now();
   try {
     while (Date.now() - start < o.seconds * 1000) {
       if (writes < ((Date.now() - start) / 1000) * rate) {
         while (inFlight.size >= 32) await Promise.race(inFlight);
         const w = next();
-        const bytes = randomFillSync(Buffer.allocUnsafe(w.length));
+        const bytes = randomFillSync(contents[writes % contents.length]!.subarray(0, w.length));
         const p: Promise<void> = handle.volume.write(w.offset, bytes, false).finally(() => inFlight.delete(p));
         inFlight.add(p);
         written += w.length;
@@ -235,7 +241,7 @@ async function withDir<T>(o: Options, name: string, fn: (dir: string) => Promise
 }
 
 async function partRandom(o: Options, rows: PatchesRow[], log: (line: string) => void): Promise<void> {
-  for (const rate of [100, 1000]) {
+  for (const rate of o.rates) {
     await withDir(o, `random-${rate}`, async (dir) => {
       log(`random: ${rate} writes/s of 4 KiB on a ${o.randomSize / GiB} GiB volume for ${o.seconds} s…`);
       const store = new RequestCountingStore(openStore(join(dir, 'repo')));
@@ -248,18 +254,20 @@ async function partRandom(o: Options, rows: PatchesRow[], log: (line: string) =>
 }
 
 async function partRpo(o: Options, rows: PatchesRow[], log: (line: string) => void): Promise<void> {
+  for (const regionSize of o.rpoRegionSizes)
   for (const kind of ['local', 's3rver'] as const) {
     await withDir(o, `rpo-${kind}`, async (dir) => {
-      log(`rpo: 1000 writes/s of 4 KiB on a ${o.rpoSize / GiB} GiB volume, ${kind}, for ${o.seconds} s…`);
+      const label = `1000 writes/s, ${o.rpoSize / GiB} GiB, ${regionSize / 1024} KiB regions, ${kind}`;
+      log(`rpo: ${label}, for ${o.seconds} s…`);
       const server = kind === 's3rver' ? await startS3Server({ buckets: ['bench'], directory: join(dir, 's3') }) : undefined;
       const saved = { ...process.env };
       try {
         if (server !== undefined) Object.assign(process.env, s3ServerEnv(server));
         const store = new RequestCountingStore(openStore(server === undefined ? join(dir, 'repo') : 's3://bench/repo'));
-        const volume = await thinVolume(dir, o.rpoSize, store);
+        const volume = await thinVolume(dir, o.rpoSize, store, regionSize);
         const r = await realTime(store, volume, randomPattern(o.rpoSize, 7), 1000, o);
-        rpoRows('rpo', `1000 writes/s, ${o.rpoSize / GiB} GiB, ${kind}`, r, o, rows);
-        amplificationRows('rpo', `1000 writes/s, ${o.rpoSize / GiB} GiB, ${kind}`, r, rows);
+        rpoRows('rpo', label, r, o, rows);
+        amplificationRows('rpo', label, r, rows);
       } finally {
         process.env = saved;
         await server?.stop();
@@ -395,10 +403,12 @@ const PARTS: Record<string, (o: Options, rows: PatchesRow[], log: (line: string)
 export async function runPatchesBench(argv: string[], log: (line: string) => void): Promise<PatchesRow[]> {
   const o: Options = {
     parts: option(argv, '--parts', ALL_PARTS.join(',')).split(','),
+    rates: option(argv, '--rates', '100,1000').split(',').map(Number),
     seconds: Number(option(argv, '--seconds', '60')),
     intervalMs: Number(option(argv, '--interval-ms', '5000')),
     randomSize: parseSize(option(argv, '--size', '16GiB'), '--size'),
     rpoSize: parseSize(option(argv, '--rpo-size', '64GiB'), '--rpo-size'),
+    rpoRegionSizes: option(argv, '--rpo-region-sizes', '1MiB,256KiB').split(',').map((v) => parseSize(v, '--rpo-region-sizes')),
     replayIntervals: Number(option(argv, '--replay-intervals', '360')),
     restoreSize: parseSize(option(argv, '--restore-size', '512MiB'), '--restore-size'),
     runs: Number(option(argv, '--runs', '3')),

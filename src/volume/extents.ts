@@ -7,6 +7,7 @@
 import { createRequire } from 'node:module';
 import { DeltaMap } from '../model/delta-map.js';
 import type { Geometry } from '../model/regions.js';
+import { preadFully } from '../util/positional-io.js';
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -63,4 +64,47 @@ export function regionsWithData(fd: number, g: Geometry, isBlockDevice: boolean)
     return undefined; // the file system cannot tell (EINVAL): read everything
   }
   return map;
+}
+
+/**
+ * Fills `target` with the bytes of the file at `position`, reading only its allocated extents
+ * there and zero-filling the holes in memory: reading a hole makes the kernel put zeroed pages
+ * in the page cache (measured: a third of protect's time under random writes to a thin image).
+ * Where holes cannot be found, a plain read. Throws at the end of the file.
+ */
+export async function readAllocated(fd: number, target: Uint8Array, position: number): Promise<void> {
+  const find = lseek();
+  const end = position + target.length;
+  let at = position;
+  if (find !== null) {
+    try {
+      while (at < end) {
+        let data: number;
+        try {
+          data = find(fd, at, SEEK_DATA);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error;
+          data = end; // no data after `at`: the rest is a hole
+        }
+        if (data > at) target.fill(0, at - position, Math.min(data, end) - position);
+        if (data >= end) {
+          at = end;
+          break;
+        }
+        const hole = Math.min(find(fd, data, SEEK_HOLE), end);
+        await readExactly(fd, target.subarray(data - position, hole - position), data);
+        at = hole;
+      }
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EOF') throw error;
+      // The file system cannot tell: read the rest as it is.
+    }
+  }
+  await readExactly(fd, target.subarray(at - position), at);
+}
+
+async function readExactly(fd: number, target: Uint8Array, position: number): Promise<void> {
+  const n = await preadFully(fd, target, position);
+  if (n < target.length) throw Object.assign(new Error(`unexpected end of the file at byte ${position + n}`), { code: 'EOF' });
 }

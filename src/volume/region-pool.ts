@@ -116,6 +116,18 @@ export class RegionPool {
     return { bytes: reply.bytes, mismatches: reply.mismatches };
   }
 
+  /**
+   * Zero-checks and hashes `bytes` on a worker: undefined digest for all zeros. With `owned`
+   * the caller owns the whole ArrayBuffer under `bytes`, which goes to the worker and comes back
+   * (the result's `bytes`: use that, the one passed in is detached); otherwise a copy goes.
+   */
+  async digest(bytes: Uint8Array, owned: boolean): Promise<{ digest: Uint8Array | undefined; bytes: Uint8Array }> {
+    const own = owned ? bytes : new Uint8Array(bytes);
+    const reply = await this.submit({ type: 'digest', id: 0, bytes: own }, [own.buffer as ArrayBuffer]);
+    if (reply.status !== 'digested') throw new Error(`unexpected reply ${reply.status}`);
+    return { digest: reply.digest, bytes: reply.bytes };
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     await Promise.all(this.workers.map((w) => w.terminate()));

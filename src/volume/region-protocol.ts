@@ -38,7 +38,15 @@ export interface VerifyWriteRequest {
   slices: VerifySlice[];
 }
 
-export type PoolRequest = ReadRequest | VerifyWriteRequest;
+/** Zero-check and hash bytes the main thread has (a region protect read at its seal). */
+export interface DigestRequest {
+  type: 'digest';
+  id: number;
+  /** The whole buffer is transferred; it comes back in the reply. */
+  bytes: Uint8Array;
+}
+
+export type PoolRequest = ReadRequest | VerifyWriteRequest | DigestRequest;
 
 export type PoolReply =
   | { id: number; status: 'same'; buffer: ArrayBuffer }
@@ -46,4 +54,6 @@ export type PoolReply =
   | { id: number; status: 'changed'; digest: Uint8Array; buffer: ArrayBuffer }
   /** Verified slices were written; `mismatches` lists the others (nothing of them was written). */
   | { id: number; status: 'verified'; bytes: Uint8Array; mismatches: Array<{ slice: number; digest: Uint8Array }> }
+  /** The bytes are all zeros (no digest), or their SHA-256. */
+  | { id: number; status: 'digested'; bytes: Uint8Array; digest: Uint8Array | undefined }
   | { id: number; status: 'error'; message: string; code: string | undefined; buffer: ArrayBuffer | undefined };

@@ -35,6 +35,15 @@ function streamedCheck(fd: number, offset: number, length: number, expected: Uin
   return hash.digest().equals(expected) ? 'same' : undefined;
 }
 
+const zeroDigests = new Map<number, Buffer>();
+
+/** The SHA-256 of `length` zero bytes (a region length: a few distinct ones). */
+function zerosDigest(length: number): Buffer {
+  let digest = zeroDigests.get(length);
+  if (digest === undefined) zeroDigests.set(length, (digest = createHash('sha256').update(new Uint8Array(length)).digest()));
+  return digest;
+}
+
 function handle(job: PoolRequest): PoolReply {
   if (job.type === 'read') {
     // Most regions a scan or an incremental backup reads are unchanged: check them streamed.
@@ -48,6 +57,12 @@ function handle(job: PoolRequest): PoolReply {
     const digest = createHash('sha256').update(bytes).digest();
     if (job.expected !== null && digest.equals(job.expected)) return { id: job.id, status: 'same', buffer: job.buffer };
     return { id: job.id, status: 'changed', digest, buffer: job.buffer };
+  }
+  if (job.type === 'digest') {
+    // Hashed first, then zeros recognised by their digest: the zero test would copy the region
+    // into kernel memory up to its first nonzero byte (most of a region a small write touched).
+    const digest = createHash('sha256').update(job.bytes).digest();
+    return { id: job.id, status: 'digested', bytes: job.bytes, digest: digest.equals(zerosDigest(job.bytes.length)) ? undefined : digest };
   }
   // verify-write: each slice must hash to its expected digest before it is written.
   const mismatches: Array<{ slice: number; digest: Uint8Array }> = [];
@@ -73,6 +88,6 @@ parentPort!.on('message', (job: PoolRequest) => {
     const buffer = job.type === 'read' ? job.buffer : (job.bytes.buffer as ArrayBuffer);
     reply = { id: job.id, status: 'error', message: e.message, code: e.code, buffer };
   }
-  const buffer = 'buffer' in reply ? reply.buffer : reply.status === 'verified' ? reply.bytes.buffer : undefined;
+  const buffer = 'buffer' in reply ? reply.buffer : reply.status === 'verified' || reply.status === 'digested' ? reply.bytes.buffer : undefined;
   parentPort!.postMessage(reply, buffer === undefined ? [] : [buffer as ArrayBuffer]);
 });

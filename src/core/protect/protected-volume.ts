@@ -18,6 +18,7 @@ import type { ChangeRecorder, ChangeSource } from '../../volume/changes.js';
 import { DirtyRegionLog } from '../../volume/dirty-region-log.js';
 import { pwriteFully, pwritevFully } from '../../util/positional-io.js';
 import { openVolume } from '../../volume/source.js';
+import { RegionPool } from '../../volume/region-pool.js';
 import type { Progress } from '../progress.js';
 import { type ScanHooks, type ScanResult, scan } from '../scan.js';
 import type { ProtectedVolumeOptions, ShipResult } from './options.js';
@@ -38,6 +39,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private readonly shipper: Shipper;
   private baseProgress = { phase: 'waiting', bytesDone: 0, bytesTotal: 0 };
   private readonly clock: () => number;
+  /** Threads that hash what the shipper reads. */
+  private readonly pool = new RegionPool();
 
   private constructor(
     repo: Repository,
@@ -58,7 +61,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       blockSize: repo.config.blockSize,
       hooks: options.hooks,
     });
-    this.shipper = new Shipper(repo, lock, this.tracker, spool, committer, options);
+    this.shipper = new Shipper(repo, lock, this.tracker, spool, committer, options, this.pool);
   }
 
   static async open(options: ProtectedVolumeOptions): Promise<ProtectedVolume> {
@@ -248,6 +251,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
       await this.lock.release().catch(() => undefined);
       await this.drl.close();
       await this.handle.close();
+      await this.pool.close();
     }
   }
 }

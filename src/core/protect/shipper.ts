@@ -11,23 +11,21 @@
 // also after a crash. If its point cannot be kept, neither can theirs (each is only right on
 // top of it): all their regions go out together with the next seal.
 
-import { webcrypto } from 'node:crypto';
 import { CdpError } from '../../errors.js';
 import { DeltaMap } from '../../model/delta-map.js';
 import type { WriterLock } from '../../repo/lock.js';
 import type { PitView } from '../../repo/pit-view.js';
 import { type Repository, viewForWriting } from '../../repo/repository.js';
 import { type WriterTrust, readWriterTrust } from '../../repo/trust.js';
-import { kernels } from '../../kernels/index.js';
 import { DeltaCommitter } from '../delta-committer.js';
 import type { DeltaWriter } from '../delta-writer.js';
 import type { ProtectedVolumeOptions, ShipResult } from './options.js';
 import { type Spool, type SpoolSegment, committedAs, spoolRegions } from './spool.js';
 import type { SealedGeneration, WriteTracker } from './write-tracker.js';
-import type { ReadResult } from '../../volume/region-pool.js';
+import type { ReadResult, RegionPool } from '../../volume/region-pool.js';
 
 /** Sealed regions read and hashed ahead of the one being packed. */
-const SHIP_READ_AHEAD = 4;
+const SHIP_READ_AHEAD = 8;
 
 /** A direct shipment: sealed, and trying to commit as delta `expectedSeq`. */
 interface DirectShipment {
@@ -70,6 +68,8 @@ export class Shipper {
     private readonly spool: Spool,
     committer: DeltaCommitter,
     private readonly options: ProtectedVolumeOptions,
+    /** Threads that zero-check and hash the sealed regions. */
+    private readonly pool: RegionPool,
   ) {
     this.committer = committer;
     this.clock = options.clock ?? Date.now;
@@ -393,34 +393,42 @@ export class Shipper {
   }
 
   /**
-   * Reads each sealed region as of the seal, zero-checks and hashes it (the hashing off the main
-   * thread, a few regions at once, so neither the NBD server nor the next reads wait for it) and
+   * Reads each sealed region as of the seal, zero-checks and hashes it (on the pool's threads, a
+   * few regions at once, so neither the NBD server nor the next reads wait for it) and
    * applies them to `writer` in order, with the blocks written since each region's last version.
    * Every read has settled when this returns or throws: a failed shipment's point is read again
    * for the spool, and no read of this one may still mark a region read after that.
    */
   private async applySealed(sealed: SealedGeneration, writer: DeltaWriter): Promise<void> {
-    const k = kernels();
-    const prepare = async (region: number): Promise<{ region: number; result: ReadResult }> => {
-      const bytes = await this.tracker.readSealed(sealed, region);
-      if (k.isZero(bytes)) return { region, result: { status: 'zero' } };
-      const digest = new Uint8Array(await webcrypto.subtle.digest('SHA-256', bytes));
-      return { region, result: { status: 'changed', digest, bytes } };
+    // Region buffers go to a hashing thread and come back (no copy), and are reused from one
+    // region to the next (a fresh megabyte per region kept the garbage collector busy); a
+    // pre-image is the tracker's own, so a copy of it goes.
+    const spare: Uint8Array[] = [];
+    type Prepared = { region: number; result: ReadResult; buffer: Uint8Array | undefined };
+    const prepare = async (region: number): Promise<Prepared> => {
+      const buffer = spare.pop() ?? new Uint8Array(this.repo.geometry.regionSize);
+      const bytes = await this.tracker.readSealed(sealed, region, buffer);
+      const own = bytes.buffer === buffer.buffer;
+      if (!own) spare.push(buffer);
+      const hashed = await this.pool.digest(bytes, own);
+      const back = own ? new Uint8Array(hashed.bytes.buffer) : undefined;
+      if (hashed.digest === undefined) return { region, result: { status: 'zero' }, buffer: back };
+      return { region, result: { status: 'changed', digest: hashed.digest, bytes: hashed.bytes }, buffer: back };
     };
-    const ahead: Array<Promise<{ region: number; result: ReadResult }>> = [];
+    const ahead: Array<Promise<Prepared>> = [];
+    const applyNext = async (): Promise<void> => {
+      const { region, result, buffer } = await ahead.shift()!;
+      await writer.apply(region, result, this.tracker.changedBlocks(sealed, region));
+      if (buffer !== undefined) spare.push(buffer); // apply copied what it keeps
+    };
     try {
       for (const region of sealed.map.regions()) {
         const next = prepare(region);
         next.catch(() => {}); // awaited in turn below
         ahead.push(next);
-        if (ahead.length < SHIP_READ_AHEAD) continue;
-        const { region: done, result } = await ahead.shift()!;
-        await writer.apply(done, result, this.tracker.changedBlocks(sealed, done));
+        if (ahead.length >= SHIP_READ_AHEAD) await applyNext();
       }
-      while (ahead.length > 0) {
-        const { region: done, result } = await ahead.shift()!;
-        await writer.apply(done, result, this.tracker.changedBlocks(sealed, done));
-      }
+      while (ahead.length > 0) await applyNext();
     } finally {
       await Promise.allSettled(ahead);
     }

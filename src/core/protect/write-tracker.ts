@@ -21,7 +21,7 @@ import { type Geometry, regionLength } from '../../model/regions.js';
 import { NbdRequestError } from '../../nbd/types.js';
 import type { ChangeRecorder } from '../../volume/changes.js';
 import type { DirtyRegionLog } from '../../volume/dirty-region-log.js';
-import { preadFully } from '../../util/positional-io.js';
+import { readAllocated } from '../../volume/extents.js';
 import type { ProtectHooks } from './options.js';
 import { allBlocks, emptyBlocks, markBlocks, orBlocks } from '../../model/patches.js';
 
@@ -303,8 +303,11 @@ export class WriteTracker {
     return true;
   }
 
-  /** The region's content at the seal instant: its pre-image if one was saved, else the primary. */
-  async readSealed(sealed: SealedGeneration, region: number): Promise<Uint8Array> {
+  /**
+   * The region's content at the seal instant: its pre-image if one was saved, else the primary
+   * (read into `into` when given, at least the region's length: the caller's to reuse then).
+   */
+  async readSealed(sealed: SealedGeneration, region: number, into?: Uint8Array): Promise<Uint8Array> {
     await this.options.hooks?.beforeShipRead?.(region);
     for (let busy = sealed.busy.get(region); busy !== undefined; busy = sealed.busy.get(region)) await busy;
     const saved = sealed.preimages.get(region);
@@ -312,7 +315,8 @@ export class WriteTracker {
     if (saved !== undefined) bytes = saved;
     else {
       const task = (async () => {
-        const buffer = Buffer.allocUnsafe(regionLength(this.geometry, region));
+        const length = regionLength(this.geometry, region);
+        const buffer = into !== undefined && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
         await this.readFully(buffer, region * this.geometry.regionSize);
         bytes = buffer;
       })();
@@ -326,9 +330,14 @@ export class WriteTracker {
     return bytes!;
   }
 
+  /** The primary's bytes at `position` (holes of a sparse image zero-filled in memory, not read). */
   async readFully(buffer: Uint8Array, position: number): Promise<void> {
-    const n = await preadFully(this.handle.fd, buffer, position);
-    if (n < buffer.length) throw new NbdRequestError('EIO', `unexpected end of the primary at byte ${position + n}`);
+    try {
+      await readAllocated(this.handle.fd, buffer, position);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EOF') throw new NbdRequestError('EIO', `${(error as Error).message} of the primary`);
+      throw error;
+    }
   }
 
   /** Regions that writes are changing right now (not yet in the open map). */
