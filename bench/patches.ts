@@ -58,6 +58,7 @@ interface Options {
   rpoSize: number;
   rpoRegionSizes: number[];
   replayIntervals: number;
+  replayRandomIntervals: number;
   restoreSize: number;
   runs: number;
   dir: string;
@@ -191,7 +192,7 @@ async function replay(store: RequestCountingStore, volume: { source: string; drl
       }
       await Promise.all(pending);
       await protectedVolume.sealAndShip();
-      if (i % 60 === 0) {
+      if (i % 30 === 0) {
         const ratio = (store.byKind.get('packs')?.putBytes ?? 0) / written;
         curve.push([i, ratio]);
         log(`  replay: ${i} of ${intervals} intervals, packs/written ${fmt(ratio)}`);
@@ -304,16 +305,16 @@ async function partMixed(o: Options, rows: PatchesRow[], log: (line: string) => 
 }
 
 async function partReplay(o: Options, rows: PatchesRow[], log: (line: string) => void): Promise<void> {
-  const minutes = (o.replayIntervals * o.intervalMs) / 60_000;
-  for (const [name, pattern, perInterval] of [
-    ['random 1000/s', (size: number) => randomPattern(size, 99), 5000],
-    ['database-like 600/s', (size: number) => mixedPattern(size, 4), 3000],
+  for (const [name, pattern, perInterval, intervals] of [
+    ['random 1000/s', (size: number) => randomPattern(size, 99), 5000, o.replayRandomIntervals],
+    ['database-like 600/s', (size: number) => mixedPattern(size, 4), 3000, o.replayIntervals],
   ] as const) {
+    const minutes = (intervals * o.intervalMs) / 60_000;
     await withDir(o, 'replay', async (dir) => {
-      log(`replay: ${name}, ${o.replayIntervals} intervals (${fmt(minutes, 0)} minutes' worth) on ${o.randomSize / GiB} GiB…`);
+      log(`replay: ${name}, ${intervals} intervals (${fmt(minutes, 0)} minutes' worth) on ${o.randomSize / GiB} GiB…`);
       const store = new RequestCountingStore(openStore(join(dir, 'repo')));
       const volume = await thinVolume(dir, o.randomSize, store);
-      const r = await replay(store, volume, pattern(o.randomSize), perInterval, o.replayIntervals, log);
+      const r = await replay(store, volume, pattern(o.randomSize), perInterval, intervals, log);
       amplificationRows('replay', `${name}, ${fmt(minutes, 0)} min replayed`, r, rows, false);
       rows.push(row('replay', `${name}: packs / written after n intervals`, r.curve.map(([i, x]) => `${i}:${fmt(x)}`).join(' '), { note: 'grows as regions reach the chain bound and are stored whole again' }));
     });
@@ -410,6 +411,7 @@ export async function runPatchesBench(argv: string[], log: (line: string) => voi
     rpoSize: parseSize(option(argv, '--rpo-size', '64GiB'), '--rpo-size'),
     rpoRegionSizes: option(argv, '--rpo-region-sizes', '1MiB,256KiB').split(',').map((v) => parseSize(v, '--rpo-region-sizes')),
     replayIntervals: Number(option(argv, '--replay-intervals', '360')),
+    replayRandomIntervals: Number(option(argv, '--replay-random-intervals', '60')),
     restoreSize: parseSize(option(argv, '--restore-size', '512MiB'), '--restore-size'),
     runs: Number(option(argv, '--runs', '3')),
     dir: option(argv, '--dir', tmpdir()),
