@@ -10,7 +10,7 @@ import type { WriterLock } from '../repo/lock.js';
 import type { WriterTrust } from '../repo/trust.js';
 import type { PitView } from '../repo/pit-view.js';
 import type { CommitResult, Repository } from '../repo/repository.js';
-import { DeltaWriter } from './delta-writer.js';
+import { DeltaWriter, type PatchHistory } from './delta-writer.js';
 
 /** Runs a head may fold before it is reopened from the chain's cover. */
 const REOPEN_AFTER_RUNS = 64;
@@ -29,6 +29,8 @@ export interface DeltaCommitterOptions {
   clock?: () => number;
   packsInFlight?: number;
   signal?: AbortSignal;
+  /** The patch chains made through this committer, kept across its deltas (protect's). */
+  history?: PatchHistory;
 }
 
 export interface Committed {
@@ -81,6 +83,7 @@ export class DeltaCommitter {
       signal: options.signal ?? this.options.signal,
       packsInFlight: this.options.packsInFlight,
       trust: options.trust ?? this.options.trust,
+      history: this.options.history,
     });
   }
 

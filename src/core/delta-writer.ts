@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { throwIfAborted } from '../errors.js';
 import { DeltaMap } from '../model/delta-map.js';
-import { DIGEST_BYTES, type Geometry, type RegionLocation, type StoredRegion, piecesOf, regionLength, wholeAt } from '../model/regions.js';
+import { DIGEST_BYTES, type Geometry, type RegionLocation, type StoredRegion, piecesOf, regionLength, storedId, wholeAt } from '../model/regions.js';
 import { encodePatch, patchLength } from '../model/patches.js';
 import type { PitPage } from '../model/pages.js';
 import { packKey } from '../repo/keys.js';
@@ -201,6 +201,39 @@ export interface DeltaWriterOptions {
   packsInFlight?: number;
   /** What the marks say about stored bytes (readWriterTrust): required, so no writer forgets it. */
   trust: WriterTrust;
+  /** The patch chains this writer's earlier deltas made (a long-running writer's: protect's). */
+  history?: PatchHistory;
+}
+
+/** Regions whose patch chains a PatchHistory remembers at most (about 100 bytes each). */
+const HISTORY_REGIONS = 1 << 17;
+
+/**
+ * What a long-running writer knows of the patch chains it made: for each region, the blocks its
+ * chain's patches changed since the base, valid for that chain only (named by storedId). When a
+ * chain reaches the bound, the writer can then replace it by one patch of all those blocks on
+ * the same base, instead of storing the whole region again: a database's hot pages, written
+ * over and over in the same few blocks, then cost about what was written, not a region per
+ * 17 writes. A chain made by another process (or before a restart) is not known: at the bound
+ * its region is stored whole.
+ */
+export class PatchHistory {
+  private readonly chains = new Map<number, { id: string; blocks: Uint8Array }>();
+
+  /** The blocks the patches of `stored` (the region's entry) changed since its base, if known. */
+  blocksOf(region: number, stored: StoredRegion | undefined): Uint8Array | undefined {
+    const chain = this.chains.get(region);
+    return chain !== undefined && stored !== undefined && chain.id === storedId(stored) ? chain.blocks : undefined;
+  }
+
+  remember(region: number, stored: StoredRegion, blocks: Uint8Array): void {
+    if (this.chains.size >= HISTORY_REGIONS && !this.chains.has(region)) return;
+    this.chains.set(region, { id: storedId(stored), blocks });
+  }
+
+  forget(region: number): void {
+    this.chains.delete(region);
+  }
 }
 
 export { locationId } from '../repo/trust.js';
@@ -261,27 +294,43 @@ export class DeltaWriter {
       stored = (changedBlocks === undefined ? undefined : await this.patch(region, result.bytes, changedBlocks)) ?? wholeAt(await this.store(result.bytes));
       this.dedup.stored(result.digest, stored);
     }
+    // A chain this delta did not just extend is not one the history knows.
+    if (stored.patches.length === 0 || this.options.history?.blocksOf(region, stored) === undefined) this.options.history?.forget(region);
     await this.run.set(region, stored, result.digest);
   }
 
   /**
    * Stores the changed blocks of `region` as a patch on its version in the base point, if the
-   * limits allow (repo.patchLimits) and every piece of that version may be reused; undefined
-   * otherwise (the region is stored whole).
+   * limits allow (repo.patchLimits) and every piece of that version may be reused. When the
+   * chain is at the bound and the history knows every block its patches changed since the base,
+   * one patch of all of them (and the new ones) replaces the chain, if that fits the limits.
+   * Undefined otherwise: the region is stored whole.
    */
   private async patch(region: number, bytes: Uint8Array, changedBlocks: Uint8Array): Promise<StoredRegion | undefined> {
+    if (changedBlocks.every((byte) => byte === 0)) return undefined; // nothing said to have changed: trust no patch
     const limits = this.repo.patchLimits;
     const previous = (await this.base.page(this.base.pageOf(region), this.options.signal)).stored(region);
+    if (previous !== undefined && !this.usable(previous)) return undefined;
     const earlier = previous?.patches ?? [];
-    if (earlier.length >= limits.maxPatches || (previous !== undefined && !this.usable(previous))) return undefined;
     const blockSize = this.repo.config.blockSize;
+    const allowed = limits.maxPatchFraction * bytes.length;
+    // Every block changed since the base, if known: nothing for a region stored whole (or zeros).
+    const known = earlier.length === 0 ? new Uint8Array(changedBlocks.length) : this.options.history?.blocksOf(region, previous);
+    const sinceBase = known === undefined ? undefined : Uint8Array.from(known, (byte, i) => byte | changedBlocks[i]!);
     const length = patchLength(changedBlocks, bytes.length, blockSize);
-    let total = length;
-    for (const patch of earlier) total += patch.length;
-    if (total > limits.maxPatchFraction * bytes.length) return undefined;
-    const location = await this.store(encodePatch(bytes, changedBlocks, blockSize));
+    const chainBytes = earlier.reduce((n, patch) => n + patch.length, length);
+    let stored: StoredRegion;
+    if (earlier.length < limits.maxPatches && chainBytes <= allowed) {
+      const location = await this.store(encodePatch(bytes, changedBlocks, blockSize));
+      stored = { base: previous?.base, patches: [...earlier, { ...location, length }] };
+    } else if (sinceBase !== undefined && patchLength(sinceBase, bytes.length, blockSize) <= allowed) {
+      const merged = encodePatch(bytes, sinceBase, blockSize);
+      const location = await this.store(merged);
+      stored = { base: previous?.base, patches: [{ ...location, length: merged.length }] };
+    } else return undefined;
     this.regionsPatched++;
-    return { base: previous?.base, patches: [...earlier, { ...location, length }] };
+    if (sinceBase !== undefined) this.options.history?.remember(region, stored, sinceBase);
+    return stored;
   }
 
   /** Whether every stored piece of `stored` may be named by this delta. */

@@ -27,7 +27,7 @@ import { TaskWindow } from '../util/task-window.js';
 import { RegionPool } from '../volume/region-pool.js';
 import { locationId } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
-import { type FetchRange, RegionFetcher, type WantedRegion, emptyCounts, planRanges, storedRegions } from './region-fetcher.js';
+import { type FetchRange, type FetchedRange, RegionFetcher, type WantedRegion, emptyCounts, planRanges, storedRegions } from './region-fetcher.js';
 
 export const VERIFY_PREFIX = 'verifies/';
 const VERIFY_KIND = { magic: 'CDPS3VRF', version: FORMAT_VERSION, what: 'verify record' } as const;
@@ -245,9 +245,11 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   // newest patch, so the points that compose through it are marked and the next backup or scan
   // stores the region whole.
   let compositions = 0;
+  let compositionBytes = 0;
   if (options.readData === true && subsetPercent === undefined && latest > 0 && (await index.blockedBy(latest, signal)) === undefined) {
-    const view = await repo.view(index, latest, { signal });
-    compositions = await checkCompositions(repo, view, bad, options, progress);
+    const checked = await checkCompositions(repo, await repo.view(index, latest, { signal }), bad, options, progress);
+    compositions = checked.composed;
+    compositionBytes = checked.bytesRead;
   }
 
   // 5. The points each bad location affects: while some region's PIT entry points at it.
@@ -291,7 +293,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     locations,
     locationsRead,
     compositions,
-    bytesRead,
+    bytesRead: bytesRead + compositionBytes,
     subset,
     problems,
     damaged: [...damagedSeqs].sort((a, b) => a - b),
@@ -421,50 +423,35 @@ async function countObjects(store: ObjectStore, prefix: string, signal?: AbortSi
  * ranges) and checks each against its digest; a region that does not compose while none of its
  * pieces is known bad is recorded in `bad` on its newest patch. Returns how many were composed.
  */
-async function checkCompositions(repo: Repository, view: PitView, bad: Map<string, BadLocation>, options: VerifyOptions, progress: Progress): Promise<number> {
-  const pool = new RegionPool(options.workers);
-  const fetcher = new RegionFetcher(repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
-  const counts = emptyCounts();
+async function checkCompositions(repo: Repository, view: PitView, bad: Map<string, BadLocation>, options: VerifyOptions, progress: Progress): Promise<{ composed: number; bytesRead: number }> {
   const planned = new Map<number, WantedRegion>(); // regions of the ranges in flight
   let composed = 0;
   async function* patched(): AsyncGenerator<WantedRegion> {
-    for await (const wanted of storedRegions(view, counts, undefined, options.signal)) {
+    for await (const wanted of storedRegions(view, emptyCounts(), undefined, options.signal)) {
       if (wanted.compose === undefined || piecesOf(wanted.compose).some((piece) => bad.has(locationId(piece)))) continue;
       planned.set(wanted.region, wanted);
       composed++;
       yield wanted;
     }
   }
-  progress.phase('compose', 0);
-  try {
-    await fetcher.run(planRanges(patched(), counts), {
-      reportDamage: true,
-      onRange: ({ range, mismatches, missing }) => {
-        const failed = new Set(mismatches.map((m) => m.slice));
-        range.slices.forEach((slice, i) => {
-          for (const region of slice.regions) {
-            const wanted = planned.get(region)!;
-            planned.delete(region);
-            if (missing === undefined && !failed.has(i)) continue;
-            const last = wanted.compose!.patches.at(-1)!;
-            bad.set(locationId(last), {
-              ...last,
-              problem: 'corrupt',
-              digest: wanted.digest,
-              why: missing === undefined ? `region ${region} does not compose to its SHA-256 from its base and ${wanted.compose!.patches.length} patches` : missing.message,
-            });
-          }
+  const bytesRead = await readReporting(repo, patched(), options, progress, 'compose', ({ range, mismatches, missing }) => {
+    const failed = new Set(mismatches.map((m) => m.slice));
+    range.slices.forEach((slice, i) => {
+      for (const region of slice.regions) {
+        const wanted = planned.get(region)!;
+        planned.delete(region);
+        if (missing === undefined && !failed.has(i)) continue;
+        const last = wanted.compose!.patches.at(-1)!;
+        bad.set(locationId(last), {
+          ...last,
+          problem: 'corrupt',
+          digest: wanted.digest,
+          why: missing === undefined ? `region ${region} does not compose to its SHA-256 from its base and ${wanted.compose!.patches.length} patches` : missing.message,
         });
-        progress.advance(range.length);
-      },
+      }
     });
-  } catch (error) {
-    throw error instanceof CdpError ? error : new CdpError('STORE_PERMANENT', String(error), { cause: error });
-  } finally {
-    await pool.close();
-  }
-  progress.done();
-  return composed;
+  });
+  return { composed, bytesRead };
 }
 
 /**
@@ -478,9 +465,6 @@ async function readAndCheck(
   progress: Progress,
 ): Promise<{ locationsRead: number; bytesRead: number; corrupt: Array<{ pack: string; offset: number; length: number; digest: Uint8Array }> }> {
   const corrupt: Array<{ pack: string; offset: number; length: number; digest: Uint8Array }> = [];
-  const pool = new RegionPool(options.workers);
-  const fetcher = new RegionFetcher(repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
-  const counts = emptyCounts();
   const bad = (range: FetchRange, slice: number): void => {
     const s = range.slices[slice]!;
     corrupt.push({ pack: range.pack, offset: range.offset + s.at, length: s.length, digest: s.digest });
@@ -492,15 +476,35 @@ async function readAndCheck(
       yield location;
     }
   }
-  progress.phase('read data', 0);
+  const bytesRead = await readReporting(repo, counted(), options, progress, 'read data', ({ range, mismatches, missing }) => {
+    // A short or vanished pack: every region in the range is damaged.
+    if (missing !== undefined) range.slices.forEach((_, i) => bad(range, i));
+    for (const m of mismatches) bad(range, m.slice);
+  });
+  return { locationsRead, bytesRead, corrupt };
+}
+
+/**
+ * Fetches and verifies `wanted` through the one read path, damage reported to `onRange` rather
+ * than thrown; returns the bytes read.
+ */
+async function readReporting(
+  repo: Repository,
+  wanted: AsyncIterable<WantedRegion>,
+  options: VerifyOptions,
+  progress: Progress,
+  phase: string,
+  onRange: (fetched: FetchedRange) => void,
+): Promise<number> {
+  const pool = new RegionPool(options.workers);
+  const fetcher = new RegionFetcher(repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
+  progress.phase(phase, 0);
   try {
-    await fetcher.run(planRanges(counted(), counts), {
+    await fetcher.run(planRanges(wanted, emptyCounts()), {
       reportDamage: true,
-      onRange: ({ range, mismatches, missing }) => {
-        // A short or vanished pack: every region in the range is damaged.
-        if (missing !== undefined) range.slices.forEach((_, i) => bad(range, i));
-        for (const m of mismatches) bad(range, m.slice);
-        progress.advance(range.length);
+      onRange: (fetched) => {
+        onRange(fetched);
+        progress.advance(fetched.range.length);
       },
     });
   } catch (error) {
@@ -509,5 +513,5 @@ async function readAndCheck(
     await pool.close();
   }
   progress.done();
-  return { locationsRead, bytesRead: fetcher.bytesFetched, corrupt };
+  return fetcher.bytesFetched;
 }

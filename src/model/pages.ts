@@ -8,6 +8,7 @@
 // of the page, the fold of the runs that make up the point in time. Pure: no I/O.
 
 import { DIGEST_BYTES, type Geometry, type PatchLocation, type StoredRegion, ZERO_REGION } from './regions.js';
+import { FirstUseTable } from '../util/first-use-table.js';
 
 /** In RunPage.entryPack: the region is all zeros (no bytes stored). */
 export const ZERO_PACK = 0xffff;
@@ -113,18 +114,10 @@ export class PageBuilder {
     const entryPack = new Uint16Array(n);
     const entryOffset = new Uint32Array(n);
     const digests = new Uint8Array(n * DIGEST_BYTES);
-    const packs: string[] = [];
-    const packIndex = new Map<string, number>();
     // Canonical: each pack listed once, in the order of its first use (bases and patches alike).
-    const packOf = (name: string): number => {
-      let index = packIndex.get(name);
-      if (index === undefined) {
-        index = packs.length;
-        packs.push(name);
-        packIndex.set(name, index);
-      }
-      return index;
-    };
+    const packTable = new FirstUseTable<string>();
+    const packs = packTable.values;
+    const packOf = (name: string): number => packTable.indexOf(name);
     const counts = new Uint8Array(n);
     const patchPack: number[] = [];
     const patchOffset: number[] = [];
@@ -168,8 +161,7 @@ export class PitPage {
   private packOf: Uint32Array | undefined;
   private offsetOf: Uint32Array | undefined;
   private digests: Uint8Array | undefined;
-  private readonly packNames: string[] = [];
-  private readonly packIds = new Map<string, number>();
+  private readonly packTable = new FirstUseTable<string>();
   /** Regions (offsets in the page) stored as a base with patches: the patches. */
   private readonly patchesAt = new Map<number, PatchLocation[]>();
   private patchCount = 0;
@@ -192,7 +184,7 @@ export class PitPage {
     const packOf = (this.packOf ??= new Uint32Array(this.count).fill(ZERO_REGION));
     const offsetOf = (this.offsetOf ??= new Uint32Array(this.count));
     const digests = (this.digests ??= new Uint8Array(this.count * DIGEST_BYTES));
-    const ids = run.packs.map((name) => this.packId(name));
+    const ids = run.packs.map((name) => this.packTable.indexOf(name));
     let patchAt = 0;
     for (let i = 0; i < run.regions.length; i++) {
       const at = run.regions[i]! - this.first;
@@ -236,23 +228,14 @@ export class PitPage {
     if (this.packOf === undefined) return undefined;
     const at = region - this.first;
     const pack = this.packOf[at]!;
-    const base = pack === ZERO_REGION ? undefined : { pack: this.packNames[pack]!, offset: this.offsetOf![at]! };
+    const base = pack === ZERO_REGION ? undefined : { pack: this.packTable.values[pack]!, offset: this.offsetOf![at]! };
     const patches = this.patchesAt.get(at) ?? [];
     return base === undefined && patches.length === 0 ? undefined : { base, patches };
   }
 
   /** Bytes of memory this page holds (for caches). */
   get bytes(): number {
-    return 64 + (this.packOf === undefined ? 0 : this.count * (8 + DIGEST_BYTES)) + this.packNames.length * 64 + this.patchesAt.size * 64 + this.patchCount * 48;
+    return 64 + (this.packOf === undefined ? 0 : this.count * (8 + DIGEST_BYTES)) + this.packTable.values.length * 64 + this.patchesAt.size * 64 + this.patchCount * 48;
   }
 
-  private packId(name: string): number {
-    let id = this.packIds.get(name);
-    if (id === undefined) {
-      id = this.packNames.length;
-      this.packNames.push(name);
-      this.packIds.set(name, id);
-    }
-    return id;
-  }
 }

@@ -10,6 +10,7 @@ import { PATCH_DIGEST_BYTES } from '../model/patches.js';
 import { u16Bytes, u16Column, u32Bytes, u32Column, u64Bytes, u64Column } from './columns.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { isPackKey, isPagePackKey, seqName } from './keys.js';
+import { FirstUseTable } from '../util/first-use-table.js';
 
 export const DELTA_MAGIC = 'CDPS3DLT';
 export const SPAN_MAGIC = 'CDPS3SPN';
@@ -85,25 +86,18 @@ export interface RunRoot {
 // ---- blob tables ---------------------------------------------------------------------------
 
 function encodeBlobTable(blobs: readonly BlobRef[]): Record<string, unknown> {
-  const packs: string[] = [];
-  const packIndex = new Map<string, number>();
+  const packs = new FirstUseTable<string>();
   const where = new Uint32Array(blobs.length);
   const offsets = new Uint32Array(blobs.length);
   const lengths = new Uint32Array(blobs.length);
   const digests = new Uint8Array(blobs.length * DIGEST_BYTES);
   blobs.forEach((blob, i) => {
-    let index = packIndex.get(blob.pack);
-    if (index === undefined) {
-      index = packs.length;
-      packs.push(blob.pack);
-      packIndex.set(blob.pack, index);
-    }
-    where[i] = index;
+    where[i] = packs.indexOf(blob.pack);
     offsets[i] = blob.offset;
     lengths[i] = blob.length;
     digests.set(blob.digest, i * DIGEST_BYTES);
   });
-  return { packs, where: u32Bytes(where), offsets: u32Bytes(offsets), lengths: u32Bytes(lengths), digests };
+  return { packs: packs.values, where: u32Bytes(where), offsets: u32Bytes(offsets), lengths: u32Bytes(lengths), digests };
 }
 
 function decodeBlobTable(body: unknown, what: string, field: string): BlobRef[] {
@@ -280,23 +274,14 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
   const entryPack = new Uint32Array(n);
   const entryOffset = new Uint32Array(n);
   const digests = new Uint8Array(n * DIGEST_BYTES);
-  const packs: string[] = [];
-  const packIndex = new Map<string, number>();
+  const packs = new FirstUseTable<string>();
   const counts = new Uint8Array(n);
   const patchPack: number[] = [];
   const patchOffset: number[] = [];
   const patchLength: number[] = [];
   let at = 0;
   for (const page of pages) {
-    const ids = page.packs.map((name) => {
-      let index = packIndex.get(name);
-      if (index === undefined) {
-        index = packs.length;
-        packs.push(name);
-        packIndex.set(name, index);
-      }
-      return index;
-    });
+    const ids = page.packs.map((name) => packs.indexOf(name));
     regions.set(page.regions, at);
     for (let i = 0; i < page.regions.length; i++) {
       const pack = page.entryPack[i]!;
@@ -318,7 +303,7 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
     patchPack.length === 0
       ? {}
       : { patches: { counts, pack: u32Bytes(Uint32Array.from(patchPack)), offset: u32Bytes(Uint32Array.from(patchOffset)), length: u32Bytes(Uint32Array.from(patchLength)) } };
-  return { regions: u32Bytes(regions), packs, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), digests, ...patches };
+  return { regions: u32Bytes(regions), packs: packs.values, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), digests, ...patches };
 }
 
 function decodeEntries(body: unknown, what: string, context: RootContext): PageRef[] {
@@ -362,18 +347,9 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
       to++;
     }
     // Page-local pack tables, as a page read from a page pack has.
-    const local: string[] = [];
-    const localIndex = new Map<number, number>();
+    const local = new FirstUseTable<string>();
     const pagePacks = new Uint16Array(to - from);
-    const localOf = (p: number): number => {
-      let index = localIndex.get(p);
-      if (index === undefined) {
-        index = local.length;
-        local.push(packs[p]!);
-        localIndex.set(p, index);
-      }
-      return index;
-    };
+    const localOf = (p: number): number => local.indexOf(packs[p]!);
     let pagePatches: PagePatches | undefined;
     const patchFrom = patches?.starts[from] ?? 0;
     const patchTo = patches?.starts[to] ?? 0;
@@ -395,7 +371,7 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
     const inline: RunPage = {
       page,
       regions: regions.slice(from, to),
-      packs: local,
+      packs: local.values,
       entryPack: pagePacks,
       entryOffset: entryOffset.slice(from, to),
       digests: digests.slice(from * DIGEST_BYTES, to * DIGEST_BYTES),

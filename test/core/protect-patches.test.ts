@@ -14,6 +14,7 @@ import { patchLength } from '../../src/model/patches.js';
 import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 import { loadDelta } from '../helpers/pit.js';
 import { FaultStore } from '../helpers/fault-store.js';
+import { waitUntil } from '../helpers/wait.js';
 import { seededRandom } from '../helpers/random.js';
 
 const { make: makeFixture, restoreBytes } = useProtectFixture('protectpatches');
@@ -101,11 +102,88 @@ for (const kind of ['fs', 's3'] as const) {
       for (let region = 1; region < REGIONS; region += 4) await volume.write(region * REGION, Buffer.alloc(2 * BLOCK, 0xee), false);
       await volume.write(0, Buffer.alloc(REGION, 0x77), false); // a whole region: stored whole
       expect(await volume.sealAndShip()).toEqual({ seq: 3, regions: REGIONS / 4 + 1 });
+      // From the last 2 blocks of region 3 to the first 3 of region 7 (neither patched so far): its
+      // ends as patches, 4 to 6 whole.
+      const span = Buffer.alloc(3 * REGION + 5 * BLOCK);
+      for (let i = 0; i < span.length; i++) span[i] = i % 251; // no two regions alike: none deduplicated
+      await volume.write(4 * REGION - 2 * BLOCK, span, false);
+      expect(await volume.sealAndShip()).toEqual({ seq: 4, regions: 5 });
       await volume.close();
       const entries = (await log({ store: f.store })).entries;
       expect(entries[1]!.bytes).toBe((REGIONS / 2) * patchBytes(1));
       expect(entries[2]!.bytes).toBe((REGIONS / 4) * patchBytes(2) + REGION);
+      expect(entries[3]!.bytes).toBe(patchBytes(2) + 3 * REGION + patchBytes(3));
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
+    });
+
+    it('a chain at its bound is replaced by one patch of every block changed since the base; after a restart (chain unknown) the region ships whole', async () => {
+      const f = await makeFixture(kind);
+      const limits = { maxPatches: 3, maxPatchFraction: 0.5 };
+      const images: Buffer[] = [];
+      let volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, patchLimits: limits });
+      // A hot page: blocks 2 and 7 of region 4 written again and again, one of them per interval.
+      for (let i = 0; i < 6; i++) {
+        await volume.write(4 * REGION + (i % 2 === 0 ? 2 : 7) * BLOCK, Buffer.alloc(BLOCK, 0x10 + i), false);
+        await volume.sealAndShip();
+        images.push(await readFile(f.source));
+      }
+      await volume.close();
+      volume = await ProtectedVolume.open({ store: f.store, source: f.source, drl: f.drl, patchLimits: limits });
+      await volume.write(4 * REGION + 2 * BLOCK, Buffer.alloc(BLOCK, 0x30), false);
+      await volume.sealAndShip(); // the chain is at its bound, and this process did not make it: whole
+      images.push(await readFile(f.source));
+      await volume.write(4 * REGION + 7 * BLOCK, Buffer.alloc(BLOCK, 0x31), false);
+      await volume.sealAndShip(); // a patch on the new base
+      images.push(await readFile(f.source));
+      await volume.close();
+      const repo = await Repository.open(f.store);
+      const chains: Array<[number, number]> = [];
+      for (let seq = 2; seq <= 9; seq++) {
+        const stored = (await loadDelta(repo, seq)).locations.get(4)!;
+        chains.push([stored.patches.length, stored.patches.reduce((n, p) => n + p.length, 0)]);
+      }
+      // 1, 2, 3 patches of a block; then one patch of blocks 2 and 7 (the merge); 2, 3; after the
+      // restart the bound with no history: whole (0 patches); then a patch on the new base.
+      expect(chains.map(([n]) => n)).toEqual([1, 2, 3, 1, 2, 3, 0, 1]);
+      expect(chains[3]![1]).toBe(patchBytes(2));
+      const log8 = (await log({ store: f.store })).entries.map((e) => e.bytes);
+      expect(log8.slice(1, 7).every((bytes) => bytes < 3 * BLOCK)).toBe(true); // never a whole region before the restart
+      for (const [i, image] of images.entries()) expect(sha(await restoreBytes(f.store, f.work, String(i + 2))), `point ${i + 2}`).toBe(sha(image));
+    });
+
+    it('an interval sealed into the spool while a shipment is still trying ships as patches too', async () => {
+      const f = await makeFixture(kind);
+      let hold = true;
+      let held!: () => void;
+      const holding = new Promise<void>((resolve) => (held = resolve));
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      const slow = new FaultStore(f.store, {
+        beforePut: async (key) => {
+          if (!hold || !key.startsWith('packs/')) return;
+          hold = false;
+          held();
+          await released; // the first shipment's pack is held
+        },
+      });
+      const volume = await ProtectedVolume.open({ store: slow, source: f.source, drl: f.drl });
+      await volume.write(8 * REGION + 3 * BLOCK, Buffer.alloc(100, 0x81), false);
+      const first = volume.sealAndShip();
+      await holding;
+      const atFirst = await readFile(f.source);
+      await volume.write(9 * REGION + 4 * BLOCK, Buffer.alloc(100, 0x91), false);
+      await volume.write(8 * REGION + 6 * BLOCK, Buffer.alloc(100, 0x82), false);
+      const second = volume.sealAndShip(); // the first is still trying: this one goes to the spool
+      await waitUntil(() => volume.status().spooledPoints === 1, 'the second point spooled');
+      release();
+      await first;
+      expect(await second).toEqual({ seq: 3, regions: 2 });
+      await volume.close();
+      const delta = await loadDelta(await Repository.open(f.store), 3);
+      expect(delta.locations.get(8)!.patches).toHaveLength(2); // on top of point 2's patch
+      expect(delta.locations.get(9)!.patches).toHaveLength(1);
+      expect(sha(await restoreBytes(f.store, f.work, '2'))).toBe(sha(atFirst));
+      expect(sha(await restoreBytes(f.store, f.work, '3'))).toBe(sha(await readFile(f.source)));
     });
 
     it('after a restart on the DRL, regions written before it ship whole; later ones as patches', async () => {

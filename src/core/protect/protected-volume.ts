@@ -14,6 +14,7 @@ import type { ProtectStatus } from '../../repo/protect-status.js';
 import { Repository, viewForWriting } from '../../repo/repository.js';
 import { readWriterTrust } from '../../repo/trust.js';
 import { DeltaCommitter } from '../delta-committer.js';
+import { PatchHistory } from '../delta-writer.js';
 import type { ChangeRecorder, ChangeSource } from '../../volume/changes.js';
 import { DirtyRegionLog } from '../../volume/dirty-region-log.js';
 import { pwriteFully, pwritevFully } from '../../util/positional-io.js';
@@ -99,6 +100,8 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
         trust: await readWriterTrust(options.store, options.signal),
         sourcePath: await realpath(options.source),
         clock: options.clock,
+        // The patch chains protect makes, so a chain at its bound is merged rather than replaced by the whole region.
+        history: new PatchHistory(),
       });
       // Points in time spooled during an outage before a crash ship first, in order; their
       // regions are in the DRL too, so whatever cannot be recovered still goes out coalesced.

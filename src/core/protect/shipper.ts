@@ -291,11 +291,12 @@ export class Shipper {
     const expectedSeq = this.spool.nextSeq(flight?.expectedSeq ?? this.head.seq);
     const sealed = this.tracker.seal({ keepAfterRead: false });
     try {
-      const segment = await this.spool.write(sealed.map.regions(), (region) => this.tracker.readSealed(sealed, region), {
-        expectedSeq,
-        sealTime,
-        firstWrite: sealed.firstWrite,
-      });
+      const segment = await this.spool.write(
+        sealed.map.regions(),
+        (region) => this.tracker.readSealed(sealed, region),
+        { expectedSeq, sealTime, firstWrite: sealed.firstWrite },
+        (region) => this.tracker.changedBlocks(sealed, region),
+      );
       if (segment === undefined) this.tracker.reopen(sealed);
     } finally {
       this.tracker.release(sealed);
@@ -316,7 +317,8 @@ export class Shipper {
       if (flight.keepable) {
         const number = flight.spoolNumber ?? this.spool.reserveNumber();
         const point = { expectedSeq: flight.expectedSeq, sealTime: flight.sealTime, firstWrite: sealed.firstWrite, number };
-        if ((await this.spool.write(sealed.map.regions(), (region) => this.tracker.readSealed(sealed, region), point)) !== undefined) return;
+        const blocks = (region: number): Uint8Array | undefined => this.tracker.changedBlocks(sealed, region);
+        if ((await this.spool.write(sealed.map.regions(), (region) => this.tracker.readSealed(sealed, region), point, blocks)) !== undefined) return;
       }
       const later = await this.spool.dropAll();
       for (const segment of later) this.tracker.reopenRegions(segment.regions, segment.firstWrite);
@@ -356,8 +358,8 @@ export class Shipper {
       let writer: DeltaWriter | undefined;
       try {
         writer = this.committer.begin({ signal, trust: await this.readTrust(signal) });
-        for await (const { region, bytes, digest } of spoolRegions(segment)) {
-          await writer.apply(region, digest === undefined ? { status: 'zero' } : { status: 'changed', digest, bytes });
+        for await (const { region, bytes, digest, blocks } of spoolRegions(segment)) {
+          await writer.apply(region, digest === undefined ? { status: 'zero' } : { status: 'changed', digest, bytes }, blocks);
         }
         // The point is the seal's instant, never at or before the head's (the committer sees to it).
         const committed = await this.committer.commit(writer, 'host', Math.min(this.head.time, segment.sealTime), { end: segment.sealTime, signal });

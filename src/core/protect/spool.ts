@@ -10,6 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FormatError, InvalidArgumentError, StoreError } from '../../errors.js';
 import { DIGEST_BYTES } from '../../model/regions.js';
+import { bitmapBytes } from '../../model/patches.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../../repo/envelope.js';
 import type { Repository } from '../../repo/repository.js';
 import { writeFileAtomic } from '../../util/durable-file.js';
@@ -31,6 +32,12 @@ export interface SpoolSegment {
   regions: number[];
   offsets: number[];
   lengths: number[];
+  /**
+   * Per region: the blocks written since its previous point in time (a block bitmap), or
+   * undefined: unknown, it ships whole. Valid only on top of the point it was sealed after; a
+   * segment renumbered to follow another chain end forgets them.
+   */
+  blocks: Array<Uint8Array | undefined>;
   file: string;
   bytes: number;
   /** SHA-256 of the data file. */
@@ -104,10 +111,11 @@ export class Spool {
     regions: Iterable<number>,
     read: (region: number) => Promise<Uint8Array>,
     point: { expectedSeq: number; sealTime: number; firstWrite: number | undefined; number?: number },
+    blocksOf: (region: number) => Uint8Array | undefined = () => undefined,
   ): Promise<SpoolSegment | undefined> {
     const { number = ++this.counter, ...meta } = point;
     const file = join(this.dir, `${String(number).padStart(8, '0')}${SPOOL_DATA}`);
-    const segment: SpoolSegment = { ...meta, regions: [], offsets: [], lengths: [], file, bytes: 0, sha256: new Uint8Array(0) };
+    const segment: SpoolSegment = { ...meta, regions: [], offsets: [], lengths: [], blocks: [], file, bytes: 0, sha256: new Uint8Array(0) };
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
       const out = await open(file, 'w', 0o600);
@@ -118,6 +126,7 @@ export class Spool {
           segment.regions.push(region);
           segment.offsets.push(segment.bytes);
           segment.lengths.push(bytes.length);
+          segment.blocks.push(blocksOf(region)?.slice());
           await pwriteFully(out.fd, bytes, segment.bytes);
           digest.update(bytes);
           segment.bytes += bytes.length;
@@ -154,6 +163,8 @@ export class Spool {
     for (const [i, segment] of this.segments.entries()) {
       if (segment.expectedSeq === firstSeq + i) continue;
       segment.expectedSeq = firstSeq + i;
+      // Its blocks were written on top of another point than the one it follows now.
+      segment.blocks = segment.blocks.map(() => undefined);
       await writeSpoolIndex(segment, this.volumeId);
     }
   }
@@ -231,6 +242,8 @@ async function writeSpoolIndex(segment: SpoolSegment, volumeId: string): Promise
     regions: segment.regions,
     offsets: segment.offsets,
     lengths: segment.lengths,
+    // An empty bitmap for a region whose blocks are unknown.
+    blocks: segment.blocks.map((b) => b ?? new Uint8Array(0)),
     bytes: segment.bytes,
     sha256: segment.sha256,
   };
@@ -274,6 +287,7 @@ export async function recoverSpool(repo: Repository, dir: string, latest: number
         regions: body.integers('regions', 0, regionCount - 1),
         offsets: body.integers('offsets'),
         lengths: body.integers('lengths'),
+        blocks: [],
         file,
         bytes,
         sha256,
@@ -282,6 +296,7 @@ export async function recoverSpool(repo: Repository, dir: string, latest: number
       if (offsets.length !== regions.length || lengths.length !== regions.length || regions.some((_, i) => offsets[i]! + lengths[i]! > bytes)) {
         throw new Error('its index is inconsistent');
       }
+      segment.blocks = spooledBlocks(body.raw('blocks'), regions, lengths, repo.config.blockSize);
       if ((await stat(file)).size !== bytes || !(await sha256OfFile(file)).equals(Buffer.from(sha256))) {
         throw new Error('its data does not match its index');
       }
@@ -310,6 +325,21 @@ export async function recoverSpool(repo: Repository, dir: string, latest: number
   return taken;
 }
 
+/**
+ * The `blocks` of a spool index: per region a block bitmap of the region's length, or an empty
+ * one for unknown (an index without them: every region unknown). Anything else is refused.
+ */
+function spooledBlocks(field: unknown, regions: number[], lengths: number[], blockSize: number): Array<Uint8Array | undefined> {
+  if (field === undefined) return regions.map(() => undefined);
+  if (!Array.isArray(field) || field.length !== regions.length) throw new Error('its index lists other blocks than regions');
+  return field.map((bitmap: unknown, i) => {
+    if (!(bitmap instanceof Uint8Array)) throw new Error('its index lists blocks that are not a bitmap');
+    if (bitmap.length === 0) return undefined;
+    if (bitmap.length !== bitmapBytes(lengths[i]!, blockSize)) throw new Error(`its index lists ${bitmap.length} bytes of blocks for region ${regions[i]}`);
+    return new Uint8Array(bitmap);
+  });
+}
+
 async function sha256OfFile(path: string): Promise<Buffer> {
   const hash = createHash('sha256');
   await pipeline(createReadStream(path), hash);
@@ -320,14 +350,14 @@ async function sha256OfFile(path: string): Promise<Buffer> {
  * A spool segment's regions in order, each with its bytes and their SHA-256 (undefined for a
  * region of zeros, which ships as a zero entry).
  */
-export async function* spoolRegions(segment: SpoolSegment): AsyncGenerator<{ region: number; bytes: Buffer; digest: Buffer | undefined }> {
+export async function* spoolRegions(segment: SpoolSegment): AsyncGenerator<{ region: number; bytes: Buffer; digest: Buffer | undefined; blocks: Uint8Array | undefined }> {
   const input = await open(segment.file, 'r');
   try {
     for (let i = 0; i < segment.regions.length; i++) {
       const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
       if ((await preadFully(input.fd, bytes, segment.offsets[i]!)) < bytes.length) throw new Error(`${segment.file} is shorter than its index says`);
       const digest = kernels().isZero(bytes) ? undefined : createHash('sha256').update(bytes).digest();
-      yield { region: segment.regions[i]!, bytes, digest };
+      yield { region: segment.regions[i]!, bytes, digest, blocks: segment.blocks[i] };
     }
   } finally {
     await input.close();

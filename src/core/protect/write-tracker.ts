@@ -26,11 +26,16 @@ import type { ProtectHooks } from './options.js';
 import { allBlocks, emptyBlocks, markBlocks, orBlocks } from '../../model/patches.js';
 
 /**
- * Per region of a map: the blocks written since the region's last shipped version, or null:
- * unknown (the region ships whole). A region of the map with no entry is unknown too (after a
- * restart the DRL names regions, not blocks).
+ * The blocks written in the regions of a map since each region's last shipped version: a bitmap
+ * per region (`blocks`), except for regions whose blocks are unknown (`unknown`: they ship
+ * whole). A region of the map with neither is unknown too (after a restart the DRL names
+ * regions, not blocks). A write covering whole regions sets them unknown at once: they ship
+ * whole anyway, and a bitmap each would cost memory in proportion to the write.
  */
-export type BlockMaps = Map<number, Uint8Array | null>;
+export interface BlockMaps {
+  blocks: Map<number, Uint8Array>;
+  unknown: DeltaMap;
+}
 
 /** Regions whose written blocks are tracked at once; past this, more regions ship whole. */
 const MAX_TRACKED_REGIONS = 1 << 18;
@@ -70,7 +75,7 @@ export interface WriteTrackerOptions {
 
 export class WriteTracker {
   private open: DeltaMap;
-  private openBlocks: BlockMaps = new Map();
+  private openBlocks: BlockMaps;
   private openFirstWrite: number | undefined;
   /** Sealed, not yet shipped or given up, in the order they were sealed. */
   private readonly generations = new Set<SealedGeneration>();
@@ -90,6 +95,7 @@ export class WriteTracker {
     // After a crash, the DRL lists what was written and not committed: ship it with the first seal.
     this.open = drl.dirty();
     this.drlMarked = this.open.clone();
+    this.openBlocks = { blocks: new Map(), unknown: new DeltaMap(geometry.regionCount) };
     if (!this.open.isEmpty()) this.openFirstWrite = options.clock();
   }
 
@@ -177,7 +183,8 @@ export class WriteTracker {
   committed(regions: DeltaMap): void {
     this.open.subtract(regions);
     // Their next version is relative to the one just committed.
-    for (const region of [...this.openBlocks.keys()]) if (regions.has(region)) this.openBlocks.delete(region);
+    for (const region of [...this.openBlocks.blocks.keys()]) if (regions.has(region)) this.openBlocks.blocks.delete(region);
+    this.openBlocks.unknown.subtract(regions);
     if (this.open.isEmpty()) this.openFirstWrite = undefined; // nothing unshipped is that old any more
   }
 
@@ -210,7 +217,7 @@ export class WriteTracker {
       lost: false,
     };
     this.open = new DeltaMap(this.geometry.regionCount);
-    this.openBlocks = new Map();
+    this.openBlocks = { blocks: new Map(), unknown: new DeltaMap(this.geometry.regionCount) };
     this.openFirstWrite = undefined;
     this.generations.add(sealed);
     return sealed;
@@ -231,6 +238,7 @@ export class WriteTracker {
     sealed.waiters.clear();
     sealed.map.dispose();
     sealed.shipped.dispose();
+    sealed.blocks.unknown.dispose();
   }
 
   /** A seal that will not ship as its own point in time: its regions go out with the next seal. */
@@ -243,13 +251,14 @@ export class WriteTracker {
    * out with the next seal, their written blocks (`blocks`; unknown without) joining the open ones.
    */
   reopenRegions(regions: Iterable<number>, firstWrite: number | undefined, blocks?: BlockMaps): void {
+    const { blocks: mine, unknown } = this.openBlocks;
     for (const region of regions) {
-      const theirs = blocks?.get(region) ?? null;
-      const mine = this.openBlocks.get(region);
-      if (theirs === null) this.openBlocks.set(region, null);
-      else if (mine === undefined) {
-        if (!this.open.has(region)) this.openBlocks.set(region, theirs.slice());
-      } else if (mine !== null) orBlocks(mine, theirs);
+      const theirs = blocks === undefined || blocks.unknown.has(region) ? undefined : blocks.blocks.get(region);
+      const ours = mine.get(region);
+      if (theirs === undefined) unknown.set(region);
+      else if (ours !== undefined) orBlocks(ours, theirs);
+      else if (!this.open.has(region)) mine.set(region, theirs.slice());
+      // else: in the open map with its blocks unknown already
       this.open.set(region);
     }
     if (firstWrite !== undefined) this.openFirstWrite = Math.min(this.openFirstWrite ?? Infinity, firstWrite);
@@ -257,35 +266,51 @@ export class WriteTracker {
 
   /** These regions ship whole next time (their stored version is not known to be the one their writes apply to). */
   distrust(regions: DeltaMap): void {
-    for (const region of regions.regions()) this.openBlocks.set(region, null);
+    this.openBlocks.unknown.union(regions);
   }
 
   /** The blocks of `region` written since its last shipped version, or undefined: unknown (ship it whole). */
   changedBlocks(sealed: SealedGeneration, region: number): Uint8Array | undefined {
-    return sealed.blocks.get(region) ?? undefined;
+    return sealed.blocks.unknown.has(region) ? undefined : sealed.blocks.blocks.get(region);
   }
 
   /**
-   * Marks the blocks bytes [offset, offset + length) touch in the open map's regions. A region
-   * in the open map whose blocks are unknown stays so; a region tracked for the first time
-   * starts from nothing (its last shipped version).
+   * Marks the blocks bytes [offset, offset + length) touch in the open map's regions. Regions
+   * the bytes cover whole become unknown (they ship whole); in the at most two regions they
+   * cover in part, the blocks are marked, unless the region's blocks are unknown already (in the
+   * open map with no bitmap) or too many regions are tracked: a region tracked for the first
+   * time starts from nothing (its last shipped version).
    */
   private noteBlocks(offset: number, length: number): void {
-    const { regionSize } = this.geometry;
-    const blockSize = this.options.blockSize;
+    const { regionSize, volumeSize } = this.geometry;
+    const { blocks: tracked, unknown } = this.openBlocks;
     const end = offset + length;
-    for (let region = Math.floor(offset / regionSize); region * regionSize < end; region++) {
-      let blocks = this.openBlocks.get(region);
-      if (blocks === null) continue;
+    const first = Math.floor(offset / regionSize);
+    const last = Math.floor((end - 1) / regionSize);
+    // Regions covered whole: from the first that starts at or after `offset` to the last that ends by `end`.
+    const wholeFrom = Math.ceil(offset / regionSize);
+    const wholeTo = end === volumeSize ? last + 1 : Math.floor(end / regionSize);
+    if (wholeTo > wholeFrom) unknown.setRange(wholeFrom, wholeTo);
+    for (const region of first === last ? [first] : [first, last]) {
+      if (region >= wholeFrom && region < wholeTo) continue;
+      if (unknown.has(region)) continue;
+      let blocks = tracked.get(region);
       if (blocks === undefined) {
-        if (this.open.has(region) || this.openBlocks.size >= MAX_TRACKED_REGIONS) continue;
-        blocks = emptyBlocks(regionLength(this.geometry, region), blockSize);
-        this.openBlocks.set(region, blocks);
+        if (this.open.has(region)) continue; // in the open map with its blocks unknown
+        if (tracked.size >= MAX_TRACKED_REGIONS) {
+          unknown.set(region);
+          continue;
+        }
+        blocks = emptyBlocks(regionLength(this.geometry, region), this.options.blockSize);
+        tracked.set(region, blocks);
       }
       const start = region * regionSize;
-      markBlocks(blocks, Math.max(offset, start) - start, Math.min(end, start + regionSize) - start, blockSize);
+      markBlocks(blocks, Math.max(offset, start) - start, Math.min(end, start + regionSize) - start, this.options.blockSize);
       // Every block written: the region ships whole anyway, and needs no bitmap.
-      if (allBlocks(blocks, regionLength(this.geometry, region), blockSize)) this.openBlocks.set(region, null);
+      if (allBlocks(blocks, regionLength(this.geometry, region), this.options.blockSize)) {
+        unknown.set(region);
+        tracked.delete(region);
+      }
     }
   }
 
