@@ -35,6 +35,9 @@ const BENCHES: Record<string, Bench> = {
   crash: { run: runCrashBench, render: renderCrashBench, rows: (rows: unknown) => rows, failed: crashBenchFailed },
 };
 
+// As the CLI does: the SDK's notice about Node versions is not a benchmark's output.
+process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
+
 async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const name = argv[0];
