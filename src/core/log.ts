@@ -2,7 +2,9 @@
 // that say it cannot be trusted and which scan or verify made them, and the scans themselves.
 
 import type { DeltaKind } from '../model/regions.js';
-import { ChainGapError } from '../repo/chain-index.js';
+import { InvalidArgumentError } from '../errors.js';
+import { type ChainIndex, ChainGapError } from '../repo/chain-index.js';
+import { lastAtOrBefore } from './points.js';
 import type { ScanRecord } from '../repo/records.js';
 import { deltaKey } from '../repo/keys.js';
 import { Repository } from '../repo/repository.js';
@@ -87,18 +89,43 @@ export interface LogResult {
   /** Deltas missing from the chain. */
   missing: MissingDeltaEntry[];
   unreadableMarks: UnreadableMarksEntry[];
+  /** The first point shown (`since`/`last`); the points before it were not read. */
+  first: number;
+  /** The newest point of the chain. */
+  latest: number;
 }
 
-export async function log(options: { store: ObjectStore; signal?: AbortSignal }): Promise<LogResult> {
+export interface LogOptions {
+  store: ObjectStore;
+  signal?: AbortSignal;
+  /** Only points from this one on: a sequence number, or the first point at or after a time (ms). */
+  since?: { seq: number } | { time: number };
+  /** Only the newest N points (with `since`, the newest N of those). */
+  last?: number;
+}
+
+export async function log(options: LogOptions): Promise<LogResult> {
   const { store, signal } = options;
+  if (options.last !== undefined && !(Number.isSafeInteger(options.last) && options.last >= 1)) {
+    throw new InvalidArgumentError(`--last must be a whole number of at least 1, not ${String(options.last)}`);
+  }
   const repo = await Repository.open(store, signal);
   const [index, trust, scans] = await Promise.all([repo.fullIndex(signal), readTrust(store, signal), readScanRecords(store, signal)]);
-  const missingSeqs = new Set(index.missingDeltas());
+  // The first point shown: the points before it are not read at all (a binary search by time
+  // reads O(log n) summaries), so a short view of a long history stays cheap.
+  let first = 1;
+  if (options.since !== undefined) {
+    first = 'seq' in options.since ? options.since.seq : (await lastAtOrBefore(repo, index, options.since.time - 1, signal)) + 1;
+  }
+  if (options.last !== undefined) first = Math.max(first, index.latest - options.last + 1);
+  // Scans and unreadable marks are shown from the end of the point before the first one shown.
+  const sinceTime = first <= 1 ? -Infinity : await pointEnd(repo, index, first - 1, options.since, signal);
+  const missingSeqs = new Set(index.missingDeltas().filter((seq) => seq >= first));
   const spansAt = new Map<number, number[]>();
   for (const span of index.spans()) (spansAt.get(span.last) ?? spansAt.set(span.last, []).get(span.last)!).push(span.level);
   const entries: LogEntry[] = [];
   const blocked = new Map<number, number | undefined>();
-  for (let seq = 1; seq <= index.latest; seq++) {
+  for (let seq = first; seq <= index.latest; seq++) {
     blocked.set(seq, await index.blockedBy(seq, signal));
     let summary: PointSummary;
     try {
@@ -130,14 +157,14 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
   const missing = [...missingSeqs].map(
     (seq): MissingDeltaEntry => ({ type: 'missing', seq, key: deltaKey(seq), unrestorable: entries.filter((e) => blocked.get(e.seq) === seq).map((e) => e.seq) }),
   );
-  const events = scans.map(({ key, value }): ScanEvent => ({
+  const events = scans.filter(({ value }) => value.end > sinceTime).map(({ key, value }): ScanEvent => ({
     ...value,
     type: 'scan',
     record: key,
     time: new Date(value.end).toISOString(),
     start: new Date(value.start).toISOString(),
   }));
-  const unreadableMarks = trust.unreadable.map(
+  const unreadableMarks = trust.unreadable.filter((u) => first <= 1 || (u.time ?? Infinity) > sinceTime).map(
     (u): UnreadableMarksEntry => ({
       type: 'unreadable-marks',
       key: u.key,
@@ -167,5 +194,56 @@ export async function log(options: { store: ObjectStore; signal?: AbortSignal })
     entries,
     missing,
     unreadableMarks,
+    first,
+    latest: index.latest,
   };
+}
+
+/** The end of point `seq`; if no summary can say (its delta and spans lost), the `since` time, or the start of time. */
+async function pointEnd(repo: Repository, index: ChainIndex, seq: number, since: LogOptions['since'], signal?: AbortSignal): Promise<number> {
+  try {
+    return (await repo.summary(index, seq, signal)).end;
+  } catch (error) {
+    if (!(error instanceof ChainGapError)) throw error;
+    return since !== undefined && 'time' in since ? since.time - 1 : -Infinity;
+  }
+}
+
+export type SummaryUnit = 'hour' | 'day';
+
+/** One line of `log --summary`: the points whose time falls into one hour or day (UTC). */
+export interface LogSummaryLine {
+  /** The bucket's start, ISO 8601 UTC. */
+  start: string;
+  points: number;
+  firstSeq: number;
+  lastSeq: number;
+  regions: number;
+  bytes: number;
+  kinds: Record<DeltaKind, number>;
+  /** Points restore passes over (marked, possibly marked, or unrestorable). */
+  notTrusted: number;
+}
+
+const UNIT_MS: Record<SummaryUnit, number> = { hour: 3_600_000, day: 86_400_000 };
+
+/** Groups points by the UTC hour or day of their time, oldest first; buckets without points are left out. */
+export function summarizeLog(entries: readonly LogEntry[], unit: SummaryUnit): LogSummaryLine[] {
+  const lines = new Map<number, LogSummaryLine>();
+  for (const e of entries) {
+    const bucket = Math.floor(Date.parse(e.time) / UNIT_MS[unit]) * UNIT_MS[unit];
+    let line = lines.get(bucket);
+    if (line === undefined) {
+      line = { start: new Date(bucket).toISOString(), points: 0, firstSeq: e.seq, lastSeq: e.seq, regions: 0, bytes: 0, kinds: { base: 0, host: 0, fixup: 0 }, notTrusted: 0 };
+      lines.set(bucket, line);
+    }
+    line.points++;
+    line.firstSeq = Math.min(line.firstSeq, e.seq);
+    line.lastSeq = Math.max(line.lastSeq, e.seq);
+    line.regions += e.regions;
+    line.bytes += e.bytes;
+    line.kinds[e.kind]++;
+    if (e.suspect || !e.restorable) line.notTrusted++;
+  }
+  return [...lines.entries()].sort((a, b) => a[0] - b[0]).map(([, line]) => line);
 }

@@ -29,23 +29,24 @@ function impossible(fields: Array<string | undefined>): string | undefined {
   return undefined;
 }
 
-export function parsePointSelector(text: string): PointSelector {
+/** `option` names the flag in errors (`--at` for restore and serve, `--since` for log). */
+export function parsePointSelector(text: string, option = '--at'): PointSelector {
   const value = text.trim();
   if (value === 'latest') return { kind: 'latest' };
   if (/^\d+$/.test(value)) {
     const seq = Number(value);
-    if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--at ${text}: sequence numbers start at 1`);
+    if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`${option} ${text}: sequence numbers start at 1`);
     return { kind: 'seq', seq };
   }
   const match = ISO_TIME.exec(value);
   const why = match === null ? undefined : impossible(match.slice(1));
   if (why !== undefined) {
-    throw new UsageError(`--at ${JSON.stringify(text)} is not a real date and time (${why}): give an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`);
+    throw new UsageError(`${option} ${JSON.stringify(text)} is not a real date and time (${why}): give an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`);
   }
   const time = match !== null ? Date.parse(value.replace(' ', 'T')) : Number.NaN;
   if (Number.isNaN(time)) {
     throw new UsageError(
-      `--at ${JSON.stringify(text)} is not a point in time: give latest, a sequence number (see cdp-s3 log), or an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`,
+      `${option} ${JSON.stringify(text)} is not a point in time: give latest, a sequence number (see cdp-s3 log), or an ISO 8601 time with a zone such as 2026-11-26T10:00:00Z`,
     );
   }
   return { kind: 'time', time, text: value };

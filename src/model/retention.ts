@@ -1,0 +1,140 @@
+// Which points in time a retention policy keeps, with restic's meanings (`forget --keep-*`):
+// the newest point is always kept; --keep-last N keeps the N newest; --keep-within D keeps every
+// point within D of the newest; each calendar rule keeps, walking from the newest point back, the
+// newest point of each of its N most recent buckets that hold a point (a bucket with no point
+// costs nothing). Buckets are calendar units in UTC, so a policy means the same on every host;
+// weeks are ISO weeks. Pure: no I/O, no clock (time is the points' own).
+
+import { InvalidArgumentError } from '../errors.js';
+
+export const CALENDAR_RULES = ['secondly', 'minutely', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
+export type CalendarRule = (typeof CALENDAR_RULES)[number];
+
+export interface RetentionPolicy {
+  /** Keep the N newest points. */
+  last?: number;
+  /** Keep every point whose time is within this many milliseconds of the newest point's. */
+  withinMs?: number;
+  /** Keep the newest point of each of the N newest buckets of this unit that hold a point. */
+  calendar?: Partial<Record<CalendarRule, number>>;
+  /** Keep these points by sequence number, whatever the rules say. */
+  seqs?: readonly number[];
+}
+
+export interface PointTime {
+  seq: number;
+  /** Milliseconds since the epoch. */
+  time: number;
+}
+
+export type KeepReason = 'newest' | 'last' | 'within' | CalendarRule | 'seq';
+
+export interface RetentionDecision {
+  /** Kept points, newest first, each with every rule that keeps it. */
+  keep: { seq: number; reasons: KeepReason[] }[];
+  /** Removed points' sequence numbers, newest first. */
+  remove: number[];
+}
+
+function checkCount(value: number | undefined, option: string): void {
+  if (value === undefined) return;
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidArgumentError(`${option} must be a whole number of at least 1, not ${String(value)}`);
+  }
+}
+
+/** Validates a policy up front: every count ≥ 1, durations > 0, and at least one rule. */
+export function checkRetentionPolicy(policy: RetentionPolicy): void {
+  checkCount(policy.last, '--keep-last');
+  if (policy.withinMs !== undefined && !(Number.isFinite(policy.withinMs) && policy.withinMs > 0)) {
+    throw new InvalidArgumentError(`--keep-within must be a positive duration, not ${String(policy.withinMs)} ms`);
+  }
+  for (const rule of CALENDAR_RULES) checkCount(policy.calendar?.[rule], `--keep-${rule}`);
+  for (const seq of policy.seqs ?? []) {
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new InvalidArgumentError(`--keep-seq takes point sequence numbers, not ${String(seq)}`);
+  }
+  const calendarRules = CALENDAR_RULES.filter((rule) => policy.calendar?.[rule] !== undefined);
+  if (policy.last === undefined && policy.withinMs === undefined && calendarRules.length === 0 && (policy.seqs ?? []).length === 0) {
+    throw new InvalidArgumentError(
+      'an empty retention policy would keep only the newest point: pass at least one --keep-last, --keep-within, --keep-<unit> or --keep-seq',
+    );
+  }
+}
+
+/** ISO 8601 week-numbering year and week of a UTC time, as year * 100 + week. */
+function isoWeek(time: number): number {
+  const date = new Date(time);
+  const day = (date.getUTCDay() + 6) % 7; // Monday 0 … Sunday 6
+  // The week's Thursday decides its year.
+  const thursday = Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate() - day + 3);
+  const year = new Date(thursday).getUTCFullYear();
+  const week = Math.floor((thursday - Date.UTC(year, 0, 1)) / (7 * 86_400_000)) + 1;
+  return year * 100 + week;
+}
+
+/** The bucket a time falls into for a calendar rule: equal numbers, same bucket. */
+export function calendarBucket(rule: CalendarRule, time: number): number {
+  const date = new Date(time);
+  const y = date.getUTCFullYear();
+  const mo = date.getUTCMonth();
+  switch (rule) {
+    case 'secondly':
+      return Math.floor(time / 1000);
+    case 'minutely':
+      return Math.floor(time / 60_000);
+    case 'hourly':
+      return Math.floor(time / 3_600_000);
+    case 'daily':
+      return Math.floor(time / 86_400_000);
+    case 'weekly':
+      return isoWeek(time);
+    case 'monthly':
+      return y * 12 + mo;
+    case 'yearly':
+      return y;
+  }
+}
+
+/**
+ * Decides which points a policy keeps. `points` may come in any order; sequence numbers are
+ * unique and a later seq is never older (the chain's order decides ties of time).
+ */
+export function applyRetention(points: readonly PointTime[], policy: RetentionPolicy): RetentionDecision {
+  checkRetentionPolicy(policy);
+  const newestFirst = [...points].sort((a, b) => b.seq - a.seq);
+  const keep: RetentionDecision['keep'] = [];
+  const remove: number[] = [];
+  if (newestFirst.length === 0) return { keep, remove };
+
+  const newestTime = newestFirst[0]!.time;
+  const wanted = new Set(policy.seqs ?? []);
+  let lastLeft = policy.last ?? 0;
+  const calendarLeft = new Map<CalendarRule, { left: number; bucket: number | undefined }>();
+  for (const rule of CALENDAR_RULES) {
+    const n = policy.calendar?.[rule];
+    if (n !== undefined) calendarLeft.set(rule, { left: n, bucket: undefined });
+  }
+
+  newestFirst.forEach((point, index) => {
+    const reasons: KeepReason[] = [];
+    if (index === 0) reasons.push('newest');
+    if (lastLeft > 0) {
+      lastLeft--;
+      reasons.push('last');
+    }
+    if (policy.withinMs !== undefined && newestTime - point.time <= policy.withinMs) reasons.push('within');
+    for (const [rule, state] of calendarLeft) {
+      if (state.left === 0) continue;
+      const bucket = calendarBucket(rule, point.time);
+      if (bucket !== state.bucket) {
+        state.bucket = bucket;
+        state.left--;
+        reasons.push(rule);
+      }
+    }
+    if (wanted.has(point.seq)) reasons.push('seq');
+    if (reasons.length > 0) keep.push({ seq: point.seq, reasons });
+    else remove.push(point.seq);
+  });
+  return { keep, remove };
+}
