@@ -29,5 +29,7 @@ export { openStore } from './store/open.js';
 export type { ObjectStore } from './store/types.js';
 export { scan, type ScanOptions, type ScanResult, type ScanHooks } from './core/scan.js';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './core/verify.js';
+export { prune, type PruneOptions, type PruneResult, DEFAULT_PRUNE_GRACE_MS } from './core/prune.js';
+export { applyRetention, checkRetentionPolicy, type RetentionPolicy, type RetentionDecision } from './model/retention.js';
 export { InProcessWriter, QuiescentSource, type ChangeSource, type ChangeRecorder } from './volume/changes.js';
 export { DirtyRegionLog } from './volume/dirty-region-log.js';

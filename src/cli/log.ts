@@ -24,7 +24,8 @@ export function registerLog(program: Command): void {
       const cli = CliContext.of(command);
       const query = parseLogQuery(opts);
       const result = await log({ store: cli.store(), signal: cli.signal, ...query.options });
-      const hidden = result.first > 1 ? [`(points 1 to ${Math.min(result.first, result.latest + 1) - 1} not shown)`] : [];
+      const before = Math.min(result.first, result.latest + 1) - 1;
+      const hidden = before === 1 ? ['(point 1 not shown)'] : before > 1 ? [`(points 1 to ${before} not shown)`] : [];
       const unit = query.summary;
       if (unit !== undefined) {
         const lines = summarizeLog(result.entries, unit);

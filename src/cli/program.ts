@@ -11,6 +11,7 @@ import { registerInit } from './init.js';
 import { registerLog } from './log.js';
 import { registerRestore } from './restore.js';
 import { registerProtect } from './protect.js';
+import { registerPrune } from './prune.js';
 import { registerScan } from './scan.js';
 import { registerServe } from './serve.js';
 import { registerStatus } from './status.js';
@@ -44,6 +45,7 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
   registerStatus(program);
   registerServe(program);
   registerVerify(program);
+  registerPrune(program);
   registerDemo(program);
   for (const command of program.commands) {
     command.exitOverride().configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });

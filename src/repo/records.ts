@@ -160,3 +160,45 @@ export function decodeScanRecord(bytes: Uint8Array, key: string): ScanRecord {
     suspect: Array.isArray(suspect) ? suspect.filter((x): x is number => typeof x === 'number') : [],
   };
 }
+
+export const PRUNE_PREFIX = 'prunes/';
+const PRUNE_KIND = { magic: 'CDPS3PRN', version: FORMAT_VERSION, what: 'prune record' } as const;
+
+/**
+ * What one prune run found unreferenced and did not delete yet (`prunes/<time>-<random>`): each
+ * candidate with the time a prune first found it unreferenced. A later prune deletes a candidate
+ * once that time is older than its grace and the object is still unreferenced.
+ */
+export interface PruneRecord {
+  volumeId: string;
+  /** ms since epoch */
+  created: number;
+  /** The newest point in time when the candidates were found. */
+  latest: number;
+  candidates: { key: string; since: number }[];
+}
+
+export function encodePruneRecord(value: PruneRecord): Uint8Array {
+  return sealEnvelope(PRUNE_KIND, {
+    volumeId: value.volumeId,
+    created: value.created,
+    latest: value.latest,
+    candidates: value.candidates.map((c) => ({ key: c.key, since: c.since })),
+  });
+}
+
+export function decodePruneRecord(bytes: Uint8Array, key: string): PruneRecord {
+  const kind = { ...PRUNE_KIND, what: `prune record ${key}` };
+  const body = openEnvelope(kind, bytes);
+  const r = new FieldReader(kind.what, body);
+  const candidates = body['candidates'];
+  return {
+    volumeId: r.string('volumeId'),
+    created: r.integer('created'),
+    latest: r.integer('latest'),
+    candidates: (Array.isArray(candidates) ? (candidates as Array<Record<string, unknown>>) : []).map((c) => {
+      const f = new FieldReader(kind.what, c);
+      return { key: f.string('key'), since: f.integer('since') };
+    }),
+  };
+}

@@ -196,6 +196,22 @@ for (const kind of ['fs', 's3'] as const) {
       fx = await makeRepo(kind, 'shared');
     });
 
+    it('log --since/--last/--summary and prune --grace out of range, prune on a damaged delta: one line, nothing changed', async () => {
+      const before = await snapshot(fx.raw);
+      expectFailure(await cli('--repo', fx.repo, 'log', '--last', '0'), EXIT.usage, /^cdp-s3: --last "0": give a whole number of points, at least 1$/);
+      expectFailure(await cli('--repo', fx.repo, 'log', '--summary', 'week'), EXIT.usage, /^cdp-s3: --summary "week": give hour or day$/);
+      expectFailure(await cli('--repo', fx.repo, 'log', '--since', 'yesterday'), EXIT.usage, /--since "yesterday" is not a point in time/);
+      expectFailure(await cli('--repo', fx.repo, 'prune', '--grace', 'soon'), EXIT.usage, /^cdp-s3: --grace "soon" is not a duration/);
+      const last = await cli('--repo', fx.repo, '--json', 'log', '--last', '1');
+      expect(last.code, last.stderr).toBe(EXIT.ok);
+      expect((JSON.parse(last.stdout) as Array<{ seq: number }>).map((e) => e.seq)).toEqual([fx.rounds.at(-1)!.seq]);
+      const key = (await fx.raw.keys('deltas/'))[0]!;
+      await withDamaged(fx, key, flipBodyByte, async () => {
+        expectFailure(await cli('--repo', fx.repo, 'prune', '--grace', '0s'), EXIT.integrity, /^cdp-s3: prune: deleted nothing: delta 0+1 \(deltas\/0+1\) cannot be read/);
+      });
+      expect(await snapshot(fx.raw)).toEqual(before);
+    });
+
     it('backup, log and restore on an empty location: repository not initialized', async () => {
       const work = await freshDir(`${kind}-empty`);
       const empty = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/empty-${counter}`;

@@ -1,0 +1,44 @@
+import type { Command } from 'commander';
+import { prune } from '../core/prune.js';
+import { UsageError } from '../errors.js';
+import { CliContext } from './context.js';
+import { count, formatSize, parseDuration } from './units.js';
+
+/** --grace: a duration, where (unlike intervals) 0 is allowed: "0", "0s", "0h". */
+export function parseGrace(text: string): number {
+  if (/^\s*0+(\.0+)?\s*[a-z]*\s*$/i.test(text)) {
+    if (!/^\s*0+(\.0+)?\s*(ms|s|m|min|h|d)?\s*$/i.test(text)) throw new UsageError(`--grace ${JSON.stringify(text)} is not a duration: use e.g. 0s, 1h, 24h`);
+    return 0;
+  }
+  return parseDuration(text, '--grace');
+}
+
+export function registerPrune(program: Command): void {
+  program
+    .command('prune')
+    .description('delete packs no point in time references (left by cancelled or crashed writers), after a grace period')
+    .option('--grace <duration>', 'an object is deleted once a prune has found it unreferenced this long ago (0s: at once, only with no other writer)', '24h')
+    .option('--dry-run', 'report what would be deleted; change nothing')
+    .action(async (opts: { grace: string; dryRun?: boolean }, command: Command) => {
+      const cli = CliContext.of(command);
+      const graceMs = parseGrace(opts.grace);
+      const result = await prune({ store: cli.store(), graceMs, dryRun: opts.dryRun, signal: cli.signal });
+      cli.result(result, () => {
+        const would = result.dryRun ? 'would delete' : 'deleted';
+        const lines = [
+          `read ${count(result.runsRead, 'run')} up to point ${result.latest}: ${result.referenced} of ${result.objects} packs and page packs referenced`,
+          `${would} ${count(result.deleted.length, 'unreferenced object')} (${formatSize(result.bytesDeleted)})`,
+        ];
+        if (result.waiting.length > 0) {
+          const next = Math.min(...result.waiting.map((w) => w.deletableAt));
+          const bytes = result.waiting.reduce((sum, w) => sum + w.bytes, 0);
+          lines.push(
+            `${count(result.waiting.length, 'unreferenced object')} (${formatSize(bytes)}) ${result.dryRun ? 'would wait' : 'wait'} for the grace of ${opts.grace}: the first can go from ${new Date(next).toISOString()} (run prune again then)`,
+          );
+        }
+        if (result.inFlight > 0) lines.push(`${count(result.inFlight, 'object')} of a writer's next point in time left alone`);
+        return lines.join('\n');
+      });
+    });
+}
+

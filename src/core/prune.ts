@@ -1,0 +1,191 @@
+// prune: deletes the packs and page packs no stored run references (left by cancelled, crashed
+// or failed writers), in two phases with a grace period so a writer that is still between its
+// data and its commit never loses an object. The first prune that finds an object unreferenced
+// records it as a candidate (`prunes/`); a later prune deletes it once it has been a candidate for
+// longer than the grace and is still unreferenced. Objects named after a point in time newer than
+// the chain's newest (a writer's next delta) are never candidates.
+//
+// What it cannot prove unreferenced it keeps: any delta missing from the chain, any run or page
+// that cannot be read, makes it delete nothing (and say which).
+
+import pLimit from 'p-limit';
+import { CdpError, FormatError, StoreError, throwIfAborted } from '../errors.js';
+import { type Block, blockKey, describeBlock } from '../repo/chain-index.js';
+import { PACK_PREFIX, PAGE_PACK_PREFIX, deltaKey, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
+import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
+import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
+import { Repository } from '../repo/repository.js';
+import type { ObjectStore } from '../store/types.js';
+
+export const DEFAULT_PRUNE_GRACE_MS = 24 * 3_600_000;
+
+export interface PruneOptions {
+  store: ObjectStore;
+  /** How long an object must have been a candidate before it is deleted (default 24 h; 0 only with no other writer). */
+  graceMs?: number;
+  /** Report what would be deleted; write and delete nothing. */
+  dryRun?: boolean;
+  signal?: AbortSignal;
+  /** Wall-clock ms since the epoch; tests inject one. */
+  clock?: () => number;
+  /** Lock TTL when --grace 0 takes the writer lock (tests). */
+  lockTtlMs?: number;
+}
+
+export interface PruneResult {
+  dryRun: boolean;
+  graceMs: number;
+  /** The newest point in time. */
+  latest: number;
+  /** Runs (deltas and spans) whose references were read. */
+  runsRead: number;
+  /** Packs and page packs listed. */
+  objects: number;
+  referenced: number;
+  /** Unreferenced objects newer than the newest point (a writer's next delta may need them): kept. */
+  inFlight: number;
+  /** Unreferenced and deleted now (dry run: would be). */
+  deleted: { key: string; bytes: number }[];
+  /** Unreferenced, recorded, waiting for their grace to pass. */
+  waiting: { key: string; bytes: number; since: number; deletableAt: number }[];
+  /** Bytes deleted (dry run: would be). */
+  bytesDeleted: number;
+}
+
+function checkOptions(options: PruneOptions): number {
+  const grace = options.graceMs ?? DEFAULT_PRUNE_GRACE_MS;
+  if (!Number.isFinite(grace) || grace < 0) throw new CdpError('INVALID_ARGUMENT', `--grace must be a duration of 0s or more, not ${String(grace)} ms`);
+  return grace;
+}
+
+export async function prune(options: PruneOptions): Promise<PruneResult> {
+  const graceMs = checkOptions(options);
+  const { store, signal } = options;
+  const clock = options.clock ?? Date.now;
+  const dryRun = options.dryRun === true;
+  const repo = await Repository.open(store, signal);
+
+  // --grace 0s deletes what it finds at once, so no writer may be between its data and its
+  // commit: refuse while one holds the lock, and hold it ourselves so none starts meanwhile.
+  let lock: WriterLock | undefined;
+  if (graceMs === 0 && !dryRun) {
+    const now = clock();
+    const live = (await listLocks(store, { signal })).filter((e) => e.lock === undefined || lockExpires(e.lock) > now);
+    if (live.length > 0) {
+      const holder = live[0]!.lock;
+      throw new CdpError(
+        'LOCKED',
+        `--grace 0s deletes at once, which is only safe with no other writer, but ${holder === undefined ? live[0]!.key : `${holder.command} (pid ${holder.pid} on ${holder.host})`} holds the repository lock: use a grace (e.g. --grace 1h) or wait for it to finish`,
+      );
+    }
+    lock = await acquireWriterLock(store, { command: 'prune', ttlMs: options.lockTtlMs, signal });
+  }
+  try {
+    const index = await repo.fullIndex(signal);
+    const latest = index.latest;
+    const missing = index.missingDeltas();
+    if (missing.length > 0) {
+      throw new FormatError(
+        'FORMAT_CORRUPT',
+        'prune',
+        `deleted nothing: ${deltaKey(missing[0]!)} is missing${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}, and the packs only it named cannot be told from leftovers (see cdp-s3 verify)`,
+      );
+    }
+
+    // What every stored run names: page packs (pages, summary blocks) and packs (regions, bases, patches).
+    const referenced = new Set<string>();
+    const blocks: Block[] = [...index.deltaSeqs().map((seq) => index.block(0, seq)), ...index.spans()];
+    const limit = pLimit(16);
+    const readPages = new Set<string>();
+    await Promise.all(
+      blocks.map((block) =>
+        limit(async () => {
+          throwIfAborted(signal);
+          try {
+            const run = await repo.readRun(block, signal);
+            for (const blob of run.root.summaryBlobs) referenced.add(blob.pack);
+            for (const ref of run.pages) {
+              if (ref.ref !== undefined) {
+                referenced.add(ref.ref.pack);
+                // A span shares its children's unchanged pages: read each stored page once.
+                const id = `${ref.ref.pack}@${ref.ref.offset}`;
+                if (readPages.has(id)) continue;
+                readPages.add(id);
+              }
+              const page = await run.page(ref.page, signal);
+              for (const pack of page!.packs) referenced.add(pack);
+            }
+          } catch (error) {
+            if (error instanceof FormatError || (error instanceof StoreError && error.kind === 'not-found')) {
+              throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: ${describeBlock(block)} (${blockKey(block)}) cannot be read (${error.message}), so what it names is unknown (see cdp-s3 verify)`, { cause: error });
+            }
+            throw error;
+          }
+        }),
+      ),
+    );
+
+    // Earlier prunes' candidates, with when each was first found unreferenced.
+    const firstSeen = new Map<string, number>();
+    const records: string[] = [];
+    for await (const info of store.list(PRUNE_PREFIX, { signal })) {
+      records.push(info.key);
+      let record;
+      try {
+        record = decodePruneRecord(await store.get(info.key, { signal }), info.key);
+      } catch (error) {
+        if (error instanceof FormatError) continue; // unreadable: its candidates start their grace again
+        throw error;
+      }
+      if (record.volumeId !== repo.config.volumeId) continue;
+      for (const c of record.candidates) firstSeen.set(c.key, Math.min(firstSeen.get(c.key) ?? Infinity, c.since));
+    }
+
+    const now = clock();
+    let objects = 0;
+    let inFlight = 0;
+    const deleted: PruneResult['deleted'] = [];
+    const waiting: PruneResult['waiting'] = [];
+    for (const prefix of [PACK_PREFIX, PAGE_PACK_PREFIX]) {
+      for await (const info of store.list(prefix, { signal })) {
+        objects++;
+        // Only objects of the writers' own naming; anything else is not ours to delete.
+        if (!(isPackKey(info.key) || isPagePackKey(info.key)) || referenced.has(info.key)) continue;
+        if (seqOfPackKey(info.key) > latest) {
+          inFlight++;
+          continue;
+        }
+        const since = graceMs === 0 ? now : (firstSeen.get(info.key) ?? now);
+        if (now - since >= graceMs) deleted.push({ key: info.key, bytes: info.size });
+        else waiting.push({ key: info.key, bytes: info.size, since, deletableAt: since + graceMs });
+      }
+    }
+
+    if (!dryRun) {
+      // Record what waits before deleting anything, so a crash at any step keeps every grace running.
+      const recordKey = timeKey(PRUNE_PREFIX, now);
+      if (waiting.length > 0) {
+        await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates: waiting.map((w) => ({ key: w.key, since: w.since })) }), { ifAbsent: true, signal });
+      }
+      const deletes = pLimit(16);
+      await Promise.all(deleted.map((d) => deletes(() => store.delete(d.key, { signal }))));
+      // Older records are superseded by the one just written.
+      await Promise.all(records.map((key) => deletes(() => store.delete(key, { signal }))));
+      lock?.check();
+    }
+    return {
+      dryRun,
+      graceMs,
+      latest,
+      runsRead: blocks.length,
+      objects,
+      referenced: referenced.size,
+      inFlight,
+      deleted,
+      waiting,
+      bytesDeleted: deleted.reduce((sum, d) => sum + d.bytes, 0),
+    };
+  } finally {
+    await lock?.release();
+  }
+}
