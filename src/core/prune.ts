@@ -15,7 +15,7 @@ import { PACK_PREFIX, PAGE_PACK_PREFIX, deltaKey, isPackKey, isPagePackKey, seqO
 import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
 import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
-import type { ObjectStore } from '../store/types.js';
+import { MAX_DELETE_BATCH, type ObjectStore } from '../store/types.js';
 
 export const DEFAULT_PRUNE_GRACE_MS = 24 * 3_600_000;
 
@@ -56,6 +56,17 @@ function checkOptions(options: PruneOptions): number {
   const grace = options.graceMs ?? DEFAULT_PRUNE_GRACE_MS;
   if (!Number.isFinite(grace) || grace < 0) throw new CdpError('INVALID_ARGUMENT', `--grace must be a duration of 0s or more, not ${String(grace)} ms`);
   return grace;
+}
+
+/** Deletes keys MAX_DELETE_BATCH at a time, a few batches at once. */
+async function deleteInBatches(store: ObjectStore, keys: readonly string[], signal?: AbortSignal): Promise<void> {
+  const batches = pLimit(4);
+  const jobs: Promise<void>[] = [];
+  for (let i = 0; i < keys.length; i += MAX_DELETE_BATCH) {
+    const batch = keys.slice(i, i + MAX_DELETE_BATCH);
+    jobs.push(batches(() => store.deleteMany(batch, { signal })));
+  }
+  await Promise.all(jobs);
 }
 
 export async function prune(options: PruneOptions): Promise<PruneResult> {
@@ -167,10 +178,9 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
       if (waiting.length > 0) {
         await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates: waiting.map((w) => ({ key: w.key, since: w.since })) }), { ifAbsent: true, signal });
       }
-      const deletes = pLimit(16);
-      await Promise.all(deleted.map((d) => deletes(() => store.delete(d.key, { signal }))));
-      // Older records are superseded by the one just written.
-      await Promise.all(records.map((key) => deletes(() => store.delete(key, { signal }))));
+      // In batches (S3 DeleteObjects), then the older records, superseded by the one just written.
+      await deleteInBatches(store, deleted.map((d) => d.key), signal);
+      await deleteInBatches(store, records, signal);
       lock?.check();
     }
     return {

@@ -30,6 +30,10 @@ export class DelegatingStore implements ObjectStore {
     return this.inner.delete(key, options);
   }
 
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.deleteMany(keys, options);
+  }
+
   sync(options?: { signal?: AbortSignal }): Promise<void> {
     return this.inner.sync(options);
   }

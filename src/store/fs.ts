@@ -17,7 +17,7 @@ import { CdpError, StoreError, throwIfAborted } from '../errors.js';
 import { TEMP_PREFIX, syncDirectory, syncFile, tempPath, writeNewFile } from '../util/durable-file.js';
 import { preadFully } from '../util/positional-io.js';
 import { hasBadSegment } from './paths.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import { type GetOptions, type ListOptions, type ObjectInfo, type ObjectStore, type PutOptions, checkDeleteBatch } from './types.js';
 
 const openAsync = promisify(openFd);
 const fstatAsync = promisify(fstat);
@@ -173,6 +173,11 @@ export class FsStore implements ObjectStore {
       yield info;
       if (--left === 0) return;
     }
+  }
+
+  async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    checkDeleteBatch(keys);
+    for (const key of keys) await this.delete(key, options);
   }
 
   async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {

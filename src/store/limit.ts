@@ -29,6 +29,10 @@ export class LimitedStore implements ObjectStore {
     return this.run(options?.signal, () => this.inner.head(key, options));
   }
 
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.run(options?.signal, () => this.inner.deleteMany(keys, options));
+  }
+
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return this.run(options?.signal, () => this.inner.delete(key, options));
   }

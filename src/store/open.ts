@@ -135,6 +135,10 @@ class LazyStore implements ObjectStore {
     yield* (await this.inner()).list(prefix, options);
   }
 
+  async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return (await this.inner()).deleteMany(keys, options);
+  }
+
   async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return (await this.inner()).delete(key, options);
   }

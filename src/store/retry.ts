@@ -110,6 +110,11 @@ export class RetryingStore implements ObjectStore {
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return this.run('delete', key, options?.signal, () => this.inner.delete(key, options));
   }
+
+  /** Deleting is idempotent: a batch is retried whole. */
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.run('delete', keys[0] ?? '', options?.signal, () => this.inner.deleteMany(keys, options));
+  }
   sync(options?: { signal?: AbortSignal }): Promise<void> {
     return this.inner.sync(options);
   }

@@ -8,6 +8,7 @@ import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
+  DeleteObjectsCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
@@ -20,7 +21,7 @@ import pLimit from 'p-limit';
 import { AbortedError, CdpError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import { endpointProblem, redactUserinfo } from './endpoint.js';
 import { hasBadSegment, isBucketName } from './paths.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import { type GetOptions, type ListOptions, type ObjectInfo, type ObjectStore, type PutOptions, checkDeleteBatch } from './types.js';
 
 const MiB = 1024 * 1024;
 /** S3's limits: parts are at least 5 MiB (except the last), at most 10 000 of them. */
@@ -232,6 +233,26 @@ export class S3Store implements ObjectStore {
     } catch (error) {
       if (error instanceof StoreError && error.kind === 'not-found') return;
       throw error;
+    }
+  }
+
+  /** One DeleteObjects request (Quiet: only failures come back); the first failure is thrown. */
+  async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    checkDeleteBatch(keys);
+    if (keys.length === 0) return;
+    const signal = options?.signal;
+    const reply = await this.call(keys[0], signal, () =>
+      this.client.send(
+        new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: keys.map((key) => ({ Key: this.fullKey(key) })), Quiet: true } }),
+        signal === undefined ? {} : { abortSignal: signal },
+      ),
+    );
+    const failed = (reply.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+    if (failed.length > 0) {
+      const first = failed[0]!;
+      const retryable = ['InternalError', 'SlowDown', 'ServiceUnavailable', 'RequestTimeout'].includes(first.Code ?? '');
+      const kind = first.Code === 'AccessDenied' ? 'auth' : retryable ? 'retryable' : 'permanent';
+      throw new StoreError(kind, `deleting ${failed.length} of ${keys.length} objects failed, first ${first.Key ?? '?'}: ${first.Code ?? 'error'} ${first.Message ?? ''}`.trim(), { key: first.Key });
     }
   }
 

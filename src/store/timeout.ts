@@ -88,6 +88,10 @@ export class TimeoutStore implements ObjectStore {
     return this.attempt('head', key, 0, options?.signal, (signal) => this.inner.head(key, { signal }));
   }
 
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.attempt('delete', keys[0] ?? '', 0, options?.signal, (signal) => this.inner.deleteMany(keys, { signal }));
+  }
+
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return this.attempt('delete', key, 0, options?.signal, (signal) => this.inner.delete(key, { signal }));
   }

@@ -2,6 +2,16 @@
 // Adapters (fs.ts, s3.ts) implement it and classify their own errors as StoreError kinds;
 // retry and concurrency limits are wrappers (retry.ts, limit.ts) stacked by open.ts.
 
+import { InvalidArgumentError } from '../errors.js';
+
+/** The most keys one deleteMany takes: S3 DeleteObjects' limit. */
+export const MAX_DELETE_BATCH = 1000;
+
+/** Adapters refuse a larger batch: callers cut theirs (deleteInBatches). */
+export function checkDeleteBatch(keys: readonly string[]): void {
+  if (keys.length > MAX_DELETE_BATCH) throw new InvalidArgumentError(`deleteMany takes at most ${MAX_DELETE_BATCH} keys, got ${keys.length}`);
+}
+
 export interface ByteRange {
   offset: number;
   length: number;
@@ -72,6 +82,11 @@ export interface ObjectStore {
   list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo>;
   /** Removes the object; removing a missing key is not an error. */
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
+  /**
+   * Removes up to MAX_DELETE_BATCH objects, in one request where the store has one (S3
+   * DeleteObjects); missing keys are not an error. A failure may leave some of them removed.
+   */
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void>;
   /** Makes every object put with deferSync durable. */
   sync(options?: { signal?: AbortSignal }): Promise<void>;
 }

@@ -150,9 +150,11 @@ describe.each(['fs', 's3'] as const)('prune (%s store)', (kind) => {
     const { scratch, images, leftovers } = await repositoryWithLeftovers(kind);
     let deletes = 0;
     class CrashingStore extends FaultStore {
-      override async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
-        if (++deletes === 2) throw new StoreError('unreachable', 'crash in the middle of the deletes', { key });
-        return super.delete(key, options);
+      // A batch that removes its first key and then fails, as a crash in the middle would.
+      override async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+        deletes++;
+        await super.deleteMany(keys.slice(0, 1), options);
+        throw new StoreError('unreachable', 'crash in the middle of the deletes', { key: keys[1] });
       }
     }
     await expect(prune({ store: new CrashingStore(scratch.store), graceMs: 0 })).rejects.toThrow(/crash in the middle/);

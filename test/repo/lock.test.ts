@@ -89,6 +89,9 @@ class GatedStore implements ObjectStore {
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     return this.inner.delete(key, options);
   }
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.deleteMany(keys, options);
+  }
   sync(options?: { signal?: AbortSignal }): Promise<void> {
     return this.inner.sync(options);
   }

@@ -217,6 +217,19 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect(await collect(store.list('gone'))).toEqual([]);
     });
 
+    it('deletes a batch of up to 1000 keys at once, missing ones included; a larger batch is refused', async () => {
+      const keys = Array.from({ length: 1000 }, (_, i) => `batch/${String(i).padStart(4, '0')}`);
+      for (const key of keys.slice(0, 30)) await store.put(key, bytes(key));
+      // A key that stays in the same "directory": s3rver deletes a batch's keys concurrently and
+      // races removing a directory they empty (a 500), which real servers do not.
+      await store.put('batch/kept', bytes('kept'));
+      await store.deleteMany(keys);
+      expect(await collect(store.list('batch/'))).toEqual([{ key: 'batch/kept', size: 4 }]);
+      await store.deleteMany([]);
+      await expect(store.deleteMany([...keys, 'one-more'])).rejects.toThrow(/at most 1000 keys, got 1001/);
+      await store.delete('batch/kept');
+    });
+
     it('handles keys with nested slashes', async () => {
       const key = 'packs/ab/cd/ef/0123456789abcdef';
       await store.put(key, bytes('nested'));

@@ -23,6 +23,7 @@ describe('LimitedStore', () => {
       put: () => slow(undefined),
       head: () => slow(undefined),
       delete: () => slow(undefined),
+      deleteMany: () => slow(undefined),
       sync: async () => undefined,
       list: async function* (): AsyncGenerator<ObjectInfo> {},
     };
@@ -64,6 +65,7 @@ describe('LimitedStore', () => {
       put: async () => undefined,
       head: async () => undefined,
       delete: async () => undefined,
+      deleteMany: async () => undefined,
       sync: async () => undefined,
       list: async function* (): AsyncGenerator<ObjectInfo> {},
     };

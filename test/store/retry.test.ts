@@ -22,6 +22,7 @@ function scriptedStore(script: Array<StoreError | 'ok'>): ObjectStore & { calls:
     put: async () => undefined,
     head: async () => undefined,
     delete: async () => undefined,
+    deleteMany: async () => undefined,
     sync: async () => undefined,
     list: async function* (): AsyncGenerator<ObjectInfo> {},
   };

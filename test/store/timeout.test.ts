@@ -30,6 +30,7 @@ function stalledStore(options: { deaf?: boolean; answerFrom?: number } = {}) {
     put: (_key, _body, o) => answer(o?.signal, undefined),
     head: (key, o) => answer(o?.signal, { key, size: 1 }),
     delete: (_key, o) => answer(o?.signal, undefined),
+    deleteMany: (_keys, o) => answer(o?.signal, undefined),
     sync: async () => undefined,
     list: async function* (_prefix, o): AsyncGenerator<ObjectInfo> {
       yield await answer(o?.signal, { key: 'a', size: 1 });
