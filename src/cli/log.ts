@@ -26,6 +26,8 @@ export function registerLog(program: Command): void {
       const result = await log({ store: cli.store(), signal: cli.signal, ...query.options });
       const before = Math.min(result.first, result.latest + 1) - 1;
       const hidden = before === 1 ? ['(point 1 not shown)'] : before > 1 ? [`(points 1 to ${before} not shown)`] : [];
+      if (result.forgotten > 0) hidden.push(`(${count(result.forgotten, 'point')} removed by cdp-s3 forget not listed)`);
+      for (const u of result.unreadableForgets) hidden.push(`warning: forget record ${u.key} cannot be read (${u.error}): points it removed may show as MISSING`);
       const unit = query.summary;
       if (unit !== undefined) {
         const lines = summarizeLog(result.entries, unit);

@@ -7,6 +7,7 @@ import { type CliStreams, bindStreams } from './context.js';
 import { registerBackup } from './backup.js';
 import { registerDemo } from './demo.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
+import { registerForget } from './forget.js';
 import { registerInit } from './init.js';
 import { registerLog } from './log.js';
 import { registerRestore } from './restore.js';
@@ -45,6 +46,7 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
   registerStatus(program);
   registerServe(program);
   registerVerify(program);
+  registerForget(program);
   registerPrune(program);
   registerDemo(program);
   for (const command of program.commands) {

@@ -93,6 +93,10 @@ export interface LogResult {
   first: number;
   /** The newest point of the chain. */
   latest: number;
+  /** Points from `first` on that forget removed (not listed). */
+  forgotten: number;
+  /** Forget records that cannot be read: the points they removed may show as missing. */
+  unreadableForgets: Array<{ key: string; error: string }>;
 }
 
 export interface LogOptions {
@@ -126,6 +130,10 @@ export async function log(options: LogOptions): Promise<LogResult> {
   const entries: LogEntry[] = [];
   const blocked = new Map<number, number | undefined>();
   for (let seq = first; seq <= index.latest; seq++) {
+    if (index.forgotten.has(seq)) {
+      seq = index.forgotten.keptAtOrAfter(seq) - 1; // removed by forget: not a point any more
+      continue;
+    }
     blocked.set(seq, await index.blockedBy(seq, signal));
     let summary: PointSummary;
     try {
@@ -196,6 +204,8 @@ export async function log(options: LogOptions): Promise<LogResult> {
     unreadableMarks,
     first,
     latest: index.latest,
+    forgotten: index.forgotten.within(first, index.latest).reduce((n, [a, b]) => n + b - a + 1, 0),
+    unreadableForgets: index.unreadableForgets,
   };
 }
 

@@ -96,6 +96,8 @@ export async function choosePoint(repo: Repository, index: ChainIndex, selector:
   const skipped: ChosenPoint['skipped'] = [];
   let seq = candidate;
   for (; seq >= 1; seq--) {
+    seq = index.forgotten.keptAtOrBefore(seq); // forgotten points are not points: passed over silently
+    if (seq === 0) break;
     const reasons = await reasonsOf(seq);
     if (reasons.length === 0) break;
     skipped.push({ seq, kinds: reasons });
@@ -141,6 +143,12 @@ async function newestAtOrBefore(repo: Repository, index: ChainIndex, selector: P
   if (selector.kind === 'latest') return last;
   if (selector.kind === 'seq') {
     if (selector.seq > last) throw new NoPointInTimeError(`no point in time ${selector.seq}: the newest is ${last}`);
+    if (index.forgotten.has(selector.seq)) {
+      const before = index.forgotten.keptAtOrBefore(selector.seq);
+      throw new NoPointInTimeError(
+        `point in time ${selector.seq} was removed by cdp-s3 forget; the nearest kept ones are ${before === 0 ? 'none before it' : before} and ${index.forgotten.keptAtOrAfter(selector.seq)} (see cdp-s3 log)`,
+      );
+    }
     return selector.seq;
   }
   const now = options.now ?? Date.now();
@@ -173,7 +181,12 @@ export async function lastAtOrBefore(repo: Repository, index: ChainIndex, time: 
   let lo = 0; // end(lo) <= time (0: before every point)
   let hi = index.latest + 1; // end(hi) > time (latest + 1: after every point)
   while (hi - lo > 1) {
-    let mid = Math.floor((lo + hi) / 2);
+    // Only points that are kept are probed: a forgotten stretch is stepped over whole.
+    let mid = index.forgotten.keptAtOrBefore(Math.floor((lo + hi) / 2));
+    if (mid <= lo) {
+      mid = index.forgotten.keptAtOrAfter(Math.floor((lo + hi) / 2) + 1);
+      if (mid >= hi) break;
+    }
     let end = await endOf(repo, index, mid, signal);
     // A point with no summary left: try its neighbours towards lo.
     while (end === undefined && mid - 1 > lo) end = await endOf(repo, index, --mid, signal);

@@ -1,17 +1,18 @@
-// prune: deletes the packs and page packs no stored run references (left by cancelled, crashed
-// or failed writers), in two phases with a grace period so a writer that is still between its
-// data and its commit never loses an object. The first prune that finds an object unreferenced
-// records it as a candidate (`prunes/`); a later prune deletes it once it has been a candidate for
-// longer than the grace and is still unreferenced. Objects named after a point in time newer than
-// the chain's newest (a writer's next delta) are never candidates.
+// prune: deletes what no kept point in time needs: runs (deltas and spans) only points removed
+// by `forget` used, and packs and page packs no needed run names (also those left by cancelled,
+// crashed or failed writers). In two phases with a grace period, so a reader or writer that is
+// still using an object never loses it: the first prune that finds an object unneeded records it
+// as a candidate (`prunes/`); a later prune deletes it once it has been a candidate for longer
+// than the grace and is still unneeded. Objects named after a point in time newer than the
+// chain's newest (a writer's next delta) are never candidates.
 //
-// What it cannot prove unreferenced it keeps: any delta missing from the chain, any run or page
-// that cannot be read, makes it delete nothing (and say which).
+// What it cannot prove unneeded it keeps: a delta missing from the chain, a run or page that
+// cannot be read, or a forget record that cannot be read makes it delete nothing (and say which).
 
 import pLimit from 'p-limit';
 import { CdpError, FormatError, StoreError, throwIfAborted } from '../errors.js';
 import { type Block, blockKey, describeBlock } from '../repo/chain-index.js';
-import { PACK_PREFIX, PAGE_PACK_PREFIX, deltaKey, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
+import { DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
 import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
 import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
@@ -37,8 +38,10 @@ export interface PruneResult {
   graceMs: number;
   /** The newest point in time. */
   latest: number;
-  /** Runs (deltas and spans) whose references were read. */
+  /** Runs (deltas and spans) whose references were read: those the kept points need. */
   runsRead: number;
+  /** Stored runs no kept point needs (points removed by forget): deleted, or waiting, with the packs only they name. */
+  runsUnneeded: number;
   /** Packs and page packs listed. */
   objects: number;
   referenced: number;
@@ -103,9 +106,30 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
       );
     }
 
-    // What every stored run names: page packs (pages, summary blocks) and packs (regions, bases, patches).
+    if (index.unreadableForgets.length > 0) {
+      const u = index.unreadableForgets[0]!;
+      throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: forget record ${u.key} cannot be read (${u.error}), so which points are kept is unknown`);
+    }
+
+    // The runs the kept points need: each one's cover, and its own delta (which says what it is).
+    // After a forget, the others are candidates: no kept point reads them, and a live writer builds
+    // only on the newest point (always kept) and on runs newer than it.
+    const needed = new Map<string, Block>();
+    for (let seq = 1; seq <= latest; seq++) {
+      if (index.forgotten.has(seq)) {
+        seq = index.forgotten.keptAtOrAfter(seq) - 1;
+        continue;
+      }
+      for (const block of await index.cover(seq, signal)) needed.set(blockKey(block), block);
+      const own = index.block(0, seq);
+      if (await index.has(own, signal)) needed.set(blockKey(own), own);
+    }
+    const stored: Block[] = [...index.deltaSeqs().map((seq) => index.block(0, seq)), ...index.spans()];
+    const unneeded = stored.filter((block) => !needed.has(blockKey(block)));
+
+    // What every needed run names: page packs (pages, summary blocks) and packs (regions, bases, patches).
     const referenced = new Set<string>();
-    const blocks: Block[] = [...index.deltaSeqs().map((seq) => index.block(0, seq)), ...index.spans()];
+    const blocks: Block[] = [...needed.values()];
     const limit = pLimit(16);
     const readPages = new Set<string>();
     await Promise.all(
@@ -157,6 +181,16 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
     let inFlight = 0;
     const deleted: PruneResult['deleted'] = [];
     const waiting: PruneResult['waiting'] = [];
+    const consider = (key: string, bytes: number): void => {
+      const since = graceMs === 0 ? now : (firstSeen.get(key) ?? now);
+      if (now - since >= graceMs) deleted.push({ key, bytes });
+      else waiting.push({ key, bytes, since, deletableAt: since + graceMs });
+    };
+    // Runs first: deleted before the packs they name, so a crash in between leaves no run naming a missing pack.
+    const runSizes = new Map<string, number>();
+    if (unneeded.length > 0) for (const prefix of [DELTA_PREFIX, SPAN_PREFIX]) for await (const info of store.list(prefix, { signal })) runSizes.set(info.key, info.size);
+    for (const block of unneeded) consider(blockKey(block), runSizes.get(blockKey(block)) ?? 0);
+    const runsDeleted = deleted.length;
     for (const prefix of [PACK_PREFIX, PAGE_PACK_PREFIX]) {
       for await (const info of store.list(prefix, { signal })) {
         objects++;
@@ -166,9 +200,7 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
           inFlight++;
           continue;
         }
-        const since = graceMs === 0 ? now : (firstSeen.get(info.key) ?? now);
-        if (now - since >= graceMs) deleted.push({ key: info.key, bytes: info.size });
-        else waiting.push({ key: info.key, bytes: info.size, since, deletableAt: since + graceMs });
+        consider(info.key, info.size);
       }
     }
 
@@ -179,7 +211,8 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
         await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates: waiting.map((w) => ({ key: w.key, since: w.since })) }), { ifAbsent: true, signal });
       }
       // In batches (S3 DeleteObjects), then the older records, superseded by the one just written.
-      await deleteInBatches(store, deleted.map((d) => d.key), signal);
+      await deleteInBatches(store, deleted.slice(0, runsDeleted).map((d) => d.key), signal);
+      await deleteInBatches(store, deleted.slice(runsDeleted).map((d) => d.key), signal);
       await deleteInBatches(store, records, signal);
       lock?.check();
     }
@@ -188,6 +221,7 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
       graceMs,
       latest,
       runsRead: blocks.length,
+      runsUnneeded: unneeded.length,
       objects,
       referenced: referenced.size,
       inFlight,

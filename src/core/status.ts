@@ -50,7 +50,7 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
   // Only points after a missing delta can be blocked: look there, up to the first span standing in.
   for (const missing of missingDeltas) {
     for (let seq = missing + 1; seq <= index.latest; seq++) {
-      if (missingDeltas.includes(seq)) continue;
+      if (missingDeltas.includes(seq) || index.forgotten.has(seq)) continue;
       const blocking = await index.blockedBy(seq, signal);
       if (blocking === undefined) break;
       if (!unrestorable.includes(seq)) unrestorable.push(seq);

@@ -141,6 +141,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   for (const { block, error } of unreadable.values()) if (block.level === 0) gaps.set(block.last, { detail: error, affects: [] });
   for (const [missing, gap] of [...gaps].sort((a, b) => a[0] - b[0])) {
     for (let p = missing; p <= latest; p++) {
+      if (index.forgotten.has(p)) continue;
       const blocking = await index.blockedBy(p, signal);
       if (blocking === undefined) break; // a span stands in for it from here on
       if (blocking === missing) gap.affects.push(p);
@@ -198,9 +199,12 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     return true;
   };
   const orphanBases = new Set<string>();
+  // Deltas first; then spans, for pieces whose storing delta is gone (forgotten and pruned) or
+  // unreadable: those are checked where a span names them.
   async function* storedHere(): AsyncGenerator<WantedRegion> {
-    for (const seq of deltas) {
-      const run = readable.get(blockKey(index.block(0, seq)));
+    for (const block of [...deltas.map((seq) => index.block(0, seq)), ...spans]) {
+      const seq = block.level === 0 ? block.last : 0;
+      const run = readable.get(blockKey(block));
       if (run === undefined) continue;
       const seen = new Set<string>();
       const seenBases = new Set<string>();
@@ -261,7 +265,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   // (Verify cannot tell what it said; it names it, and marks nothing because of it.)
   for (const u of trust.unreadable) {
     const affects: number[] = [];
-    for (let seq = 1; seq <= latest && unreadableConcerns(u, seq); seq++) affects.push(seq);
+    for (let seq = 1; seq <= latest && unreadableConcerns(u, seq); seq++) if (!index.forgotten.has(seq)) affects.push(seq);
     const detail = `cannot be read (${u.error}); restore passes over the points in time it could concern unless --allow-suspect`;
     problems.push({ object: 'marks', key: u.key, detail, affects });
   }
@@ -352,7 +356,7 @@ async function pointsUsing(
     const points = affected.points.get(span.id) ?? affected.points.set(span.id, new Set()).get(span.id)!;
     const at = affected.regionsAt.get(span.id) ?? affected.regionsAt.set(span.id, new Map()).get(span.id)!;
     for (let p = span.since; p <= until; p++) {
-      if (missing.has(p)) continue;
+      if (missing.has(p) || index.forgotten.has(p)) continue;
       points.add(p);
       const list = at.get(p) ?? at.set(p, []).get(p)!;
       if (list.length < MAX_REGIONS_LISTED) list.push(region);

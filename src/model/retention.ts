@@ -27,7 +27,7 @@ export interface PointTime {
   time: number;
 }
 
-export type KeepReason = 'newest' | 'last' | 'within' | CalendarRule | 'seq';
+export type KeepReason = 'newest' | 'last' | 'within' | CalendarRule | 'seq' | 'unknown-time';
 
 export interface RetentionDecision {
   /** Kept points, newest first, each with every rule that keeps it. */
@@ -137,4 +137,79 @@ export function applyRetention(points: readonly PointTime[], policy: RetentionPo
     else remove.push(point.seq);
   });
   return { keep, remove };
+}
+
+/**
+ * The points in time removed from a history: disjoint inclusive ranges of seqs. Lookups are
+ * O(log ranges), so skipping a long forgotten stretch costs one step, not one per point.
+ */
+export class ForgottenSet {
+  /** Ascending, disjoint, not adjacent. */
+  private readonly ranges: Array<[number, number]>;
+
+  constructor(ranges: Iterable<readonly [number, number]> = []) {
+    const sorted = [...ranges].map(([a, b]): [number, number] => [a, b]).sort((x, y) => x[0] - y[0]);
+    const merged: Array<[number, number]> = [];
+    for (const [a, b] of sorted) {
+      const last = merged.at(-1);
+      if (last !== undefined && a <= last[1] + 1) last[1] = Math.max(last[1], b);
+      else merged.push([a, b]);
+    }
+    this.ranges = merged;
+  }
+
+  /** The ranges of seqs a sorted list makes. */
+  static rangesOf(seqs: readonly number[]): Array<[number, number]> {
+    const sorted = [...seqs].sort((a, b) => a - b);
+    const out: Array<[number, number]> = [];
+    for (const seq of sorted) {
+      const last = out.at(-1);
+      if (last !== undefined && seq === last[1] + 1) last[1] = seq;
+      else if (last === undefined || seq > last[1]) out.push([seq, seq]);
+    }
+    return out;
+  }
+
+  get size(): number {
+    return this.ranges.reduce((n, [a, b]) => n + b - a + 1, 0);
+  }
+
+  get list(): ReadonlyArray<readonly [number, number]> {
+    return this.ranges;
+  }
+
+  /** The range holding seq, if any. */
+  private rangeOf(seq: number): [number, number] | undefined {
+    let lo = 0;
+    let hi = this.ranges.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const [a, b] = this.ranges[mid]!;
+      if (seq < a) hi = mid - 1;
+      else if (seq > b) lo = mid + 1;
+      else return this.ranges[mid];
+    }
+    return undefined;
+  }
+
+  has(seq: number): boolean {
+    return this.rangeOf(seq) !== undefined;
+  }
+
+  /** The newest seq at or before `seq` that is not forgotten (0: none). */
+  keptAtOrBefore(seq: number): number {
+    const range = this.rangeOf(seq);
+    return range === undefined ? seq : range[0] - 1;
+  }
+
+  /** The oldest seq at or after `seq` that is not forgotten. */
+  keptAtOrAfter(seq: number): number {
+    const range = this.rangeOf(seq);
+    return range === undefined ? seq : range[1] + 1;
+  }
+
+  /** The forgotten seqs in [from, to], ascending, as ranges. */
+  within(from: number, to: number): Array<[number, number]> {
+    return this.ranges.filter(([a, b]) => b >= from && a <= to).map(([a, b]): [number, number] => [Math.max(a, from), Math.min(b, to)]);
+  }
 }

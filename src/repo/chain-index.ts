@@ -11,8 +11,10 @@
 // level above covers (LIST with start-after), O(levels) requests whatever the history's length;
 // older points list only the ranges they need. `full` lists everything (log, verify, status).
 
-import { FormatError, throwIfAborted } from '../errors.js';
+import { FormatError, StoreError, throwIfAborted } from '../errors.js';
+import { ForgottenSet } from '../model/retention.js';
 import type { ObjectStore } from '../store/types.js';
+import { FORGET_PREFIX, decodeForgetRecord } from './records.js';
 import { DELTA_PREFIX, SPAN_PREFIX, deltaKey, seqName, seqOfKey, spanKey, spanLevelPrefix } from './keys.js';
 
 export interface Block {
@@ -46,6 +48,10 @@ export class ChainIndex {
   latest = 0;
   /** Store requests this index made (LISTs). */
   requests = 0;
+  /** Points a forget removed from the history (forgets/): not points any more, and their deltas may be gone. */
+  forgotten = new ForgottenSet();
+  /** Forget records that cannot be read. */
+  readonly unreadableForgets: Array<{ key: string; error: string }> = [];
 
   private constructor(
     private readonly store: ObjectStore,
@@ -60,8 +66,9 @@ export class ChainIndex {
   }
 
   /** The chain's end found in O(levels) LISTs: each level listed only after what the one above covers. */
-  static async load(store: ObjectStore, fanout: number, signal?: AbortSignal): Promise<ChainIndex> {
+  static async load(store: ObjectStore, fanout: number, volumeId: string, signal?: AbortSignal): Promise<ChainIndex> {
     const index = new ChainIndex(store, fanout, false);
+    await index.loadForgotten(volumeId, signal);
     for (let level = 1; level <= MAX_LEVEL && (await index.anyAt(level, signal)); level++) index.topLevel = level;
     let covered = 0;
     for (let level = index.topLevel; level >= 1; level--) {
@@ -75,8 +82,9 @@ export class ChainIndex {
   }
 
   /** Everything listed: which deltas are missing anywhere is known (log, verify, status). */
-  static async full(store: ObjectStore, fanout: number, signal?: AbortSignal): Promise<ChainIndex> {
+  static async full(store: ObjectStore, fanout: number, volumeId: string, signal?: AbortSignal): Promise<ChainIndex> {
     const index = new ChainIndex(store, fanout, true);
+    await index.loadForgotten(volumeId, signal);
     for await (const info of store.list(DELTA_PREFIX, { signal })) {
       const seq = seqOfKey(info.key, DELTA_PREFIX);
       if (seq !== undefined) index.present[0]!.add(seq);
@@ -99,14 +107,47 @@ export class ChainIndex {
     return index;
   }
 
-  /** Deltas 1 … latest known not to be stored: all of them after full(), else those in the ranges listed so far. */
+  /**
+   * Deltas 1 … latest known not to be stored: all of them after full(), else those in the ranges
+   * listed so far. A forgotten point's delta is not missing: prune deletes it once no kept point needs it.
+   */
   missingDeltas(): number[] {
     const out: number[] = [];
     const listed = this.listed[0]!;
     for (let seq = 1; seq <= this.latest; seq++) {
+      if (this.forgotten.has(seq)) {
+        seq = this.forgotten.keptAtOrAfter(seq) - 1;
+        continue;
+      }
       if (!this.present[0]!.has(seq) && listed.some(([a, b]) => a <= seq && seq <= b)) out.push(seq);
     }
     return out;
+  }
+
+  /** Reads every forget record of this volume (one LIST, a GET each); an unreadable one is an error. */
+  private async loadForgotten(volumeId: string, signal?: AbortSignal): Promise<void> {
+    const ranges: Array<[number, number]> = [];
+    this.requests++;
+    for await (const info of this.store.list(FORGET_PREFIX, { signal })) {
+      let bytes: Uint8Array;
+      try {
+        bytes = await this.store.get(info.key, { signal });
+      } catch (error) {
+        if (error instanceof StoreError && error.kind === 'not-found') continue; // pruned meanwhile (merged into a newer one)
+        throw error;
+      }
+      this.requests++;
+      try {
+        const record = decodeForgetRecord(bytes, info.key);
+        if (record.volumeId !== volumeId) throw new FormatError('FORMAT_CORRUPT', `forget record ${info.key}`, `belongs to volume ${record.volumeId}, not ${volumeId}`);
+        ranges.push(...record.ranges);
+      } catch (error) {
+        // Its points then look like points (missing ones, once pruned): reported, and prune refuses to run.
+        if (!(error instanceof FormatError)) throw error;
+        this.unreadableForgets.push({ key: info.key, error: error.message });
+      }
+    }
+    this.forgotten = new ForgottenSet(ranges);
   }
 
   /** Stored delta seqs seen, ascending. */

@@ -3,6 +3,7 @@
 // damaged after a verify) and scan records (`scans/`). Layouts are in docs/FORMAT.md.
 
 import { randomBytes } from 'node:crypto';
+import { FormatError } from '../errors.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { seqName } from './keys.js';
 
@@ -201,4 +202,53 @@ export function decodePruneRecord(bytes: Uint8Array, key: string): PruneRecord {
       return { key: f.string('key'), since: f.integer('since') };
     }),
   };
+}
+
+export const FORGET_PREFIX = 'forgets/';
+const FORGET_KIND = { magic: 'CDPS3FGT', version: FORMAT_VERSION, what: 'forget record' } as const;
+
+/**
+ * Points in time a `forget` removed from the history (`forgets/<time>-<random>`): inclusive
+ * ranges of seqs, ascending. The history's forgotten points are the union of every record's.
+ */
+export interface ForgetRecord {
+  volumeId: string;
+  /** ms since epoch */
+  created: number;
+  /** The newest point when it was written (never itself forgotten). */
+  latest: number;
+  ranges: Array<[number, number]>;
+}
+
+export function encodeForgetRecord(value: ForgetRecord): Uint8Array {
+  return sealEnvelope(FORGET_KIND, {
+    volumeId: value.volumeId,
+    created: value.created,
+    latest: value.latest,
+    first: value.ranges.map(([a]) => a),
+    last: value.ranges.map(([, b]) => b),
+  });
+}
+
+export function decodeForgetRecord(bytes: Uint8Array, key: string): ForgetRecord {
+  const kind = { ...FORGET_KIND, what: `forget record ${key}` };
+  const body = openEnvelope(kind, bytes);
+  const r = new FieldReader(kind.what, body);
+  const volumeId = r.string('volumeId');
+  const created = r.integer('created');
+  const latest = r.integer('latest', 1);
+  const first = body['first'];
+  const last = body['last'];
+  const ok = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && (x as number) >= 1);
+  if (!ok(first) || !ok(last) || first.length !== last.length) {
+    throw new FormatError('FORMAT_CORRUPT', kind.what, '`first` and `last` must be arrays of sequence numbers of the same length');
+  }
+  const ranges: Array<[number, number]> = first.map((a, i) => [a, last[i]!]);
+  for (let i = 0; i < ranges.length; i++) {
+    const [a, b] = ranges[i]!;
+    if (a > b || b >= latest || (i > 0 && a <= ranges[i - 1]![1] + 1)) {
+      throw new FormatError('FORMAT_CORRUPT', kind.what, `range ${a}-${b} is not ascending, disjoint and before the newest point ${latest}`);
+    }
+  }
+  return { volumeId, created, latest, ranges };
 }

@@ -136,12 +136,12 @@ export class Repository implements RunSource {
 
   /** The chain's end, found in O(levels) listings (ranges further back are listed when asked for). */
   index(signal?: AbortSignal): Promise<ChainIndex> {
-    return ChainIndex.load(this.store, this.fanout, signal);
+    return ChainIndex.load(this.store, this.fanout, this.config.volumeId, signal);
   }
 
   /** Everything listed: every missing delta is known (log, verify, status). */
   fullIndex(signal?: AbortSignal): Promise<ChainIndex> {
-    return ChainIndex.full(this.store, this.fanout, signal);
+    return ChainIndex.full(this.store, this.fanout, this.config.volumeId, signal);
   }
 
   /** A delta or span, its root read (and cached); its pages are read when asked for. */

@@ -15,6 +15,7 @@ import { verify } from '../../src/core/verify.js';
 import { goldenImage } from '../../src/dev/golden-fixture.js';
 import { decodeConfig, encodeConfig } from '../../src/repo/config.js';
 import { sealEnvelope } from '../../src/repo/envelope.js';
+import { decodeForgetRecord, decodePruneRecord, encodeForgetRecord, encodePruneRecord } from '../../src/repo/records.js';
 import { PAGE_PACK_HEADER_BYTES, decodeDeltaRoot, decodePage, decodeSpanRoot, encodeDeltaRoot, encodePage, encodeSpanRoot, pagePackHeader } from '../../src/repo/run-codec.js';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { FsStore } from '../../src/store/fs.js';
@@ -130,6 +131,29 @@ describe('golden fixtures (format 3)', () => {
       }
       await expect(readFile(join(dir, 'never.img'))).rejects.toThrow();
     }
+  });
+
+  it('forget and prune records (records/): decoding and encoding again gives the stored bytes', async () => {
+    const dir = join(import.meta.dirname, '..', 'fixtures', 'format3', 'records');
+    const forgetBytes = await readFile(join(dir, 'forget.bin'));
+    const forgetRecord = decodeForgetRecord(forgetBytes, 'forgets/x');
+    expect(forgetRecord).toEqual({
+      volumeId: '6f1c1a52-0d0e-4f3b-9c55-2b8f3a7d9e10',
+      created: 1796630400000,
+      latest: 20000,
+      ranges: [[1, 4095], [4097, 8191], [19990, 19990]],
+    });
+    expect(Buffer.from(encodeForgetRecord(forgetRecord)).equals(forgetBytes)).toBe(true);
+    const pruneBytes = await readFile(join(dir, 'prune.bin'));
+    const pruneRecord = decodePruneRecord(pruneBytes, 'prunes/x');
+    expect(pruneRecord.candidates).toEqual([
+      { key: 'packs/0000000000000007-0badc0de', since: 1796544000000 },
+      { key: 'deltas/0000000000004096', since: 1796630400000 },
+    ]);
+    expect(Buffer.from(encodePruneRecord(pruneRecord)).equals(pruneBytes)).toBe(true);
+    // A forget record whose ranges overlap, or reach the newest point, is refused.
+    expect(() => decodeForgetRecord(encodeForgetRecord({ ...forgetRecord, ranges: [[1, 10], [5, 20]] }), 'forgets/y')).toThrow(/not ascending, disjoint/);
+    expect(() => decodeForgetRecord(encodeForgetRecord({ ...forgetRecord, ranges: [[1, 20000]] }), 'forgets/y')).toThrow(/before the newest point 20000/);
   });
 
   it('integers are msgpack integers: int64 from 2^32 on (times, large sizes), never float64', () => {
