@@ -5,7 +5,7 @@ import { CALENDAR_RULES, type CalendarRule, type RetentionPolicy } from '../mode
 import { CliContext } from './context.js';
 import { count, parseDuration } from './units.js';
 
-type ForgetFlags = Partial<Record<`keep${Capitalize<CalendarRule>}`, string>> & {
+export type ForgetFlags = Partial<Record<`keep${Capitalize<CalendarRule>}`, string>> & {
   keepLast?: string;
   keepWithin?: string;
   keepSeq?: string[];
@@ -31,15 +31,22 @@ export function policyOf(flags: ForgetFlags): RetentionPolicy {
   return policy;
 }
 
-export function registerForget(program: Command): void {
-  const command = program
-    .command('forget')
-    .description('remove points in time from the history by a retention policy (the newest is always kept); prune then frees the space')
+/** The --keep-* options of forget and protect. */
+export function addKeepOptions(command: Command): Command {
+  command
     .option('--keep-last <n>', 'keep the N newest points')
     .option('--keep-within <duration>', 'keep every point within this long of the newest (e.g. 1h, 7d)');
   for (const rule of CALENDAR_RULES) command.option(`--keep-${rule} <n>`, `keep the newest point of each of the N newest ${rule === 'daily' ? 'days' : rule.replace(/ly$/, 's')} (UTC) that have one`);
-  command
-    .option('--keep-seq <seq...>', 'keep these points (sequence numbers, see cdp-s3 log)')
+  return command.option('--keep-seq <seq...>', 'keep these points (sequence numbers, see cdp-s3 log)');
+}
+
+/** Whether any --keep-* option was given. */
+export function hasKeepOptions(flags: ForgetFlags): boolean {
+  return Object.entries(flags).some(([name, value]) => name.startsWith('keep') && value !== undefined);
+}
+
+export function registerForget(program: Command): void {
+  addKeepOptions(program.command('forget').description('remove points in time from the history by a retention policy (the newest is always kept); prune then frees the space'))
     .option('--dry-run', 'report what would be removed; change nothing')
     .action(async (flags: ForgetFlags, cmd: Command) => {
       const cli = CliContext.of(cmd);

@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
+import { type ForgetFlags, addKeepOptions, hasKeepOptions, policyOf } from './forget.js';
 import { parseDuration, parseListen, parseSize } from './units.js';
 
 export function registerProtect(program: Command): void {
-  program
+  const command = program
     .command('protect')
     .description('serve SOURCE over NBD and protect every write: a crash-consistent point in time every interval')
     .argument('<source>', 'image file or block device; hosts write it through the NBD export only')
@@ -15,8 +16,19 @@ export function registerProtect(program: Command): void {
     .option('--spool-dir <dir>', 'a directory of its own where points in time wait while the store is unreachable (default: the DRL path + .spool)')
     .option('--spool-size <bytes>', 'most bytes the spool may hold; past it intervals coalesce', '1GiB')
     .option('--scan-every <duration>', 'run an integrity scan on this schedule (e.g. 24h); SIGUSR1 runs one now')
-    .action(async (source: string, opts: { listen: string; name?: string; interval: string; drl: string; scanEvery?: string; spoolDir?: string; spoolSize: string }, command: Command) => {
+    .option('--prune-every <duration>', 'apply the --keep-* policy (forget, then prune with a 24 h grace) on this schedule (default 1h)');
+  addKeepOptions(command);
+  command.action(
+    async (
+      source: string,
+      opts: ForgetFlags & { listen: string; name?: string; interval: string; drl: string; scanEvery?: string; spoolDir?: string; spoolSize: string; pruneEvery?: string },
+      command: Command,
+    ) => {
       const cli = CliContext.of(command);
+      if (opts.pruneEvery !== undefined && !hasKeepOptions(opts)) throw new UsageError('--prune-every applies a retention policy: give it one with --keep-last, --keep-within, --keep-<unit> or --keep-seq');
+      const retention = hasKeepOptions(opts)
+        ? { policy: policyOf(opts), everyMs: parseDuration(opts.pruneEvery ?? '1h', '--prune-every') }
+        : undefined;
       const log = (line: string): void => void cli.stderr.write(`cdp-s3 protect: ${line}\n`);
       if (opts.drl === '' && source.startsWith('/dev/')) {
         throw new UsageError(`protecting a block device needs --drl FILE on persistent storage (e.g. /var/lib/cdp-s3/${source.slice(5).replace(/\//g, '-')}.drl)`);
@@ -31,6 +43,7 @@ export function registerProtect(program: Command): void {
         names: opts.name === undefined ? [] : [opts.name],
         intervalMs: parseDuration(opts.interval, '--interval'),
         scanEveryMs: opts.scanEvery === undefined ? undefined : parseDuration(opts.scanEvery, '--scan-every'),
+        ...(retention === undefined ? {} : { retention }),
         spoolDir: opts.spoolDir,
         spoolBytes: parseSize(opts.spoolSize, '--spool-size'),
         forceUnlock: cli.forceUnlock,
@@ -58,5 +71,6 @@ export function registerProtect(program: Command): void {
       } finally {
         process.off('SIGUSR1', onScanRequest);
       }
-    });
+    },
+  );
 }

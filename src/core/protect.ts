@@ -22,6 +22,10 @@ import { NbdServer } from '../nbd/server.js';
 import { type ProtectStatus, encodeProtectStatus, protectStatusKey } from '../repo/protect-status.js';
 import type { ProtectedVolumeOptions } from './protect/options.js';
 import { ProtectedVolume } from './protect/protected-volume.js';
+import { InvalidArgumentError } from '../errors.js';
+import { type RetentionPolicy, checkRetentionPolicy } from '../model/retention.js';
+import { type ForgetResult, forget } from './forget.js';
+import { type PruneResult, prune } from './prune.js';
 import { type ScanResult, scan } from './scan.js';
 
 export { ProtectedVolume } from './protect/protected-volume.js';
@@ -36,6 +40,11 @@ export interface ProtectOptions extends ProtectedVolumeOptions {
   intervalMs?: number;
   /** Milliseconds between integrity scans (0: only on demand). */
   scanEveryMs?: number;
+  /**
+   * Thin the history on a schedule: every `everyMs`, forget by `policy`, then prune with `graceMs`
+   * (default 24 h). Runs alongside shipping, as `cdp-s3 forget` and `prune` would from outside.
+   */
+  retention?: { policy: RetentionPolicy; everyMs: number; graceMs?: number; /** prune's clock (tests) */ clock?: () => number };
   /** Runs `run` every `everyMs` until the returned function is called. Default setInterval (tests tick by hand). */
   schedule?: (run: () => void, everyMs: number) => () => void;
 }
@@ -49,6 +58,8 @@ export interface ProtectHandle {
   host: string;
   port: number;
   volume: ProtectedVolume;
+  /** Forgets by the retention policy and prunes now (one at a time); undefined without a policy. */
+  thinNow(): Promise<{ forgot: ForgetResult; pruned: PruneResult }> | undefined;
   /** Runs an integrity scan now (claims 7–11 with live host-change tracking). */
   scanNow(): Promise<ScanResult>;
   /** Stop accepting, finish in-flight requests, seal and ship a last delta, release everything. */
@@ -60,6 +71,10 @@ export interface ProtectHandle {
  * demand, and on stop (or the signal) a clean drain.
  */
 export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
+  if (options.retention !== undefined) {
+    checkRetentionPolicy(options.retention.policy);
+    if (!(options.retention.everyMs > 0)) throw new InvalidArgumentError(`--prune-every must be a positive duration, not ${options.retention.everyMs} ms`);
+  }
   const volume = await ProtectedVolume.open(options);
   const named = (name: string): NbdExport =>
     new Proxy(volume, {
@@ -147,12 +162,38 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
           if (!stopped) scanNow().catch((error: unknown) => options.log?.(`scheduled scan failed: ${(error as Error).message}`));
         }, options.scanEveryMs)
       : undefined;
+  // Retention: one forget + prune at a time; stop cancels a running one (it leaves nothing half-done).
+  const thinAbort = new AbortController();
+  let thinning: Promise<{ forgot: ForgetResult; pruned: PruneResult }> | undefined;
+  const retention = options.retention;
+  const thinNow = (): Promise<{ forgot: ForgetResult; pruned: PruneResult }> | undefined => {
+    if (retention === undefined) return undefined;
+    return (thinning ??= (async () => {
+      try {
+        const forgot = await forget({ store: options.store, policy: retention.policy, signal: thinAbort.signal });
+        const pruned = await prune({ store: options.store, graceMs: retention.graceMs, signal: thinAbort.signal, ...(retention.clock === undefined ? {} : { clock: retention.clock }) });
+        options.log?.(`retention: forgot ${forgot.removedCount} points, kept ${forgot.keep.length}; pruned ${pruned.deleted.length} objects (${pruned.waiting.length} waiting for the grace)`);
+        return { forgot, pruned };
+      } finally {
+        thinning = undefined;
+      }
+    })());
+  };
+  const stopThinning =
+    retention !== undefined
+      ? schedule(() => {
+          if (!stopped) thinNow()?.catch((error: unknown) => options.log?.(`retention failed: ${(error as Error).message}`));
+        }, retention.everyMs)
+      : undefined;
   let stopping: Promise<ProtectStatus> | undefined;
   const stop = (): Promise<ProtectStatus> =>
     (stopping ??= (async () => {
       stopped = true;
       stopTicker();
       stopScans?.();
+      stopThinning?.();
+      thinAbort.abort();
+      await thinning?.catch(() => undefined);
       baseAbort.abort(); // an unfinished base commits nothing; it is taken at the next start
       await takingBase;
       await server.close({ drain: true });
@@ -165,5 +206,5 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
       }
     })());
   options.signal?.addEventListener('abort', () => void stop(), { once: true });
-  return { host: address.host, port: address.port, volume, scanNow, stop };
+  return { host: address.host, port: address.port, volume, scanNow, thinNow, stop };
 }

@@ -196,12 +196,17 @@ for (const kind of ['fs', 's3'] as const) {
       fx = await makeRepo(kind, 'shared');
     });
 
-    it('log --since/--last/--summary and prune --grace out of range, prune on a damaged delta: one line, nothing changed', async () => {
+    it('log --since/--last/--summary, prune --grace, forget and protect --keep-* out of range, prune on a damaged delta: one line, nothing changed', async () => {
       const before = await snapshot(fx.raw);
       expectFailure(await cli('--repo', fx.repo, 'log', '--last', '0'), EXIT.usage, /^cdp-s3: --last "0": give a whole number of points, at least 1$/);
       expectFailure(await cli('--repo', fx.repo, 'log', '--summary', 'week'), EXIT.usage, /^cdp-s3: --summary "week": give hour or day$/);
       expectFailure(await cli('--repo', fx.repo, 'log', '--since', 'yesterday'), EXIT.usage, /--since "yesterday" is not a point in time/);
       expectFailure(await cli('--repo', fx.repo, 'prune', '--grace', 'soon'), EXIT.usage, /^cdp-s3: --grace "soon" is not a duration/);
+      expectFailure(await cli('--repo', fx.repo, 'forget'), EXIT.usage, /^cdp-s3: an empty retention policy would keep only the newest point: pass at least one --keep-last/);
+      expectFailure(await cli('--repo', fx.repo, 'forget', '--keep-daily', '0'), EXIT.usage, /^cdp-s3: --keep-daily "0": give a whole number, at least 1$/);
+      expectFailure(await cli('--repo', fx.repo, 'forget', '--keep-within', 'ages'), EXIT.usage, /^cdp-s3: --keep-within "ages" is not a duration/);
+      expectFailure(await cli('--repo', fx.repo, 'forget', '--keep-last', '1', '--keep-seq', '999'), EXIT.noPointInTime, /^cdp-s3: --keep-seq 999: no such point in time/);
+      expectFailure(await cli('--repo', fx.repo, 'protect', fx.source, '--prune-every', '1h'), EXIT.usage, /^cdp-s3: --prune-every applies a retention policy: give it one with --keep-last/);
       const last = await cli('--repo', fx.repo, '--json', 'log', '--last', '1');
       expect(last.code, last.stderr).toBe(EXIT.ok);
       expect((JSON.parse(last.stdout) as Array<{ seq: number }>).map((e) => e.seq)).toEqual([fx.rounds.at(-1)!.seq]);
