@@ -110,6 +110,13 @@ export class RequestCountingStore extends DelegatingStore {
     return super.head(key, options);
   }
 
+  /** One request per batch (S3 DeleteObjects), counted under the kind of its first key. */
+  override async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    if (keys.length > 0) this.counts(kindOf(keys[0]!)).deletes++;
+    for (const key of keys) this.discarded.delete(key);
+    return super.deleteMany(keys, options);
+  }
+
   override async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
     this.counts(kindOf(key)).deletes++;
     this.discarded.delete(key);

@@ -5,6 +5,7 @@ import { renderKernelBench, runKernelBench } from './kernels.js';
 import { renderNbdBench, runNbdBench } from './nbd.js';
 import { renderPagedBench, runPagedBench } from './paged.js';
 import { renderPatchesBench, runPatchesBench } from './patches.js';
+import { renderRetentionBench, runRetentionBench } from './retention.js';
 import { renderProtectBench, runProtectBench } from './protect.js';
 import { renderRepoBench, runRepoBench } from './repo.js';
 import { renderScanBench, runScanBench } from './scan.js';
@@ -30,6 +31,7 @@ const BENCHES: Record<string, Bench> = {
   scan: { run: runScanBench, render: renderScanBench, rows: (rows: unknown) => rows },
   protect: { run: runProtectBench, render: renderProtectBench, rows: (rows: unknown) => rows },
   serve: { run: runServeBench, render: renderServeBench, rows: (rows: unknown) => rows },
+  retention: { run: runRetentionBench, render: renderRetentionBench, rows: (rows: unknown) => rows },
   paged: { run: runPagedBench, render: renderPagedBench, rows: (rows: unknown) => rows },
   patches: { run: runPatchesBench, render: renderPatchesBench, rows: (rows: unknown) => rows },
   crash: { run: runCrashBench, render: renderCrashBench, rows: (rows: unknown) => rows, failed: crashBenchFailed },

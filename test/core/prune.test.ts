@@ -146,6 +146,41 @@ describe.each(['fs', 's3'] as const)('prune (%s store)', (kind) => {
     expect(Object.keys(await snapshot(scratch.raw)).length).toBe(Object.keys(before).length - 1);
   });
 
+  it('prune while a backup is between its packs and its delta: the backup\'s objects are never candidates; it commits and restores', async () => {
+    const { scratch, source, images } = await repositoryWithLeftovers(kind);
+    let now = Date.UTC(2026, 11, 7);
+    const clock = (): number => now;
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let reached!: () => void;
+    const atDelta = new Promise<void>((resolve) => (reached = resolve));
+    const holding = new FaultStore(scratch.store, {
+      beforePut: async (key) => {
+        if (key === deltaKey(5)) {
+          reached();
+          await held;
+        }
+      },
+    });
+    const image = await readFile(source);
+    image.fill(0x5a, 3 * REGION, 5 * REGION);
+    await writeFile(source, image);
+    const running = backup({ store: holding, source });
+    await atDelta; // its packs are stored, its delta not yet
+    const packs = holding.puts.filter((k) => k.startsWith('packs/'));
+    expect(packs.length).toBeGreaterThan(0);
+    const during = await prune({ store: scratch.store, clock });
+    expect(during.inFlight).toBeGreaterThanOrEqual(packs.length);
+    for (const key of packs) expect([...during.waiting, ...during.deleted].map((c) => c.key)).not.toContain(key);
+    release();
+    expect((await running).seq).toBe(5);
+    images.push(sha(image));
+    now += 48 * 3_600_000; // long past the grace: the leftovers go, the new point's packs stay
+    const after = await prune({ store: scratch.store, clock });
+    for (const key of packs) expect(after.deleted.map((d) => d.key)).not.toContain(key);
+    await restoresAll(scratch.store, scratch.work, images);
+  });
+
   it('a crash at any delete leaves every point restorable, and the next prune finishes the job', async () => {
     const { scratch, images, leftovers } = await repositoryWithLeftovers(kind);
     let deletes = 0;

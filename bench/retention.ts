@@ -1,0 +1,166 @@
+// bench retention: a long history thinned by forget + prune (issue 12's counts).
+//
+// A chain of --points points in time (default 20,000, one every 5 s as protect makes them: about
+// 28 hours) is written through the real commit path (Repository.commitDelta, which writes the
+// spans), each point storing --changes regions in a pack of its own (real objects, so the bytes
+// can be counted; their contents are not read). Then `forget --keep-within 1h --keep-hourly 24
+// --keep-daily 7` and `prune --grace 0s`, through a store that counts every request. Reported:
+// requests and seconds of each, objects and pack bytes before and after, and the pack bytes the
+// kept points reference (the union of the pieces their maps name).
+
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { forget } from '../src/core/forget.js';
+import { planRestore, planTotals } from '../src/core/restore.js';
+import { parsePointSelector } from '../src/core/points.js';
+import { prune } from '../src/core/prune.js';
+import { seededRandom } from '../src/demo/sample-image.js';
+import { wholeAt } from '../src/model/regions.js';
+import { newConfig } from '../src/repo/config.js';
+import { packKey } from '../src/repo/keys.js';
+import { Repository } from '../src/repo/repository.js';
+import { RunBuilder } from '../src/repo/run-builder.js';
+import { openStore } from '../src/store/open.js';
+import type { ObjectStore } from '../src/store/types.js';
+import { RequestCountingStore, requests } from './counting-store.js';
+import { option, table } from './harness.js';
+
+function formatBytes(bytes: number): string {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
+export interface RetentionRow {
+  measure: string;
+  value: string;
+  note: string;
+}
+
+const REGION = 64 * 1024;
+const PACK_HEADER = 16;
+
+async function objectsUnder(store: ObjectStore, prefix = ''): Promise<{ count: number; bytes: number }> {
+  let count = 0;
+  let bytes = 0;
+  for await (const info of store.list(prefix)) {
+    count++;
+    bytes += info.size;
+  }
+  return { count, bytes };
+}
+
+export async function runRetentionBench(argv: string[], log: (line: string) => void): Promise<RetentionRow[]> {
+  const points = Number(option(argv, '--points', '20000'));
+  const changes = Number(option(argv, '--changes', '2'));
+  const intervalMs = Number(option(argv, '--interval-ms', '5000'));
+  const volumeRegions = Number(option(argv, '--regions', '16384'));
+  const base = option(argv, '--dir', '/tmp');
+  await mkdir(base, { recursive: true });
+  const dir = await mkdtemp(join(base, 'cdp-retention-'));
+  const rows: RetentionRow[] = [];
+  try {
+    const repoDir = join(dir, 'repo');
+    const store = openStore(repoDir);
+    const repo = await Repository.init(store, newConfig({ volumeSize: volumeRegions * REGION, regionSize: REGION }));
+    const rand = seededRandom(12);
+    const index = await repo.index();
+    const t0 = Date.UTC(2026, 11, 1);
+    const packBody = Buffer.alloc(PACK_HEADER + changes * REGION);
+    const started = Date.now();
+    log(`retention: writing ${points} points (${changes} regions of ${formatBytes(REGION)} each, one every ${intervalMs / 1000} s)…`);
+    for (let seq = 1; seq <= points; seq++) {
+      const regions = new Set<number>();
+      while (regions.size < Math.min(changes, volumeRegions)) regions.add(Math.floor(rand() * volumeRegions));
+      const pack = packKey(seq, randomBytes(4).toString('hex'));
+      await store.put(pack, packBody, { deferSync: true });
+      const builder = new RunBuilder(store, seq, repo.context, { inlineEntries: repo.inlineEntries });
+      const digests = randomBytes(32 * regions.size);
+      let i = 0;
+      for (const region of [...regions].sort((a, b) => a - b)) {
+        await builder.set(region, wholeAt({ pack, offset: PACK_HEADER + i * REGION }), digests.subarray(32 * i, 32 * i + 32));
+        i++;
+      }
+      const end = t0 + seq * intervalMs;
+      await repo.commitDelta({ seq, info: { kind: seq === 1 ? 'base' : 'host', start: end - intervalMs, end, storedBytes: regions.size * REGION, source: undefined }, pages: await builder.finish() }, index);
+      if (seq % 5000 === 0) log(`  ${seq} points, ${((Date.now() - started) / 1000).toFixed(0)} s`);
+    }
+    await store.sync();
+    const before = await objectsUnder(store);
+    const packsBefore = await objectsUnder(store, 'packs/');
+
+    // Restore's cost for the oldest point the policy keeps by the day, before and after.
+    const foldCost = async (at: string): Promise<number> => {
+      const counting = new RequestCountingStore(openStore(repoDir));
+      await planTotals(await planRestore({ store: counting, at: parsePointSelector(at) }));
+      return requests(counting.total());
+    };
+
+    const policy = { withinMs: 3_600_000, calendar: { hourly: 24, daily: 7 } };
+    const forgetStore = new RequestCountingStore(openStore(repoDir));
+    let t = process.hrtime.bigint();
+    const forgot = await forget({ store: forgetStore, policy });
+    const forgetSeconds = Number(process.hrtime.bigint() - t) / 1e9;
+    const oldestKept = Math.min(...forgot.keep.map((k) => k.seq));
+    const foldBefore = await foldCost(String(oldestKept));
+    rows.push({
+      measure: 'forget --keep-within 1h --keep-hourly 24 --keep-daily 7: requests, seconds',
+      value: `${requests(forgetStore.total())}, ${forgetSeconds.toFixed(2)} s`,
+      note: `${points} points: kept ${forgot.keep.length}, removed ${forgot.removedCount} (${forgot.removed.length} ranges)`,
+    });
+
+    const pruneStore = new RequestCountingStore(openStore(repoDir));
+    t = process.hrtime.bigint();
+    const pruned = await prune({ store: pruneStore, graceMs: 0 });
+    const pruneSeconds = Number(process.hrtime.bigint() - t) / 1e9;
+    const after = await objectsUnder(store);
+    const packsAfter = await objectsUnder(store, 'packs/');
+    const c = pruneStore.total();
+    rows.push({
+      measure: 'prune --grace 0s: requests, seconds',
+      value: `${requests(c)}, ${pruneSeconds.toFixed(2)} s`,
+      note: `${c.gets} GET, ${c.listPages} LIST, ${c.puts} PUT, ${c.deletes} DeleteObjects; read ${pruned.runsRead} needed runs, deleted ${pruned.deleted.length} objects (${pruned.runsUnneeded} runs) of ${formatBytes(pruned.bytesDeleted)}`,
+    });
+    rows.push({
+      measure: 'objects before → after',
+      value: `${before.count} → ${after.count}`,
+      note: `${(after.count / forgot.keep.length).toFixed(1)} objects per kept point; ${formatBytes(before.bytes)} → ${formatBytes(after.bytes)}`,
+    });
+
+    // The pack bytes the kept points reference: the union of the pieces their maps name.
+    const reader = await Repository.open(openStore(repoDir));
+    const readerIndex = await reader.fullIndex();
+    const pieces = new Set<string>();
+    for (const { seq } of forgot.keep) {
+      const view = await reader.view(readerIndex, seq);
+      for await (const folded of view.pages()) {
+        for (let region = folded.first; region < folded.first + folded.count; region++) {
+          const stored = folded.stored(region);
+          if (stored?.base !== undefined) pieces.add(`${stored.base.pack}@${stored.base.offset}`);
+        }
+      }
+    }
+    const referencedBytes = pieces.size * REGION;
+    const storedBytes = packsAfter.bytes - packsAfter.count * PACK_HEADER;
+    rows.push({
+      measure: 'region bytes in packs after prune / bytes the kept points reference',
+      value: (storedBytes / referencedBytes).toFixed(2),
+      note: `${formatBytes(storedBytes)} stored (was ${formatBytes(packsBefore.bytes - packsBefore.count * PACK_HEADER)}), ${formatBytes(referencedBytes)} referenced by the ${forgot.keep.length} kept points; no repack yet: whole packs stay while a needed run names any part`,
+    });
+    const foldAfter = await foldCost(String(oldestKept));
+    rows.push({
+      measure: `restore --dry-run of point ${oldestKept} (the oldest kept): requests before → after`,
+      value: `${foldBefore} → ${foldAfter}`,
+      note: 'the same runs before and after: nothing is rewritten',
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+export function renderRetentionBench(rows: RetentionRow[]): string {
+  return table(
+    ['measure', 'value', 'note'],
+    rows.map((r) => [r.measure, r.value, r.note]),
+  );
+}
