@@ -25,20 +25,26 @@ export function registerVerify(program: Command): void {
         signal: cli.signal,
         progress: cli.progress(),
       });
-      if (result.problems.length > 0) cli.setExitCode(EXIT.integrity);
+      if (result.newProblems > 0) cli.setExitCode(EXIT.integrity);
       cli.result(result, () => {
         const lines = [
           `checked ${result.deltas} deltas, ${result.spans} spans, ${result.locations} stored regions in ${result.packs} packs` +
             (result.locationsRead > 0 ? `; read ${result.locationsRead} regions (${formatSize(result.bytesRead)})` : '') +
             (result.subset === undefined ? '' : ` — slice ${result.subset.slice + 1} of ${result.subset.slices}`),
         ];
-        for (const p of result.problems) {
+        for (const p of result.problems.filter((q) => q.known !== true)) {
           const none = p.object === 'span' ? 'no point in time (reads fall back to the runs it merges)' : 'no point in time';
           const affects = p.affects.length === 0 ? none : `points in time ${p.affects.join(', ')}`;
           const regions = p.regions === undefined ? '' : ` (${count(p.regions, 'stored region')})`;
           lines.push(`  ${p.object} ${p.key}: ${p.detail}${regions} — affects ${affects}`);
         }
+        const known = result.problems.filter((q) => q.known === true);
+        if (known.length > 0) {
+          lines.push(`already recorded (points marked damaged by an earlier verify; restore passes over them):`);
+          for (const p of known) lines.push(`  ${p.object} ${p.key}: ${p.detail} — points in time ${p.affects.join(', ')}`);
+        }
         if (result.problems.length === 0) lines.push('no problems found');
+        else if (result.newProblems === 0) lines.push('no new problems');
         else if (result.damaged.length > 0) {
           lines.push(
             result.record === undefined

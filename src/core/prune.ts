@@ -125,11 +125,14 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
       if (await index.has(own, signal)) needed.set(blockKey(own), own);
     }
     const stored: Block[] = [...index.deltaSeqs().map((seq) => index.block(0, seq)), ...index.spans()];
-    const unneeded = stored.filter((block) => !needed.has(blockKey(block)));
+    // A run that holds only kept points stays even when no cover names it (a span a higher one
+    // supersedes): readers fall back to it if that one is damaged. One with a forgotten point goes.
+    const unneeded = stored.filter((block) => !needed.has(blockKey(block)) && index.forgotten.within(block.first, block.last).length > 0);
 
-    // What every needed run names: page packs (pages, summary blocks) and packs (regions, bases, patches).
+    // What every run that stays names: page packs (pages, summary blocks) and packs (regions, bases, patches).
     const referenced = new Set<string>();
-    const blocks: Block[] = [...needed.values()];
+    const leaving = new Set(unneeded.map(blockKey));
+    const blocks: Block[] = stored.filter((block) => !leaving.has(blockKey(block)));
     const limit = pLimit(16);
     const readPages = new Set<string>();
     await Promise.all(

@@ -62,6 +62,11 @@ export interface VerifyProblem {
   affects: number[];
   /** For 'pack' and 'region': how many stored regions of that pack object are bad. */
   regions?: number;
+  /**
+   * Already recorded: every point it affects is marked damaged by an earlier verify (restore
+   * passes over them). Known damage is listed, but only new damage makes the command exit 7.
+   */
+  known?: true;
 }
 
 export interface VerifyResult {
@@ -78,6 +83,8 @@ export interface VerifyResult {
   /** Which slice of the packs was read, for readDataSubset. */
   subset: { percent: number; slice: number; slices: number } | undefined;
   problems: VerifyProblem[];
+  /** Problems not already recorded (`known` unset): what makes the command exit 7. */
+  newProblems: number;
   /** Points in time newly marked damaged (sorted). */
   damaged: number[];
   record: string | undefined;
@@ -270,6 +277,12 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     problems.push({ object: 'marks', key: u.key, detail, affects });
   }
 
+  // Damage an earlier verify recorded: every point it affects is already marked damaged.
+  const markedDamaged = (seq: number): boolean => (trust.marks.get(seq) ?? []).some((m) => m.kind === 'damaged');
+  for (const problem of problems) {
+    if (problem.object !== 'span' && problem.object !== 'marks' && problem.affects.length > 0 && problem.affects.every(markedDamaged)) problem.known = true;
+  }
+
   // Record what is newly damaged, so restore avoids it and backups upload it again.
   const fresh = [...bad.values()].filter((d) => !trust.damaged.has(locationId(d))).map(({ pack, offset, length, problem }) => ({ pack, offset, length, problem }));
   const damagedSeqs = new Set<number>();
@@ -300,6 +313,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     bytesRead: bytesRead + compositionBytes,
     subset,
     problems,
+    newProblems: problems.filter((p) => p.known !== true).length,
     damaged: [...damagedSeqs].sort((a, b) => a - b),
     record,
   };

@@ -106,10 +106,14 @@ for (const kind of ['fs', 's3'] as const) {
       expect(next.regionsChanged).toBe(1);
       expect(next.bytesStored).toBe(REGION);
       expect(await restored(f, 'latest')).toEqual({ seq: 4, digest: f.points.get(3) });
-      // A second verify reports the old damage again but marks nothing new.
+      // A second verify lists the old damage as known (exit 0 through the CLI) and marks nothing new.
       const again = await verify({ store: f.store, readData: true, workers: 2 });
-      expect(again.problems.map((p) => p.affects)).toEqual([[2, 3]]);
+      expect(again.problems.map((p) => [p.affects, p.known])).toEqual([[[2, 3], true]]);
+      expect(again.newProblems).toBe(0);
       expect(again.damaged).toEqual([]);
+      const cliAgain = await cli('--repo', f.repoUrl, 'verify', '--read-data');
+      expect(cliAgain.code, cliAgain.stderr).toBe(0);
+      expect(cliAgain.stdout).toMatch(/already recorded .*\n\s+region packs\/\S+: .* — points in time 2, 3\nno new problems\n?$/);
     });
 
     it('a scan also stores damaged regions again, and the repaired point restores bit-exact', async () => {
@@ -131,14 +135,17 @@ for (const kind of ['fs', 's3'] as const) {
       const f = await makeFixture(kind);
       const where = await locationOf(f, 1, 9); // the base copy of region 9, rewritten by delta 3
       await f.raw.delete(where.pack);
-      const result = await verify({ store: f.store, workers: 2 });
-      // One problem for the pack (regions 8 to 11 of the base; 9 was rewritten by delta 3), not one per region in it.
-      expect(result.problems).toEqual([{ object: 'pack', key: where.pack, detail: 'missing', affects: [1, 2, 3], regions: 4 }]);
       const text = await cli('--repo', f.repoUrl, 'verify');
       expect(text.code).toBe(7);
       expect(text.stdout.split('\n').filter((line) => line.includes(where.pack))).toEqual([
         `  pack ${where.pack}: missing (4 stored regions) — affects points in time 1, 2, 3`,
       ]);
+      // Recorded by that verify: listed again as known, and no longer exit 7.
+      const result = await verify({ store: f.store, workers: 2 });
+      // One problem for the pack (regions 8 to 11 of the base; 9 was rewritten by delta 3), not one per region in it.
+      expect(result.problems).toEqual([{ object: 'pack', key: where.pack, detail: 'missing', affects: [1, 2, 3], regions: 4, known: true }]);
+      expect(result.newProblems).toBe(0);
+      expect((await cli('--repo', f.repoUrl, 'verify')).code).toBe(0);
     });
 
     it('a missing delta breaks every later point no span stands in for; a damaged span affects none', async () => {
