@@ -145,6 +145,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   // 2. Which points cannot be built: a missing or unreadable delta no span stands in for.
   const gaps = new Map<number, { detail: string; affects: number[] }>();
   for (const seq of index.missingDeltas()) gaps.set(seq, { detail: 'missing', affects: [] });
+  // A removed point's delta is not reported unless a kept point needs it (it affects one below).
   for (const { block, error } of unreadable.values()) if (block.level === 0) gaps.set(block.last, { detail: error, affects: [] });
   for (const [missing, gap] of [...gaps].sort((a, b) => a[0] - b[0])) {
     for (let p = missing; p <= latest; p++) {
@@ -155,6 +156,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
       else if (blocking < missing) continue; // an older gap already blocks p
       else break;
     }
+    if (index.forgotten.has(missing) && gap.affects.length === 0) continue;
     problems.push({ object: 'delta', key: `deltas/${seqName(missing)}`, detail: gap.detail, affects: gap.affects });
   }
 
