@@ -175,6 +175,21 @@ describe('forget and prune', () => {
     expect(await raw.keys('prunes/')).toEqual([]);
   });
 
+  it('damage only a removed point had is not reported by verify; damage a kept point needs still is', async () => {
+    const h = await makeHistory('fs', 24, 9);
+    await forget({ store: h.scratch.store, policy: { last: 3 } }); // keeps 22-24: covers 2/16, 1/20, deltas 21-24
+    const garble = async (key: string): Promise<void> => {
+      const bytes = await h.scratch.raw.get(key);
+      bytes[12] = bytes[12]! ^ 0xff;
+      await h.scratch.raw.put(key, bytes);
+    };
+    await garble('deltas/0000000000000005');
+    expect((await verify({ store: h.scratch.store, dryRun: true })).problems).toEqual([]);
+    await garble('deltas/0000000000000021'); // removed, but the kept points' covers need it
+    const problems = (await verify({ store: h.scratch.store, dryRun: true })).problems;
+    expect(problems.map((p) => [p.key, p.affects])).toEqual([['deltas/0000000000000021', [22, 23]]]); // 24's cover is 2/16, 1/20, 1/24
+  });
+
   it('bad policies are refused before anything is read or written', async () => {
     expect(() => policyOf({})).not.toThrow();
     const h = await makeHistory('fs', 3, 3);
