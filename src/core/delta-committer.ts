@@ -14,6 +14,12 @@ import { DeltaWriter, type PatchHistory } from './delta-writer.js';
 
 /** Runs a head may fold before it is reopened from the chain's cover. */
 const REOPEN_AFTER_RUNS = 64;
+/**
+ * A long-running writer opens its head afresh (from the newest point's cover) at least this
+ * often, so it never reads a run that only an older point needed: prune may delete such runs once
+ * a forget removed that point, and a grace shorter than this needs no other writer (prune.ts).
+ */
+export const HEAD_MAX_AGE_MS = 3_600_000;
 
 export interface DeltaCommitterOptions {
   repo: Repository;
@@ -51,11 +57,27 @@ export class DeltaCommitter {
   private headView: PitView;
   private chainIndex: ChainIndex;
   private readonly clock: () => number;
+  private headOpenedAt: number;
 
   constructor(private readonly options: DeltaCommitterOptions) {
     this.headView = options.head;
     this.chainIndex = options.index;
     this.clock = options.clock ?? Date.now;
+    this.headOpenedAt = this.clock();
+  }
+
+  /** Opens the head afresh if it was opened more than HEAD_MAX_AGE_MS ago (a long-running writer calls it before each delta). */
+  async refreshHead(signal?: AbortSignal): Promise<void> {
+    if (Math.abs(this.clock() - this.headOpenedAt) < HEAD_MAX_AGE_MS) return;
+    await this.reopenHead(this.headView.seq, signal);
+  }
+
+  private async reopenHead(seq: number, signal?: AbortSignal): Promise<void> {
+    // Also lists the chain afresh, so what a long-running writer keeps of the listing stays
+    // O(levels), not one entry per point of its history.
+    this.chainIndex = await this.options.repo.index(signal);
+    this.headView = await this.options.repo.view(this.chainIndex, seq, { signal });
+    this.headOpenedAt = this.clock();
   }
 
   /** The newest point in time committed through this committer (or the one it started on). */
@@ -102,13 +124,9 @@ export class DeltaCommitter {
     const commit = await this.options.repo.commitDelta(writer.delta({ kind, start: Math.min(start, end), end, source }), this.chainIndex, signal);
     // Extending keeps the folded pages at hand; once spans have replaced many of the runs folded
     // so far, the head is opened afresh from its (short) cover.
-    if (head.runs.length < REOPEN_AFTER_RUNS) this.headView = await head.extend(commit.run, writer.seq, end, signal);
-    else {
-      // A long-running writer (protect) also lists the chain afresh, so what it keeps of the
-      // listing stays O(levels), not one entry per point of its history.
-      this.chainIndex = await this.options.repo.index(signal);
-      this.headView = await this.options.repo.view(this.chainIndex, writer.seq, { signal });
-    }
+    if (head.runs.length < REOPEN_AFTER_RUNS && Math.abs(this.clock() - this.headOpenedAt) < HEAD_MAX_AGE_MS) {
+      this.headView = await head.extend(commit.run, writer.seq, end, signal);
+    } else await this.reopenHead(writer.seq, signal);
     return { seq: writer.seq, kind, start, end, regions: writer.changed.count(), bytesStored: writer.bytesStored, regionsPatched: writer.regionsPatched, packs: writer.packCount, commit };
   }
 }

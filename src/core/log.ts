@@ -121,9 +121,15 @@ export async function log(options: LogOptions): Promise<LogResult> {
   if (options.since !== undefined) {
     first = 'seq' in options.since ? options.since.seq : (await lastAtOrBefore(repo, index, options.since.time - 1, signal)) + 1;
   }
-  if (options.last !== undefined) first = Math.max(first, index.latest - options.last + 1);
-  // Scans and unreadable marks are shown from the end of the point before the first one shown.
-  const sinceTime = first <= 1 ? -Infinity : await pointEnd(repo, index, first - 1, options.since, signal);
+  if (options.last !== undefined) {
+    // The newest N points: removed ones (forget) are not points, so they are stepped over.
+    let from = index.latest + 1;
+    for (let n = 0; n < options.last && from > 1; n++) from = index.forgotten.keptAtOrBefore(from - 1);
+    first = Math.max(first, Math.max(from, 1));
+  }
+  // Scans and unreadable marks are shown from the end of the kept point before the first one shown.
+  const before = index.forgotten.keptAtOrBefore(first - 1);
+  const sinceTime = before < 1 ? -Infinity : await pointEnd(repo, index, before, options.since, signal);
   const missingSeqs = new Set(index.missingDeltas().filter((seq) => seq >= first));
   const spansAt = new Map<number, number[]>();
   for (const span of index.spans()) (spansAt.get(span.last) ?? spansAt.set(span.last, []).get(span.last)!).push(span.level);

@@ -24,6 +24,7 @@ import type { ProtectedVolumeOptions } from './protect/options.js';
 import { ProtectedVolume } from './protect/protected-volume.js';
 import { InvalidArgumentError } from '../errors.js';
 import { type RetentionPolicy, checkRetentionPolicy } from '../model/retention.js';
+import { HEAD_MAX_AGE_MS } from './delta-committer.js';
 import { type ForgetResult, forget } from './forget.js';
 import { type PruneResult, prune } from './prune.js';
 import { type ScanResult, scan } from './scan.js';
@@ -74,6 +75,8 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   if (options.retention !== undefined) {
     checkRetentionPolicy(options.retention.policy);
     if (!(options.retention.everyMs > 0)) throw new InvalidArgumentError(`--prune-every must be a positive duration, not ${options.retention.everyMs} ms`);
+    // protect holds the writer lock itself, and prune needs a grace of at least a writer's head refresh then.
+    if ((options.retention.graceMs ?? HEAD_MAX_AGE_MS) < HEAD_MAX_AGE_MS) throw new InvalidArgumentError('a retention grace inside protect must be at least 1h');
   }
   const volume = await ProtectedVolume.open(options);
   const named = (name: string): NbdExport =>

@@ -16,6 +16,7 @@ import { DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, isP
 import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
 import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
+import { HEAD_MAX_AGE_MS } from './delta-committer.js';
 import { MAX_DELETE_BATCH, type ObjectStore } from '../store/types.js';
 
 export const DEFAULT_PRUNE_GRACE_MS = 24 * 3_600_000;
@@ -79,17 +80,18 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
   const dryRun = options.dryRun === true;
   const repo = await Repository.open(store, signal);
 
-  // --grace 0s deletes what it finds at once, so no writer may be between its data and its
-  // commit: refuse while one holds the lock, and hold it ourselves so none starts meanwhile.
+  // A grace shorter than a live writer's head refresh (HEAD_MAX_AGE_MS; 0s deletes at once) is
+  // only safe with no other writer: refuse while one holds the lock, and hold it ourselves so
+  // none starts meanwhile.
   let lock: WriterLock | undefined;
-  if (graceMs === 0 && !dryRun) {
+  if (graceMs < HEAD_MAX_AGE_MS && !dryRun) {
     const now = clock();
     const live = (await listLocks(store, { signal })).filter((e) => e.lock === undefined || lockExpires(e.lock) > now);
     if (live.length > 0) {
       const holder = live[0]!.lock;
       throw new CdpError(
         'LOCKED',
-        `--grace 0s deletes at once, which is only safe with no other writer, but ${holder === undefined ? live[0]!.key : `${holder.command} (pid ${holder.pid} on ${holder.host})`} holds the repository lock: use a grace (e.g. --grace 1h) or wait for it to finish`,
+        `a --grace under 1h (0s deletes at once) is only safe with no other writer, but ${holder === undefined ? live[0]!.key : `${holder.command} (pid ${holder.pid} on ${holder.host})`} holds the repository lock: use --grace 1h or more, or wait for it to finish`,
       );
     }
     lock = await acquireWriterLock(store, { command: 'prune', ttlMs: options.lockTtlMs, signal });

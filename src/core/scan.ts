@@ -359,6 +359,9 @@ function fullMap(regionCount: number, track: (map: DeltaMap) => DeltaMap): Delta
  * from `unexplained`, until it is empty. A span whose regions cannot empty it marks all its
  * points at once and subtracts their union (the same as one by one); only the span in which the
  * walk ends is descended into. A delta that is missing explains nothing (more suspects, never fewer).
+ * Points removed by forget are not marked; a span holding any is not descended into (their
+ * deltas may be pruned, so where in it a region changed is not known): its kept points are all
+ * marked and its regions subtracted, as when the walk goes past it.
  */
 async function walkSuspects(repo: Repository, index: ChainIndex, from: number, unexplained: DeltaMap, signal?: AbortSignal): Promise<SuspectReport[]> {
   const out: SuspectReport[] = [];
@@ -379,17 +382,20 @@ async function walkSuspects(repo: Repository, index: ChainIndex, from: number, u
     if (unexplained.isEmpty()) return;
     const regions = await regionsOf(block);
     if (block.level === 0) {
-      out.push({ seq: block.last, regions: firstRegions(unexplained) });
+      if (!index.forgotten.has(block.last)) out.push({ seq: block.last, regions: firstRegions(unexplained) });
       if (regions !== undefined) unexplained.subtract(regions);
       regions?.dispose();
       return;
     }
     if (regions !== undefined) {
       const left = unexplained.clone().subtract(regions);
-      if (!left.isEmpty()) {
-        // The walk goes on past this span: every point in it is suspect.
-        const shown = firstRegions(left);
-        for (let seq = block.last; seq >= block.first; seq--) out.push({ seq, regions: shown });
+      if (!left.isEmpty() || index.forgotten.within(block.first, block.last).length > 0) {
+        // The walk goes on past this span (or cannot look inside it): every point in it is suspect.
+        const shown = firstRegions(left.isEmpty() ? unexplained : left);
+        for (let seq = block.last; seq >= block.first; seq--) {
+          if (index.forgotten.has(seq)) seq = index.forgotten.keptAtOrBefore(seq) + 1;
+          else out.push({ seq, regions: shown });
+        }
         unexplained.subtract(regions);
         left.dispose();
         regions.dispose();

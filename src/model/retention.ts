@@ -51,7 +51,7 @@ export function checkRetentionPolicy(policy: RetentionPolicy): void {
   }
   for (const rule of CALENDAR_RULES) checkCount(policy.calendar?.[rule], `--keep-${rule}`);
   for (const seq of policy.seqs ?? []) {
-    if (!Number.isSafeInteger(seq) || seq < 0) throw new InvalidArgumentError(`--keep-seq takes point sequence numbers, not ${String(seq)}`);
+    if (!Number.isSafeInteger(seq) || seq < 1) throw new InvalidArgumentError(`--keep-seq takes point sequence numbers, not ${String(seq)}`);
   }
   const calendarRules = CALENDAR_RULES.filter((rule) => policy.calendar?.[rule] !== undefined);
   if (policy.last === undefined && policy.withinMs === undefined && calendarRules.length === 0 && (policy.seqs ?? []).length === 0) {

@@ -14,6 +14,7 @@ import { init } from '../../src/core/init.js';
 import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { prune } from '../../src/core/prune.js';
+import { scan } from '../../src/core/scan.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { verify } from '../../src/core/verify.js';
 import { StoreError } from '../../src/errors.js';
@@ -188,6 +189,32 @@ describe('forget and prune', () => {
     await garble('deltas/0000000000000021'); // removed, but the kept points' covers need it
     const problems = (await verify({ store: h.scratch.store, dryRun: true })).problems;
     expect(problems.map((p) => [p.key, p.affects])).toEqual([['deltas/0000000000000021', [22, 23]]]); // 24's cover is 2/16, 1/20, 1/24
+  });
+
+  it('a scan after forget + prune marks exactly the kept points after the last recorded change; log --last counts points', async () => {
+    const scratch = await fixture.repository('fs', 'forget', ++counter);
+    const source = join(scratch.work, 'disk.img');
+    const image = makeImage({ size: 8 * REGION, regionSize: REGION, seed: 4 });
+    await writeFile(source, image);
+    await init({ store: scratch.store, from: source, regionSize: REGION, spanFanout: 4 });
+    let time = Date.UTC(2026, 0, 1);
+    for (let seq = 1; seq <= 12; seq++) {
+      if (seq > 1) image.fill(seq, (seq === 6 ? 5 : 0) * REGION, (seq === 6 ? 5 : 0) * REGION + 100); // region 5 changes only at 6
+      await writeFile(source, image);
+      time += MINUTE;
+      const at = time;
+      expect((await backup({ store: scratch.store, source, clock: () => at })).seq).toBe(seq);
+    }
+    await forget({ store: scratch.store, policy: { seqs: [1, 2, 3, 4, 8, 9, 10, 11, 12] } }); // removes 5-7
+    expect((await prune({ store: scratch.store, graceMs: 0 })).deleted.map((d) => d.key)).toContain('deltas/0000000000000006');
+    image.fill(0xee, 5 * REGION, 5 * REGION + 10); // a write no point in time recorded
+    await writeFile(source, image);
+    const result = await scan({ store: scratch.store, source, clock: () => time + MINUTE });
+    // The change to region 5 is in span 01/8 (points 5-8): the kept points from 8 on are suspect, 1-4 are not.
+    expect(result.suspect).toEqual([12, 11, 10, 9, 8]);
+    expect(result.fixupSeq).toBe(13);
+    expect((await log({ store: scratch.store, last: 3 })).entries.map((e) => e.seq)).toEqual([11, 12, 13]);
+    expect((await log({ store: scratch.store, last: 7 })).entries.map((e) => e.seq)).toEqual([4, 8, 9, 10, 11, 12, 13]);
   });
 
   it('bad policies are refused before anything is read or written', async () => {

@@ -3,7 +3,10 @@
 
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
+import { DeltaCommitter, HEAD_MAX_AGE_MS } from '../../src/core/delta-committer.js';
 import { log } from '../../src/core/log.js';
+import { Repository } from '../../src/repo/repository.js';
+import { readWriterTrust } from '../../src/repo/trust.js';
 import { protect } from '../../src/core/protect.js';
 import { REGION, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 
@@ -56,5 +59,26 @@ describe.each(['fs', 's3'] as const)('protect with a retention policy (%s store)
     expect(final.seq).toBe(19);
     expect(sha(await restoreBytes(f.store, f.work, '19'))).toBe(sha(await readFile(f.source)));
     expect(ticks.has(HOUR)).toBe(false); // stop ends the schedule
+  });
+});
+
+describe('a long-running writer\'s head', () => {
+  it('is opened afresh from the newest point\'s cover once it is an hour old, so it never reads runs only an older point needed', async () => {
+    const f = await make('fs');
+    const repo = await Repository.open(f.store);
+    const index = await repo.index();
+    let now = Date.UTC(2026, 11, 7);
+    const committer = new DeltaCommitter({ repo, index, head: await repo.view(index, index.latest), trust: await readWriterTrust(f.store), clock: () => now });
+    const writer = committer.begin();
+    await writer.apply(3, { status: 'zero' });
+    await committer.commit(writer, 'host', now);
+    const extended = committer.head;
+    expect(extended.runs.map((r) => r.block.last)).toEqual([1, 2]); // the base's cover, then the delta folded on
+    await committer.refreshHead();
+    expect(committer.head).toBe(extended); // younger than an hour: kept
+    now += HEAD_MAX_AGE_MS;
+    await committer.refreshHead();
+    expect(committer.head).not.toBe(extended);
+    expect(committer.head.seq).toBe(2);
   });
 });

@@ -122,7 +122,8 @@ describe.each(['fs', 's3'] as const)('prune (%s store)', (kind) => {
     const { scratch, images, leftovers } = await repositoryWithLeftovers(kind);
     const lock = await acquireWriterLock(scratch.store, { command: 'backup' });
     try {
-      await expect(prune({ store: scratch.store, graceMs: 0 })).rejects.toThrow(/--grace 0s deletes at once.*backup \(pid \d+ on .*\) holds the repository lock/);
+      await expect(prune({ store: scratch.store, graceMs: 0 })).rejects.toThrow(/a --grace under 1h \(0s deletes at once\) is only safe with no other writer, but backup \(pid \d+ on .*\) holds the repository lock/);
+      await expect(prune({ store: scratch.store, graceMs: 30 * 60_000 })).rejects.toThrow(/a --grace under 1h/);
       expect((await scratch.raw.keys()).filter((k) => leftovers.includes(k)).sort()).toEqual(leftovers);
     } finally {
       await lock.release();

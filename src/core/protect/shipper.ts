@@ -357,6 +357,7 @@ export class Shipper {
       }
       let writer: DeltaWriter | undefined;
       try {
+        await this.committer.refreshHead(signal);
         writer = this.committer.begin({ signal, trust: await this.readTrust(signal) });
         for await (const { region, bytes, digest, blocks } of spoolRegions(segment)) {
           await writer.apply(region, digest === undefined ? { status: 'zero' } : { status: 'changed', digest, bytes }, blocks);
@@ -445,6 +446,7 @@ export class Shipper {
     const signal = AbortSignal.timeout(this.shipTimeoutMs);
     let writer: DeltaWriter | undefined;
     try {
+      await this.committer.refreshHead(signal);
       writer = this.committer.begin({ trust: await this.readTrust(signal), signal });
       if (writer.seq !== flight.expectedSeq) throw new CdpError('STORE_EXISTS', `the chain moved on to ${writer.seq - 1} while point ${flight.expectedSeq} was sealed`);
       await this.applySealed(sealed, writer);
