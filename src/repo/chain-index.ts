@@ -85,11 +85,8 @@ export class ChainIndex {
   static async full(store: ObjectStore, fanout: number, volumeId: string, signal?: AbortSignal): Promise<ChainIndex> {
     const index = new ChainIndex(store, fanout, true);
     await index.loadForgotten(volumeId, signal);
-    for await (const info of store.list(DELTA_PREFIX, { signal })) {
-      const seq = seqOfKey(info.key, DELTA_PREFIX);
-      if (seq !== undefined) index.present[0]!.add(seq);
-    }
-    index.requests++;
+    // Spans first: a span is written after its last delta, so every span listed has its deltas
+    // listed too (a writer committing meanwhile cannot make a listed point look missing).
     for await (const info of store.list(SPAN_PREFIX, { signal })) {
       const match = /^spans\/(\d{2})\/(\d{16})$/.exec(info.key);
       if (match === null) continue;
@@ -98,6 +95,11 @@ export class ChainIndex {
       if (level < 1 || level > MAX_LEVEL || last % fanout ** level !== 0) continue;
       index.present[level]!.add(last);
       index.topLevel = Math.max(index.topLevel, level);
+    }
+    index.requests++;
+    for await (const info of store.list(DELTA_PREFIX, { signal })) {
+      const seq = seqOfKey(info.key, DELTA_PREFIX);
+      if (seq !== undefined) index.present[0]!.add(seq);
     }
     index.requests++;
     for (let level = 0; level <= MAX_LEVEL; level++) index.listed[level]!.push([0, Infinity]);
