@@ -52,11 +52,7 @@ export async function forget(options: ForgetOptions): Promise<ForgetResult> {
   // The points still in the history, with their times.
   const judged: Array<{ seq: number; time: number }> = [];
   const unknown: number[] = [];
-  for (let seq = 1; seq <= latest; seq++) {
-    if (index.forgotten.has(seq)) {
-      seq = index.forgotten.keptAtOrAfter(seq) - 1;
-      continue;
-    }
+  for (const seq of index.forgotten.keptSeqs(1, latest)) {
     try {
       judged.push({ seq, time: (await repo.summary(index, seq, signal)).end });
     } catch (error) {

@@ -135,11 +135,8 @@ export async function log(options: LogOptions): Promise<LogResult> {
   for (const span of index.spans()) (spansAt.get(span.last) ?? spansAt.set(span.last, []).get(span.last)!).push(span.level);
   const entries: LogEntry[] = [];
   const blocked = new Map<number, number | undefined>();
-  for (let seq = first; seq <= index.latest; seq++) {
-    if (index.forgotten.has(seq)) {
-      seq = index.forgotten.keptAtOrAfter(seq) - 1; // removed by forget: not a point any more
-      continue;
-    }
+  // Points removed by forget are not points any more.
+  for (const seq of index.forgotten.keptSeqs(first, index.latest)) {
     blocked.set(seq, await index.blockedBy(seq, signal));
     let summary: PointSummary;
     try {

@@ -10,7 +10,7 @@
 // cannot be read, or a forget record that cannot be read makes it delete nothing (and say which).
 
 import pLimit from 'p-limit';
-import { CdpError, FormatError, StoreError, throwIfAborted } from '../errors.js';
+import { FormatError, InvalidArgumentError, LockedError, StoreError, throwIfAborted } from '../errors.js';
 import { type Block, blockKey, describeBlock } from '../repo/chain-index.js';
 import { DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
 import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
@@ -58,7 +58,7 @@ export interface PruneResult {
 
 function checkOptions(options: PruneOptions): number {
   const grace = options.graceMs ?? DEFAULT_PRUNE_GRACE_MS;
-  if (!Number.isFinite(grace) || grace < 0) throw new CdpError('INVALID_ARGUMENT', `--grace must be a duration of 0s or more, not ${String(grace)} ms`);
+  if (!Number.isFinite(grace) || grace < 0) throw new InvalidArgumentError(`--grace must be a duration of 0s or more, not ${String(grace)} ms`);
   return grace;
 }
 
@@ -89,8 +89,7 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
     const live = (await listLocks(store, { signal })).filter((e) => e.lock === undefined || lockExpires(e.lock) > now);
     if (live.length > 0) {
       const holder = live[0]!.lock;
-      throw new CdpError(
-        'LOCKED',
+      throw new LockedError(
         `a --grace under 1h (0s deletes at once) is only safe with no other writer, but ${holder === undefined ? live[0]!.key : `${holder.command} (pid ${holder.pid} on ${holder.host})`} holds the repository lock: use --grace 1h or more, or wait for it to finish`,
       );
     }
@@ -117,11 +116,7 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
     // After a forget, the others are candidates: no kept point reads them, and a live writer builds
     // only on the newest point (always kept) and on runs newer than it.
     const needed = new Map<string, Block>();
-    for (let seq = 1; seq <= latest; seq++) {
-      if (index.forgotten.has(seq)) {
-        seq = index.forgotten.keptAtOrAfter(seq) - 1;
-        continue;
-      }
+    for (const seq of index.forgotten.keptSeqs(1, latest)) {
       for (const block of await index.cover(seq, signal)) needed.set(blockKey(block), block);
       const own = index.block(0, seq);
       if (await index.has(own, signal)) needed.set(blockKey(own), own);

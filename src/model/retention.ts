@@ -208,6 +208,11 @@ export class ForgottenSet {
     return range === undefined ? seq : range[1] + 1;
   }
 
+  /** The seqs in [from, to] that are not forgotten, ascending; a forgotten range is stepped over in one step. */
+  *keptSeqs(from: number, to: number): Generator<number> {
+    for (let seq = this.keptAtOrAfter(from); seq <= to; seq = this.keptAtOrAfter(seq + 1)) yield seq;
+  }
+
   /** The forgotten seqs in [from, to], ascending, as ranges. */
   within(from: number, to: number): Array<[number, number]> {
     return this.ranges.filter(([a, b]) => b >= from && a <= to).map(([a, b]): [number, number] => [Math.max(a, from), Math.min(b, to)]);

@@ -116,11 +116,7 @@ export class ChainIndex {
   missingDeltas(): number[] {
     const out: number[] = [];
     const listed = this.listed[0]!;
-    for (let seq = 1; seq <= this.latest; seq++) {
-      if (this.forgotten.has(seq)) {
-        seq = this.forgotten.keptAtOrAfter(seq) - 1;
-        continue;
-      }
+    for (const seq of this.forgotten.keptSeqs(1, this.latest)) {
       if (!this.present[0]!.has(seq) && listed.some(([a, b]) => a <= seq && seq <= b)) out.push(seq);
     }
     return out;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { applyRetention, calendarBucket, CALENDAR_RULES, type PointTime } from '../../src/model/retention.js';
+import { applyRetention, calendarBucket, CALENDAR_RULES, ForgottenSet, type PointTime } from '../../src/model/retention.js';
 
 const HOUR = 3_600_000;
 const t0 = Date.UTC(2026, 11, 7, 0, 0, 0);
@@ -97,5 +97,16 @@ describe('retention policy', () => {
       expect(kept(decision)).toEqual(expected); // the newest is always its bucket's newest
       expect(decision.keep.length + decision.remove.length).toBe(history.length);
     }
+  });
+
+  it('a forgotten set merges touching ranges and steps over them whole', () => {
+    const set = new ForgottenSet([[5, 7], [1, 2], [8, 9], [20, 20]]);
+    expect(set.list).toEqual([[1, 2], [5, 9], [20, 20]]);
+    expect(set.size).toBe(8);
+    expect([set.has(2), set.has(3), set.has(9), set.has(10)]).toEqual([true, false, true, false]);
+    expect([set.keptAtOrBefore(2), set.keptAtOrBefore(8), set.keptAtOrAfter(5), set.keptAtOrAfter(20)]).toEqual([0, 4, 10, 21]);
+    expect([...set.keptSeqs(1, 22)]).toEqual([3, 4, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22]);
+    expect(set.within(6, 20)).toEqual([[6, 9], [20, 20]]);
+    expect(ForgottenSet.rangesOf([9, 3, 4, 5, 9, 1])).toEqual([[1, 1], [3, 5], [9, 9]]);
   });
 });
