@@ -16,7 +16,7 @@ export function parseGrace(text: string): number {
 export function registerPrune(program: Command): void {
   program
     .command('prune')
-    .description('delete packs no point in time references (left by cancelled or crashed writers), after a grace period')
+    .description('fold forgotten points into the kept ones (compaction), then delete what no kept point in time needs, after a grace period')
     .option('--grace <duration>', 'an object is deleted once a prune has found it unreferenced this long ago (0s: at once, only with no other writer)', '24h')
     .option('--dry-run', 'report what would be deleted; change nothing')
     .action(async (opts: { grace: string; dryRun?: boolean }, command: Command) => {
@@ -25,7 +25,13 @@ export function registerPrune(program: Command): void {
       const result = await prune({ store: cli.store(), graceMs, dryRun: opts.dryRun, signal: cli.signal });
       cli.result(result, () => {
         const would = result.dryRun ? 'would delete' : 'deleted';
+        const c = result.compaction;
         const lines = [
+          c === undefined
+            ? `compaction skipped: ${result.compactionSkipped ?? 'not run'}`
+            : c.rewritten + c.emptied === 0
+              ? `nothing to compact (generation ${c.generation})`
+              : `${result.dryRun ? 'would compact' : 'compacted'}: generation ${c.generation}, ${count(c.rewritten, 'run')} rewritten, ${count(c.emptied, 'run')} folded away`,
           `read ${count(result.runsRead, 'run')} up to point ${result.latest}: ${result.referenced} of ${result.objects} packs and page packs referenced`,
           `${would} ${count(result.deleted.length, 'unreferenced object')} (${formatSize(result.bytesDeleted)})`,
         ];

@@ -146,6 +146,7 @@ export async function log(options: LogOptions): Promise<LogResult> {
       if (error instanceof ChainGapError) continue; // missing, and no span holds its summary
       throw error;
     }
+    if (summary.kind === 'removed') continue; // folded away by a compaction (a forget names it too)
     const marks = (trust.marks.get(seq) ?? []).map((m) => ({ kind: m.kind, reason: m.reason, record: m.record, regions: m.regions }));
     // A marks object nobody can read may concern the points up to the newest its writer had seen.
     const marksUnreadable = trust.unreadable.filter((u) => unreadableConcerns(u, seq)).map((u) => u.key);

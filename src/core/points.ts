@@ -118,8 +118,8 @@ export async function choosePoint(repo: Repository, index: ChainIndex, selector:
 
 /** Where the primary was read for point `seq`, from its delta (undefined when unknown). */
 async function sourceOf(repo: Repository, index: ChainIndex, seq: number, signal?: AbortSignal): Promise<{ host: string; path: string } | undefined> {
-  const block = index.block(0, seq);
-  if (!(await index.has(block, signal))) return undefined;
+  const block = await index.stored(0, seq, signal);
+  if (block === undefined) return undefined;
   return (await repo.readRun(block, signal)).root.delta?.source;
 }
 

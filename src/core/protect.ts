@@ -174,7 +174,14 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
     return (thinning ??= (async () => {
       try {
         const forgot = await forget({ store: options.store, policy: retention.policy, signal: thinAbort.signal });
-        const pruned = await prune({ store: options.store, graceMs: retention.graceMs, signal: thinAbort.signal, ...(retention.clock === undefined ? {} : { clock: retention.clock }) });
+        const pruned = await prune({
+          store: options.store,
+          graceMs: retention.graceMs,
+          signal: thinAbort.signal,
+          // Compaction rewrites runs: shipping pauses meanwhile, and picks up the new chain after.
+          exclusive: (fn) => volume.exclusive(() => fn()),
+          ...(retention.clock === undefined ? {} : { clock: retention.clock }),
+        });
         options.log?.(`retention: forgot ${forgot.removedCount} points, kept ${forgot.keep.length}; pruned ${pruned.deleted.length} objects (${pruned.waiting.length} waiting for the grace)`);
         return { forgot, pruned };
       } finally {

@@ -1,18 +1,21 @@
-// prune: deletes what no kept point in time needs: runs (deltas and spans) only points removed
-// by `forget` used, and packs and page packs no needed run names (also those left by cancelled,
-// crashed or failed writers). In two phases with a grace period, so a reader or writer that is
-// still using an object never loses it: the first prune that finds an object unneeded records it
-// as a candidate (`prunes/`); a later prune deletes it once it has been a candidate for longer
-// than the grace and is still unneeded. Objects named after a point in time newer than the
-// chain's newest (a writer's next delta) are never candidates.
+// prune: first compacts (compact.ts: the points `forget` removed are folded into the kept points
+// after them, as a new generation of the runs that change), then deletes what the chain no
+// longer names: older versions of rewritten runs, runs compaction emptied, and packs and page
+// packs no run of the chain names (also those left by cancelled, crashed or failed writers). In
+// two phases with a grace period, so a reader or writer that is still using an object never
+// loses it: the first prune that finds an object unneeded records it as a candidate (`prunes/`);
+// a later prune deletes it once it has been a candidate for longer than the grace and is still
+// unneeded. Objects named after a point in time newer than the chain's newest (a writer's next
+// delta) are never candidates.
 //
 // What it cannot prove unneeded it keeps: a delta missing from the chain, a run or page that
 // cannot be read, or a forget record that cannot be read makes it delete nothing (and say which).
 
 import pLimit from 'p-limit';
 import { FormatError, InvalidArgumentError, LockedError, StoreError, throwIfAborted } from '../errors.js';
-import { type Block, blockKey, describeBlock } from '../repo/chain-index.js';
-import { DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
+import { type Block, type ChainIndex, blockKey, describeBlock } from '../repo/chain-index.js';
+import { COMPACTION_PREFIX, DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, generationName, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
+import { type CompactResult, compact } from './compact.js';
 import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
 import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
@@ -30,8 +33,14 @@ export interface PruneOptions {
   signal?: AbortSignal;
   /** Wall-clock ms since the epoch; tests inject one. */
   clock?: () => number;
-  /** Lock TTL when --grace 0 takes the writer lock (tests). */
+  /** Lock TTL when prune takes the writer lock (tests). */
   lockTtlMs?: number;
+  /**
+   * Runs compaction with no other commit in between, lending the writer lock (protect: its
+   * shipping paused). Without it, prune takes the writer lock for the compaction when no writer
+   * holds it, and skips the compaction (deleting what is unneeded all the same) when one does.
+   */
+  exclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 export interface PruneResult {
@@ -41,7 +50,7 @@ export interface PruneResult {
   latest: number;
   /** Runs (deltas and spans) whose references were read: those the kept points need. */
   runsRead: number;
-  /** Stored runs no kept point needs (points removed by forget): deleted, or waiting, with the packs only they name. */
+  /** Stored runs that are not the chain's (older versions of compacted runs, emptied ones): deleted, or waiting, with the packs only they name. */
   runsUnneeded: number;
   /** Packs and page packs listed. */
   objects: number;
@@ -54,6 +63,10 @@ export interface PruneResult {
   waiting: { key: string; bytes: number; since: number; deletableAt: number }[];
   /** Bytes deleted (dry run: would be). */
   bytesDeleted: number;
+  /** What compaction did first (dry run: would do); undefined when it was skipped. */
+  compaction: CompactResult | undefined;
+  /** Why compaction was skipped. */
+  compactionSkipped: string | undefined;
 }
 
 function checkOptions(options: PruneOptions): number {
@@ -80,156 +93,175 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
   const dryRun = options.dryRun === true;
   const repo = await Repository.open(store, signal);
 
-  // A grace shorter than a live writer's head refresh (HEAD_MAX_AGE_MS; 0s deletes at once) is
-  // only safe with no other writer: refuse while one holds the lock, and hold it ourselves so
-  // none starts meanwhile.
+  // Compaction rewrites runs, so no writer may commit meanwhile: it runs under the writer lock
+  // (protect passes `exclusive`, which pauses its shipping and lends its lock). A grace shorter
+  // than a live writer's head refresh (HEAD_MAX_AGE_MS; 0s deletes at once) is only safe with no
+  // other writer either: refuse it while one holds the lock, and hold the lock ourselves.
   let lock: WriterLock | undefined;
-  if (graceMs < HEAD_MAX_AGE_MS && !dryRun) {
-    const now = clock();
-    const live = (await listLocks(store, { signal })).filter((e) => e.lock === undefined || lockExpires(e.lock) > now);
-    if (live.length > 0) {
-      const holder = live[0]!.lock;
-      throw new LockedError(
-        `a --grace under 1h (0s deletes at once) is only safe with no other writer, but ${holder === undefined ? live[0]!.key : `${holder.command} (pid ${holder.pid} on ${holder.host})`} holds the repository lock: use --grace 1h or more, or wait for it to finish`,
-      );
-    }
-    lock = await acquireWriterLock(store, { command: 'prune', ttlMs: options.lockTtlMs, signal });
-  }
+  let compaction: CompactResult | undefined;
+  let compactionSkipped: string | undefined;
+  const compactUnder = async (): Promise<CompactResult> => compact(repo, await readChain(repo, signal), { signal, clock, dryRun });
   try {
-    const index = await repo.fullIndex(signal);
-    const latest = index.latest;
-    const missing = index.missingDeltas();
-    if (missing.length > 0) {
-      throw new FormatError(
-        'FORMAT_CORRUPT',
-        'prune',
-        `deleted nothing: ${deltaKey(missing[0]!)} is missing${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}, and the packs only it named cannot be told from leftovers (see cdp-s3 verify)`,
-      );
-    }
-
-    if (index.unreadableForgets.length > 0) {
-      const u = index.unreadableForgets[0]!;
-      throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: forget record ${u.key} cannot be read (${u.error}), so which points are kept is unknown`);
-    }
-
-    // The runs the kept points need: each one's cover, and its own delta (which says what it is).
-    // After a forget, the others are candidates: no kept point reads them, and a live writer builds
-    // only on the newest point (always kept) and on runs newer than it.
-    const needed = new Map<string, Block>();
-    for (const seq of index.forgotten.keptSeqs(1, latest)) {
-      for (const block of await index.cover(seq, signal)) needed.set(blockKey(block), block);
-      const own = index.block(0, seq);
-      if (await index.has(own, signal)) needed.set(blockKey(own), own);
-    }
-    const stored: Block[] = [...index.deltaSeqs().map((seq) => index.block(0, seq)), ...index.spans()];
-    // A run that holds only kept points stays even when no cover names it (a span a higher one
-    // supersedes): readers fall back to it if that one is damaged. One with a forgotten point goes.
-    const unneeded = stored.filter((block) => !needed.has(blockKey(block)) && index.forgotten.within(block.first, block.last).length > 0);
-
-    // What every run that stays names: page packs (pages, summary blocks) and packs (regions, bases, patches).
-    const referenced = new Set<string>();
-    const leaving = new Set(unneeded.map(blockKey));
-    const blocks: Block[] = stored.filter((block) => !leaving.has(blockKey(block)));
-    const limit = pLimit(16);
-    const readPages = new Set<string>();
-    await Promise.all(
-      blocks.map((block) =>
-        limit(async () => {
-          throwIfAborted(signal);
-          try {
-            const run = await repo.readRun(block, signal);
-            for (const blob of run.root.summaryBlobs) referenced.add(blob.pack);
-            for (const ref of run.pages) {
-              if (ref.ref !== undefined) {
-                referenced.add(ref.ref.pack);
-                // A span shares its children's unchanged pages: read each stored page once.
-                const id = `${ref.ref.pack}@${ref.ref.offset}`;
-                if (readPages.has(id)) continue;
-                readPages.add(id);
-              }
-              const page = await run.page(ref.page, signal);
-              for (const pack of page!.packs) referenced.add(pack);
-            }
-          } catch (error) {
-            if (error instanceof FormatError || (error instanceof StoreError && error.kind === 'not-found')) {
-              throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: ${describeBlock(block)} (${blockKey(block)}) cannot be read (${error.message}), so what it names is unknown (see cdp-s3 verify)`, { cause: error });
-            }
-            throw error;
-          }
-        }),
-      ),
-    );
-
-    // Earlier prunes' candidates, with when each was first found unreferenced.
-    const firstSeen = new Map<string, number>();
-    const records: string[] = [];
-    for await (const info of store.list(PRUNE_PREFIX, { signal })) {
-      records.push(info.key);
-      let record;
-      try {
-        record = decodePruneRecord(await store.get(info.key, { signal }), info.key);
-      } catch (error) {
-        if (error instanceof FormatError) continue; // unreadable: its candidates start their grace again
-        throw error;
-      }
-      if (record.volumeId !== repo.config.volumeId) continue;
-      for (const c of record.candidates) firstSeen.set(c.key, Math.min(firstSeen.get(c.key) ?? Infinity, c.since));
-    }
-
-    const now = clock();
-    let objects = 0;
-    let inFlight = 0;
-    const deleted: PruneResult['deleted'] = [];
-    const waiting: PruneResult['waiting'] = [];
-    const consider = (key: string, bytes: number): void => {
-      const since = graceMs === 0 ? now : (firstSeen.get(key) ?? now);
-      if (now - since >= graceMs) deleted.push({ key, bytes });
-      else waiting.push({ key, bytes, since, deletableAt: since + graceMs });
-    };
-    // Runs first: deleted before the packs they name, so a crash in between leaves no run naming a missing pack.
-    const runSizes = new Map<string, number>();
-    if (unneeded.length > 0) for (const prefix of [DELTA_PREFIX, SPAN_PREFIX]) for await (const info of store.list(prefix, { signal })) runSizes.set(info.key, info.size);
-    for (const block of unneeded) consider(blockKey(block), runSizes.get(blockKey(block)) ?? 0);
-    const runsDeleted = deleted.length;
-    for (const prefix of [PACK_PREFIX, PAGE_PACK_PREFIX]) {
-      for await (const info of store.list(prefix, { signal })) {
-        objects++;
-        // Only objects of the writers' own naming; anything else is not ours to delete.
-        if (!(isPackKey(info.key) || isPagePackKey(info.key)) || referenced.has(info.key)) continue;
-        if (seqOfPackKey(info.key) > latest) {
-          inFlight++;
-          continue;
+    if (options.exclusive !== undefined) {
+      compaction = dryRun ? await compactUnder() : await options.exclusive(() => compactUnder());
+    } else {
+      const now = clock();
+      const live = (await listLocks(store, { signal })).filter((e) => e.lock === undefined || lockExpires(e.lock) > now);
+      if (live.length > 0) {
+        const holder = live[0]!.lock;
+        const who = holder === undefined ? live[0]!.key : `${holder.command} (pid ${holder.pid} on ${holder.host})`;
+        if (graceMs < HEAD_MAX_AGE_MS && !dryRun) {
+          throw new LockedError(`a --grace under 1h (0s deletes at once) is only safe with no other writer, but ${who} holds the repository lock: use --grace 1h or more, or wait for it to finish`);
         }
-        consider(info.key, info.size);
+        compactionSkipped = `${who} holds the writer lock (protect --prune-every compacts with its shipping paused)`;
+      } else {
+        if (!dryRun) lock = await acquireWriterLock(store, { command: 'prune', ttlMs: options.lockTtlMs, signal });
+        compaction = await compactUnder();
+        lock?.check();
       }
     }
-
-    if (!dryRun) {
-      // Record what waits before deleting anything, so a crash at any step keeps every grace running.
-      const recordKey = timeKey(PRUNE_PREFIX, now);
-      if (waiting.length > 0) {
-        await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates: waiting.map((w) => ({ key: w.key, since: w.since })) }), { ifAbsent: true, signal });
-      }
-      // In batches (S3 DeleteObjects), then the older records, superseded by the one just written.
-      await deleteInBatches(store, deleted.slice(0, runsDeleted).map((d) => d.key), signal);
-      await deleteInBatches(store, deleted.slice(runsDeleted).map((d) => d.key), signal);
-      await deleteInBatches(store, records, signal);
-      lock?.check();
-    }
-    return {
-      dryRun,
-      graceMs,
-      latest,
-      runsRead: blocks.length,
-      runsUnneeded: unneeded.length,
-      objects,
-      referenced: referenced.size,
-      inFlight,
-      deleted,
-      waiting,
-      bytesDeleted: deleted.reduce((sum, d) => sum + d.bytes, 0),
-    };
+    const deletion = await deleteUnneeded(repo, await readChain(repo, signal), { graceMs, dryRun, clock, signal });
+    lock?.check();
+    return { ...deletion, graceMs, dryRun, compaction, compactionSkipped };
   } finally {
     await lock?.release();
   }
+}
+
+/**
+ * The whole chain, listed, with what makes prune (and compaction) stop: a missing delta of a
+ * kept point (what only it named cannot be told from leftovers) or an unreadable forget record
+ * (which points are kept is unknown).
+ */
+async function readChain(repo: Repository, signal?: AbortSignal): Promise<ChainIndex> {
+  const index = await repo.fullIndex(signal);
+  const missing = index.missingDeltas();
+  if (missing.length > 0) {
+    throw new FormatError(
+      'FORMAT_CORRUPT',
+      'prune',
+      `deleted nothing: ${deltaKey(missing[0]!)} is missing${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}, and the packs only it named cannot be told from leftovers (see cdp-s3 verify)`,
+    );
+  }
+  if (index.unreadableForgets.length > 0) {
+    const u = index.unreadableForgets[0]!;
+    throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: forget record ${u.key} cannot be read (${u.error}), so which points are kept is unknown`);
+  }
+  return index;
+}
+
+async function deleteUnneeded(
+  repo: Repository,
+  index: ChainIndex,
+  options: { graceMs: number; dryRun: boolean; clock: () => number; signal?: AbortSignal },
+): Promise<Omit<PruneResult, 'graceMs' | 'dryRun' | 'compaction' | 'compactionSkipped'>> {
+  const { graceMs, dryRun, signal } = options;
+  const store = repo.store;
+  const latest = index.latest;
+  // Every run of the chain stays: the kept points' covers, and the runs of points forgotten since
+  // the last compaction (the next one folds them). The others are older versions of rewritten
+  // runs, runs compaction emptied, and runs of a compaction that never committed.
+  const blocks: Block[] = [...index.deltaSeqs().map((seq) => index.block(0, seq)), ...index.spans()];
+  const unneeded = index.supersededVersions();
+
+  // What every run that stays names: page packs (pages, summary blocks) and packs (regions, bases, patches).
+  const referenced = new Set<string>();
+  const limit = pLimit(16);
+  const readPages = new Set<string>();
+  await Promise.all(
+    blocks.map((block) =>
+      limit(async () => {
+        throwIfAborted(signal);
+        try {
+          const run = await repo.readRun(block, signal);
+          for (const blob of run.root.summaryBlobs) referenced.add(blob.pack);
+          for (const ref of run.pages) {
+            if (ref.ref !== undefined) {
+              referenced.add(ref.ref.pack);
+              // A span shares its children's unchanged pages: read each stored page once.
+              const id = `${ref.ref.pack}@${ref.ref.offset}`;
+              if (readPages.has(id)) continue;
+              readPages.add(id);
+            }
+            const page = await run.page(ref.page, signal);
+            for (const pack of page!.packs) referenced.add(pack);
+          }
+        } catch (error) {
+          if (error instanceof FormatError || (error instanceof StoreError && error.kind === 'not-found')) {
+            throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: ${describeBlock(block)} (${blockKey(block)}) cannot be read (${error.message}), so what it names is unknown (see cdp-s3 verify)`, { cause: error });
+          }
+          throw error;
+        }
+      }),
+    ),
+  );
+
+  // Earlier prunes' candidates, with when each was first found unreferenced.
+  const firstSeen = new Map<string, number>();
+  const records: string[] = [];
+  for await (const info of store.list(PRUNE_PREFIX, { signal })) {
+    records.push(info.key);
+    let record;
+    try {
+      record = decodePruneRecord(await store.get(info.key, { signal }), info.key);
+    } catch (error) {
+      if (error instanceof FormatError) continue; // unreadable: its candidates start their grace again
+      throw error;
+    }
+    if (record.volumeId !== repo.config.volumeId) continue;
+    for (const c of record.candidates) firstSeen.set(c.key, Math.min(firstSeen.get(c.key) ?? Infinity, c.since));
+  }
+
+  const now = options.clock();
+  let objects = 0;
+  let inFlight = 0;
+  const deleted: PruneResult['deleted'] = [];
+  const waiting: PruneResult['waiting'] = [];
+  const consider = (key: string, bytes: number): void => {
+    const since = graceMs === 0 ? now : (firstSeen.get(key) ?? now);
+    if (now - since >= graceMs) deleted.push({ key, bytes });
+    else waiting.push({ key, bytes, since, deletableAt: since + graceMs });
+  };
+  // Runs first: deleted before the packs they name, so a crash in between leaves no run naming a
+  // missing pack. Compaction records older than the newest go with the runs they committed.
+  const runSizes = new Map<string, number>();
+  if (unneeded.length > 0) for (const prefix of [DELTA_PREFIX, SPAN_PREFIX]) for await (const info of store.list(prefix, { signal })) runSizes.set(info.key, info.size);
+  for (const block of unneeded) consider(blockKey(block), runSizes.get(blockKey(block)) ?? 0);
+  for (const key of index.compactionKeys) if (key !== `${COMPACTION_PREFIX}${generationName(index.generation)}`) consider(key, 0);
+  const runsDeleted = deleted.length;
+  for (const prefix of [PACK_PREFIX, PAGE_PACK_PREFIX]) {
+    for await (const info of store.list(prefix, { signal })) {
+      objects++;
+      // Only objects of the writers' own naming; anything else is not ours to delete.
+      if (!(isPackKey(info.key) || isPagePackKey(info.key)) || referenced.has(info.key)) continue;
+      if (seqOfPackKey(info.key) > latest) {
+        inFlight++;
+        continue;
+      }
+      consider(info.key, info.size);
+    }
+  }
+
+  if (!dryRun) {
+    // Record what waits before deleting anything, so a crash at any step keeps every grace running.
+    const recordKey = timeKey(PRUNE_PREFIX, now);
+    if (waiting.length > 0) {
+      await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates: waiting.map((w) => ({ key: w.key, since: w.since })) }), { ifAbsent: true, signal });
+    }
+    // In batches (S3 DeleteObjects), then the older records, superseded by the one just written.
+    await deleteInBatches(store, deleted.slice(0, runsDeleted).map((d) => d.key), signal);
+    await deleteInBatches(store, deleted.slice(runsDeleted).map((d) => d.key), signal);
+    await deleteInBatches(store, records, signal);
+  }
+  return {
+    latest,
+    runsRead: blocks.length,
+    runsUnneeded: unneeded.length,
+    objects,
+    referenced: referenced.size,
+    inFlight,
+    deleted,
+    waiting,
+    bytesDeleted: deleted.reduce((sum, d) => sum + d.bytes, 0),
+  };
 }

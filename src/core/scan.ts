@@ -367,9 +367,10 @@ async function walkSuspects(repo: Repository, index: ChainIndex, from: number, u
   const out: SuspectReport[] = [];
   const g = repo.geometry;
   const regionsOf = async (block: Block): Promise<DeltaMap | undefined> => {
-    if (!(await index.has(block, signal))) return undefined;
+    const stored = await index.stored(block.level, block.last, signal); // its generation; nothing for a compacted-away position
+    if (stored === undefined) return undefined;
     try {
-      const run = await repo.readRun(block, signal);
+      const run = await repo.readRun(stored, signal);
       const map = new DeltaMap(g.regionCount);
       for await (const region of run.regions(signal)) map.set(region);
       return map;

@@ -1,15 +1,20 @@
-// Writes the golden fixture repository (test/fixtures/format3): a small volume of 301 regions in
+// Writes the golden fixture repository (test/fixtures/format4): a small volume of 301 regions in
 // two pages, six points in time made by backups, spans of fanout 2, runs forced into page
-// packs, and regions stored as patches (on a stored base, on zeros, two deep, deduplicated), so
-// every encoding of docs/FORMAT.md appears in it. Run once when the format changes on purpose:
-// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format3`.
+// packs, and regions stored as patches (on a stored base, on zeros, two deep, deduplicated);
+// then points 2 and 4 forgotten and compacted (generation 1 of every run, the older versions
+// left in place as a prune would until its grace passes), so every encoding of docs/FORMAT.md
+// appears in it. Also records/: a forget, a prune and a compaction record of a larger history.
+// Run once when the format changes on purpose:
+// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format4`.
 // The tests read what is stored (test/repo/golden.test.ts); they never regenerate it.
 
 import { createHash } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { backup } from '../core/backup.js';
+import { compact } from '../core/compact.js';
 import { newConfig } from '../repo/config.js';
+import { encodeCompactionRecord, encodeForgetRecord, encodePruneRecord } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
 import { FsStore } from '../store/fs.js';
 
@@ -47,6 +52,12 @@ export const GOLDEN_BLOCK_WRITES: Array<Array<[number, number, number]>> = [
     [15 * GOLDEN_BLOCK + 10, 20, 0x61],
     [11 * GOLDEN_REGION + 5 * GOLDEN_BLOCK, 2 * GOLDEN_BLOCK, 0x52],
   ],
+];
+
+/** Points forgotten and compacted away in the fixture (the others restore). */
+export const GOLDEN_FORGOTTEN: Array<[number, number]> = [
+  [2, 2],
+  [4, 4],
 ];
 
 /** Points in time in the fixture. */
@@ -103,11 +114,49 @@ async function main(dir: string): Promise<void> {
   }
   await rm(source);
   await writeFile(join(dir, 'expected.json'), `${JSON.stringify(expected, null, 2)}\n`);
+
+  // Points 2 and 4 forgotten (a forget record, as `cdp-s3 forget` writes it) and compacted.
+  const created = Date.parse('2026-12-02T00:00:00Z');
+  await store.put('forgets/0001796169600000-1f2e3d4c', encodeForgetRecord({ volumeId: config.volumeId, created, latest: GOLDEN_POINT_COUNT, ranges: GOLDEN_FORGOTTEN }));
+  const repo = await Repository.open(store);
+  await compact(repo, await repo.fullIndex(), { clock: () => created });
+
+  // Records of a larger history, as bytes.
+  const records = join(dir, 'records');
+  await mkdir(records, { recursive: true });
+  const volumeId = '6f1c1a52-0d0e-4f3b-9c55-2b8f3a7d9e10';
+  const ranges: Array<[number, number]> = [[1, 4095], [4097, 8191], [19990, 19990]];
+  await writeFile(join(records, 'forget.bin'), encodeForgetRecord({ volumeId, created: 1796630400000, latest: 20000, ranges }));
+  await writeFile(
+    join(records, 'prune.bin'),
+    encodePruneRecord({
+      volumeId,
+      created: 1796630400000,
+      latest: 20000,
+      candidates: [
+        { key: 'packs/0000000000000007-0badc0de', since: 1796544000000 },
+        { key: 'deltas/0000000000004096', since: 1796630400000 },
+      ],
+    }),
+  );
+  await writeFile(join(records, 'compaction.bin'), encodeCompactionRecord({ volumeId, generation: 3, created: 1796630400000, latest: 20000, ranges }));
 }
 
 if (process.argv[1]?.endsWith('golden-fixture.js')) {
-  main(process.argv[2] ?? 'test/fixtures/format3').catch((error: unknown) => {
+  main(process.argv[2] ?? 'test/fixtures/format4').catch((error: unknown) => {
     process.stderr.write(`${(error as Error).stack ?? String(error)}\n`);
     process.exit(1);
+  });
+}
+
+/**
+ * A copy of the fixture at `to` as it was before the forget and the compaction: their records
+ * and the generation-1 runs left out (tests that damage or prune the six points use it).
+ */
+export async function copyUncompactedFixture(fixture: string, to: string): Promise<void> {
+  const { cp } = await import('node:fs/promises');
+  await cp(fixture, to, {
+    recursive: true,
+    filter: (path) => !/(?:^|\/)(?:forgets|compactions)(?:\/|$)/.test(path.slice(fixture.length)) && !/\.\d{8}$/.test(path),
   });
 }

@@ -213,6 +213,21 @@ export class ForgottenSet {
     for (let seq = this.keptAtOrAfter(from); seq <= to; seq = this.keptAtOrAfter(seq + 1)) yield seq;
   }
 
+  /** The newest seq before `seq` that is not forgotten (0: none). */
+  keptBefore(seq: number): number {
+    return seq <= 1 ? 0 : this.keptAtOrBefore(seq - 1);
+  }
+
+  /** Every seq in [from, to] is forgotten. */
+  coversAll(from: number, to: number): boolean {
+    return this.keptAtOrAfter(from) > to;
+  }
+
+  /** The same set as `other` (compared as ranges). */
+  equals(other: ForgottenSet): boolean {
+    return this.ranges.length === other.ranges.length && this.ranges.every(([a, b], i) => a === other.ranges[i]![0] && b === other.ranges[i]![1]);
+  }
+
   /** The forgotten seqs in [from, to], ascending, as ranges. */
   within(from: number, to: number): Array<[number, number]> {
     return this.ranges.filter(([a, b]) => b >= from && a <= to).map(([a, b]): [number, number] => [Math.max(a, from), Math.min(b, to)]);

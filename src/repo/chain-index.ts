@@ -14,30 +14,41 @@
 import { FormatError, StoreError, throwIfAborted } from '../errors.js';
 import { ForgottenSet } from '../model/retention.js';
 import type { ObjectStore } from '../store/types.js';
-import { FORGET_PREFIX, decodeForgetRecord } from './records.js';
-import { DELTA_PREFIX, SPAN_PREFIX, deltaKey, seqName, seqOfKey, spanKey, spanLevelPrefix } from './keys.js';
+import { FORGET_PREFIX, decodeCompactionRecord, decodeForgetRecord } from './records.js';
+import { COMPACTION_PREFIX, DELTA_PREFIX, SPAN_PREFIX, deltaKey, generationName, parseRunKey, seqName, spanKey, spanLevelPrefix } from './keys.js';
 
 export interface Block {
   /** 0: a delta; k ≥ 1: a span of fanout^k points. */
   level: number;
   first: number;
   last: number;
+  /** Which stored version: 0 as writers store it, g as compaction g rewrote it (docs/FORMAT.md, "Compaction"). */
+  generation?: number;
 }
 
 export function blockKey(block: Block): string {
-  return block.level === 0 ? deltaKey(block.last) : spanKey(block.level, block.last);
+  const generation = block.generation ?? 0;
+  return block.level === 0 ? deltaKey(block.last, generation) : spanKey(block.level, block.last, generation);
 }
 
 export function describeBlock(block: Block): string {
-  return block.level === 0 ? `delta ${seqName(block.last)}` : `span ${block.level}/${seqName(block.last)} (points ${block.first}-${block.last})`;
+  const generation = (block.generation ?? 0) === 0 ? '' : ` (compaction ${block.generation})`;
+  return block.level === 0 ? `delta ${seqName(block.last)}${generation}` : `span ${block.level}/${seqName(block.last)} (points ${block.first}-${block.last})${generation}`;
+}
+
+/** The position a block stands at, whatever its version: the same for every generation. */
+export function positionKey(block: Block): string {
+  return blockKey({ level: block.level, first: block.first, last: block.last });
 }
 
 /** Levels are at most this high (16^13 points is far beyond any history). */
 const MAX_LEVEL = 13;
 
 export class ChainIndex {
-  /** Per level: the `last` of every block known to be stored. */
-  private readonly present: Array<Set<number>> = [];
+  /** Per level: the `last` of every block known to be stored, and its generation (the highest committed one listed). */
+  private readonly present: Array<Map<number, number>> = [];
+  /** Per level: every generation listed at each `last` (committed or not); full() only. */
+  private readonly versions: Array<Map<number, number[]>> = [];
   /** Per level: ranges of `last` values that have been listed completely, [from, to]. */
   private readonly listed: Array<Array<[number, number]>> = [];
   /** Blocks listed but found unreadable, with why (a delta's reason is reported when it blocks a point). */
@@ -52,6 +63,14 @@ export class ChainIndex {
   forgotten = new ForgottenSet();
   /** Forget records that cannot be read. */
   readonly unreadableForgets: Array<{ key: string; error: string }> = [];
+  /** The newest committed compaction (0: none): runs of a higher generation are not part of the chain. */
+  generation = 0;
+  /** The forgotten set that compaction folded away: its deltas, and spans of its points only, are empty. */
+  compacted = new ForgottenSet();
+  /** Compaction records listed (the newest is `generation`'s). */
+  readonly compactionKeys: string[] = [];
+  /** The highest generation seen anywhere (records, or runs of a compaction that never committed). */
+  highestGeneration = 0;
 
   private constructor(
     private readonly store: ObjectStore,
@@ -60,7 +79,8 @@ export class ChainIndex {
     readonly complete: boolean,
   ) {
     for (let level = 0; level <= MAX_LEVEL; level++) {
-      this.present.push(new Set());
+      this.present.push(new Map());
+      this.versions.push(new Map());
       this.listed.push([]);
     }
   }
@@ -68,13 +88,15 @@ export class ChainIndex {
   /** The chain's end found in O(levels) LISTs: each level listed only after what the one above covers. */
   static async load(store: ObjectStore, fanout: number, volumeId: string, signal?: AbortSignal): Promise<ChainIndex> {
     const index = new ChainIndex(store, fanout, false);
+    await index.loadCompaction(volumeId, signal);
     await index.loadForgotten(volumeId, signal);
     for (let level = 1; level <= MAX_LEVEL && (await index.anyAt(level, signal)); level++) index.topLevel = level;
     let covered = 0;
     for (let level = index.topLevel; level >= 1; level--) {
       await index.ensureListed(level, covered + 1, Infinity, signal);
       const size = fanout ** level;
-      while (index.present[level]!.has(covered + size)) covered += size;
+      // An empty position (compacted away) covers its points too: their runs may be pruned.
+      while (index.present[level]!.has(covered + size) || index.isEmpty(index.block(level, covered + size))) covered += size;
     }
     await index.ensureListed(0, Math.max(1, covered), Infinity, signal);
     index.latest = Math.max(covered, index.maxListed(0));
@@ -84,27 +106,27 @@ export class ChainIndex {
   /** Everything listed: which deltas are missing anywhere is known (log, verify, status). */
   static async full(store: ObjectStore, fanout: number, volumeId: string, signal?: AbortSignal): Promise<ChainIndex> {
     const index = new ChainIndex(store, fanout, true);
+    await index.loadCompaction(volumeId, signal);
     await index.loadForgotten(volumeId, signal);
     // Spans first: a span is written after its last delta, so every span listed has its deltas
     // listed too (a writer committing meanwhile cannot make a listed point look missing).
     for await (const info of store.list(SPAN_PREFIX, { signal })) {
-      const match = /^spans\/(\d{2})\/(\d{16})$/.exec(info.key);
+      const match = /^spans\/(\d{2})\/(.*)$/.exec(info.key);
       if (match === null) continue;
       const level = Number(match[1]);
-      const last = Number(match[2]);
-      if (level < 1 || level > MAX_LEVEL || last % fanout ** level !== 0) continue;
-      index.present[level]!.add(last);
-      index.topLevel = Math.max(index.topLevel, level);
+      const parsed = parseRunKey(match[2]!, '');
+      if (parsed === undefined || level < 1 || level > MAX_LEVEL || parsed.last % fanout ** level !== 0) continue;
+      if (index.saw(level, parsed.last, parsed.generation)) index.topLevel = Math.max(index.topLevel, level);
     }
     index.requests++;
     for await (const info of store.list(DELTA_PREFIX, { signal })) {
-      const seq = seqOfKey(info.key, DELTA_PREFIX);
-      if (seq !== undefined) index.present[0]!.add(seq);
+      const parsed = parseRunKey(info.key, DELTA_PREFIX);
+      if (parsed !== undefined) index.saw(0, parsed.last, parsed.generation);
     }
     index.requests++;
     for (let level = 0; level <= MAX_LEVEL; level++) index.listed[level]!.push([0, Infinity]);
     let latest = index.maxListed(0);
-    for (let level = 1; level <= index.topLevel; level++) for (const last of index.present[level]!) latest = Math.max(latest, last);
+    for (let level = 1; level <= index.topLevel; level++) for (const last of index.present[level]!.keys()) latest = Math.max(latest, last);
     index.latest = latest;
     return index;
   }
@@ -117,7 +139,7 @@ export class ChainIndex {
     const out: number[] = [];
     const listed = this.listed[0]!;
     for (const seq of this.forgotten.keptSeqs(1, this.latest)) {
-      if (!this.present[0]!.has(seq) && listed.some(([a, b]) => a <= seq && seq <= b)) out.push(seq);
+      if (!this.present[0]!.has(seq) && !this.isEmpty(this.block(0, seq)) && listed.some(([a, b]) => a <= seq && seq <= b)) out.push(seq);
     }
     return out;
   }
@@ -148,27 +170,105 @@ export class ChainIndex {
     this.forgotten = new ForgottenSet(ranges);
   }
 
-  /** Stored delta seqs seen, ascending. */
-  deltaSeqs(): number[] {
-    return [...this.present[0]!].sort((a, b) => a - b);
+  /**
+   * Reads the newest compaction record (one LIST, one GET): which generation of the runs is the
+   * chain, and what it folded away. One that cannot be read is an error: which runs are the
+   * chain would be unknown.
+   */
+  private async loadCompaction(volumeId: string, signal?: AbortSignal): Promise<void> {
+    this.requests++;
+    for await (const info of this.store.list(COMPACTION_PREFIX, { signal })) {
+      const match = /^compactions\/(\d{8})$/.exec(info.key);
+      if (match === null) continue;
+      this.compactionKeys.push(info.key);
+      this.generation = Math.max(this.generation, Number(match[1]));
+    }
+    this.highestGeneration = this.generation;
+    if (this.generation === 0) return;
+    const key = `${COMPACTION_PREFIX}${generationName(this.generation)}`;
+    this.requests++;
+    let bytes: Uint8Array;
+    try {
+      bytes = await this.store.get(key, { signal });
+    } catch (error) {
+      if (error instanceof StoreError && error.kind === 'not-found') throw new FormatError('FORMAT_CORRUPT', `compaction record ${key}`, 'was listed but is missing', { cause: error });
+      throw error;
+    }
+    const record = decodeCompactionRecord(bytes, key, this.generation);
+    if (record.volumeId !== volumeId) throw new FormatError('FORMAT_CORRUPT', `compaction record ${key}`, `belongs to volume ${record.volumeId}, not ${volumeId}`);
+    this.compacted = new ForgottenSet(record.ranges);
   }
 
-  /** Stored spans seen. */
+  /** A listed run version; returns whether it is part of the chain (a committed generation). */
+  private saw(level: number, last: number, generation: number): boolean {
+    if (this.complete) {
+      const all = this.versions[level]!.get(last) ?? [];
+      if (!all.includes(generation)) all.push(generation);
+      this.versions[level]!.set(last, all);
+    }
+    this.highestGeneration = Math.max(this.highestGeneration, generation);
+    if (generation > this.generation) return false; // a compaction that has not committed (or never will)
+    this.present[level]!.set(last, Math.max(this.present[level]!.get(last) ?? 0, generation));
+    return true;
+  }
+
+  /** Whether a position holds nothing under the committed compaction: a forgotten delta, or a span of forgotten points only. */
+  isEmpty(block: Block): boolean {
+    return this.generation > 0 && this.compacted.coversAll(block.first, block.last);
+  }
+
+  /** Stored delta seqs seen, ascending (the chain's versions; empty positions left out). */
+  deltaSeqs(): number[] {
+    return [...this.present[0]!.keys()].filter((seq) => !this.isEmpty(this.block(0, seq))).sort((a, b) => a - b);
+  }
+
+  /** Stored spans seen (the chain's versions; empty positions left out). */
   spans(): Block[] {
     const out: Block[] = [];
     for (let level = 1; level <= this.topLevel; level++) {
-      for (const last of this.present[level]!) out.push(this.block(level, last));
+      for (const last of this.present[level]!.keys()) {
+        const block = this.block(level, last);
+        if (!this.isEmpty(block)) out.push(block);
+      }
     }
     return out.sort((a, b) => a.last - b.last || a.level - b.level);
   }
 
+  /**
+   * Stored run versions that are not the chain's (full() only): older generations of a rewritten
+   * position, versions at positions that are empty now, and versions of a compaction that never
+   * committed. What prune may delete, once no reader can still be using them.
+   */
+  supersededVersions(): Block[] {
+    const out: Block[] = [];
+    for (let level = 0; level <= MAX_LEVEL; level++) {
+      for (const [last, generations] of this.versions[level]!) {
+        const position = this.block(level, last);
+        const chosen = this.isEmpty(position) ? -1 : (this.present[level]!.get(last) ?? -1);
+        for (const generation of generations) if (generation !== chosen) out.push({ ...position, generation });
+      }
+    }
+    return out.sort((a, b) => a.last - b.last || a.level - b.level || (a.generation ?? 0) - (b.generation ?? 0));
+  }
+
+  /** The block at a position, as the chain stores it (its generation as listed so far). */
   block(level: number, last: number): Block {
-    return { level, first: last - this.fanout ** level + 1, last };
+    const generation = this.present[level]!.get(last) ?? 0;
+    const block: Block = { level, first: last - this.fanout ** level + 1, last };
+    if (generation > 0) block.generation = generation;
+    return block;
+  }
+
+  /** The chain's version of a position, listed first (undefined: not stored, empty, or unreadable). */
+  async stored(level: number, last: number, signal?: AbortSignal): Promise<Block | undefined> {
+    const position = this.block(level, last);
+    if (!(await this.has(position, signal)) || this.isEmpty(position)) return undefined;
+    return this.block(level, last);
   }
 
   /** A writer stored this block (a delta it committed, a span it wrote). */
   added(block: Block): void {
-    this.present[block.level]!.add(block.last);
+    this.present[block.level]!.set(block.last, block.generation ?? 0);
     this.unreadable.delete(blockKey(block));
     if (block.level > this.topLevel) this.topLevel = block.level;
     if (block.last > this.latest) this.latest = block.last;
@@ -184,7 +284,7 @@ export class ChainIndex {
     const parent = this.fanout ** (block.level + 1);
     const parentLast = Math.ceil(block.last / parent) * parent;
     await this.ensureListed(block.level, parentLast - parent + this.fanout ** block.level, parentLast, signal);
-    return this.present[block.level]!.has(block.last) && !this.unreadable.has(blockKey(block));
+    return this.present[block.level]!.has(block.last) && !this.unreadable.has(blockKey(this.block(block.level, block.last)));
   }
 
   /**
@@ -200,6 +300,35 @@ export class ChainIndex {
       await this.ensureListed(level, pos + size, p, signal);
       for (; pos + size <= p; pos += size) out.push(...(await this.resolve(this.block(level, pos + size), p, signal)));
     }
+    return out;
+  }
+
+  /**
+   * The chain as compaction `generation` will make it, for the compaction to build on: the same
+   * runs, with the positions `compacted` covers empty. The compaction adds its rewritten runs
+   * (added()) as it stores them, lowest level first. From a full() index only.
+   */
+  successor(generation: number, compacted: ForgottenSet): ChainIndex {
+    if (!this.complete) throw new Error('successor() needs a full index');
+    const next = new ChainIndex(this.store, this.fanout, true);
+    for (let level = 0; level <= MAX_LEVEL; level++) {
+      for (const [last, gen] of this.present[level]!) next.present[level]!.set(last, gen);
+      next.listed[level]!.push([0, Infinity]);
+    }
+    next.topLevel = this.topLevel;
+    next.latest = this.latest;
+    next.forgotten = this.forgotten;
+    next.generation = generation;
+    next.highestGeneration = Math.max(this.highestGeneration, generation);
+    next.compacted = compacted;
+    return next;
+  }
+
+  /** The runs that make up span `block`'s points, oldest first: its children, a missing one replaced by its own (recursively), empty ones left out. */
+  async childrenOf(block: Block, signal?: AbortSignal): Promise<Block[]> {
+    const size = this.fanout ** (block.level - 1);
+    const out: Block[] = [];
+    for (let last = block.first + size - 1; last <= block.last; last += size) out.push(...(await this.resolve(this.block(block.level - 1, last), block.last, signal)));
     return out;
   }
 
@@ -221,7 +350,9 @@ export class ChainIndex {
     return level;
   }
 
-  private async resolve(block: Block, point: number, signal?: AbortSignal): Promise<Block[]> {
+  private async resolve(position: Block, point: number, signal?: AbortSignal): Promise<Block[]> {
+    if (this.isEmpty(position)) return []; // folded away by the compaction: nothing to apply
+    const block = this.block(position.level, position.last);
     if (this.present[block.level]!.has(block.last) && !this.unreadable.has(blockKey(block))) return [block];
     if (block.level === 0) throw new ChainGapError(block.last, point, this.unreadable.get(blockKey(block)));
     // Not stored (or unreadable): its children stand in for it.
@@ -235,7 +366,7 @@ export class ChainIndex {
 
   private maxListed(level: number): number {
     let max = 0;
-    for (const last of this.present[level]!) max = Math.max(max, last);
+    for (const last of this.present[level]!.keys()) max = Math.max(max, last);
     return max;
   }
 
@@ -255,11 +386,12 @@ export class ChainIndex {
     this.requests++;
     for await (const info of this.store.list(prefix, { signal, startAfter })) {
       if (startAfter !== undefined && info.key <= startAfter) continue; // a store that ignores startAfter
-      const last = seqOfKey(info.key, prefix);
-      if (last === undefined) continue;
+      const parsed = parseRunKey(info.key, prefix);
+      if (parsed === undefined || parsed.last < from) continue; // another key, or a later generation of the run before
+      const { last, generation } = parsed;
       if (last > to) break;
       if (level > 0 && last % this.fanout ** level !== 0) continue; // not a span this format names
-      this.present[level]!.add(last);
+      this.saw(level, last, generation);
     }
     ranges.push([from, to]);
   }

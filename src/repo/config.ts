@@ -140,11 +140,11 @@ export function encodeConfig(config: RepoConfig): Uint8Array {
 }
 
 /** The cdp-s3 releases that wrote each older format version. */
-const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x' };
+const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x', 3: 'cdp-s3 0.3.x (main up to bc9fa43)' };
 
 /**
  * The config, refusing repositories of other format versions by name: older ones (version 1,
- * before paged maps; version 2, before patches) are not migrated; their points in time restore
+ * before paged maps; version 2, before patches; version 3, before compaction) are not migrated; their points in time restore
  * with the cdp-s3 that wrote them.
  */
 export function decodeConfig(bytes: Uint8Array): RepoConfig {

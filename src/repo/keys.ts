@@ -15,8 +15,31 @@ export function seqName(seq: number): string {
   return String(seq).padStart(SEQ_DIGITS, '0');
 }
 
-export function deltaKey(seq: number): string {
-  return `${DELTA_PREFIX}${seqName(seq)}`;
+export function deltaKey(seq: number, generation = 0): string {
+  return `${DELTA_PREFIX}${seqName(seq)}${generationSuffix(generation)}`;
+}
+
+/** Compaction records: `compactions/<generation, 8 digits>` (src/core/compact.ts). */
+export const COMPACTION_PREFIX = 'compactions/';
+const GENERATION_DIGITS = 8;
+
+export function generationName(generation: number): string {
+  return String(generation).padStart(GENERATION_DIGITS, '0');
+}
+
+/** A run rewritten by compaction `g` is stored at its key plus `.<g, 8 digits>`; generation 0 has no suffix. */
+function generationSuffix(generation: number): string {
+  return generation === 0 ? '' : `.${generationName(generation)}`;
+}
+
+/** The seq (`last`) and generation in a run key `<prefix><16 digits>[.<8 digits>]`, or undefined for any other key. */
+export function parseRunKey(key: string, prefix: string): { last: number; generation: number } | undefined {
+  if (!key.startsWith(prefix)) return undefined;
+  const match = /^(\d{16})(?:\.(\d{8}))?$/.exec(key.slice(prefix.length));
+  if (match === null) return undefined;
+  const generation = match[2] === undefined ? 0 : Number(match[2]);
+  if (match[2] !== undefined && generation === 0) return undefined; // generation 0 is the bare key
+  return { last: Number(match[1]), generation };
 }
 
 /** `spans/<level, 2 digits>/` */
@@ -25,8 +48,8 @@ export function spanLevelPrefix(level: number): string {
 }
 
 /** The span of `level` whose last point in time is `last`: `spans/<level>/<last>`. */
-export function spanKey(level: number, last: number): string {
-  return `${spanLevelPrefix(level)}${seqName(last)}`;
+export function spanKey(level: number, last: number, generation = 0): string {
+  return `${spanLevelPrefix(level)}${seqName(last)}${generationSuffix(generation)}`;
 }
 
 /** Packs are named by the delta that wrote them plus a random part, so a retried backup never reuses a name. */

@@ -252,3 +252,43 @@ export function decodeForgetRecord(bytes: Uint8Array, key: string): ForgetRecord
   }
   return { volumeId, created, latest, ranges };
 }
+
+const COMPACTION_KIND = { magic: 'CDPS3CMP', version: FORMAT_VERSION, what: 'compaction record' } as const;
+
+/**
+ * A compaction (`compactions/<generation>`): the commit point of generation `generation`, whose
+ * runs (`<run key>.<generation>`) were all stored before it. `ranges` is the forgotten set the
+ * compaction folded away: under it, a forgotten delta and a span of forgotten points only are
+ * empty. See docs/FORMAT.md, "Compaction".
+ */
+export interface CompactionRecord {
+  volumeId: string;
+  generation: number;
+  /** ms since epoch */
+  created: number;
+  /** The newest point when it was written. */
+  latest: number;
+  ranges: Array<[number, number]>;
+}
+
+export function encodeCompactionRecord(value: CompactionRecord): Uint8Array {
+  return sealEnvelope(COMPACTION_KIND, {
+    volumeId: value.volumeId,
+    generation: value.generation,
+    created: value.created,
+    latest: value.latest,
+    first: value.ranges.map(([a]) => a),
+    last: value.ranges.map(([, b]) => b),
+  });
+}
+
+export function decodeCompactionRecord(bytes: Uint8Array, key: string, expectedGeneration: number): CompactionRecord {
+  const kind = { ...COMPACTION_KIND, what: `compaction record ${key}` };
+  const body = openEnvelope(kind, bytes);
+  const r = new FieldReader(kind.what, body);
+  const generation = r.integer('generation', 1);
+  if (generation !== expectedGeneration) throw new FormatError('FORMAT_CORRUPT', kind.what, `is generation ${generation}; its key says ${expectedGeneration}`);
+  // The same ranges as a forget record's, with the same rules.
+  const asForget = decodeForgetRecord(sealEnvelope(FORGET_KIND, { volumeId: body['volumeId'], created: body['created'], latest: body['latest'], first: body['first'], last: body['last'] }), key);
+  return { volumeId: asForget.volumeId, generation, created: asForget.created, latest: asForget.latest, ranges: asForget.ranges };
+}

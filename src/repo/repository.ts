@@ -28,6 +28,7 @@ import {
   decodeSpanRoot,
   decodeSummaryBlob,
   encodeDeltaRoot,
+  removedSummary,
   encodePage,
   encodeSpanRoot,
   encodeSummaryBlob,
@@ -243,8 +244,10 @@ export class Repository implements RunSource {
     if (seq < 1 || seq > index.latest) throw new ChainGapError(seq, seq);
     for (let level = index.topLevel; level >= 1; level--) {
       const size = this.fanout ** level;
-      const block = index.block(level, Math.ceil(seq / size) * size);
-      if (block.last > index.latest || !(await index.has(block, signal))) continue;
+      const last = Math.ceil(seq / size) * size;
+      if (last > index.latest) continue;
+      const block = await index.stored(level, last, signal);
+      if (block === undefined) continue;
       try {
         const found = (await this.summariesOf(await this.readRun(block, signal), signal))[seq - block.first];
         if (found !== undefined) return found;
@@ -253,8 +256,8 @@ export class Repository implements RunSource {
       }
     }
     // Its own delta; one that cannot be read is that error (a corrupt delta is damage to report).
-    const delta = index.block(0, seq);
-    if (!(await index.has(delta, signal))) throw new ChainGapError(seq, seq);
+    const delta = await index.stored(0, seq, signal);
+    if (delta === undefined) throw new ChainGapError(seq, seq);
     return (await (await this.readRun(delta, signal)).summaries(signal))[0]!;
   }
 
@@ -295,6 +298,8 @@ export class Repository implements RunSource {
       level: 0,
       first: delta.seq,
       last: delta.seq,
+      from: delta.seq - 1,
+      to: delta.seq,
       count: delta.pages.reduce((n, p) => n + p.count, 0),
       end: delta.info.end,
       pages: delta.pages,
@@ -317,29 +322,49 @@ export class Repository implements RunSource {
   }
 
   /**
-   * Writes `block` unless it is stored: the merge of its children (a missing child span is
-   * written first, from its own children). Returns the bytes of metadata stored.
+   * Writes `block` unless it is stored (or empty: compacted away): the merge of its children (a
+   * missing child span is written first, from its own children). Returns the bytes of metadata stored.
    */
   private async ensureSpan(index: ChainIndex, block: Block, written: Block[], signal?: AbortSignal): Promise<number> {
-    if (await index.has(block, signal)) return 0;
+    if (index.isEmpty(block) || (await index.has(block, signal))) return 0;
     const size = this.fanout ** (block.level - 1);
-    const children: Block[] = [];
-    for (let last = block.first + size - 1; last <= block.last; last += size) children.push(index.block(block.level - 1, last));
     let bytes = 0;
-    for (const child of children) {
+    const children: Block[] = [];
+    for (let last = block.first + size - 1; last <= block.last; last += size) {
+      const child = index.block(block.level - 1, last);
+      if (index.isEmpty(child)) continue; // a compaction folded its points into a later one
       if (child.level > 0) bytes += await this.ensureSpan(index, child, written, signal);
       else if (!(await index.has(child, signal))) throw new ChainGapError(child.last, block.last);
+      children.push(index.block(child.level, child.last)); // its generation, as listed now
     }
     const runs: RunReader[] = [];
     for (const child of children) runs.push(await this.readRun(child, signal));
-    bytes += await this.writeSpan(block, runs, signal);
+    bytes += await this.writeMergedRun(block, runs, {}, signal);
     index.added(block);
     written.push(block);
     return bytes;
   }
 
-  /** Stores the span `block` as the merge of `runs` (its children, oldest first). */
-  private async writeSpan(block: Block, runs: readonly RunReader[], signal?: AbortSignal): Promise<number> {
+  /**
+   * Stores `block` (a span, or with `delta` a compacted delta; its generation names the key) as
+   * the merge of `runs`: consecutive runs, oldest first, whose intervals chain (each one's `from`
+   * is the `to` of the one before). The result holds points `runs[0].from + 1 … runs.at(-1).to`.
+   * A span's summaries are its children's (a point no run holds is `removed`), unless given.
+   * Returns the bytes of metadata stored.
+   */
+  async writeMergedRun(
+    block: Block,
+    runs: readonly RunReader[],
+    options: { delta?: DeltaInfo; summaries?: PointSummary[] },
+    signal?: AbortSignal,
+  ): Promise<number> {
+    if (runs.length === 0) throw new Error(`${describeBlock(block)}: nothing to merge`);
+    for (let i = 1; i < runs.length; i++) {
+      if (runs[i]!.root.from !== runs[i - 1]!.root.to) {
+        throw new FormatError('FORMAT_CORRUPT', runs[i]!.what, `holds points from ${runs[i]!.root.from + 1}, but the run before it (${runs[i - 1]!.what}) ends at ${runs[i - 1]!.root.to}`);
+      }
+    }
+    const interval = { from: runs[0]!.root.from, to: runs.at(-1)!.root.to };
     const pageIds = [...new Set(runs.flatMap((run) => run.pages.map((p) => p.page)))].sort((a, b) => a - b);
     const inline = runs.reduce((n, run) => n + run.count, 0) <= this.inlineEntries;
     const pager = new PagePackWriter(this.store, block.last, { signal });
@@ -369,10 +394,16 @@ export class Repository implements RunSource {
         refs.push(stored);
       }
     }
-    const summaries = await this.spanSummaries(block, runs, pager, signal);
-    await pager.finish();
+    let root: Uint8Array;
+    if (options.delta !== undefined) {
+      await pager.finish();
+      root = encodeDeltaRoot(block.last, options.delta, refs, this.config.volumeId, interval);
+    } else {
+      const summaries = options.summaries !== undefined ? await this.summaryStorage(block, options.summaries, pager) : await this.spanSummaries(block, runs, pager, signal);
+      await pager.finish();
+      root = encodeSpanRoot({ ...block, ...interval, end: runs.at(-1)!.end }, refs, summaries, this.config.volumeId);
+    }
     await this.store.sync(signal === undefined ? {} : { signal });
-    const root = encodeSpanRoot({ ...block, end: runs.at(-1)!.end }, refs, summaries, this.config.volumeId);
     try {
       await this.store.put(blockKey(block), root, { signal, ifAbsent: true });
     } catch (error) {
@@ -380,11 +411,20 @@ export class Repository implements RunSource {
       if (!(error instanceof StoreError && error.kind === 'exists')) throw error;
     }
     // The next level's merge reads it: keep its root.
-    this.roots.set(blockKey(block), new RunReader(block, decodeSpanRoot(root, block, this.context), this, root.length));
+    const decoded = block.level === 0 ? decodeDeltaRoot(root, block.last, this.context) : decodeSpanRoot(root, block, this.context);
+    this.roots.set(blockKey(block), new RunReader(block, decoded, this, root.length));
     return root.length + pager.bytesWritten;
   }
 
-  /** A span's summaries: inline for short spans, else blobs (children's blobs reused when they line up). */
+  /** Summaries as a span stores them: inline for short spans, else in blobs. */
+  private async summaryStorage(block: Block, all: readonly PointSummary[], pager: PagePackWriter): Promise<{ inline: PointSummary[] } | { blobs: BlobRef[] }> {
+    if (block.last - block.first + 1 <= INLINE_SUMMARIES) return { inline: [...all] };
+    const blobs: BlobRef[] = [];
+    for (let at = 0; at < all.length; at += SUMMARIES_PER_BLOB) blobs.push(await pager.add(encodeSummaryBlob(all.slice(at, at + SUMMARIES_PER_BLOB), this.config.volumeId)));
+    return { blobs };
+  }
+
+  /** A span's summaries: its children's (children's blobs reused when they line up); points no child holds are `removed`. */
   private async spanSummaries(
     block: Block,
     runs: readonly RunReader[],
@@ -392,16 +432,17 @@ export class Repository implements RunSource {
     signal?: AbortSignal,
   ): Promise<{ inline: PointSummary[] } | { blobs: BlobRef[] }> {
     const points = block.last - block.first + 1;
-    const perChild = points / runs.length;
-    if (perChild % SUMMARIES_PER_BLOB === 0 && runs.every((run) => run.root.summaryBlobs.length > 0)) {
+    const perChild = points / this.fanout;
+    if (runs.length === this.fanout && perChild % SUMMARIES_PER_BLOB === 0 && runs.every((run) => run.block.level === block.level - 1 && run.root.summaryBlobs.length > 0)) {
       return { blobs: runs.flatMap((run) => run.root.summaryBlobs) };
     }
     const all: PointSummary[] = [];
-    for (const run of runs) all.push(...(await run.summaries(signal)));
-    if (points <= INLINE_SUMMARIES) return { inline: all };
-    const blobs: BlobRef[] = [];
-    for (let at = 0; at < all.length; at += SUMMARIES_PER_BLOB) blobs.push(await pager.add(encodeSummaryBlob(all.slice(at, at + SUMMARIES_PER_BLOB), this.config.volumeId)));
-    return { blobs };
+    for (const run of runs) {
+      while (block.first + all.length < run.block.first) all.push(removedSummary(block.first + all.length));
+      all.push(...(await run.summaries(signal)));
+    }
+    while (all.length < points) all.push(removedSummary(block.first + all.length));
+    return this.summaryStorage(block, all, pager);
   }
 
   /** Bytes [offset, offset + length) of a pack; read into `into` where the store can. */

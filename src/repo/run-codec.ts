@@ -48,7 +48,8 @@ export interface PageRef {
 /** What one point in time is, without its map: what `log` shows and choosing a time needs. */
 export interface PointSummary {
   seq: number;
-  kind: DeltaKind;
+  /** `removed`: a point a compaction folded away (its times and counts are 0; nothing reads them). */
+  kind: DeltaKind | 'removed';
   start: number;
   end: number;
   /** Regions its delta changed. */
@@ -75,6 +76,12 @@ export interface RunRoot {
   end: number;
   /** Ascending by page; only pages with entries. */
   pages: PageRef[];
+  /**
+   * The run holds the changes of points `from + 1 … to`, as of point `to` (docs/FORMAT.md,
+   * "Compaction"): `first - 1` and `last` unless a compaction folded forgotten points in or out.
+   */
+  from: number;
+  to: number;
   /** Level 0 only. */
   delta: DeltaInfo | undefined;
   /** Level ≥ 1: the summaries of points first … last, inline (short spans) … */
@@ -220,7 +227,13 @@ export function decodePage(bytes: Uint8Array, page: number, context: PageContext
 
 // ---- summaries -----------------------------------------------------------------------------
 
-const KIND_CODE: Record<DeltaKind, number> = { base: 0, host: 1, fixup: 2 };
+const KIND_CODE: Record<PointSummary['kind'], number> = { base: 0, host: 1, fixup: 2, removed: 3 };
+const REMOVED_CODE = 3;
+
+/** The summary of a point a compaction folded away. */
+export function removedSummary(seq: number): PointSummary {
+  return { seq, kind: 'removed', start: 0, end: 0, count: 0, storedBytes: 0 };
+}
 
 function summaryColumns(summaries: readonly PointSummary[]): Record<string, unknown> {
   return {
@@ -243,11 +256,18 @@ function readSummaryColumns(body: unknown, first: number, count: number, name: s
   const counts = u32Column(r.bytes('counts', count * 4), name, 'counts');
   const stored = u64Column(r.bytes('stored', count * 8), name, 'stored');
   const out: PointSummary[] = [];
+  let previousEnd = -1; // of the last point not removed: ends grow strictly over those
   for (let i = 0; i < count; i++) {
+    if (kinds[i] === REMOVED_CODE) {
+      if (starts[i] !== 0 || ends[i] !== 0 || counts[i] !== 0 || stored[i] !== 0) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} is removed but has times or counts`);
+      out.push(removedSummary(first + i));
+      continue;
+    }
     const kind = DELTA_KINDS[kinds[i]!];
     if (kind === undefined) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} has an unknown kind ${kinds[i]}`);
     if (ends[i]! < starts[i]!) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} ends before it starts`);
-    if (i > 0 && ends[i]! <= ends[i - 1]!) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} does not end after the one before it`);
+    if (ends[i]! <= previousEnd) throw new FormatError('FORMAT_CORRUPT', name, `point ${first + i} does not end after the one before it`);
+    previousEnd = ends[i]!;
     out.push({ seq: first + i, kind, start: starts[i]!, end: ends[i]!, count: counts[i]!, storedBytes: stored[i]! });
   }
   return out;
@@ -420,8 +440,22 @@ function decodeMap(body: Record<string, unknown>, what: string, context: RootCon
   });
 }
 
-export function encodeDeltaRoot(seq: number, info: DeltaInfo, pages: readonly PageRef[], volumeId: string): Uint8Array {
+/** The run's interval fields, written only when they differ from `first - 1` and `last`. */
+function encodeInterval(first: number, last: number, interval?: { from: number; to: number }): Record<string, unknown> {
+  if (interval === undefined || (interval.from === first - 1 && interval.to === last)) return {};
+  return { from: interval.from, to: interval.to };
+}
+
+function decodeInterval(r: FieldReader, what: string, first: number, last: number): { from: number; to: number } {
+  const from = r.has('from') ? r.integer('from') : first - 1;
+  const to = r.has('to') ? r.integer('to') : last;
+  if (from > first - 1 || to < first || to > last) throw new FormatError('FORMAT_CORRUPT', what, `holds points ${from + 1}-${to}, which does not fit its points ${first}-${last}`);
+  return { from, to };
+}
+
+export function encodeDeltaRoot(seq: number, info: DeltaInfo, pages: readonly PageRef[], volumeId: string, interval?: { from: number; to: number }): Uint8Array {
   return sealEnvelope(deltaKind(seq), {
+    ...encodeInterval(seq, seq, interval),
     seq,
     volumeId,
     kind: info.kind,
@@ -451,6 +485,7 @@ export function decodeDeltaRoot(bytes: Uint8Array, expectedSeq: number, context:
     level: 0,
     first: seq,
     last: seq,
+    ...decodeInterval(r, what, seq, seq),
     count,
     end,
     pages,
@@ -467,12 +502,13 @@ export function decodeDeltaRoot(bytes: Uint8Array, expectedSeq: number, context:
 }
 
 export function encodeSpanRoot(
-  span: { level: number; first: number; last: number; end: number },
+  span: { level: number; first: number; last: number; end: number; from?: number; to?: number },
   pages: readonly PageRef[],
   summaries: { inline: readonly PointSummary[] } | { blobs: readonly BlobRef[] },
   volumeId: string,
 ): Uint8Array {
   return sealEnvelope(spanKind(span.level, span.last), {
+    ...encodeInterval(span.first, span.last, span.from === undefined || span.to === undefined ? undefined : { from: span.from, to: span.to }),
     level: span.level,
     first: span.first,
     last: span.last,
@@ -501,14 +537,16 @@ export function decodeSpanRoot(bytes: Uint8Array, span: { level: number; first: 
   let summaries: PointSummary[] | undefined;
   let summaryBlobs: BlobRef[] = [];
   const end = r.integer('end');
+  const interval = decodeInterval(r, what, first, last);
   if (body['summaries'] !== undefined) {
     summaries = readSummaryColumns(body['summaries'], first, points, what);
-    if (summaries.at(-1)!.end !== end) throw new FormatError('FORMAT_CORRUPT', what, `ends at ${end} but its last point at ${summaries.at(-1)!.end}`);
+    const lastEnd = summaries[interval.to - first]!.end;
+    if (lastEnd !== end) throw new FormatError('FORMAT_CORRUPT', what, `ends at ${end} but its point ${interval.to} at ${lastEnd}`);
   } else {
     summaryBlobs = decodeBlobTable(body['summaryBlobs'], what, 'summaryBlobs');
     if (summaryBlobs.length !== Math.ceil(points / SUMMARIES_PER_BLOB)) throw new FormatError('FORMAT_CORRUPT', what, `lists ${summaryBlobs.length} summary blobs for ${points} points`);
   }
-  return { level, first, last, count, end, pages, delta: undefined, summaries, summaryBlobs };
+  return { level, first, last, ...interval, count, end, pages, delta: undefined, summaries, summaryBlobs };
 }
 
 /** The 16-byte header of a page pack. */

@@ -24,6 +24,8 @@ import { FaultStore } from '../helpers/fault-store.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
 import { snapshot } from '../helpers/raw-objects.js';
 import { type ScratchRepository, useS3Fixture } from '../helpers/s3-fixture.js';
+import { parseRunKey } from '../../src/repo/keys.js';
+import { Repository } from '../../src/repo/repository.js';
 
 const REGION = 64 * 1024;
 const MINUTE = 60_000;
@@ -96,6 +98,36 @@ async function expectHistory(h: History, kept: Set<number>): Promise<void> {
   }
 }
 
+/**
+ * After forget + compaction + a prune with --grace 0s: one version per position, every delta at a
+ * kept point holding the points since the kept one before it, every span stopping at its last
+ * kept point, and no run of forgotten points only.
+ */
+async function expectCompacted(h: History, kept: Set<number>): Promise<void> {
+  const repo = await Repository.open(h.scratch.store);
+  const keptBefore = (seq: number): number => Math.max(0, ...[...kept].filter((k) => k < seq));
+  const keptAtOrBefore = (seq: number): number => Math.max(0, ...[...kept].filter((k) => k <= seq));
+  const positions = new Set<string>();
+  for (const key of await h.scratch.raw.keys('deltas/')) {
+    const { last, generation } = parseRunKey(key, 'deltas/')!;
+    expect(kept.has(last), `${key} is a kept point's`).toBe(true);
+    expect(positions.has(`0/${last}`), `one version of ${key}`).toBe(false);
+    positions.add(`0/${last}`);
+    const run = await repo.readRun({ level: 0, first: last, last, generation });
+    expect([run.root.from, run.root.to], key).toEqual([keptBefore(last), last]);
+  }
+  for (const key of await h.scratch.raw.keys('spans/')) {
+    const level = Number(key.split('/')[1]);
+    const { last, generation } = parseRunKey(key, key.slice(0, key.lastIndexOf('/') + 1))!;
+    const first = last - repo.fanout ** level + 1;
+    expect(positions.has(`${level}/${last}`), `one version of ${key}`).toBe(false);
+    positions.add(`${level}/${last}`);
+    const run = await repo.readRun({ level, first, last, generation });
+    expect(keptAtOrBefore(last) >= first, `${key} holds a kept point`).toBe(true);
+    expect([run.root.from, run.root.to], key).toEqual([keptBefore(first), keptAtOrBefore(last)]);
+  }
+}
+
 describe('forget and prune', () => {
   it('random histories, random policies: the kept points restore bit-exact after forget + prune, verify is clean, fewer objects stay', async () => {
     const random = xorshift(77);
@@ -124,6 +156,8 @@ describe('forget and prune', () => {
       expect(pruned.runsUnneeded).toBeGreaterThan(0);
       const after = (await h.scratch.raw.keys()).length;
       expect(after).toBeLessThan(before);
+      expect(pruned.compaction!.rewritten).toBeGreaterThan(0);
+      await expectCompacted(h, kept);
       await expectHistory(h, kept);
       expect((await verify({ store: h.scratch.store, readData: true, dryRun: true })).problems).toEqual([]);
 
@@ -135,7 +169,16 @@ describe('forget and prune', () => {
       h.points.set(next.seq, { sha: sha(h.image), time: Date.parse(next.time) });
       kept.add(next.seq);
       const again = await prune({ store: h.scratch.store, graceMs: 0 });
-      expect(again.deleted.filter((d) => d.key.startsWith('deltas/') && kept.has(Number(d.key.slice(7))))).toEqual([]);
+      expect(again.compaction!.rewritten).toBe(0); // nothing forgotten since: nothing to fold
+      await expectHistory(h, kept);
+      expect((await verify({ store: h.scratch.store, readData: true, dryRun: true })).problems).toEqual([]);
+
+      // A second forget folds into runs the first compaction wrote (a second generation).
+      const more = await forget({ store: h.scratch.store, policy: { last: 2 + random(4), calendar: { hourly: 1 + random(3) } } });
+      for (const [a, b] of more.removed) for (let seq = a; seq <= b; seq++) kept.delete(seq);
+      const third = await prune({ store: h.scratch.store, graceMs: 0 });
+      if (more.removedCount > 0) expect(third.compaction!.generation).toBe(pruned.compaction!.generation + 1);
+      await expectCompacted(h, kept);
       await expectHistory(h, kept);
       expect((await verify({ store: h.scratch.store, readData: true, dryRun: true })).problems).toEqual([]);
     }

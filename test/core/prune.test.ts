@@ -7,6 +7,7 @@ import { cp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseGrace } from '../../src/cli/prune.js';
+import { copyUncompactedFixture } from '../../src/dev/golden-fixture.js';
 import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
 import { parsePointSelector } from '../../src/core/points.js';
@@ -206,7 +207,7 @@ describe.each(['fs', 's3'] as const)('prune (%s store)', (kind) => {
 describe('prune of the golden fixture (page packs, summary blocks, patches, deduplicated regions)', () => {
   it('deletes exactly the leftovers added to it: every object a run names stays, every point restores as before', async () => {
     const repo = join(fixture.dir, 'golden-copy');
-    await cp(join(import.meta.dirname, '..', 'fixtures', 'format3', 'repo'), repo, { recursive: true });
+    await copyUncompactedFixture(join(import.meta.dirname, '..', 'fixtures', 'format4', 'repo'), repo);
     const store = openStore(repo);
     const index = await (await Repository.open(store)).fullIndex();
     const restored = async (tag: string): Promise<string[]> => {

@@ -12,12 +12,12 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { verify } from '../../src/core/verify.js';
-import { goldenImage } from '../../src/dev/golden-fixture.js';
+import { copyUncompactedFixture, goldenImage } from '../../src/dev/golden-fixture.js';
 import { decodeConfig } from '../../src/repo/config.js';
 import { type RootContext, decodeDeltaRoot, decodePage, decodeSpanRoot, encodePage, encodeSpanRoot } from '../../src/repo/run-codec.js';
 import { FsStore } from '../../src/store/fs.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format3', 'repo');
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format4', 'repo');
 let dir: string;
 let repo: string;
 let context: RootContext;
@@ -25,7 +25,7 @@ let context: RootContext;
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), 'cdp-s3-pages-'));
   repo = join(dir, 'repo');
-  await cp(FIXTURE, repo, { recursive: true });
+  await copyUncompactedFixture(FIXTURE, repo);
   const config = decodeConfig(await readFile(join(repo, 'config')));
   const regionCount = Math.ceil(config.volumeSize / config.regionSize);
   context = { volumeId: config.volumeId, pageRegions: config.pageRegions, regionCount, pageTotal: Math.ceil(regionCount / config.pageRegions) };

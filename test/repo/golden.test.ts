@@ -1,5 +1,5 @@
-// The golden fixtures: a small format-2 repository stored as bytes (src/dev/golden-fixture.ts
-// made it). Today's code must read it (every point restores to the image it was taken of) and,
+// The golden fixtures: a small format-4 repository stored as bytes (src/dev/golden-fixture.ts
+// made it), two of its points forgotten and compacted. Today's code must read it (every point restores to the image it was taken of) and,
 // decoding each object and encoding it again, write the very same bytes: an encoder change that
 // would make other readers see something else cannot pass unnoticed.
 
@@ -12,10 +12,11 @@ import { log } from '../../src/core/log.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { verify } from '../../src/core/verify.js';
-import { goldenImage } from '../../src/dev/golden-fixture.js';
+import { GOLDEN_FORGOTTEN, goldenImage } from '../../src/dev/golden-fixture.js';
+import { parseRunKey } from '../../src/repo/keys.js';
 import { decodeConfig, encodeConfig } from '../../src/repo/config.js';
 import { sealEnvelope } from '../../src/repo/envelope.js';
-import { decodeForgetRecord, decodePruneRecord, encodeForgetRecord, encodePruneRecord } from '../../src/repo/records.js';
+import { decodeCompactionRecord, decodeForgetRecord, decodePruneRecord, encodeCompactionRecord, encodeForgetRecord, encodePruneRecord } from '../../src/repo/records.js';
 import { PAGE_PACK_HEADER_BYTES, decodeDeltaRoot, decodePage, decodeSpanRoot, encodeDeltaRoot, encodePage, encodeSpanRoot, pagePackHeader } from '../../src/repo/run-codec.js';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { FsStore } from '../../src/store/fs.js';
@@ -23,7 +24,7 @@ import { runEntries } from '../../src/model/pages.js';
 import { cli } from '../helpers/cli.js';
 import { withVersion } from '../helpers/raw-objects.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format3');
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format4');
 let dir: string;
 let repoDir: string;
 
@@ -42,24 +43,30 @@ const keys = async (prefix: string): Promise<string[]> => (await readdir(join(FI
   .map((e) => join(prefix, e.parentPath.slice(join(FIXTURE, 'repo', prefix).length), e.name).replace(/^\/+/, ''))
   .sort();
 
-describe('golden fixtures (format 3)', () => {
-  it('every point restores to the image it was taken of, and log and verify read the chain', async () => {
+describe('golden fixtures (format 4)', () => {
+  it('every kept point restores to the image it was taken of (the compacted runs chosen), forgotten ones are refused, and log and verify read the chain', async () => {
     const expected = JSON.parse(await readFile(join(FIXTURE, 'expected.json'), 'utf8')) as Array<{ seq: number; kind: string; time: string; sha256: string }>;
+    const forgotten = (seq: number): boolean => GOLDEN_FORGOTTEN.some(([a, b]) => a <= seq && seq <= b);
     const store = new FsStore(repoDir);
     for (const point of expected) {
       expect(createHash('sha256').update(goldenImage(point.seq)).digest('hex')).toBe(point.sha256);
+      if (forgotten(point.seq)) {
+        await expect(planRestore({ store, at: parsePointSelector(String(point.seq)) })).rejects.toThrow(/was removed by cdp-s3 forget/);
+        continue;
+      }
       const plan = await planRestore({ store, at: parsePointSelector(String(point.seq)) });
       expect(plan).toMatchObject({ seq: point.seq, kind: point.kind, time: point.time });
       const target = join(dir, `point-${point.seq}.img`);
       await executeRestore(plan, { to: target, workers: 1 });
       expect(createHash('sha256').update(await readFile(target)).digest('hex'), `point ${point.seq}`).toBe(point.sha256);
     }
+    const kept = expected.filter((p) => !forgotten(p.seq));
     expect((await log({ store })).entries.map((e) => [e.seq, e.kind, e.time, e.spans])).toEqual(
-      expected.map((p) => [p.seq, p.kind, p.time, p.seq === 2 || p.seq === 6 ? [1] : p.seq === 4 ? [1, 2] : []]),
+      kept.map((p) => [p.seq, p.kind, p.time, p.seq === 6 ? [1] : []]),
     );
     const verified = await verify({ store, readData: true, workers: 1, dryRun: true });
     expect(verified.problems).toEqual([]);
-    expect(verified).toMatchObject({ deltas: 6, spans: 4 });
+    expect(verified).toMatchObject({ deltas: 4, spans: 4 });
     // Every stored piece was read once: the regions stored whole and the three patches.
     expect(verified.locationsRead).toBe(verified.locations);
   });
@@ -71,20 +78,24 @@ describe('golden fixtures (format 3)', () => {
     const regionCount = Math.ceil(config.volumeSize / config.regionSize);
     const context = { volumeId: config.volumeId, pageRegions: config.pageRegions, regionCount, pageTotal: Math.ceil(regionCount / config.pageRegions) };
     let paged = 0;
+    const intervals: Record<string, [number, number]> = {};
     for (const key of await keys('deltas')) {
-      const seq = Number(key.slice(-16));
+      const seq = parseRunKey(key, 'deltas/')!.last;
       const bytes = await raw(key);
       const root = decodeDeltaRoot(bytes, seq, context);
-      expect(Buffer.from(encodeDeltaRoot(seq, root.delta!, root.pages, config.volumeId)).equals(bytes), key).toBe(true);
+      intervals[key] = [root.from, root.to];
+      expect(Buffer.from(encodeDeltaRoot(seq, root.delta!, root.pages, config.volumeId, { from: root.from, to: root.to })).equals(bytes), key).toBe(true);
       paged += root.pages.filter((p) => p.ref !== undefined).length;
     }
     for (const key of await keys('spans')) {
-      const [level, last] = key.split('/').slice(1).map(Number) as [number, number];
+      const level = Number(key.split('/')[1]);
+      const last = parseRunKey(key, `spans/${key.split('/')[1]}/`)!.last;
       const block = { level, first: last - config.spanFanout ** level + 1, last };
       const bytes = await raw(key);
       const root = decodeSpanRoot(bytes, block, context);
+      intervals[key] = [root.from, root.to];
       const summaries = root.summaries !== undefined ? { inline: root.summaries } : { blobs: root.summaryBlobs };
-      expect(Buffer.from(encodeSpanRoot({ ...block, end: root.end }, root.pages, summaries, config.volumeId)).equals(bytes), key).toBe(true);
+      expect(Buffer.from(encodeSpanRoot({ ...block, from: root.from, to: root.to, end: root.end }, root.pages, summaries, config.volumeId)).equals(bytes), key).toBe(true);
       for (const ref of root.pages) {
         if (ref.ref === undefined) continue;
         paged++;
@@ -108,6 +119,30 @@ describe('golden fixtures (format 3)', () => {
     };
     expect([...(await stored(5))]).toEqual([[0, 'base+1'], [10, 'zeros+1'], [257, 'base+1']]);
     expect([...(await stored(6))]).toEqual([[0, 'base+2'], [11, 'zeros+1']]);
+    // The compaction (points 2 and 4 forgotten): kept deltas 3 and 5 take in the point before
+    // them, spans stop at their last kept point; the older versions are still stored.
+    expect(intervals).toEqual({
+      'deltas/0000000000000001': [0, 1],
+      'deltas/0000000000000002': [1, 2],
+      'deltas/0000000000000003': [2, 3],
+      'deltas/0000000000000003.00000001': [1, 3],
+      'deltas/0000000000000004': [3, 4],
+      'deltas/0000000000000005': [4, 5],
+      'deltas/0000000000000005.00000001': [3, 5],
+      'deltas/0000000000000006': [5, 6],
+      'spans/01/0000000000000002': [0, 2],
+      'spans/01/0000000000000002.00000001': [0, 1],
+      'spans/01/0000000000000004': [2, 4],
+      'spans/01/0000000000000004.00000001': [1, 3],
+      'spans/01/0000000000000006': [4, 6],
+      'spans/01/0000000000000006.00000001': [3, 6],
+      'spans/02/0000000000000004': [0, 4],
+      'spans/02/0000000000000004.00000001': [0, 3],
+    });
+    const record = decodeCompactionRecord(await raw('compactions/00000001'), 'compactions/00000001', 1);
+    expect(record).toMatchObject({ generation: 1, latest: 6, ranges: GOLDEN_FORGOTTEN });
+    const compacted = decodeSpanRoot(await raw('spans/01/0000000000000002.00000001'), { level: 1, first: 1, last: 2 }, context);
+    expect(compacted.summaries!.map((p) => p.kind)).toEqual(['base', 'removed']);
     for (const key of await keys('pages')) expect((await raw(key)).subarray(0, PAGE_PACK_HEADER_BYTES).equals(pagePackHeader())).toBe(true);
     // Span 02/4 shares page 1 with span 01/2 (only that child changed it).
     const two = decodeSpanRoot(await raw('spans/02/0000000000000004'), { level: 2, first: 1, last: 4 }, context);
@@ -115,11 +150,12 @@ describe('golden fixtures (format 3)', () => {
     expect(two.pages.find((p) => p.page === 1)!.ref).toEqual(one.pages.find((p) => p.page === 1)!.ref);
   });
 
-  it('a repository of format 1 or 2 (cdp-s3 0.1, 0.2) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
+  it('a repository of format 1, 2 or 3 (cdp-s3 0.1 to 0.3) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
     for (const [version, says] of [
-      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 3\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
-      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 3\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
-      [4, /^cdp-s3: config: format version 4 is not supported \(this cdp-s3 reads version 3\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
+      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 4\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
+      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 4\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
+      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 4\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.3\.x/],
+      [5, /^cdp-s3: config: format version 5 is not supported \(this cdp-s3 reads version 4\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
     ] as const) {
       const other = join(dir, `v${version}`);
       await cp(repoDir, other, { recursive: true });
@@ -134,7 +170,7 @@ describe('golden fixtures (format 3)', () => {
   });
 
   it('forget and prune records (records/): decoding and encoding again gives the stored bytes', async () => {
-    const dir = join(import.meta.dirname, '..', 'fixtures', 'format3', 'records');
+    const dir = join(import.meta.dirname, '..', 'fixtures', 'format4', 'records');
     const forgetBytes = await readFile(join(dir, 'forget.bin'));
     const forgetRecord = decodeForgetRecord(forgetBytes, 'forgets/x');
     expect(forgetRecord).toEqual({
@@ -151,6 +187,11 @@ describe('golden fixtures (format 3)', () => {
       { key: 'deltas/0000000000004096', since: 1796630400000 },
     ]);
     expect(Buffer.from(encodePruneRecord(pruneRecord)).equals(pruneBytes)).toBe(true);
+    const compactionBytes = await readFile(join(dir, 'compaction.bin'));
+    const compactionRecord = decodeCompactionRecord(compactionBytes, 'compactions/00000003', 3);
+    expect(compactionRecord).toEqual({ ...forgetRecord, generation: 3 });
+    expect(Buffer.from(encodeCompactionRecord(compactionRecord)).equals(compactionBytes)).toBe(true);
+    expect(() => decodeCompactionRecord(compactionBytes, 'compactions/00000002', 2)).toThrow(/is generation 3; its key says 2/);
     // A forget record whose ranges overlap, or reach the newest point, is refused.
     expect(() => decodeForgetRecord(encodeForgetRecord({ ...forgetRecord, ranges: [[1, 10], [5, 20]] }), 'forgets/y')).toThrow(/not ascending, disjoint/);
     expect(() => decodeForgetRecord(encodeForgetRecord({ ...forgetRecord, ranges: [[1, 20000]] }), 'forgets/y')).toThrow(/before the newest point 20000/);
