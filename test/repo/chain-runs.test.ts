@@ -130,7 +130,7 @@ describe('paged runs and spans', () => {
     const cover = await index.cover(200);
     // 200 = 2·81 + 1·27 + 1·9 + 0·3 + 2·1: six runs.
     expect(cover.map((b) => `${b.level}/${b.last}`)).toEqual(['4/81', '4/162', '3/189', '2/198', '0/199', '0/200']);
-    expect(store.lists).toBeLessThanOrEqual(11); // a probe per level, then one listing per level, one of deltas and one of forgets/
+    expect(store.lists).toBeLessThanOrEqual(12); // a probe per level, then one listing per level, one of deltas, one of forgets/ and one of compactions/
   });
 
   it('a missing or damaged span is replaced by its children; a missing delta breaks only what no span covers', async () => {
