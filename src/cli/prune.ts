@@ -13,16 +13,27 @@ export function parseGrace(text: string): number {
   return parseDuration(text, '--grace');
 }
 
+/** --max-unused: a percentage of the bytes the chain uses ("5%", "5", "0"), or "unlimited" (never repack). */
+export function parseMaxUnused(text: string): number {
+  if (/^\s*unlimited\s*$/i.test(text)) return Infinity;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*%?\s*$/.exec(text);
+  if (match === null || Number(match[1]) > 100) throw new UsageError(`--max-unused ${JSON.stringify(text)} is not a percentage from 0% to 100%: use e.g. 5%, 0 or unlimited`);
+  return Number(match[1]) / 100;
+}
+
 export function registerPrune(program: Command): void {
   program
     .command('prune')
     .description('fold forgotten points into the kept ones (compaction), then delete what no kept point in time needs, after a grace period')
     .option('--grace <duration>', 'an object is deleted once a prune has found it unreferenced this long ago (0s: at once, only with no other writer)', '24h')
+    .option('--max-unused <percent>', 'repack partly used packs until at most this share more than the kept points use stays stored (0: every partly used pack; unlimited: never)', '5%')
+    .option('--repack-small', 'also merge fully used packs smaller than a quarter of the pack size (fewer objects)')
     .option('--dry-run', 'report what would be deleted; change nothing')
-    .action(async (opts: { grace: string; dryRun?: boolean }, command: Command) => {
+    .action(async (opts: { grace: string; maxUnused: string; repackSmall?: boolean; dryRun?: boolean }, command: Command) => {
       const cli = CliContext.of(command);
       const graceMs = parseGrace(opts.grace);
-      const result = await prune({ store: cli.store(), graceMs, dryRun: opts.dryRun, signal: cli.signal });
+      const maxUnused = parseMaxUnused(opts.maxUnused);
+      const result = await prune({ store: cli.store(), graceMs, maxUnused, repackSmall: opts.repackSmall === true, dryRun: opts.dryRun, signal: cli.signal });
       cli.result(result, () => {
         const would = result.dryRun ? 'would delete' : 'deleted';
         const c = result.compaction;
@@ -32,6 +43,13 @@ export function registerPrune(program: Command): void {
             : c.rewritten + c.emptied === 0
               ? `nothing to compact (generation ${c.generation})`
               : `${result.dryRun ? 'would compact' : 'compacted'}: generation ${c.generation}, ${count(c.rewritten, 'run')} rewritten, ${count(c.emptied, 'run')} folded away`,
+          ...(result.repack === undefined
+            ? []
+            : [
+                result.repack.packsRepacked === 0
+                  ? `packs hold ${formatSize(result.repack.storedBytes)} for ${formatSize(result.repack.usedBytes)} used: nothing to repack${result.repack.skipped === undefined ? '' : ` (${result.repack.skipped})`}`
+                  : `${result.dryRun ? 'would repack' : 'repacked'} ${count(result.repack.packsRepacked, 'pack')}: ${formatSize(result.repack.bytesCopied)} copied into ${count(result.repack.packsWritten, 'new pack')}, ${count(result.repack.runsRewritten, 'run')} rewritten, ${formatSize(result.repack.bytesFreed)} to free`,
+              ]),
           `read ${count(result.runsRead, 'run')} up to point ${result.latest}: ${result.referenced} of ${result.objects} packs and page packs referenced`,
           `${would} ${count(result.deleted.length, 'unreferenced object')} (${formatSize(result.bytesDeleted)})`,
         ];

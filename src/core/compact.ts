@@ -14,9 +14,9 @@
 // The caller holds the writer lock, so no run is written meanwhile (protect compacts with its
 // shipping paused).
 
-import { FormatError, throwIfAborted } from '../errors.js';
+import { FormatError, StoreError, throwIfAborted } from '../errors.js';
 import type { ForgottenSet } from '../model/retention.js';
-import type { Block, ChainIndex } from '../repo/chain-index.js';
+import { type Block, type ChainIndex, blockKey, describeBlock } from '../repo/chain-index.js';
 import { COMPACTION_PREFIX, generationName } from '../repo/keys.js';
 import { encodeCompactionRecord } from '../repo/records.js';
 import type { Repository } from '../repo/repository.js';
@@ -31,6 +31,26 @@ export interface CompactResult {
   emptied: number;
   /** Bytes of metadata stored (roots, page packs). */
   metadataBytes: number;
+}
+
+/**
+ * Reads a run of the chain for prune, compaction or repack: one that cannot be read stops them
+ * all before anything is deleted (what it names is unknown).
+ */
+export async function readChainRun(repo: Repository, block: Block, signal?: AbortSignal): Promise<RunReader> {
+  try {
+    return await repo.readRun(block, signal);
+  } catch (error) {
+    throw unreadableRun(block, error);
+  }
+}
+
+/** The error prune stops with when a run (or one of its pages) cannot be read; other errors as they are. */
+export function unreadableRun(block: Block, error: unknown): unknown {
+  if (error instanceof FormatError || (error instanceof StoreError && error.kind === 'not-found')) {
+    return new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: ${describeBlock(block)} (${blockKey(block)}) cannot be read (${error.message}), so what it names is unknown (see cdp-s3 verify)`, { cause: error });
+  }
+  return error;
 }
 
 /** The interval a run at `block` should hold under `forgotten` (undefined: it is empty). */
@@ -52,7 +72,7 @@ export async function compact(repo: Repository, index: ChainIndex, options: { si
   const generation = index.highestGeneration + 1;
   const next = index.successor(generation, forgotten);
   const result: CompactResult = { generation, rewritten: 0, emptied: 0, metadataBytes: 0 };
-  const read = async (block: Block): Promise<RunReader> => repo.readRun(block, signal);
+  const read = async (block: Block): Promise<RunReader> => readChainRun(repo, block, signal);
 
   // Deltas: a kept point after forgotten ones takes in their changes (its run is the merge of the
   // runs from the kept point before it, found by following each run's `from`).

@@ -12,10 +12,11 @@
 // cannot be read, or a forget record that cannot be read makes it delete nothing (and say which).
 
 import pLimit from 'p-limit';
-import { FormatError, InvalidArgumentError, LockedError, StoreError, throwIfAborted } from '../errors.js';
-import { type Block, type ChainIndex, blockKey, describeBlock } from '../repo/chain-index.js';
+import { FormatError, InvalidArgumentError, LockedError, throwIfAborted } from '../errors.js';
+import { type Block, type ChainIndex, blockKey } from '../repo/chain-index.js';
 import { COMPACTION_PREFIX, DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, generationName, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
-import { type CompactResult, compact } from './compact.js';
+import { type CompactResult, compact, unreadableRun } from './compact.js';
+import { type RepackResult, repack } from './repack.js';
 import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../repo/lock.js';
 import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
@@ -23,11 +24,17 @@ import { HEAD_MAX_AGE_MS } from './delta-committer.js';
 import { MAX_DELETE_BATCH, type ObjectStore } from '../store/types.js';
 
 export const DEFAULT_PRUNE_GRACE_MS = 24 * 3_600_000;
+/** Unused share of pack bytes a prune tolerates before it repacks (--max-unused, as a fraction of the bytes used). */
+export const DEFAULT_MAX_UNUSED = 0.05;
 
 export interface PruneOptions {
   store: ObjectStore;
   /** How long an object must have been a candidate before it is deleted (default 24 h; 0 only with no other writer). */
   graceMs?: number;
+  /** Repack until the packs hold at most this share more than the chain uses (0.05: 5%; 0 repacks every partly used pack; Infinity never). */
+  maxUnused?: number;
+  /** Also merge fully used packs smaller than a quarter of the pack size (--repack-small). */
+  repackSmall?: boolean;
   /** Report what would be deleted; write and delete nothing. */
   dryRun?: boolean;
   signal?: AbortSignal;
@@ -65,6 +72,8 @@ export interface PruneResult {
   bytesDeleted: number;
   /** What compaction did first (dry run: would do); undefined when it was skipped. */
   compaction: CompactResult | undefined;
+  /** What the repack did after it (dry run: would do); undefined when it was skipped. */
+  repack: RepackResult | undefined;
   /** Why compaction was skipped. */
   compactionSkipped: string | undefined;
 }
@@ -72,6 +81,10 @@ export interface PruneResult {
 function checkOptions(options: PruneOptions): number {
   const grace = options.graceMs ?? DEFAULT_PRUNE_GRACE_MS;
   if (!Number.isFinite(grace) || grace < 0) throw new InvalidArgumentError(`--grace must be a duration of 0s or more, not ${String(grace)} ms`);
+  const maxUnused = options.maxUnused ?? DEFAULT_MAX_UNUSED;
+  if (!(maxUnused === Infinity || (Number.isFinite(maxUnused) && maxUnused >= 0 && maxUnused <= 1))) {
+    throw new InvalidArgumentError(`--max-unused must be a percentage from 0% to 100% (or unlimited), not ${String(maxUnused * 100)}%`);
+  }
   return grace;
 }
 
@@ -99,8 +112,16 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
   // other writer either: refuse it while one holds the lock, and hold the lock ourselves.
   let lock: WriterLock | undefined;
   let compaction: CompactResult | undefined;
+  let repacked: RepackResult | undefined;
   let compactionSkipped: string | undefined;
-  const compactUnder = async (): Promise<CompactResult> => compact(repo, await readChain(repo, signal), { signal, clock, dryRun });
+  const maxUnused = options.maxUnused ?? DEFAULT_MAX_UNUSED;
+  // Compaction, then the repack on the chain it left (each commits a generation of its own).
+  const compactUnder = async (): Promise<CompactResult> => {
+    const result = await compact(repo, await readChain(repo, signal), { signal, clock, dryRun });
+    if (maxUnused !== Infinity && !dryRun) repacked = await repack(repo, await readChain(repo, signal), { maxUnused, repackSmall: options.repackSmall, signal, clock });
+    else if (maxUnused !== Infinity && result.rewritten + result.emptied === 0) repacked = await repack(repo, await readChain(repo, signal), { maxUnused, repackSmall: options.repackSmall, signal, clock, dryRun: true });
+    return result;
+  };
   try {
     if (options.exclusive !== undefined) {
       compaction = dryRun ? await compactUnder() : await options.exclusive(() => compactUnder());
@@ -122,7 +143,7 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
     }
     const deletion = await deleteUnneeded(repo, await readChain(repo, signal), { graceMs, dryRun, clock, signal });
     lock?.check();
-    return { ...deletion, graceMs, dryRun, compaction, compactionSkipped };
+    return { ...deletion, graceMs, dryRun, compaction, repack: repacked, compactionSkipped };
   } finally {
     await lock?.release();
   }
@@ -154,7 +175,7 @@ async function deleteUnneeded(
   repo: Repository,
   index: ChainIndex,
   options: { graceMs: number; dryRun: boolean; clock: () => number; signal?: AbortSignal },
-): Promise<Omit<PruneResult, 'graceMs' | 'dryRun' | 'compaction' | 'compactionSkipped'>> {
+): Promise<Omit<PruneResult, 'graceMs' | 'dryRun' | 'compaction' | 'repack' | 'compactionSkipped'>> {
   const { graceMs, dryRun, signal } = options;
   const store = repo.store;
   const latest = index.latest;
@@ -187,10 +208,7 @@ async function deleteUnneeded(
             for (const pack of page!.packs) referenced.add(pack);
           }
         } catch (error) {
-          if (error instanceof FormatError || (error instanceof StoreError && error.kind === 'not-found')) {
-            throw new FormatError('FORMAT_CORRUPT', 'prune', `deleted nothing: ${describeBlock(block)} (${blockKey(block)}) cannot be read (${error.message}), so what it names is unknown (see cdp-s3 verify)`, { cause: error });
-          }
-          throw error;
+          throw unreadableRun(block, error);
         }
       }),
     ),

@@ -212,7 +212,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
   // unreadable: those are checked where a span names them.
   async function* storedHere(): AsyncGenerator<WantedRegion> {
     for (const block of [...deltas.map((seq) => index.block(0, seq)), ...spans]) {
-      const seq = block.level === 0 ? block.last : 0;
+      const seq = block.level === 0 ? block.last : -1; // a span stores nothing itself (and no pack is named after -1; repacked ones are after 0)
       const run = readable.get(blockKey(block));
       if (run === undefined) continue;
       const seen = new Set<string>();

@@ -145,6 +145,30 @@ export class PageBuilder {
   }
 }
 
+/**
+ * The page with its stored pieces moved (repack): `moveTo(pack, offset)` says where a piece (a
+ * region's base or a patch) is now, or undefined where it stays. Undefined when nothing moved.
+ */
+export function relocatePage(page: RunPage, moveTo: (pack: string, offset: number) => { pack: string; offset: number } | undefined): RunPage | undefined {
+  let moved = false;
+  const builder = new PageBuilder(page.page);
+  for (const entry of runEntries(page)) {
+    const stored = entry.stored;
+    if (stored === undefined) {
+      builder.set(entry.region, undefined, entry.digest);
+      continue;
+    }
+    const base = stored.base === undefined ? undefined : (moveTo(stored.base.pack, stored.base.offset) ?? stored.base);
+    const patches = stored.patches.map((patch) => {
+      const to = moveTo(patch.pack, patch.offset);
+      return to === undefined ? patch : { ...to, length: patch.length };
+    });
+    if (base !== stored.base || patches.some((patch, i) => patch !== stored.patches[i])) moved = true;
+    builder.set(entry.region, { base, patches }, entry.digest);
+  }
+  return moved ? builder.build() : undefined;
+}
+
 /** The union of one page's entries from several runs, oldest first: the newest entry of each region wins. */
 export function mergeRunPages(page: number, pages: readonly RunPage[]): RunPage {
   const builder = new PageBuilder(page);

@@ -355,7 +355,7 @@ export class Repository implements RunSource {
   async writeMergedRun(
     block: Block,
     runs: readonly RunReader[],
-    options: { delta?: DeltaInfo; summaries?: PointSummary[] },
+    options: { delta?: DeltaInfo; summaries?: PointSummary[]; relocate?: (page: RunPage) => RunPage | undefined },
     signal?: AbortSignal,
   ): Promise<number> {
     if (runs.length === 0) throw new Error(`${describeBlock(block)}: nothing to merge`);
@@ -373,9 +373,15 @@ export class Repository implements RunSource {
       const only = parts.length === 1 ? parts[0]!.pageRef(page) : undefined;
       // A page only one child changed is that child's page: stored once, shared (as a
       // checkpoint shares the pages nothing changed since the one before).
-      if (!inline && only?.ref !== undefined) return only;
+      if (!inline && only?.ref !== undefined && options.relocate === undefined) return only;
       const pages = await Promise.all(parts.map((run) => run.page(page, signal) as Promise<RunPage>));
-      const result = mergeRunPages(page, pages);
+      let result = mergeRunPages(page, pages);
+      if (options.relocate !== undefined) {
+        const moved = options.relocate(result);
+        // A page none of whose pieces moved stays where it is.
+        if (moved === undefined && !inline && only?.ref !== undefined) return only;
+        result = moved ?? result;
+      }
       return { page, count: result.regions.length, ref: undefined, inline: result };
     };
     const refs: PageRef[] = [];

@@ -62,6 +62,7 @@ describe.each(['fs', 's3'] as const)('compaction (%s store)', (kind) => {
     // rewritten run (plus page packs) and the record.
     const dry = await prune({ store: scratch.store, dryRun: true });
     expect(dry.compaction!.rewritten).toBeGreaterThan(2);
+    // --max-unused 0: the repack after the compaction is crashed into as well.
     for (let crashAt = 1; ; crashAt++) {
       let puts = 0;
       let crashed = false;
@@ -74,7 +75,7 @@ describe.each(['fs', 's3'] as const)('compaction (%s store)', (kind) => {
           }
         },
       });
-      const attempt = prune({ store: failing, graceMs: 0 });
+      const attempt = prune({ store: failing, graceMs: 0, maxUnused: 0 });
       if (!crashed) {
         // Counting ran past the last put: this attempt completes (nothing left to crash).
         await attempt.catch(() => undefined);
@@ -84,15 +85,44 @@ describe.each(['fs', 's3'] as const)('compaction (%s store)', (kind) => {
       await restoresKept(scratch.store, scratch.work, shas, kept);
       // The lock the crashed prune held expires; tests release it by hand.
       for (const key of await scratch.raw.keys('locks/')) await scratch.raw.delete(key);
-      if (crashAt > 40) throw new Error('compaction never finished');
+      if (crashAt > 80) throw new Error('compaction never finished');
     }
-    const done = await prune({ store: scratch.store, graceMs: 0 });
+    const done = await prune({ store: scratch.store, graceMs: 0, maxUnused: 0 });
     expect(done.compaction!.rewritten).toBe(0); // committed by the last attempt
+    expect(done.repack!.packsRepacked).toBe(0);
+    expect(done.repack!.storedBytes).toBe(done.repack!.usedBytes);
     const deltas = await scratch.raw.keys('deltas/');
     expect(deltas.every((key) => kept.has(Number(key.slice(7, 23))))).toBe(true);
     expect(new Set(deltas.map((key) => key.slice(0, 23))).size).toBe(deltas.length); // one version each
     await restoresKept(scratch.store, scratch.work, shas, kept);
     expect((await verify({ store: scratch.store, readData: true, dryRun: true })).problems).toEqual([]);
+  });
+
+  it('repack: --max-unused 0 leaves no unused byte in any pack, the default at most 5%; kept points restore, verify reads every piece once', async () => {
+    const { scratch, shas, kept } = await forgottenHistory(kind);
+    const loose = await prune({ store: scratch.store, graceMs: 0, maxUnused: Infinity });
+    expect(loose.repack).toBeUndefined();
+    const measured = await prune({ store: scratch.store, graceMs: 0, maxUnused: 1, dryRun: true });
+    expect(measured.repack!.storedBytes).toBeGreaterThan(measured.repack!.usedBytes); // partly used packs after the compaction
+    const packsBefore = await scratch.raw.keys('packs/');
+    const tight = await prune({ store: scratch.store, graceMs: 0 });
+    const unusedShare = (r: { storedBytes: number; usedBytes: number }): number => (r.storedBytes - r.usedBytes) / r.usedBytes;
+    const after = await prune({ store: scratch.store, graceMs: 0, maxUnused: 1, dryRun: true });
+    if (unusedShare(measured.repack!) > 0.05) expect(tight.repack!.packsRepacked).toBeGreaterThan(0);
+    expect(unusedShare(after.repack!)).toBeLessThanOrEqual(0.05);
+    const all = await prune({ store: scratch.store, graceMs: 0, maxUnused: 0 });
+    const none = await prune({ store: scratch.store, graceMs: 0, maxUnused: 0 });
+    expect(none.repack!.storedBytes).toBe(none.repack!.usedBytes);
+    expect(none.repack!.packsRepacked).toBe(0);
+    expect(all.repack!.generation).toBeGreaterThan(tight.compaction!.generation);
+    // The repacked packs went; new ones, named after point 0, hold their used pieces.
+    const packsAfter = await scratch.raw.keys('packs/');
+    expect(packsAfter.some((key) => key.startsWith('packs/0000000000000000-'))).toBe(true);
+    expect(packsBefore.filter((key) => !packsAfter.includes(key)).length).toBeGreaterThan(0);
+    await restoresKept(scratch.store, scratch.work, shas, kept);
+    const checked = await verify({ store: scratch.store, readData: true, dryRun: true });
+    expect(checked.problems).toEqual([]);
+    expect(checked.locationsRead).toBe(checked.locations);
   });
 
   it('a reader that opened a point before the compaction reads it to the end: the older versions wait for the grace', async () => {
@@ -133,6 +163,6 @@ describe.each(['fs', 's3'] as const)('compaction (%s store)', (kind) => {
     await restoresKept(scratch.store, scratch.work, shas, kept);
     // The chain a new writer builds on is the compacted one: the next point restores too.
     const repo = await Repository.open(scratch.store);
-    expect((await repo.fullIndex()).generation).toBe(1);
+    expect((await repo.fullIndex()).generation).toBe(compacted.repack?.generation ?? 1); // the repack after it commits its own
   });
 });

@@ -177,7 +177,7 @@ describe('forget and prune', () => {
       const more = await forget({ store: h.scratch.store, policy: { last: 2 + random(4), calendar: { hourly: 1 + random(3) } } });
       for (const [a, b] of more.removed) for (let seq = a; seq <= b; seq++) kept.delete(seq);
       const third = await prune({ store: h.scratch.store, graceMs: 0 });
-      if (more.removedCount > 0) expect(third.compaction!.generation).toBe(pruned.compaction!.generation + 1);
+      if (more.removedCount > 0) expect(third.compaction!.generation).toBeGreaterThan(pruned.compaction!.generation);
       await expectCompacted(h, kept);
       await expectHistory(h, kept);
       expect((await verify({ store: h.scratch.store, readData: true, dryRun: true })).problems).toEqual([]);

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { cp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseGrace } from '../../src/cli/prune.js';
+import { parseGrace, parseMaxUnused } from '../../src/cli/prune.js';
 import { copyUncompactedFixture } from '../../src/dev/golden-fixture.js';
 import { backup } from '../../src/core/backup.js';
 import { init } from '../../src/core/init.js';
@@ -245,5 +245,14 @@ describe('prune options', () => {
     expect(() => parseGrace('0x')).toThrow(/--grace "0x" is not a duration/);
     expect(() => parseGrace('soon')).toThrow(/--grace "soon" is not a duration/);
     expect(() => parseGrace('-1h')).toThrow(/--grace/);
+  });
+
+  it('--max-unused takes a percentage from 0% to 100% or unlimited; anything else is a usage error naming it, and prune refuses it before reading anything', async () => {
+    expect(parseMaxUnused('5%')).toBe(0.05);
+    expect(parseMaxUnused('0')).toBe(0);
+    expect(parseMaxUnused('100')).toBe(1);
+    expect(parseMaxUnused('unlimited')).toBe(Infinity);
+    for (const bad of ['150%', '-5%', 'lots', '5 percent', '']) expect(() => parseMaxUnused(bad)).toThrow(/--max-unused ".*" is not a percentage from 0% to 100%/);
+    await expect(prune({ store: openStore(join(fixture.dir, 'nowhere')), maxUnused: 2 })).rejects.toThrow(/--max-unused must be a percentage from 0% to 100%/);
   });
 });
