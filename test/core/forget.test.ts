@@ -129,10 +129,11 @@ async function expectCompacted(h: History, kept: Set<number>): Promise<void> {
 }
 
 describe('forget and prune', () => {
-  it('random histories, random policies: the kept points restore bit-exact after forget + prune, verify is clean, fewer objects stay', async () => {
+  it('random histories, random policies, both stores: the kept points restore bit-exact after forget + prune (compaction, repack), verify is clean, fewer objects stay', async () => {
     const random = xorshift(77);
-    for (let trial = 0; trial < 3; trial++) {
-      const h = await makeHistory('fs', 30 + random(20), 100 + trial);
+    // Three on the local store, one on the S3 server.
+    for (let trial = 0; trial < 4; trial++) {
+      const h = await makeHistory(trial < 3 ? 'fs' : 's3', 30 + random(20), 100 + trial);
       const seqs = [...h.points.keys()];
       const kept = new Set(seqs);
       // Two forgets with different policies: their removals add up.
