@@ -13,6 +13,7 @@ import { init } from '../../src/core/init.js';
 import { parsePointSelector } from '../../src/core/points.js';
 import { prune } from '../../src/core/prune.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
+import { openPitExport } from '../../src/core/serve.js';
 import { verify } from '../../src/core/verify.js';
 import { StoreError } from '../../src/errors.js';
 import { acquireWriterLock } from '../../src/repo/lock.js';
@@ -142,6 +143,28 @@ describe.each(['fs', 's3'] as const)('compaction (%s store)', (kind) => {
     now += 25 * HOUR;
     const second = await prune({ store: scratch.store, clock });
     expect(second.deleted.length).toBeGreaterThan(0);
+    await restoresKept(scratch.store, scratch.work, shas, kept);
+  });
+
+  it('a serve of a kept point running through a compaction, a repack and the prune after them reads on: it opens its point afresh hourly', async () => {
+    const { scratch, shas, kept } = await forgottenHistory(kind);
+    let now = Date.UTC(2026, 11, 7, 12);
+    const pit = await openPitExport({ store: scratch.store, at: parsePointSelector('12'), workers: 1, cacheBytes: 0, readAheadBytes: 0, clock: () => now });
+    const readAll = async (): Promise<string> => sha(await pit.read(0, pit.size));
+    try {
+      expect(await readAll()).toBe(shas.get(12));
+      // Every piece moves (--max-unused 0 repacks every partly used pack, --repack-small the others) and the old ones go at once.
+      const pruned = await prune({ store: scratch.store, graceMs: 0, maxUnused: 0, repackSmall: true });
+      expect(pruned.compaction!.rewritten).toBeGreaterThan(0);
+      expect(pruned.deleted.some((d) => d.key.startsWith('packs/'))).toBe(true);
+      // Within the hour it reads the map it opened, whose packs may be gone (a grace of 0s is only
+      // for a repository nobody uses); an hour on it opens the point afresh and reads it whole.
+      now += 3_600_000;
+      expect(await readAll()).toBe(shas.get(12));
+      expect(pit.stats.gets).toBeGreaterThan(0);
+    } finally {
+      await pit.close();
+    }
     await restoresKept(scratch.store, scratch.work, shas, kept);
   });
 

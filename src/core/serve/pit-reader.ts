@@ -42,6 +42,14 @@ export interface PitReaderOptions {
   workers?: number;
   /** Where failed reads are reported (one line each). */
   log?: (line: string) => void;
+  /**
+   * The point's map is opened afresh (from the chain as it is then) once it is this old, default
+   * 1 h: a prune deletes the runs and packs a compaction or repack replaced only after its grace
+   * (at least 1 h while a writer runs), so a long-running serve keeps reading.
+   */
+  reopenAfterMs?: number;
+  /** ms since the epoch; tests inject one. */
+  clock?: () => number;
 }
 
 export interface PitExportStats {
@@ -79,13 +87,24 @@ export class PitReader {
   private closed = false;
   /** Pages of the map the reads in progress use, most recent last. */
   private readonly pagesAtHand = new Map<number, PitPage>();
+  /** Pages of the map as last opened; pages at hand that are not are loaded again before use. */
+  private current = new WeakSet<PitPage>();
+  private view: PitView;
+  private openedAt: number;
+  private reopening: Promise<void> | undefined;
+  private readonly clock: () => number;
+  private readonly reopenAfterMs: number;
 
   constructor(
     readonly repo: Repository,
-    readonly pit: PitView,
+    pit: PitView,
     readonly seq: number,
     options: PitReaderOptions,
   ) {
+    this.view = pit;
+    this.clock = options.clock ?? Date.now;
+    this.openedAt = this.clock();
+    this.reopenAfterMs = options.reopenAfterMs ?? 3_600_000;
     this.geometry = repo.geometry;
     const cacheBytes = nonNegative(options.cacheBytes ?? DEFAULT_CACHE_BYTES, 'cacheBytes');
     // Prefetched regions wait in the cache; a window the cache cannot hold would be thrown away.
@@ -240,24 +259,50 @@ export class PitReader {
     return this.cache.has(id) || this.inFlight.has(id);
   }
 
+  /** The point's map, as last opened. */
+  get pit(): PitView {
+    return this.view;
+  }
+
+  /** Opens the point's map afresh: the same point, from the chain's runs as they are now (compacted, repacked). */
+  private reopen(): Promise<void> {
+    return (this.reopening ??= (async () => {
+      try {
+        const view = await this.repo.view(await this.repo.index(), this.seq);
+        this.view = view;
+        this.current = new WeakSet();
+        this.openedAt = this.clock();
+      } catch (error) {
+        // Reads go on from the map as it was (its objects outlive the grace); tried again in a minute.
+        this.log(`serve: opening point ${this.seq} afresh failed (${(error as Error).message}); trying again in a minute`);
+        this.openedAt = this.clock() - this.reopenAfterMs + 60_000;
+      } finally {
+        this.reopening = undefined;
+      }
+    })());
+  }
+
   /** Makes the pages holding regions [first, last] at hand (without waiting when they are). */
   private loadPages(first: number, last: number): Promise<void> | undefined {
+    if (this.clock() - this.openedAt >= this.reopenAfterMs) return this.reopen().then(() => this.loadPages(first, last));
     const from = this.pit.pageOf(first);
     const to = this.pit.pageOf(last);
     const wanted: number[] = [];
     for (let page = from; page <= to; page++) {
       const held = this.pagesAtHand.get(page);
-      if (held === undefined) wanted.push(page);
+      if (held === undefined || !this.current.has(held)) wanted.push(page);
       else {
         this.pagesAtHand.delete(page);
         this.pagesAtHand.set(page, held);
       }
     }
     if (wanted.length === 0) return undefined;
-    return Promise.all(wanted.map((page) => this.pit.page(page))).then((pages) => {
+    const view = this.view;
+    return Promise.all(wanted.map((page) => view.page(page))).then((pages) => {
       for (const page of pages) {
         this.pagesAtHand.delete(page.page);
         this.pagesAtHand.set(page.page, page);
+        if (view === this.view) this.current.add(page);
       }
       const keep = Math.max(PAGES_AT_HAND, to - from + 1);
       for (const oldest of this.pagesAtHand.keys()) {
