@@ -9,10 +9,12 @@
 // kept points reference (the union of the pieces their maps name).
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { backup } from '../src/core/backup.js';
 import { forget } from '../src/core/forget.js';
-import { planRestore, planTotals } from '../src/core/restore.js';
+import { init } from '../src/core/init.js';
+import { executeRestore, planRestore, planTotals } from '../src/core/restore.js';
 import { parsePointSelector } from '../src/core/points.js';
 import { prune } from '../src/core/prune.js';
 import { seededRandom } from '../src/demo/sample-image.js';
@@ -24,7 +26,7 @@ import { RunBuilder } from '../src/repo/run-builder.js';
 import { openStore } from '../src/store/open.js';
 import type { ObjectStore } from '../src/store/types.js';
 import { RequestCountingStore, requests } from './counting-store.js';
-import { option, table } from './harness.js';
+import { median, option, table } from './harness.js';
 
 function formatBytes(bytes: number): string {
   return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
@@ -168,8 +170,65 @@ export async function runRetentionBench(argv: string[], log: (line: string) => v
       value: `${foldBefore} → ${foldAfter}`,
       note: 'the same cover before and after; its runs compacted',
     });
+    rows.push(...(await restoreTimes(dir, argv, log)));
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+/**
+ * Restore time of kept points with real data, before and after forget + prune (compaction and
+ * repack): a --real-mib volume backed up --real-points times, each point rewriting a few 64 KiB
+ * regions, thinned to the newest 5 points and every 20th; medians of 3 restores to a file.
+ */
+async function restoreTimes(dir: string, argv: string[], log: (line: string) => void): Promise<RetentionRow[]> {
+  const mib = Number(option(argv, '--real-mib', '256'));
+  const count = Number(option(argv, '--real-points', '200'));
+  const repoDir = join(dir, 'real-repo');
+  const source = join(dir, 'real.img');
+  const target = join(dir, 'restored.img');
+  const image = Buffer.alloc(mib * 2 ** 20);
+  const rand = seededRandom(5);
+  for (let i = 0; i < image.length; i += 4096) image.writeUInt32LE(Math.floor(rand() * 2 ** 32), i);
+  await writeFile(source, image);
+  await init({ store: openStore(repoDir), from: source, regionSize: REGION });
+  log(`retention: ${count} backups of a ${mib} MiB image…`);
+  for (let seq = 1; seq <= count; seq++) {
+    if (seq > 1) {
+      for (let k = 0; k < 8; k++) {
+        const at = Math.floor(rand() * (image.length / REGION)) * REGION;
+        image.fill(seq & 0xff, at, at + REGION / 2);
+      }
+      await writeFile(source, image);
+    }
+    await backup({ store: openStore(repoDir), source });
+  }
+  const points = [1, Math.floor(count / 2), count - 10];
+  const time = async (seq: number): Promise<number> => {
+    const runs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t = process.hrtime.bigint();
+      await executeRestore(await planRestore({ store: openStore(repoDir), at: parsePointSelector(String(seq)) }), { to: target });
+      runs.push(Number(process.hrtime.bigint() - t) / 1e9);
+      await rm(target, { force: true });
+    }
+    return median(runs);
+  };
+  const before = new Map<number, number>();
+  for (const seq of points) before.set(seq, await time(seq));
+  const seqs: number[] = [];
+  for (let seq = 20; seq <= count; seq += 20) seqs.push(seq);
+  await forget({ store: openStore(repoDir), policy: { last: 5, seqs: [...new Set([...seqs, ...points])] } });
+  const pruned = await prune({ store: openStore(repoDir), graceMs: 0, maxUnused: 0 });
+  const rows: RetentionRow[] = [];
+  for (const seq of points) {
+    const after = await time(seq);
+    rows.push({
+      measure: `restore of kept point ${seq} (${mib} MiB, real data): seconds before → after forget + prune, median of 3`,
+      value: `${before.get(seq)!.toFixed(2)} → ${after.toFixed(2)} (${(before.get(seq)! / after).toFixed(2)}x)`,
+      note: `prune --max-unused 0: compaction ${pruned.compaction?.rewritten ?? 0} runs rewritten, repack ${pruned.repack?.packsRepacked ?? 0} packs (${formatBytes(pruned.repack?.bytesCopied ?? 0)})`,
+    });
   }
   return rows;
 }

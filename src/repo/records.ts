@@ -220,14 +220,13 @@ export interface ForgetRecord {
   ranges: Array<[number, number]>;
 }
 
+/** The fields a forget record and a compaction record share, in their stored order. */
+function rangeFields(value: Omit<ForgetRecord, 'volumeId'>): Record<string, unknown> {
+  return { created: value.created, latest: value.latest, first: value.ranges.map(([a]) => a), last: value.ranges.map(([, b]) => b) };
+}
+
 export function encodeForgetRecord(value: ForgetRecord): Uint8Array {
-  return sealEnvelope(FORGET_KIND, {
-    volumeId: value.volumeId,
-    created: value.created,
-    latest: value.latest,
-    first: value.ranges.map(([a]) => a),
-    last: value.ranges.map(([, b]) => b),
-  });
+  return sealEnvelope(FORGET_KIND, { volumeId: value.volumeId, ...rangeFields(value) });
 }
 
 export function decodeForgetRecord(bytes: Uint8Array, key: string): ForgetRecord {
@@ -272,14 +271,7 @@ export interface CompactionRecord {
 }
 
 export function encodeCompactionRecord(value: CompactionRecord): Uint8Array {
-  return sealEnvelope(COMPACTION_KIND, {
-    volumeId: value.volumeId,
-    generation: value.generation,
-    created: value.created,
-    latest: value.latest,
-    first: value.ranges.map(([a]) => a),
-    last: value.ranges.map(([, b]) => b),
-  });
+  return sealEnvelope(COMPACTION_KIND, { volumeId: value.volumeId, generation: value.generation, ...rangeFields(value) });
 }
 
 export function decodeCompactionRecord(bytes: Uint8Array, key: string, expectedGeneration: number): CompactionRecord {
