@@ -15,7 +15,7 @@ import { prune } from '../../src/core/prune.js';
 import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { openPitExport } from '../../src/core/serve.js';
 import { verify } from '../../src/core/verify.js';
-import { StoreError } from '../../src/errors.js';
+import { AbortedError, StoreError } from '../../src/errors.js';
 import { acquireWriterLock } from '../../src/repo/lock.js';
 import { Repository } from '../../src/repo/repository.js';
 import type { ObjectStore } from '../../src/store/types.js';
@@ -124,6 +124,25 @@ describe.each(['fs', 's3'] as const)('compaction (%s store)', (kind) => {
     const checked = await verify({ store: scratch.store, readData: true, dryRun: true });
     expect(checked.problems).toEqual([]);
     expect(checked.locationsRead).toBe(checked.locations);
+  });
+
+  it('Ctrl-C (the abort signal the CLI raises on SIGINT) in the middle of a compaction: nothing committed, every kept point restores, the next prune finishes', async () => {
+    const { scratch, shas, kept } = await forgottenHistory(kind);
+    const stop = new AbortController();
+    const interrupted = new FaultStore(scratch.store, {
+      // The first run of the new generation is stored; then the user presses Ctrl-C.
+      afterPut: (key) => {
+        if (/\.\d{8}$/.test(key)) stop.abort();
+      },
+    });
+    await expect(prune({ store: interrupted, graceMs: 0, signal: stop.signal })).rejects.toBeInstanceOf(AbortedError);
+    expect(await scratch.raw.keys('compactions/')).toEqual([]);
+    expect(await scratch.raw.keys('locks/')).toEqual([]); // released on the way out
+    await restoresKept(scratch.store, scratch.work, shas, kept);
+    const next = await prune({ store: scratch.store, graceMs: 0 });
+    expect(next.compaction!.rewritten).toBeGreaterThan(0);
+    await restoresKept(scratch.store, scratch.work, shas, kept);
+    expect((await verify({ store: scratch.store, readData: true, dryRun: true })).problems).toEqual([]);
   });
 
   it('a reader that opened a point before the compaction reads it to the end: the older versions wait for the grace', async () => {
