@@ -73,6 +73,21 @@ export async function compact(repo: Repository, index: ChainIndex, options: { si
   const next = index.successor(generation, forgotten);
   const result: CompactResult = { generation, rewritten: 0, emptied: 0, metadataBytes: 0 };
   const read = async (block: Block): Promise<RunReader> => readChainRun(repo, block, signal);
+  // The run that holds the points up to `at` and starts no earlier than `floor`: the largest
+  // stored span ending at `at` that does (one root for up to fanout^level forgotten points),
+  // else the delta of `at`.
+  const runEndingAt = async (at: number, floor: number): Promise<RunReader | undefined> => {
+    for (let level = index.topLevel; level >= 1; level--) {
+      const size = index.fanout ** level;
+      if (at % size !== 0 || at - size < floor) continue;
+      const span = await index.stored(level, at, signal);
+      if (span === undefined) continue;
+      const run = await read(span);
+      if (run.root.to === at && run.root.from >= floor) return run;
+    }
+    const delta = await index.stored(0, at, signal);
+    return delta === undefined ? undefined : read(delta);
+  };
 
   // Deltas: a kept point after forgotten ones takes in their changes (its run is the merge of the
   // runs from the kept point before it, found by following each run's `from`).
@@ -88,11 +103,10 @@ export async function compact(repo: Repository, index: ChainIndex, options: { si
     if (current.root.from === wanted.from) continue;
     const chain: RunReader[] = [current];
     for (let at = current.root.from; at > wanted.from; ) {
-      const previous = await index.stored(0, at, signal);
-      if (previous === undefined) {
+      const run = await runEndingAt(at, wanted.from);
+      if (run === undefined) {
         throw new FormatError('FORMAT_CORRUPT', `delta ${seq}`, `cannot take in the forgotten points before it: the run of point ${at} is missing (see cdp-s3 verify)`);
       }
-      const run = await read(previous);
       chain.unshift(run);
       at = run.root.from;
       if (at < wanted.from) throw new FormatError('FORMAT_CORRUPT', run.what, `holds points from ${at + 1}, past the kept point ${wanted.from}`);
