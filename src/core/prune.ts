@@ -116,10 +116,11 @@ export async function prune(options: PruneOptions): Promise<PruneResult> {
   let compactionSkipped: string | undefined;
   const maxUnused = options.maxUnused ?? DEFAULT_MAX_UNUSED;
   // Compaction, then the repack on the chain it left (each commits a generation of its own).
+  // A dry run can only say what a repack would do when the compaction would change nothing.
   const compactUnder = async (): Promise<CompactResult> => {
     const result = await compact(repo, await readChain(repo, signal), { signal, clock, dryRun });
-    if (maxUnused !== Infinity && !dryRun) repacked = await repack(repo, await readChain(repo, signal), { maxUnused, repackSmall: options.repackSmall, signal, clock });
-    else if (maxUnused !== Infinity && result.rewritten + result.emptied === 0) repacked = await repack(repo, await readChain(repo, signal), { maxUnused, repackSmall: options.repackSmall, signal, clock, dryRun: true });
+    if (maxUnused === Infinity || (dryRun && result.rewritten + result.emptied > 0)) return result;
+    repacked = await repack(repo, await readChain(repo, signal), { maxUnused, repackSmall: options.repackSmall, signal, clock, dryRun });
     return result;
   };
   try {

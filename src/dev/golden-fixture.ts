@@ -9,7 +9,7 @@
 // The tests read what is stored (test/repo/golden.test.ts); they never regenerate it.
 
 import { createHash } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { backup } from '../core/backup.js';
 import { compact } from '../core/compact.js';
@@ -154,7 +154,6 @@ if (process.argv[1]?.endsWith('golden-fixture.js')) {
  * and the generation-1 runs left out (tests that damage or prune the six points use it).
  */
 export async function copyUncompactedFixture(fixture: string, to: string): Promise<void> {
-  const { cp } = await import('node:fs/promises');
   await cp(fixture, to, {
     recursive: true,
     filter: (path) => !/(?:^|\/)(?:forgets|compactions)(?:\/|$)/.test(path.slice(fixture.length)) && !/\.\d{8}$/.test(path),
