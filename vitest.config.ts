@@ -9,6 +9,9 @@ export default defineConfig({
     testTimeout: 300_000,
     hookTimeout: 300_000,
     // The SDK warns on Node 20 that its releases from 2027 on need Node 22; the lockfile pins this one.
-    env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+    // Repositories the command line creates in tests are encrypted, with this password and cheap
+    // keys (a key derivation per command would cost half a second each); tests of plain ones
+    // pass --insecure-no-encryption or create them through core's init without a password.
+    env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', CDP_S3_PASSWORD: 'cdp-s3 test password', CDP_S3_INSECURE_TEST_KDF: '1' },
   },
 });

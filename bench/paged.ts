@@ -277,7 +277,7 @@ export async function syntheticChain(repo: Repository, store: ObjectStore, o: Ch
     const digests = randomBytes(32 * regions.size);
     let i = 0;
     for (const region of [...regions].sort((a, b) => a - b)) {
-      await builder.set(region, wholeAt({ pack, offset: 16 + i * repo.geometry.regionSize }), digests.subarray(32 * i, 32 * i + 32));
+      await builder.set(region, wholeAt({ pack, offset: 16 + i * (repo.geometry.regionSize + 1), length: repo.geometry.regionSize + 1 }), digests.subarray(32 * i, 32 * i + 32));
       i++;
     }
     const pages = await builder.finish();

@@ -87,7 +87,7 @@ export async function runRetentionBench(argv: string[], log: (line: string) => v
       const digests = randomBytes(32 * regions.size);
       let i = 0;
       for (const region of [...regions].sort((a, b) => a - b)) {
-        await builder.set(region, wholeAt({ pack, offset: PACK_HEADER + i * REGION }), digests.subarray(32 * i, 32 * i + 32));
+        await builder.set(region, wholeAt({ pack, offset: PACK_HEADER + i * (REGION + 1), length: REGION + 1 }), digests.subarray(32 * i, 32 * i + 32));
         i++;
       }
       const end = t0 + seq * intervalMs;

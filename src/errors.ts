@@ -21,7 +21,11 @@ export type ErrorCode =
   | 'INTEGRITY'
   | 'NO_POINT_IN_TIME'
   | 'LOCKED'
-  | 'OUTPUT_CLOSED';
+  | 'OUTPUT_CLOSED'
+  /** An encrypted repository and no password, or one that opens none of its keys. */
+  | 'PASSWORD'
+  /** A key operation that cannot be done: no key left to open the repository, an unknown key id. */
+  | 'KEY';
 
 export type StoreErrorKind = 'not-found' | 'exists' | 'retryable' | 'auth' | 'no-bucket' | 'unreachable' | 'permanent';
 type StoreErrorCode =

@@ -26,7 +26,7 @@ export function registerBackup(program: Command): void {
     .action(async (source: string, opts: { changed?: string; drl?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const result = await backup({
-        store: cli.store(),
+        store: await cli.repoStore(),
         source,
         changed: opts.changed === undefined ? undefined : await readChanged(opts.changed),
         drl: opts.drl,

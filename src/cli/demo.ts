@@ -35,6 +35,8 @@ export function registerDemo(program: Command): void {
       const server = await startS3Server({ buckets: ['demo'], directory: join(dir, 's3') });
       const savedEnv = { ...process.env };
       Object.assign(process.env, s3ServerEnv(server));
+      // The demo repository is encrypted like any other: with this password unless one is set.
+      process.env['CDP_S3_PASSWORD'] ||= 'cdp-s3-demo';
       delete process.env['AWS_CA_BUNDLE'];
       try {
         const disk = join(dir, 'disk.img');
@@ -44,7 +46,7 @@ export function registerDemo(program: Command): void {
           const code = await run(['--repo', repo, '--no-progress', ...args], { stdout: cli.stdout, stderr: cli.stderr });
           if (code !== expected) throw new CdpError('INVALID_ARGUMENT', `demo step failed with exit code ${code}: cdp-s3 ${args.join(' ')}`);
         };
-        say(`S3-compatible server (s3rver) at ${server.endpoint}, bucket "demo"; working directory ${dir}`);
+        say(`S3-compatible server (s3rver) at ${server.endpoint}, bucket "demo"; working directory ${dir}; repository password from CDP_S3_PASSWORD`);
         const image = makeImage({ size, regionSize: 1024 * 1024, seed: 2026, zero: 0.2, repeated: 0.1 });
         await writeFile(disk, image);
         const firstDigest = sha256(image);

@@ -22,6 +22,11 @@ export const EXIT = {
    * lock while it ran. Wait and run again, or, if that writer is gone, use --force-unlock.
    */
   locked: 8,
+  /**
+   * The repository is encrypted and no password was given (CDP_S3_PASSWORD, --password-file, or a
+   * terminal to ask on), the password opens none of its keys, or a key operation was refused.
+   */
+  password: 9,
   /** scan found discrepancies between primary and secondary (repaired unless --dry-run). */
   discrepancies: 10,
   /** Interrupted (Ctrl-C / SIGTERM); nothing half-done was committed. */
@@ -50,6 +55,9 @@ export function exitCodeFor(code: ErrorCode): number {
       return EXIT.noPointInTime;
     case 'LOCKED':
       return EXIT.locked;
+    case 'PASSWORD':
+    case 'KEY':
+      return EXIT.password;
     case 'ABORTED':
       return EXIT.interrupted;
     case 'OUTPUT_CLOSED':

@@ -51,7 +51,7 @@ export function registerForget(program: Command): void {
     .action(async (flags: ForgetFlags, cmd: Command) => {
       const cli = CliContext.of(cmd);
       const policy = policyOf(flags);
-      const result = await forget({ store: cli.store(), policy, dryRun: flags.dryRun, signal: cli.signal });
+      const result = await forget({ store: await cli.repoStore(), policy, dryRun: flags.dryRun, signal: cli.signal });
       cli.result(result, () => {
         const verb = result.dryRun ? 'would remove' : 'removed';
         const ranges = result.removed.map(([a, b]) => (a === b ? String(a) : `${a}-${b}`));

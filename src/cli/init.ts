@@ -1,30 +1,50 @@
 import type { Command } from 'commander';
 import { init } from '../core/init.js';
+import { UsageError } from '../errors.js';
+import { COMPRESSION_LEVELS, type Compression } from '../repo/pieces.js';
 import { CliContext } from './context.js';
 import { formatSize, parseSize } from './units.js';
+
+export function parseCompression(value: string, flag = '--compression'): Compression {
+  if (!(COMPRESSION_LEVELS as readonly string[]).includes(value)) throw new UsageError(`${flag} must be one of ${COMPRESSION_LEVELS.join(', ')}, got ${JSON.stringify(value)}`);
+  return value as Compression;
+}
 
 export function registerInit(program: Command): void {
   program
     .command('init')
-    .description('create a repository for one volume')
+    .description('create a repository for one volume (encrypted: the password from $CDP_S3_PASSWORD, --password-file, or asked)')
     .option('--size <bytes>', 'volume size, e.g. 10GiB')
     .option('--from <source>', 'take the volume size from this image file or block device')
     .option('--region-size <bytes>', 'unit of change tracking, a power of two from 64KiB to 16MiB', '1MiB')
     .option('--block-size <bytes>', 'unit a small write is shipped in (a patch of the region), a power of two from 512 to the region size', '4KiB')
-    .action(async (opts: { size?: string; from?: string; regionSize: string; blockSize: string }, command: Command) => {
+    .option('--compression <level>', `how writers compress stored regions by default: ${COMPRESSION_LEVELS.join(', ')}`, 'fast')
+    .option('--insecure-no-encryption', 'store everything in the clear (anyone who can read the bucket can read the disk)')
+    .action(async (opts: { size?: string; from?: string; regionSize: string; blockSize: string; compression: string; insecureNoEncryption?: boolean }, command: Command) => {
       const cli = CliContext.of(command);
-      const config = await init({
-        store: cli.store(),
+      const compression = parseCompression(opts.compression);
+      let password: string | undefined;
+      if (opts.insecureNoEncryption !== true) {
+        password = await cli.newPassword('password for the new repository: ', { env: 'CDP_S3_PASSWORD', file: cli.options.passwordFile, flag: '--password-file', otherwise: ' (or pass --insecure-no-encryption)' });
+      }
+      const store = cli.store();
+      const { config, keyId } = await init({
+        store,
         size: opts.size === undefined ? undefined : parseSize(opts.size, '--size'),
         from: opts.from,
         regionSize: parseSize(opts.regionSize, '--region-size'),
         blockSize: parseSize(opts.blockSize, '--block-size'),
+        compression,
+        ...(cli.kdf === undefined ? {} : { kdf: cli.kdf }),
+        ...(password === undefined ? {} : { password }),
         signal: cli.signal,
       });
       cli.result(
-        config,
+        { ...config, ...(keyId === undefined ? {} : { keyId }) },
         () =>
-          `initialized ${cli.store().location}: volume ${config.volumeId}, ${formatSize(config.volumeSize)} in ${formatSize(config.regionSize)} regions of ${formatSize(config.blockSize)} blocks`,
+          `initialized ${store.location}: volume ${config.volumeId}, ${formatSize(config.volumeSize)} in ${formatSize(config.regionSize)} regions of ${formatSize(config.blockSize)} blocks, ` +
+          (keyId === undefined ? 'NOT encrypted' : `encrypted (key ${keyId})`) +
+          `, compression ${config.compression}`,
       );
     });
 }

@@ -23,7 +23,7 @@ export function registerLog(program: Command): void {
     .action(async (opts: { since?: string; last?: string; summary?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const query = parseLogQuery(opts);
-      const result = await log({ store: cli.store(), signal: cli.signal, ...query.options });
+      const result = await log({ store: await cli.repoStore(), signal: cli.signal, ...query.options });
       const before = Math.min(result.first, result.latest + 1) - 1;
       const hidden = before === 1 ? ['(point 1 not shown)'] : before > 1 ? [`(points 1 to ${before} not shown)`] : [];
       if (result.forgotten > 0) hidden.push(`(${count(result.forgotten, 'point')} removed by cdp-s3 forget not listed)`);

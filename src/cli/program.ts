@@ -9,6 +9,7 @@ import { registerDemo } from './demo.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
 import { registerForget } from './forget.js';
 import { registerInit } from './init.js';
+import { registerKey } from './key.js';
 import { registerLog } from './log.js';
 import { registerRestore } from './restore.js';
 import { registerProtect } from './protect.js';
@@ -32,12 +33,14 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
     .option('--no-progress', 'no progress bar, even on a terminal')
     .option('--request-timeout <duration>', 'a store request attempt that moves no data gives up after this, one moving data after this much more per 10 MiB (default 10s)')
     .option('--debug', 'print stack traces with errors, and each store retry')
+    .option('--password-file <file>', "the repository's password, read from this file's first line (default: $CDP_S3_PASSWORD, else asked on a terminal)")
     .option('--force-unlock', 'remove stale repository locks first (only when no other cdp-s3 process is writing)')
     .showHelpAfterError('(run cdp-s3 --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });
   bindStreams(program, streams);
   registerInit(program);
+  registerKey(program);
   registerBackup(program);
   registerLog(program);
   registerRestore(program);

@@ -36,7 +36,7 @@ export function registerProtect(program: Command): void {
       // Loaded when the command runs: the other commands (status above all) need no NBD server.
       const { protect } = await import('../core/protect.js');
       const handle = await protect({
-        store: cli.store(),
+        store: await cli.repoStore(),
         source,
         drl: opts.drl === '' ? `${source}.cdp-s3-drl` : opts.drl,
         listen: parseListen(opts.listen),

@@ -33,7 +33,7 @@ export function registerPrune(program: Command): void {
       const cli = CliContext.of(command);
       const graceMs = parseGrace(opts.grace);
       const maxUnused = parseMaxUnused(opts.maxUnused);
-      const result = await prune({ store: cli.store(), graceMs, maxUnused, repackSmall: opts.repackSmall === true, dryRun: opts.dryRun, signal: cli.signal });
+      const result = await prune({ store: await cli.repoStore(), graceMs, maxUnused, repackSmall: opts.repackSmall === true, dryRun: opts.dryRun, signal: cli.signal });
       cli.result(result, () => {
         const would = result.dryRun ? 'would delete' : 'deleted';
         const c = result.compaction;

@@ -19,7 +19,7 @@ export function registerRestore(program: Command): void {
       const cli = CliContext.of(command);
       const at = parsePointSelector(opts.at);
       if (opts.to === undefined && opts.dryRun !== true) throw new UsageError('restore needs --to FILE|DEVICE|- (or --dry-run)');
-      const plan = await planRestore({ store: cli.store(), at, allowSuspect: opts.allowSuspect, signal: cli.signal });
+      const plan = await planRestore({ store: await cli.repoStore(), at, allowSuspect: opts.allowSuspect, signal: cli.signal });
       if (plan.skipped.length > 0) {
         cli.note(`chose point in time ${plan.seq}; passed over ${describeSkipped(plan.skipped)}: see cdp-s3 log, or --allow-suspect for marked ones`);
       }

@@ -14,7 +14,7 @@ export function registerScan(program: Command): void {
     .action(async (source: string, opts: { drl?: string; dryRun?: boolean }, command: Command) => {
       const cli = CliContext.of(command);
       const result = await scan({
-        store: cli.store(),
+        store: await cli.repoStore(),
         source,
         drl: opts.drl,
         dryRun: opts.dryRun,

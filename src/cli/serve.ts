@@ -31,7 +31,7 @@ export function registerServe(program: Command): void {
       // Loaded when the command runs: the other commands need no NBD server.
       const { serve } = await import('../core/serve.js');
       const handle = await serve({
-        store: cli.store(),
+        store: await cli.repoStore(),
         at,
         allowSuspect: opts.allowSuspect,
         listen,

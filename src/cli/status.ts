@@ -9,7 +9,7 @@ export function registerStatus(program: Command): void {
     .description('the newest point in time, the last scan, and each running protect: lag, dirty regions, pre-images')
     .action(async (_opts: unknown, command: Command) => {
       const cli = CliContext.of(command);
-      const result = await status({ store: cli.store(), signal: cli.signal });
+      const result = await status({ store: await cli.repoStore(), signal: cli.signal });
       cli.result(result, () => {
         const lines = [`${result.location}: volume ${result.volumeId}, ${formatSize(result.volumeSize)}`];
         lines.push(result.newest === undefined ? 'no points in time yet' : `newest point in time ${result.newest.seq} (${result.newest.kind}, ${result.newest.time})`);

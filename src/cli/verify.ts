@@ -18,7 +18,7 @@ export function registerVerify(program: Command): void {
       const percent = opts.readDataSubset === undefined ? undefined : Number(opts.readDataSubset.replace(/%$/, ''));
       if (percent !== undefined && Number.isNaN(percent)) throw new UsageError(`--read-data-subset ${opts.readDataSubset} is not a number: give a percentage such as 10`);
       const result = await verify({
-        store: cli.store(),
+        store: await cli.repoStore(),
         readData: opts.readData,
         readDataSubset: percent,
         dryRun: opts.dryRun,

@@ -120,7 +120,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
       if (toScan === undefined) maps.push((toScan = drlDirty.clone()));
       else toScan.union(drlDirty);
     }
-    pool = new RegionPool(options.workers);
+    pool = new RegionPool(options.workers, repo.identity);
     // One writer at a time, from before the chain is read to the end (the source is checked
     // first, so a bad source fails without writing anything).
     if (options.forceUnlock === true) await forceUnlock(store, { signal });

@@ -9,6 +9,7 @@ import { DIGEST_BYTES, type Geometry, type RegionLocation, type StoredRegion, pi
 import { encodePatch, patchLength } from '../model/patches.js';
 import type { PitPage } from '../model/pages.js';
 import { packKey } from '../repo/keys.js';
+import type { PieceCounts } from '../repo/pieces.js';
 import { PackBuilder } from '../repo/pack.js';
 import type { PitView } from '../repo/pit-view.js';
 import type { PendingDelta, Repository } from '../repo/repository.js';
@@ -22,6 +23,8 @@ import { NEVER_SAME } from '../volume/region-protocol.js';
 /** A digest no region has: reading with it as the expectation always yields the bytes. */
 export const NEVER_DIGEST: Uint8Array = NEVER_SAME;
 const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
+/** Bytes a pack has beyond a region's for the frame around it (docs/FORMAT.md, "Pieces"). */
+const PIECE_ROOM = 4096;
 
 export interface ReadRegionsOptions {
   pool: RegionPool;
@@ -248,6 +251,8 @@ export class DeltaWriter {
   packCount = 0;
   /** Regions stored as a patch on their previous version (their bytes count in bytesStored). */
   regionsPatched = 0;
+  /** Pieces this delta stored compressed. */
+  readonly compression: PieceCounts = { compressed: 0, plainBytes: 0, storedBytes: 0 };
   private pack: PackBuilder | undefined;
   private readonly uploads: TaskWindow;
   private readonly spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
@@ -267,6 +272,7 @@ export class DeltaWriter {
     // Content this delta stored itself is always there to reuse; older packs only as the marks allow.
     this.dedup = new DedupIndex(base, (stored) => this.usable(stored));
     this.run = new RunBuilder(repo.store, seq, repo.context, {
+      blobs: repo.blobs,
       signal: options.signal,
       inlineEntries: repo.inlineEntries,
       onPageStored: (ref, page) => repo.rememberPage(ref, page),
@@ -322,11 +328,10 @@ export class DeltaWriter {
     let stored: StoredRegion;
     if (earlier.length < limits.maxPatches && chainBytes <= allowed) {
       const location = await this.store(encodePatch(bytes, changedBlocks, blockSize));
-      stored = { base: previous?.base, patches: [...earlier, { ...location, length }] };
+      stored = { base: previous?.base, patches: [...earlier, location] };
     } else if (sinceBase !== undefined && patchLength(sinceBase, bytes.length, blockSize) <= allowed) {
-      const merged = encodePatch(bytes, sinceBase, blockSize);
-      const location = await this.store(merged);
-      stored = { base: previous?.base, patches: [{ ...location, length: merged.length }] };
+      const location = await this.store(encodePatch(bytes, sinceBase, blockSize));
+      stored = { base: previous?.base, patches: [location] };
     } else return undefined;
     this.regionsPatched++;
     if (sinceBase !== undefined) this.options.history?.remember(region, stored, sinceBase);
@@ -362,19 +367,21 @@ export class DeltaWriter {
     return { seq: this.seq, info: { ...info, storedBytes: this.bytesStored }, pages: this.pages };
   }
 
-  /** Puts `bytes` (a region, or a patch) in the pack being filled. */
-  private async store(bytes: Uint8Array): Promise<RegionLocation> {
+  /** Puts `plain` (a region, or a patch) in the pack being filled, as a piece (compressed, sealed: repo.pieces). */
+  private async store(plain: Uint8Array): Promise<RegionLocation> {
     const g = this.repo.geometry;
+    const bytes = await this.repo.pieces.encode(plain, this.repo.compression, this.compression);
     if (this.pack !== undefined && !this.pack.hasRoomFor(bytes.length)) {
       await this.upload(this.pack);
       this.pack = undefined;
     }
     if (this.pack === undefined) {
-      this.pack = new PackBuilder(packKey(this.seq, randomBytes(4).toString('hex')), Math.max(this.repo.config.packSize, g.regionSize), this.spareBuffers.pop());
+      // Room for the largest piece: a whole region that did not compress, in its frame.
+      this.pack = new PackBuilder(packKey(this.seq, randomBytes(4).toString('hex')), Math.max(this.repo.config.packSize, g.regionSize + PIECE_ROOM), this.spareBuffers.pop());
       this.ownPacks.add(this.pack.key);
     }
     this.bytesStored += bytes.length;
-    return { pack: this.pack.key, offset: this.pack.append(bytes) };
+    return { pack: this.pack.key, offset: this.pack.append(bytes), length: bytes.length };
   }
 
   private async upload(builder: PackBuilder): Promise<void> {

@@ -2,6 +2,10 @@
 
 import { CdpError, UsageError, throwIfAborted } from '../errors.js';
 import { type RepoConfig, newConfig } from '../repo/config.js';
+import { type KdfParams } from '../repo/key-files.js';
+import { CONFIG_KEY } from '../repo/keys.js';
+import type { Compression } from '../repo/pieces.js';
+import { createKeys } from '../repo/unlock.js';
 import { Repository } from '../repo/repository.js';
 import type { ObjectStore } from '../store/types.js';
 import { openVolume } from '../volume/source.js';
@@ -19,10 +23,28 @@ export interface InitOptions {
   blockSize?: number;
   /** Runs merged into a span of the next level (default 16; tests use small ones). */
   spanFanout?: number;
+  /**
+   * The password of the repository's first key: the repository is encrypted (docs/FORMAT.md,
+   * "Encryption"). Without it, a plain repository (the CLI asks for one unless told
+   * --insecure-no-encryption).
+   */
+  password?: string;
+  /** scrypt parameters of the first key (tests use cheap ones); default key-files.ts DEFAULT_KDF. */
+  kdf?: KdfParams;
+  /** How writers compress by default (default `fast`). */
+  compression?: Compression;
   signal?: AbortSignal;
 }
 
-export async function init(options: InitOptions): Promise<RepoConfig> {
+export interface InitResult {
+  config: RepoConfig;
+  /** The store to use the new repository through (sealed when it is encrypted). */
+  store: ObjectStore;
+  /** The first key's id, when encrypted. */
+  keyId?: string;
+}
+
+export async function init(options: InitOptions): Promise<InitResult> {
   throwIfAborted(options.signal);
   if ((options.size === undefined) === (options.from === undefined)) {
     throw new UsageError('give the volume size with --size BYTES or a disk to take it from with --from SOURCE (one of the two)');
@@ -36,10 +58,28 @@ export async function init(options: InitOptions): Promise<RepoConfig> {
   }
   let config: RepoConfig;
   try {
-    config = newConfig({ volumeSize: size!, regionSize: options.regionSize, packSize: options.packSize, spanFanout: options.spanFanout, blockSize: options.blockSize });
+    config = newConfig({
+      volumeSize: size!,
+      regionSize: options.regionSize,
+      packSize: options.packSize,
+      spanFanout: options.spanFanout,
+      blockSize: options.blockSize,
+      encryption: options.password === undefined ? 'none' : 'aes-256-gcm',
+      compression: options.compression,
+    });
   } catch (error) {
     throw new UsageError((error as Error).message, { cause: error });
   }
-  await Repository.init(options.store, config, options.signal);
-  return config;
+  if (options.password === undefined) {
+    await Repository.init(options.store, config, options.signal);
+    return { config, store: options.store };
+  }
+  if (options.password === '') throw new UsageError('the password is empty: choose one with at least one character');
+  // Refused before a key is written: a key file beside someone else's config would be litter.
+  if ((await options.store.head(CONFIG_KEY, { signal: options.signal })) !== undefined) {
+    throw new CdpError('REPO_EXISTS', `${options.store.location} already holds a repository; use it as it is, or choose another --repo`);
+  }
+  const sealed = await createKeys(options.store, options.password, { kdf: options.kdf, signal: options.signal });
+  await Repository.init(sealed, config, options.signal);
+  return { config, store: sealed, keyId: sealed.keyId };
 }

@@ -20,6 +20,7 @@ import { hostname } from 'node:os';
 import { type NbdExport } from '../nbd/types.js';
 import { NbdServer } from '../nbd/server.js';
 import { type ProtectStatus, encodeProtectStatus, protectStatusKey } from '../repo/protect-status.js';
+import { storeKeys } from '../repo/sealed-store.js';
 import type { ProtectedVolumeOptions } from './protect/options.js';
 import { ProtectedVolume } from './protect/protected-volume.js';
 import { InvalidArgumentError } from '../errors.js';
@@ -94,7 +95,7 @@ export async function protect(options: ProtectOptions): Promise<ProtectHandle> {
   }
   const intervalMs = options.intervalMs ?? 5000;
   let stopped = false;
-  const statusKey = protectStatusKey(options.source);
+  const statusKey = protectStatusKey(options.source, storeKeys(options.store));
   // Status reports are put one at a time, in the order they are made, and the stop's report is
   // the last word: a tick's report still queued or in flight when it is made is cancelled, so no
   // late "running" can land after it. A report reads the status when its put starts, so while

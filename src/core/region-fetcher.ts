@@ -15,7 +15,7 @@ import type { Repository } from '../repo/repository.js';
 import { TaskWindow } from '../util/task-window.js';
 import { pwriteFully } from '../util/positional-io.js';
 import type { RegionPool, VerifyResult, VerifySlice } from '../volume/region-pool.js';
-import { type StoredRegion, regionLength, storedId } from '../model/regions.js';
+import { type StoredRegion, identityHash, regionLength, storedId } from '../model/regions.js';
 import { PATCH_DIGEST_BYTES, applyPatch } from '../model/patches.js';
 
 /** Largest ranged GET: neighbouring regions of a pack are merged up to this size. */
@@ -24,9 +24,13 @@ export const DEFAULT_FETCHES_IN_FLIGHT = 8;
 
 /** One stored region's bytes within a range: the regions of the volume that hold them (several when deduplicated). */
 export interface FetchSlice {
-  /** Offset within the range. */
+  /** Offset of its bytes (as read, decoded) within the range's bytes. */
   at: number;
+  /** Bytes of the region (a self-checked patch: at most this many until read, then its own length). */
   length: number;
+  /** Where its stored frame is within the range's GET, and how long (docs/FORMAT.md, "Pieces"). */
+  storedAt: number;
+  storedLength: number;
   digest: Uint8Array;
   regions: number[];
   /** A patch read on its own (verify): its first 32 bytes are the SHA-256 of the rest; `digest` is unused. */
@@ -55,7 +59,10 @@ export interface Composition {
 export interface FetchRange {
   pack: string;
   offset: number;
+  /** Bytes of its regions, decoded (the slices lie back to back in them). */
   length: number;
+  /** Bytes its GET reads (a composed range's GETs say their own). */
+  stored: number;
   slices: FetchSlice[];
   composed?: Composition;
 }
@@ -63,10 +70,11 @@ export interface FetchRange {
 /** A stored region wanted, in volume order. */
 export interface WantedRegion {
   region: number;
-  /** Where its bytes are (for a composed region: its last patch). */
+  /** Where its stored frame is (for a composed region: its last patch's), and how long. */
   pack: string;
   offset: number;
-  /** Bytes of the region (of the patch, for a self-checked one). */
+  stored: number;
+  /** Bytes of the region (for a self-checked patch: the most it may hold). */
   length: number;
   digest: Uint8Array;
   /** The region is its base (undefined: zeros) with these patches applied in order. */
@@ -116,7 +124,7 @@ export async function* storedRegions(view: PitView, counts: PlanCounts, wanted?:
 /** What fetching `region`, stored as `stored`, means: its bytes, or its pieces to compose. */
 export function wantedRegion(region: number, stored: StoredRegion, length: number, digest: Uint8Array): WantedRegion {
   const last = stored.patches.at(-1) ?? stored.base!;
-  const wanted: WantedRegion = { region, pack: last.pack, offset: last.offset, length, digest: digest.slice() };
+  const wanted: WantedRegion = { region, pack: last.pack, offset: last.offset, stored: last.length, length, digest: digest.slice() };
   if (stored.patches.length > 0) wanted.compose = stored;
   return wanted;
 }
@@ -182,11 +190,11 @@ export function composedRanges(wanted: readonly WantedRegion[], options: { maxRa
       groups.push((group = { slices: [], parts: [], bases: [], length: 0 }));
       sliceOf.clear(); // a slice is shared within its range only
     }
-    const slice: FetchSlice = { at: group.length, length: w.length, digest: w.digest, regions: [w.region] };
+    const slice: FetchSlice = { at: group.length, length: w.length, storedAt: 0, storedLength: 0, digest: w.digest, regions: [w.region] };
     group.slices.push(slice);
     sliceOf.set(id, slice);
     group.length += w.length;
-    const base = compose.base === undefined ? undefined : piece(compose.base.pack, compose.base.offset, w.length);
+    const base = compose.base === undefined ? undefined : piece(compose.base.pack, compose.base.offset, compose.base.length);
     if (base !== undefined) group.bases.push(base);
     const own = compose.patches.map((p) => piece(p.pack, p.offset, p.length));
     patches.push(...own);
@@ -199,7 +207,7 @@ export function composedRanges(wanted: readonly WantedRegion[], options: { maxRa
     for (const part of group.parts) for (const p of part.patches) if (!gets.includes(p.get!)) gets.push(p.get!);
     const ref = (p: PlannedPiece): PieceRef => ({ get: gets.indexOf(p.get!), at: p.at, length: p.length });
     const parts = group.parts.map((part) => ({ base: part.base === undefined ? undefined : ref(part.base), patches: part.patches.map(ref) }));
-    return { pack: gets[0]!.pack, offset: gets[0]!.offset, length: group.length, slices: group.slices, composed: { gets, parts } };
+    return { pack: gets[0]!.pack, offset: gets[0]!.offset, length: group.length, stored: 0, slices: group.slices, composed: { gets, parts } };
   });
 }
 
@@ -254,24 +262,38 @@ export async function* planRanges(
     }
     if (batch.length > 0) yield* composed();
     const same = options.oneRegionPerSlice === true || current?.pack !== wanted.pack ? undefined : inCurrent.get(wanted.offset);
-    if (same !== undefined && same.length === wanted.length) {
+    if (same !== undefined && same.length === wanted.length && same.storedLength === wanted.stored) {
       same.regions.push(wanted.region);
       continue;
     }
-    const joins = current !== undefined && current.pack === wanted.pack && current.offset + current.length === wanted.offset && current.length + wanted.length <= max;
+    const joins =
+      current !== undefined &&
+      current.pack === wanted.pack &&
+      current.offset + current.stored === wanted.offset &&
+      current.length + wanted.length <= max &&
+      current.stored + wanted.stored <= max;
     if (!joins) {
       if (current !== undefined) yield current;
-      current = { pack: wanted.pack, offset: wanted.offset, length: 0, slices: [] };
+      current = { pack: wanted.pack, offset: wanted.offset, length: 0, stored: 0, slices: [] };
       inCurrent = new Map();
       counts.requests++;
       packs.add(wanted.pack);
       counts.packs = packs.size;
     }
-    const slice: FetchSlice = { at: current!.length, length: wanted.length, digest: wanted.digest, regions: [wanted.region], ...(wanted.selfChecked === true ? { selfChecked: true } : {}) };
+    const slice: FetchSlice = {
+      at: current!.length,
+      length: wanted.length,
+      storedAt: current!.stored,
+      storedLength: wanted.stored,
+      digest: wanted.digest,
+      regions: [wanted.region],
+      ...(wanted.selfChecked === true ? { selfChecked: true } : {}),
+    };
     current!.slices.push(slice);
     inCurrent.set(wanted.offset, slice);
     current!.length += wanted.length;
-    counts.downloadBytes += wanted.length;
+    current!.stored += wanted.stored;
+    counts.downloadBytes += wanted.stored;
   }
   if (current !== undefined) yield current;
   if (batch.length > 0) yield* composed();
@@ -324,7 +346,7 @@ export function integrityError(range: FetchRange, mismatch: { slice: number; dig
   const part = range.composed?.parts[mismatch.slice];
   return new IntegrityError(
     part === undefined
-      ? `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.at}`
+      ? `region ${slice.regions[0]} in ${range.pack} at ${range.offset + slice.storedAt}`
       : `region ${slice.regions[0]} composed of ${part.base === undefined ? 'zeros' : 'its base'} and ${part.patches.length} patches`,
     Buffer.from(slice.digest).toString('hex'),
     Buffer.from(mismatch.digest).toString('hex'),
@@ -444,12 +466,42 @@ export class RegionFetcher {
     return { range, bytes: kept, mismatches, missing: undefined };
   }
 
-  /** The range's one GET, into `buffer` when the store can. */
+  /**
+   * The range's one GET, its pieces decoded into `buffer` at their slices. A piece that does not
+   * decode (tampered, truncated, another repository's) leaves zeros: its digest check fails
+   * then, like any damage. A self-checked patch takes its own length.
+   */
   private async get(range: FetchRange, buffer: Uint8Array): Promise<Uint8Array> {
-    const bytes = await this.repo.readPackRange(range.pack, range.offset, range.length, this.options.signal, buffer);
-    this.gets++;
-    this.bytesFetched += bytes.length;
-    return bytes;
+    const scratch = this.spare.pop();
+    const into = scratch !== undefined && scratch.length >= range.stored ? scratch : undefined;
+    let stored: Uint8Array;
+    try {
+      stored = await this.repo.readPackRange(range.pack, range.offset, range.stored, this.options.signal, into);
+      this.gets++;
+      this.bytesFetched += stored.length;
+      const pieces = await Promise.all(range.slices.map((slice) => this.decode(stored.subarray(slice.storedAt, slice.storedAt + slice.storedLength), slice.length, range.pack, range.offset + slice.storedAt)));
+      range.slices.forEach((slice, i) => {
+        const piece = pieces[i];
+        const target = buffer.subarray(slice.at, slice.at + slice.length);
+        if (piece !== undefined && (piece.length === slice.length || (slice.selfChecked === true && piece.length <= slice.length))) {
+          target.set(piece);
+          if (slice.selfChecked === true) slice.length = piece.length;
+        } else target.fill(0);
+      });
+    } finally {
+      if (scratch !== undefined) this.giveBack(scratch);
+    }
+    return buffer.subarray(0, range.length);
+  }
+
+  /** A stored piece's bytes, or undefined when it does not decode (damage: the digest check reports it). */
+  private async decode(stored: Uint8Array, limit: number, pack: string, offset: number): Promise<Uint8Array | undefined> {
+    try {
+      return await this.repo.pieces.decode(stored, `piece in ${pack} at ${offset}`, limit);
+    } catch (error) {
+      if (error instanceof FormatError) return undefined;
+      throw error;
+    }
   }
 
   /**
@@ -458,20 +510,29 @@ export class RegionFetcher {
    * the slice as it is: its digest check fails then, like any damage.
    */
   private async compose(range: FetchRange, composition: Composition, buffer: Uint8Array): Promise<Uint8Array> {
-    const pieces = await Promise.all(composition.gets.map((get) => this.getPieces(get)));
+    const gets = await Promise.all(composition.gets.map((get) => this.getPieces(get)));
     const blockSize = this.repo.config.blockSize;
-    const of = (ref: PieceRef): Uint8Array => pieces[ref.get]!.subarray(ref.at, ref.at + ref.length);
-    range.slices.forEach((slice, i) => {
-      const part = composition.parts[i]!;
-      const region = buffer.subarray(slice.at, slice.at + slice.length);
-      if (part.base === undefined) region.fill(0);
-      else region.set(of(part.base));
-      try {
-        for (const patch of part.patches) applyPatch(region, of(patch), blockSize);
-      } catch {
-        // Damaged: the digest check says so.
-      }
-    });
+    const of = (ref: PieceRef, limit: number): Promise<Uint8Array | undefined> => {
+      const get = composition.gets[ref.get]!;
+      return this.decode(gets[ref.get]!.subarray(ref.at, ref.at + ref.length), limit, get.pack, get.offset + ref.at);
+    };
+    await Promise.all(
+      range.slices.map(async (slice, i) => {
+        const part = composition.parts[i]!;
+        const region = buffer.subarray(slice.at, slice.at + slice.length);
+        const [base, ...patches] = await Promise.all([part.base === undefined ? undefined : of(part.base, slice.length), ...part.patches.map((patch) => of(patch, 2 * slice.length))]);
+        if (base === undefined || base.length !== slice.length) region.fill(0);
+        else region.set(base);
+        try {
+          for (const patch of patches) {
+            if (patch === undefined) throw new Error('a patch does not decode');
+            applyPatch(region, patch, blockSize);
+          }
+        } catch {
+          region.fill(0); // Damaged: the digest check says so.
+        }
+      }),
+    );
     return buffer.subarray(0, range.length);
   }
 
@@ -506,7 +567,7 @@ export class RegionFetcher {
       }
     }
     this.tellPoolFailure(onPoolFailure);
-    return verifyHere(bytes, slices);
+    return verifyHere(bytes, slices, this.repo.identity);
   }
 
   private tellPoolFailure(onPoolFailure: (error: Error) => void): void {
@@ -523,12 +584,12 @@ export class RegionFetcher {
 }
 
 /** What a worker does for a verify-write job, on this thread. */
-async function verifyHere(bytes: Uint8Array, slices: VerifySlice[]): Promise<VerifyResult> {
+async function verifyHere(bytes: Uint8Array, slices: VerifySlice[], identity: Uint8Array | undefined): Promise<VerifyResult> {
   const mismatches: VerifyResult['mismatches'] = [];
   for (const [index, slice] of slices.entries()) {
     const part = bytes.subarray(slice.at, slice.at + slice.length);
     const expected = slice.selfChecked === true ? part.subarray(0, PATCH_DIGEST_BYTES) : slice.expected;
-    const digest = createHash('sha256').update(slice.selfChecked === true ? part.subarray(PATCH_DIGEST_BYTES) : part).digest();
+    const digest = (slice.selfChecked === true ? createHash('sha256') : identityHash(identity)).update(slice.selfChecked === true ? part.subarray(PATCH_DIGEST_BYTES) : part).digest();
     if (!digest.equals(expected)) {
       mismatches.push({ slice: index, digest });
       continue;

@@ -79,7 +79,7 @@ export async function repack(
           use.pieces.set(offset, length);
           use.runs.add(id);
         };
-        if (stored.base !== undefined) note(stored.base.pack, stored.base.offset, regionLength(g, region));
+        if (stored.base !== undefined) note(stored.base.pack, stored.base.offset, stored.base.length);
         for (const patch of stored.patches) note(patch.pack, patch.offset, patch.length);
       }
     }

@@ -223,7 +223,7 @@ async function restoreToFile(plan: RestorePlan, context: PlanContext, options: E
   } catch (error) {
     throw targetError(error, options.to);
   }
-  const pool = new RegionPool(options.workers);
+  const pool = new RegionPool(options.workers, context.repo.identity);
   const progress = options.progress ?? silentProgress;
   let renamed = false;
   try {
@@ -257,7 +257,7 @@ async function zeroRegion(fd: number, plan: RestorePlan, region: number, zeros: 
 
 async function restoreToDevice(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
   const device = await openVolume(options.to, 'write');
-  const pool = new RegionPool(options.workers);
+  const pool = new RegionPool(options.workers, context.repo.identity);
   const progress = options.progress ?? silentProgress;
   const g = context.repo.geometry;
   try {
@@ -310,7 +310,7 @@ async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: 
       ? new CdpError('TARGET', `--reuse-target: ${error.message.replace(/^\S+ /, `${options.to} `)}`, { cause: error })
       : error;
   });
-  const pool = new RegionPool(options.workers);
+  const pool = new RegionPool(options.workers, context.repo.identity);
   const progress = options.progress ?? silentProgress;
   const g = context.repo.geometry;
   const differ = new DeltaMap(g.regionCount);
@@ -366,7 +366,7 @@ async function restoreInPlace(plan: RestorePlan, context: PlanContext, options: 
 /** Standard output: regions in volume order, each verified before it is written. */
 async function restoreToStream(plan: RestorePlan, context: PlanContext, options: ExecuteRestoreOptions): Promise<RestoreResult> {
   const out = options.stdout ?? process.stdout;
-  const pool = new RegionPool(options.workers);
+  const pool = new RegionPool(options.workers, context.repo.identity);
   const progress = options.progress ?? silentProgress;
   // A failed write (the reader closed the pipe: EPIPE) is reported to the write's callback and
   // by an 'error' event, possibly after write() returned; without a listener Node throws the

@@ -142,7 +142,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
         )
       : undefined;
   const drl: ScanDirtyLog | undefined = opened ?? (typeof options.drl === 'string' ? undefined : options.drl);
-  const pool = new RegionPool(options.workers);
+  const pool = new RegionPool(options.workers, repo.identity);
   let lock: WriterLock | undefined;
   const maps: DeltaMap[] = []; // disposed at the end
   const track = (map: DeltaMap): DeltaMap => {

@@ -228,12 +228,12 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
           // only that it is there, when that delta cannot be read.
           const base = whole === undefined ? stored.base : undefined;
           const pieces = [
-            ...(whole === undefined ? [] : [{ ...whole, length, patch: false }]),
+            ...(whole === undefined ? [] : [{ ...whole, patch: false }]),
             ...stored.patches.map((patch) => ({ ...patch, patch: true })),
           ];
           if (base !== undefined && checksHere(seq, locationId(base), base.pack, seenBases, orphanBases)) {
             const size = packSizes.get(base.pack);
-            if (size === undefined || base.offset + length > size) bad.set(locationId(base), { ...base, length, problem: 'missing', digest: new Uint8Array(DIGEST_BYTES) });
+            if (size === undefined || base.offset + base.length > size) bad.set(locationId(base), { ...base, problem: 'missing', digest: new Uint8Array(DIGEST_BYTES) });
           }
           for (const piece of pieces) {
             const location = { pack: piece.pack, offset: piece.offset, length: piece.length };
@@ -244,7 +244,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
             // A patch carries its own digest.
             const expected = piece.patch ? new Uint8Array(DIGEST_BYTES) : digest.slice();
             if (size === undefined || location.offset + location.length > size) bad.set(id, { ...location, problem: 'missing', digest: expected });
-            else if (chosen(location.pack)) yield { region, ...location, digest: expected, ...(piece.patch ? { selfChecked: true } : {}) };
+            else if (chosen(location.pack)) yield { region, pack: location.pack, offset: location.offset, stored: location.length, length, digest: expected, ...(piece.patch ? { selfChecked: true } : {}) };
           }
         }
       }
@@ -487,7 +487,7 @@ async function readAndCheck(
   const corrupt: Array<{ pack: string; offset: number; length: number; digest: Uint8Array }> = [];
   const bad = (range: FetchRange, slice: number): void => {
     const s = range.slices[slice]!;
-    corrupt.push({ pack: range.pack, offset: range.offset + s.at, length: s.length, digest: s.digest });
+    corrupt.push({ pack: range.pack, offset: range.offset + s.storedAt, length: s.storedLength, digest: s.digest });
   };
   let locationsRead = 0;
   async function* counted(): AsyncGenerator<WantedRegion> {
@@ -516,7 +516,7 @@ async function readReporting(
   phase: string,
   onRange: (fetched: FetchedRange) => void,
 ): Promise<number> {
-  const pool = new RegionPool(options.workers);
+  const pool = new RegionPool(options.workers, repo.identity);
   const fetcher = new RegionFetcher(repo, pool, { fetchesInFlight: options.fetchesInFlight, signal: options.signal });
   progress.phase(phase, 0);
   try {

@@ -22,8 +22,10 @@ export interface RunPage {
   readonly packs: readonly string[];
   /** Per entry: index into packs, or ZERO_PACK. */
   readonly entryPack: Uint16Array;
-  /** Per entry: byte offset of the region inside its pack (0 for zeros). */
+  /** Per entry: byte offset of the region's piece (its base's) inside its pack (0 for zeros). */
   readonly entryOffset: Uint32Array;
+  /** Per entry: bytes of that piece's stored frame (0 for zeros). */
+  readonly entryLength: Uint32Array;
   /** Per entry: the region's SHA-256, 32 bytes each (zeros for a zero region). */
   readonly digests: Uint8Array;
   /** Patched entries (absent when no entry of the page has patches): */
@@ -48,7 +50,7 @@ export const MAX_ENTRY_PATCHES = 255;
 /** What entry i of a run page stores (undefined: zeros), reading its patches from `patchAt` on. */
 function entryOf(page: RunPage, i: number, patchAt: number): StoredRegion | undefined {
   const pack = page.entryPack[i]!;
-  const base = pack === ZERO_PACK ? undefined : { pack: page.packs[pack]!, offset: page.entryOffset[i]! };
+  const base = pack === ZERO_PACK ? undefined : { pack: page.packs[pack]!, offset: page.entryOffset[i]!, length: page.entryLength[i]! };
   const count = page.patches?.counts[i] ?? 0;
   if (count === 0) return base === undefined ? undefined : { base, patches: [] };
   const patches: PatchLocation[] = [];
@@ -113,6 +115,7 @@ export class PageBuilder {
     const n = regions.length;
     const entryPack = new Uint16Array(n);
     const entryOffset = new Uint32Array(n);
+    const entryLength = new Uint32Array(n);
     const digests = new Uint8Array(n * DIGEST_BYTES);
     // Canonical: each pack listed once, in the order of its first use (bases and patches alike).
     const packTable = new FirstUseTable<string>();
@@ -129,6 +132,7 @@ export class PageBuilder {
       else {
         entryPack[i] = packOf(base.pack);
         entryOffset[i] = base.offset;
+        entryLength[i] = base.length;
       }
       for (const patch of entry.stored?.patches ?? []) {
         patchPack.push(packOf(patch.pack));
@@ -141,7 +145,7 @@ export class PageBuilder {
     if (packs.length >= ZERO_PACK) throw new Error(`page ${this.page} names ${packs.length} packs; at most ${ZERO_PACK - 1}`);
     const patches =
       patchPack.length === 0 ? undefined : { counts, pack: Uint16Array.from(patchPack), offset: Uint32Array.from(patchOffset), length: Uint32Array.from(patchLength) };
-    return { page: this.page, regions, packs, entryPack, entryOffset, digests, ...(patches === undefined ? {} : { patches }) };
+    return { page: this.page, regions, packs, entryPack, entryOffset, entryLength, digests, ...(patches === undefined ? {} : { patches }) };
   }
 }
 
@@ -150,7 +154,11 @@ export class PageBuilder {
  * region's base or a patch) is now, or undefined where it stays. Undefined when nothing moved.
  */
 export function relocatePage(page: RunPage, moveTo: (pack: string, offset: number) => { pack: string; offset: number } | undefined): RunPage | undefined {
-  let moved = false;
+  const moved = (piece: PatchLocation): PatchLocation => {
+    const to = moveTo(piece.pack, piece.offset);
+    return to === undefined ? piece : { pack: to.pack, offset: to.offset, length: piece.length };
+  };
+  let changed = false;
   const builder = new PageBuilder(page.page);
   for (const entry of runEntries(page)) {
     const stored = entry.stored;
@@ -158,15 +166,12 @@ export function relocatePage(page: RunPage, moveTo: (pack: string, offset: numbe
       builder.set(entry.region, undefined, entry.digest);
       continue;
     }
-    const base = stored.base === undefined ? undefined : (moveTo(stored.base.pack, stored.base.offset) ?? stored.base);
-    const patches = stored.patches.map((patch) => {
-      const to = moveTo(patch.pack, patch.offset);
-      return to === undefined ? patch : { ...to, length: patch.length };
-    });
-    if (base !== stored.base || patches.some((patch, i) => patch !== stored.patches[i])) moved = true;
+    const base = stored.base === undefined ? undefined : moved(stored.base);
+    const patches = stored.patches.map(moved);
+    if (base !== stored.base || patches.some((patch, i) => patch !== stored.patches[i])) changed = true;
     builder.set(entry.region, { base, patches }, entry.digest);
   }
-  return moved ? builder.build() : undefined;
+  return changed ? builder.build() : undefined;
 }
 
 /** The union of one page's entries from several runs, oldest first: the newest entry of each region wins. */
@@ -184,6 +189,7 @@ export class PitPage {
   // Allocated by the first apply(): a page no run names (a thin volume's holes) costs nothing.
   private packOf: Uint32Array | undefined;
   private offsetOf: Uint32Array | undefined;
+  private lengthOf: Uint32Array | undefined;
   private digests: Uint8Array | undefined;
   private readonly packTable = new FirstUseTable<string>();
   /** Regions (offsets in the page) stored as a base with patches: the patches. */
@@ -207,6 +213,7 @@ export class PitPage {
   apply(run: RunPage): void {
     const packOf = (this.packOf ??= new Uint32Array(this.count).fill(ZERO_REGION));
     const offsetOf = (this.offsetOf ??= new Uint32Array(this.count));
+    const lengthOf = (this.lengthOf ??= new Uint32Array(this.count));
     const digests = (this.digests ??= new Uint8Array(this.count * DIGEST_BYTES));
     const ids = run.packs.map((name) => this.packTable.indexOf(name));
     let patchAt = 0;
@@ -215,6 +222,7 @@ export class PitPage {
       const pack = run.entryPack[i]!;
       packOf[at] = pack === ZERO_PACK ? ZERO_REGION : ids[pack]!;
       offsetOf[at] = run.entryOffset[i]!;
+      lengthOf[at] = run.entryLength[i]!;
       digests.set(run.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), at * DIGEST_BYTES);
       const count = run.patches?.counts[i] ?? 0;
       const before = this.patchesAt.get(at);
@@ -252,14 +260,14 @@ export class PitPage {
     if (this.packOf === undefined) return undefined;
     const at = region - this.first;
     const pack = this.packOf[at]!;
-    const base = pack === ZERO_REGION ? undefined : { pack: this.packTable.values[pack]!, offset: this.offsetOf![at]! };
+    const base = pack === ZERO_REGION ? undefined : { pack: this.packTable.values[pack]!, offset: this.offsetOf![at]!, length: this.lengthOf![at]! };
     const patches = this.patchesAt.get(at) ?? [];
     return base === undefined && patches.length === 0 ? undefined : { base, patches };
   }
 
   /** Bytes of memory this page holds (for caches). */
   get bytes(): number {
-    return 64 + (this.packOf === undefined ? 0 : this.count * (8 + DIGEST_BYTES)) + this.packTable.values.length * 64 + this.patchesAt.size * 64 + this.patchCount * 48;
+    return 64 + (this.packOf === undefined ? 0 : this.count * (12 + DIGEST_BYTES)) + this.packTable.values.length * 64 + this.patchesAt.size * 64 + this.patchCount * 48;
   }
 
 }

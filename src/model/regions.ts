@@ -1,6 +1,17 @@
 // Regions: the volume's geometry, where a region's bytes are stored, and the kinds of points in
 // time. The maps themselves are pages (pages.ts): the pure model of the chain.
 
+import { type Hash, type Hmac, createHash, createHmac } from 'node:crypto';
+
+/**
+ * A region's identity (its digest in a map): the SHA-256 of its bytes, or in an encrypted
+ * repository HMAC-SHA256 under the identity key, so a stored digest says nothing about content
+ * while scans and dedup compare identities as before (docs/FORMAT.md, "Encryption").
+ */
+export function identityHash(key: Uint8Array | undefined): Hash | Hmac {
+  return key === undefined ? createHash('sha256') : createHmac('sha256', key);
+}
+
 /** In a map's pack column: "this region is all zeros; no bytes are stored". */
 export const ZERO_REGION = 0xffffffff;
 export const DIGEST_BYTES = 32;
@@ -23,18 +34,16 @@ export function regionLength(g: Geometry, index: number): number {
   return Math.min(g.regionSize, g.volumeSize - index * g.regionSize);
 }
 
-/** Where a region's bytes are: a pack and the offset in it. */
+/** Where a stored piece (a region's bytes, or a patch) is: its frame in a pack (docs/FORMAT.md, "Pieces"). */
 export interface RegionLocation {
   pack: string;
   offset: number;
-}
-
-/** Where a patch is: its bytes in a pack (docs/FORMAT.md, "Patches"). */
-export interface PatchLocation {
-  pack: string;
-  offset: number;
+  /** Bytes of the stored frame (not of the region: frames may be compressed and sealed). */
   length: number;
 }
+
+/** Where a patch is (docs/FORMAT.md, "Patches"): a piece like any other. */
+export type PatchLocation = RegionLocation;
 
 /**
  * How a region's content is stored: a whole copy (`base`, no patches), or a base (a whole copy,

@@ -4,7 +4,9 @@ import { randomUUID } from 'node:crypto';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { MAX_REGION_COUNT } from '../model/delta-map.js';
 import { type Geometry, geometry } from '../model/regions.js';
+import { type EncryptionScheme, ENCRYPTION_SCHEMES, type RepoKeys } from './crypto.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
+import { COMPRESSION_LEVELS, type Compression } from './pieces.js';
 
 export const CONFIG_KIND = { magic: 'CDPS3CFG', version: FORMAT_VERSION, what: 'config' } as const;
 
@@ -30,7 +32,12 @@ export interface RepoConfig {
   volumeId: string;
   volumeSize: number;
   regionSize: number;
-  digest: 'sha256';
+  /** Region identities: plain SHA-256, or HMAC-SHA256 under the identity key (encrypted repositories). */
+  digest: 'sha256' | 'hmac-sha256';
+  /** `aes-256-gcm`: every object but `config`'s header and `keys/` is sealed (docs/FORMAT.md, "Encryption"). */
+  encryption: EncryptionScheme;
+  /** How writers compress pieces unless a command says otherwise (readers take any). */
+  compression: Compression;
   /** Packs are sealed once they hold at least this many bytes. */
   packSize: number;
   /** Regions per page of a stored map (a power of two). */
@@ -55,6 +62,9 @@ export interface NewConfigOptions {
   now?: Date;
   /** The volume's id (default: a random UUID); the golden fixtures pin it. */
   volumeId?: string;
+  /** `aes-256-gcm`: the repository is created through the store its keys unlock (unlock.ts createKeys). Default `none`. */
+  encryption?: EncryptionScheme;
+  compression?: Compression;
 }
 
 export function newConfig(options: NewConfigOptions): RepoConfig {
@@ -80,7 +90,9 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
     volumeId: options.volumeId ?? randomUUID(),
     volumeSize: options.volumeSize,
     regionSize,
-    digest: 'sha256',
+    digest: (options.encryption ?? 'none') === 'none' ? 'sha256' : 'hmac-sha256',
+    encryption: options.encryption ?? 'none',
+    compression: options.compression ?? 'fast',
     packSize,
     pageRegions,
     spanFanout,
@@ -135,19 +147,37 @@ export function configGeometry(config: RepoConfig): Geometry {
   return geometry(config.volumeSize, config.regionSize);
 }
 
-export function encodeConfig(config: RepoConfig): Uint8Array {
-  return sealEnvelope(CONFIG_KIND, { ...config });
+/** Associated data of a sealed config. */
+const CONFIG_AAD = Buffer.from('cdp-s3 config', 'utf8');
+/** The inner envelope of an encrypted repository's config: the same fields, sealed. */
+const SEALED_CONFIG_KIND = { magic: 'CDPS3CFS', version: FORMAT_VERSION, what: 'config' } as const;
+
+/**
+ * The config object. A plain repository's holds every field; an encrypted one's says only that it
+ * is encrypted, and holds the fields sealed (a reader needs a key for them: docs/FORMAT.md).
+ */
+export function encodeConfig(config: RepoConfig, keys?: RepoKeys): Uint8Array {
+  if (config.encryption === 'none') return sealEnvelope(CONFIG_KIND, { ...config });
+  if (keys === undefined) throw new Error('an encrypted config needs the repository keys');
+  const inner = sealEnvelope(SEALED_CONFIG_KIND, { ...config });
+  return sealEnvelope(CONFIG_KIND, { encryption: config.encryption, sealed: keys.sealer.seal(inner, CONFIG_AAD) });
+}
+
+/** How the repository is encrypted, from its config object alone (before any key is at hand). */
+export function configEncryption(bytes: Uint8Array): EncryptionScheme {
+  checkConfigVersion(bytes);
+  return new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes)).oneOf('encryption', ENCRYPTION_SCHEMES);
 }
 
 /** The cdp-s3 releases that wrote each older format version. */
-const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x', 3: 'cdp-s3 0.3.x (main up to bc9fa43)' };
+const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x', 3: 'cdp-s3 0.3.x (main up to bc9fa43)', 4: 'cdp-s3 0.4.x (main up to 674f357)' };
 
 /**
  * The config, refusing repositories of other format versions by name: older ones (version 1,
  * before paged maps; version 2, before patches; version 3, before compaction) are not migrated; their points in time restore
  * with the cdp-s3 that wrote them.
  */
-export function decodeConfig(bytes: Uint8Array): RepoConfig {
+function checkConfigVersion(bytes: Uint8Array): void {
   const version = bytes.length >= 10 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint16(8, true) : undefined;
   const magic = bytes.length >= 8 ? Buffer.from(bytes.subarray(0, 8)).toString('latin1') : '';
   if (magic === CONFIG_KIND.magic && version !== undefined && version !== FORMAT_VERSION) {
@@ -160,12 +190,26 @@ export function decodeConfig(bytes: Uint8Array): RepoConfig {
           : 'the repository was made by a newer cdp-s3; upgrade cdp-s3'),
     );
   }
-  const r = new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes));
+}
+
+/** The config; an encrypted repository's needs its keys (see configEncryption). */
+export function decodeConfig(bytes: Uint8Array, keys?: RepoKeys): RepoConfig {
+  checkConfigVersion(bytes);
+  let r = new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes));
+  const encryption = r.oneOf('encryption', ENCRYPTION_SCHEMES);
+  if (encryption !== 'none') {
+    if (keys === undefined) throw new Error('an encrypted config needs the repository keys');
+    const inner = keys.sealer.open(r.bytes('sealed'), CONFIG_AAD, CONFIG_KIND.what);
+    r = new FieldReader(CONFIG_KIND.what, openEnvelope(SEALED_CONFIG_KIND, inner));
+    if (r.oneOf('encryption', ENCRYPTION_SCHEMES) !== encryption) throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, 'its sealed fields name another encryption');
+  }
   const config: RepoConfig = {
     volumeId: r.string('volumeId'),
     volumeSize: r.integer('volumeSize', 1),
     regionSize: r.integer('regionSize', MIN_REGION_SIZE, MAX_REGION_SIZE),
-    digest: r.oneOf('digest', ['sha256'] as const),
+    digest: r.oneOf('digest', encryption === 'none' ? (['sha256'] as const) : (['hmac-sha256'] as const)),
+    encryption,
+    compression: r.oneOf('compression', COMPRESSION_LEVELS),
     packSize: r.integer('packSize', 1, 2 ** 31),
     pageRegions: r.integer('pageRegions', 256, 65536),
     spanFanout: r.integer('spanFanout', MIN_SPAN_FANOUT, MAX_SPAN_FANOUT),

@@ -4,13 +4,45 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { type ObjectStore } from '../store/types.js';
+import type { Sealer } from './crypto.js';
 import { TaskWindow } from '../util/task-window.js';
 import { pagePackKey } from './keys.js';
 import { type BlobRef, PAGE_PACK_HEADER_BYTES, pagePackHeader } from './run-codec.js';
 
 export const DEFAULT_PAGE_PACK_BYTES = 8 * 1024 * 1024;
 
+/** Associated data of a sealed blob: its kind and the repository. */
+function blobAad(volumeId: string): Uint8Array {
+  return Buffer.from(`cdp-s3 blob ${volumeId}`, 'utf8');
+}
+
+/**
+ * Blobs (pages, summary blocks) as stored in page packs: sealed one by one in an encrypted
+ * repository (a ranged GET reads one), as they are in a plain one. A root names each stored
+ * blob's SHA-256, checked before it is opened.
+ */
+export class BlobCodec {
+  private readonly aad: Uint8Array;
+
+  constructor(
+    volumeId: string,
+    private readonly sealer: Sealer | undefined,
+  ) {
+    this.aad = blobAad(volumeId);
+  }
+
+  seal(blob: Uint8Array): Uint8Array {
+    return this.sealer === undefined ? blob : this.sealer.seal(blob, this.aad);
+  }
+
+  open(stored: Uint8Array, what: string): Uint8Array {
+    return this.sealer === undefined ? stored : this.sealer.open(stored, this.aad, what);
+  }
+}
+
 export interface PagePackWriterOptions {
+  /** How blobs are sealed; plain without. */
+  blobs?: BlobCodec;
   /** A page pack is put once it holds this many bytes. Default 8 MiB. */
   packBytes?: number;
   /** Page packs being uploaded at once. Default 2. */
@@ -38,7 +70,8 @@ export class PagePackWriter {
   }
 
   /** Appends a blob and returns where it will be. */
-  async add(blob: Uint8Array): Promise<BlobRef> {
+  async add(plain: Uint8Array): Promise<BlobRef> {
+    const blob = this.options.blobs?.seal(plain) ?? plain;
     if (this.key !== undefined && this.used + blob.length > (this.options.packBytes ?? DEFAULT_PAGE_PACK_BYTES)) await this.seal();
     if (this.key === undefined) {
       this.key = pagePackKey(this.seq, randomBytes(4).toString('hex'));
@@ -53,7 +86,7 @@ export class PagePackWriter {
     return ref;
   }
 
-  /** A blob this writer wrote, from memory while its pack is not stored yet. */
+  /** A blob this writer wrote (as stored: sealed), from memory while its pack is not stored yet. */
   readBack(ref: BlobRef): Uint8Array | undefined {
     const parts = this.unstored.get(ref.pack);
     if (parts === undefined) return undefined;

@@ -4,6 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
+import { type RepoKeys, keyedName } from './crypto.js';
 import { FORMAT_VERSION, openEnvelope, sealEnvelope } from './envelope.js';
 
 export const PROTECT_STATUS_PREFIX = 'status/';
@@ -44,8 +45,12 @@ export interface ProtectStatusRecord extends ProtectStatus {
   pid: number;
 }
 
-/** The key of the protect of `source` on this host. */
-export function protectStatusKey(source: string): string {
+/**
+ * The key of the protect of `source` on this host. In an encrypted repository the name is keyed
+ * (it would otherwise say the host's name): `status/<24 hex digits>`.
+ */
+export function protectStatusKey(source: string, keys?: RepoKeys): string {
+  if (keys !== undefined) return `${PROTECT_STATUS_PREFIX}${keyedName(keys, `${hostname()}\n${source}`)}`;
   return `${PROTECT_STATUS_PREFIX}${hostname()}-${createHash('sha256').update(source).digest('hex').slice(0, 12)}`;
 }
 

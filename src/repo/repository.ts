@@ -9,7 +9,11 @@ import { type Geometry } from '../model/regions.js';
 import { type RunPage, mergeRunPages, pageCount } from '../model/pages.js';
 import type { GetOptions, ObjectStore } from '../store/types.js';
 import { type Block, ChainGapError, ChainIndex, blockKey, describeBlock } from './chain-index.js';
-import { type RepoConfig, configGeometry, decodeConfig, encodeConfig } from './config.js';
+import { type RepoConfig, configEncryption, configGeometry, decodeConfig, encodeConfig } from './config.js';
+import { BlobCodec } from './page-packs.js';
+import { type Compression, PieceCodec } from './pieces.js';
+import { storeKeys } from './sealed-store.js';
+import { NO_PASSWORD_HINT } from './unlock.js';
 import { CONFIG_KEY, seqName } from './keys.js';
 import { PagePackWriter } from './page-packs.js';
 import { PitView } from './pit-view.js';
@@ -87,9 +91,23 @@ export class Repository implements RunSource {
   private readonly summaryCache = new LRUCache<string, PointSummary[]>({ maxSize: 1 << 20, sizeCalculation: (list) => Math.max(1, list.length) });
   private readonly pages = new LRUCache<string, RunPage>({ maxSize: PAGE_CACHE_BYTES, sizeCalculation: (page) => Math.max(1, page.regions.length * 48) });
 
+  /** How pieces are stored (compressed, sealed) and read back. */
+  readonly pieces: PieceCodec;
+  /** How page-pack blobs are sealed and opened (identity in a plain repository). */
+  readonly blobs: BlobCodec;
+  /** The identity key of region digests (encrypted repositories); undefined: plain SHA-256. */
+  readonly identity: Uint8Array | undefined;
+  /** How this process's writers compress pieces: the config's choice unless a command says otherwise. */
+  compression: Compression;
+
   private constructor(store: ObjectStore, config: RepoConfig) {
     this.store = store;
     this.config = config;
+    const keys = storeKeys(store);
+    this.pieces = new PieceCodec(config.volumeId, keys?.sealer);
+    this.identity = keys?.identity;
+    this.blobs = new BlobCodec(config.volumeId, keys?.sealer);
+    this.compression = config.compression;
     this.geometry = configGeometry(config);
     this.context = {
       volumeId: config.volumeId,
@@ -101,10 +119,11 @@ export class Repository implements RunSource {
 
   /** Writes a new config; refuses if the repository already has one. */
   static async init(store: ObjectStore, config: RepoConfig, signal?: AbortSignal): Promise<Repository> {
+    if ((config.encryption !== 'none') !== (storeKeys(store) !== undefined)) throw new Error('an encrypted repository is created through the store its keys unlock (createKeys), a plain one without');
     const existing = await store.head(CONFIG_KEY, signal === undefined ? {} : { signal });
     if (existing !== undefined) throw alreadyInitialized(store);
     try {
-      await store.put(CONFIG_KEY, encodeConfig(config), signal === undefined ? { ifAbsent: true } : { ifAbsent: true, signal });
+      await store.put(CONFIG_KEY, encodeConfig(config, storeKeys(store)), signal === undefined ? { ifAbsent: true } : { ifAbsent: true, signal });
     } catch (error) {
       if (error instanceof StoreError && error.kind === 'exists') throw alreadyInitialized(store);
       throw error;
@@ -124,7 +143,11 @@ export class Repository implements RunSource {
       }
       throw error;
     }
-    return new Repository(store, decodeConfig(bytes));
+    const keys = storeKeys(store);
+    if (keys === undefined && configEncryption(bytes) !== 'none') {
+      throw new CdpError('PASSWORD', `${store.location} is encrypted and was opened without its password: ${NO_PASSWORD_HINT}`);
+    }
+    return new Repository(store, decodeConfig(bytes, keys));
   }
 
   get pageRegions(): number {
@@ -367,7 +390,7 @@ export class Repository implements RunSource {
     const interval = { from: runs[0]!.root.from, to: runs.at(-1)!.root.to };
     const pageIds = [...new Set(runs.flatMap((run) => run.pages.map((p) => p.page)))].sort((a, b) => a - b);
     const inline = runs.reduce((n, run) => n + run.count, 0) <= this.inlineEntries;
-    const pager = new PagePackWriter(this.store, block.last, { signal });
+    const pager = new PagePackWriter(this.store, block.last, { signal, blobs: this.blobs });
     const merged = async (page: number): Promise<PageRef> => {
       const parts = runs.filter((run) => run.hasPage(page));
       const only = parts.length === 1 ? parts[0]!.pageRef(page) : undefined;
@@ -481,7 +504,7 @@ export class Repository implements RunSource {
     if (!createHash('sha256').update(bytes).digest().equals(blob.digest)) {
       throw new FormatError('FORMAT_CORRUPT', what, `does not match its SHA-256 (in ${blob.pack} at ${blob.offset})`);
     }
-    return bytes;
+    return this.blobs.open(bytes, what);
   }
 
   private async getObject(key: string, what: string, signal?: AbortSignal, options: GetOptions = {}): Promise<Uint8Array> {

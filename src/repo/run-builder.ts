@@ -123,6 +123,7 @@ export class RunBuilder {
   private async readBack(ref: PageRef): Promise<RunPage> {
     const bytes = this.pager?.readBack(ref.ref!) ?? (await this.store.get(ref.ref!.pack, { range: { offset: ref.ref!.offset, length: ref.ref!.length }, signal: this.options.signal }));
     if (bytes === undefined) throw new FormatError('FORMAT_CORRUPT', `page ${ref.page}`, 'was written by this run but cannot be read back');
-    return decodePage(bytes, ref.page, this.context, `run ${this.seq}`);
+    const what = `run ${this.seq} page ${ref.page}`;
+    return decodePage(this.options.blobs?.open(bytes, what) ?? bytes, ref.page, this.context, `run ${this.seq}`);
   }
 }

@@ -150,6 +150,7 @@ export function encodePage(page: RunPage, volumeId: string, pageRegions: number)
     packs: page.packs,
     entryPack: u16Bytes(page.entryPack),
     entryOffset: u32Bytes(page.entryOffset),
+    entryLength: u32Bytes(page.entryLength),
     digests: page.digests,
     ...(page.patches === undefined
       ? {}
@@ -179,7 +180,14 @@ function checkPatches(name: string, n: number, counts: Uint8Array, packIndex: Ar
   if (packIndex.length !== total || lengths.length !== total) throw new FormatError('FORMAT_CORRUPT', name, `patch columns hold other than ${total} patches`);
   for (let j = 0; j < total; j++) {
     if (packIndex[j]! >= packCount) throw new FormatError('FORMAT_CORRUPT', name, `a patch names pack ${packIndex[j]} of ${packCount}`);
-    if (lengths[j]! <= PATCH_DIGEST_BYTES) throw new FormatError('FORMAT_CORRUPT', name, `a patch is ${lengths[j]} bytes long`);
+    if (lengths[j]! === 0) throw new FormatError('FORMAT_CORRUPT', name, 'a patch is 0 bytes long');
+  }
+}
+
+/** A stored piece has a frame of at least one byte; zeros have none. */
+function checkEntryLengths(name: string, entryPack: ArrayLike<number>, zero: number, entryLength: Uint32Array): void {
+  for (let i = 0; i < entryLength.length; i++) {
+    if ((entryPack[i] === zero) !== (entryLength[i] === 0)) throw new FormatError('FORMAT_CORRUPT', name, `entry ${i} has a stored length of ${entryLength[i]}`);
   }
 }
 
@@ -219,10 +227,12 @@ export function decodePage(bytes: Uint8Array, page: number, context: PageContext
   const entryPack = u16Column(r.bytes('entryPack', n * 2), name, 'entryPack');
   for (const p of entryPack) if (p !== ZERO_PACK && p >= packs.length) throw new FormatError('FORMAT_CORRUPT', name, `an entry names pack ${p} of ${packs.length}`);
   const entryOffset = u32Column(r.bytes('entryOffset', n * 4), name, 'entryOffset');
+  const entryLength = u32Column(r.bytes('entryLength', n * 4), name, 'entryLength');
+  checkEntryLengths(name, entryPack, ZERO_PACK, entryLength);
   const digests = new Uint8Array(r.bytes('digests', n * DIGEST_BYTES));
-  if (!r.has('patches')) return { page, regions, packs, entryPack, entryOffset, digests };
+  if (!r.has('patches')) return { page, regions, packs, entryPack, entryOffset, entryLength, digests };
   const patches = decodePagePatches(r.raw('patches'), name, n, packs.length);
-  return { page, regions, packs, entryPack, entryOffset, digests, patches };
+  return { page, regions, packs, entryPack, entryOffset, entryLength, digests, patches };
 }
 
 // ---- summaries -----------------------------------------------------------------------------
@@ -293,6 +303,7 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
   const regions = new Uint32Array(n);
   const entryPack = new Uint32Array(n);
   const entryOffset = new Uint32Array(n);
+  const entryLength = new Uint32Array(n);
   const digests = new Uint8Array(n * DIGEST_BYTES);
   const packs = new FirstUseTable<string>();
   const counts = new Uint8Array(n);
@@ -308,6 +319,7 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
       entryPack[at + i] = pack === ZERO_PACK ? ZERO_REGION : ids[pack]!;
     }
     entryOffset.set(page.entryOffset, at);
+    entryLength.set(page.entryLength, at);
     digests.set(page.digests, at * DIGEST_BYTES);
     if (page.patches !== undefined) {
       counts.set(page.patches.counts, at);
@@ -323,7 +335,7 @@ function encodeEntries(pages: readonly RunPage[]): Record<string, unknown> {
     patchPack.length === 0
       ? {}
       : { patches: { counts, pack: u32Bytes(Uint32Array.from(patchPack)), offset: u32Bytes(Uint32Array.from(patchOffset)), length: u32Bytes(Uint32Array.from(patchLength)) } };
-  return { regions: u32Bytes(regions), packs: packs.values, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), digests, ...patches };
+  return { regions: u32Bytes(regions), packs: packs.values, entryPack: u32Bytes(entryPack), entryOffset: u32Bytes(entryOffset), entryLength: u32Bytes(entryLength), digests, ...patches };
 }
 
 function decodeEntries(body: unknown, what: string, context: RootContext): PageRef[] {
@@ -339,6 +351,8 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
   }
   const entryPack = u32Column(r.bytes('entryPack', n * 4), what, 'entries.entryPack');
   const entryOffset = u32Column(r.bytes('entryOffset', n * 4), what, 'entries.entryOffset');
+  const entryLength = u32Column(r.bytes('entryLength', n * 4), what, 'entries.entryLength');
+  checkEntryLengths(what, entryPack, ZERO_REGION, entryLength);
   const digests = r.bytes('digests', n * DIGEST_BYTES);
   let patches: { counts: Uint8Array; pack: Uint32Array; offset: Uint32Array; length: Uint32Array; starts: Uint32Array } | undefined;
   if (r.has('patches')) {
@@ -394,6 +408,7 @@ function decodeEntries(body: unknown, what: string, context: RootContext): PageR
       packs: local.values,
       entryPack: pagePacks,
       entryOffset: entryOffset.slice(from, to),
+      entryLength: entryLength.slice(from, to),
       digests: digests.slice(from * DIGEST_BYTES, to * DIGEST_BYTES),
       ...(pagePatches === undefined ? {} : { patches: pagePatches }),
     };

@@ -63,10 +63,14 @@ export class RegionPool {
   private closing = false;
   private failedWith: Error | undefined;
 
-  constructor(size = availableParallelism()) {
+  /**
+   * `identity`: the repository's identity key (Repository.identity) when it is encrypted: the
+   * threads then compute keyed region digests (model/regions.ts identityHash).
+   */
+  constructor(size = availableParallelism(), identity?: Uint8Array) {
     const url = workerUrl();
     this.workers = Array.from({ length: Math.max(1, size) }, (_, index) => {
-      const worker = new Worker(fileURLToPath(url));
+      const worker = new Worker(fileURLToPath(url), { workerData: { identity } });
       worker.on('message', (reply: PoolReply) => this.settle(index, reply));
       worker.on('error', (error) => this.fail(error));
       // A worker that exits on its own (not by close()) would leave its jobs waiting forever.

@@ -3,13 +3,17 @@
 // process-wide, so jobs carry the main thread's fd numbers.
 
 import { createHash } from 'node:crypto';
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
+import { identityHash } from '../model/regions.js';
 import { kernels } from '../kernels/index.js';
 import { PATCH_DIGEST_BYTES } from '../model/patches.js';
 import { preadFullySync as readFully, pwriteFullySync as writeFully } from '../util/positional-io.js';
 import { NEVER_SAME, type PoolReply, type PoolRequest } from './region-protocol.js';
 
 const k = kernels();
+/** The repository's identity key (encrypted repositories): region digests are keyed then. */
+const identity = (workerData as { identity?: Uint8Array } | undefined)?.identity;
+const regionHash = () => identityHash(identity);
 
 /**
  * A region expected to hold known content is read through this small buffer, which stays in the
@@ -23,7 +27,7 @@ let streamBuffer: Uint8Array | undefined;
 /** 'same' or 'zero' for a region read in chunks, or undefined: it changed (read it whole). */
 function streamedCheck(fd: number, offset: number, length: number, expected: Uint8Array): 'same' | 'zero' | undefined {
   const chunk = (streamBuffer ??= new Uint8Array(STREAM_CHUNK));
-  const hash = createHash('sha256');
+  const hash = regionHash();
   let zero = true;
   for (let at = 0; at < length; at += chunk.length) {
     const part = chunk.subarray(0, Math.min(chunk.length, length - at));
@@ -40,7 +44,7 @@ const zeroDigests = new Map<number, Buffer>();
 /** The SHA-256 of `length` zero bytes (a region length: a few distinct ones). */
 function zerosDigest(length: number): Buffer {
   let digest = zeroDigests.get(length);
-  if (digest === undefined) zeroDigests.set(length, (digest = createHash('sha256').update(new Uint8Array(length)).digest()));
+  if (digest === undefined) zeroDigests.set(length, (digest = regionHash().update(new Uint8Array(length)).digest()));
   return digest;
 }
 
@@ -54,14 +58,14 @@ function handle(job: PoolRequest): PoolReply {
     const bytes = new Uint8Array(job.buffer, 0, job.length);
     readFully(job.fd, bytes, job.offset);
     if (k.isZero(bytes)) return { id: job.id, status: job.expected === null ? 'same' : 'zero', buffer: job.buffer };
-    const digest = createHash('sha256').update(bytes).digest();
+    const digest = regionHash().update(bytes).digest();
     if (job.expected !== null && digest.equals(job.expected)) return { id: job.id, status: 'same', buffer: job.buffer };
     return { id: job.id, status: 'changed', digest, buffer: job.buffer };
   }
   if (job.type === 'digest') {
     // Hashed first, then zeros recognised by their digest: the zero test would copy the region
     // into kernel memory up to its first nonzero byte (most of a region a small write touched).
-    const digest = createHash('sha256').update(job.bytes).digest();
+    const digest = regionHash().update(job.bytes).digest();
     return { id: job.id, status: 'digested', bytes: job.bytes, digest: digest.equals(zerosDigest(job.bytes.length)) ? undefined : digest };
   }
   // verify-write: each slice must hash to its expected digest before it is written.
@@ -69,7 +73,7 @@ function handle(job: PoolRequest): PoolReply {
   job.slices.forEach((slice, index) => {
     const bytes = job.bytes.subarray(slice.at, slice.at + slice.length);
     // A patch read on its own checks against the digest it carries.
-    const digest = createHash('sha256').update(slice.selfChecked === true ? bytes.subarray(PATCH_DIGEST_BYTES) : bytes).digest();
+    const digest = (slice.selfChecked === true ? createHash('sha256') : regionHash()).update(slice.selfChecked === true ? bytes.subarray(PATCH_DIGEST_BYTES) : bytes).digest();
     if (!digest.equals(slice.selfChecked === true ? bytes.subarray(0, PATCH_DIGEST_BYTES) : slice.expected)) {
       mismatches.push({ slice: index, digest });
       return;

@@ -68,7 +68,7 @@ describe('a 15 TiB thin volume', () => {
     ];
     await writeAt(image, writes);
     const store = openStore(join(dir, 'repo'));
-    const config = await init({ store, from: image });
+    const { config } = await init({ store, from: image });
     expect(Math.ceil(config.volumeSize / config.regionSize)).toBe(15 * MIB);
 
     const base = await backup({ store, source: image });

@@ -7,6 +7,7 @@ import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { PieceCodec } from '../../src/repo/pieces.js';
 import { type FetchRange, MAX_RANGE_BYTES, RegionFetcher } from '../../src/core/region-fetcher.js';
 import { IntegrityError } from '../../src/errors.js';
 import type { Repository } from '../../src/repo/repository.js';
@@ -15,18 +16,24 @@ import { RegionIoError, RegionPool } from '../../src/volume/region-pool.js';
 const REGION = 4096;
 const sha = (b: Uint8Array): Uint8Array => createHash('sha256').update(b).digest();
 
-/** Four regions back to back in pack 'p', each filled with its number + 1. */
+/** Four regions, each filled with its number + 1. */
 const pack = Buffer.concat([0, 1, 2, 3].map((r) => Buffer.alloc(REGION, r + 1)));
+/** The same regions as stored in pack 'p': back to back, each in its frame (a codec byte, 0: raw). */
+const FRAME = REGION + 1;
+const stored = Buffer.concat([0, 1, 2, 3].map((r) => Buffer.concat([Buffer.from([0]), Buffer.alloc(REGION, r + 1)])));
 
 /** The range of regions [first, first + count) of the pack. */
 function rangeOf(first: number, count: number): FetchRange {
   return {
     pack: 'p',
-    offset: first * REGION,
+    offset: first * FRAME,
     length: count * REGION,
+    stored: count * FRAME,
     slices: Array.from({ length: count }, (_, i) => ({
       at: i * REGION,
       length: REGION,
+      storedAt: i * FRAME,
+      storedLength: FRAME,
       digest: sha(pack.subarray((first + i) * REGION, (first + i + 1) * REGION)),
       regions: [first + i],
     })),
@@ -36,10 +43,11 @@ function rangeOf(first: number, count: number): FetchRange {
 /** Reads the pack as a store that fills `into` does; remembers each `into` it was given. */
 class PackRepository {
   readonly intos: Array<Uint8Array | undefined> = [];
+  readonly pieces = new PieceCodec('volume', undefined);
   async readPackRange(_pack: string, offset: number, length: number, _signal?: AbortSignal, into?: Uint8Array): Promise<Uint8Array> {
     this.intos.push(into);
     const target = into === undefined ? new Uint8Array(length) : into.subarray(0, length);
-    target.set(pack.subarray(offset, offset + length));
+    target.set(stored.subarray(offset, offset + length));
     return target;
   }
 }
@@ -69,12 +77,12 @@ describe('RegionFetcher.fetch', () => {
     for (const pool of pools.splice(0)) await pool.close();
   });
 
-  it("reads into the caller's buffer and hands the verified bytes back, never keeping the buffer", async () => {
+  it("decodes into the caller's buffer and hands the verified bytes back, never keeping the buffer", async () => {
     const { fetcher, repo } = fetcherOf();
     // As large as the fetcher's own buffers, so it could have kept it as one of them.
     const into = new Uint8Array(MAX_RANGE_BYTES);
     const fetched = await fetcher.fetch(rangeOf(1, 2), { into });
-    expect(repo.intos[0]).toBe(into);
+    expect(repo.intos[0]).not.toBe(into); // the frames are read elsewhere, then decoded into it
     expect(Buffer.from(fetched.bytes!).equals(pack.subarray(REGION, 3 * REGION))).toBe(true);
     // The same memory went to the thread and back: the whole buffer, under a new ArrayBuffer.
     expect(into.byteLength).toBe(0);
@@ -83,7 +91,7 @@ describe('RegionFetcher.fetch', () => {
     await fetcher.fetch(rangeOf(0, 1), {});
     expect(repo.intos[1]?.buffer).not.toBe(fetched.bytes!.buffer);
     expect(fetcher.gets).toBe(2);
-    expect(fetcher.bytesFetched).toBe(3 * REGION);
+    expect(fetcher.bytesFetched).toBe(3 * FRAME);
   });
 
   it('reports damage slice by slice with reportDamage, else throws the first as an IntegrityError', async () => {
@@ -95,7 +103,7 @@ describe('RegionFetcher.fetch', () => {
     expect(Buffer.from(fetched.bytes!.subarray(0, REGION)).equals(pack.subarray(0, REGION))).toBe(true);
     const error = await fetcher.fetch(range, {}).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(IntegrityError);
-    expect((error as Error).message).toMatch(new RegExp(`^region 1 in p at ${REGION}: digest mismatch`));
+    expect((error as Error).message).toMatch(new RegExp(`^region 1 in p at ${FRAME}: digest mismatch`));
   });
 
   it('verifies and writes on the main thread once the threads have failed, with onPoolFailure (told once)', async () => {

@@ -73,7 +73,7 @@ async function makeChain(points: number, fanout: number, seed: number, maxChange
         const digest = new Uint8Array(32).map(() => Math.floor(random() * 256));
         // Some regions are a base (or zeros) with patches, as block-level writes store them.
         const patches = random() < 0.3 ? Array.from({ length: 1 + Math.floor(random() * 3) }, (_, j) => ({ pack, offset: 16 + j * 100 + Math.floor(random() * 1e6), length: 33 + Math.floor(random() * 9000) })) : [];
-        const base = random() < 0.2 && patches.length > 0 ? undefined : { pack, offset: 16 + Math.floor(random() * 1e6) };
+        const base = random() < 0.2 && patches.length > 0 ? undefined : { pack, offset: 16 + Math.floor(random() * 1e6), length: 1 + Math.floor(random() * 70000) };
         const location = zero ? undefined : { base, patches };
         await builder.set(region, location, zero ? new Uint8Array(32) : digest);
         state.set(region, { location, digest: zero ? new Uint8Array(32) : digest });

@@ -41,7 +41,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
   private baseProgress = { phase: 'waiting', bytesDone: 0, bytesTotal: 0 };
   private readonly clock: () => number;
   /** Threads that hash what the shipper reads. */
-  private readonly pool = new RegionPool();
+  private readonly pool: RegionPool;
 
   private constructor(
     repo: Repository,
@@ -52,6 +52,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
     private readonly spool: Spool,
     private readonly options: ProtectedVolumeOptions,
   ) {
+    this.pool = new RegionPool(undefined, repo.identity);
     this.geometry = repo.geometry;
     this.size = repo.geometry.volumeSize;
     this.name = options.name ?? '';

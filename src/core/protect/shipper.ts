@@ -359,7 +359,7 @@ export class Shipper {
       try {
         await this.committer.refreshHead(signal);
         writer = this.committer.begin({ signal, trust: await this.readTrust(signal) });
-        for await (const { region, bytes, digest, blocks } of spoolRegions(segment)) {
+        for await (const { region, bytes, digest, blocks } of spoolRegions(segment, this.repo.identity)) {
           await writer.apply(region, digest === undefined ? { status: 'zero' } : { status: 'changed', digest, bytes }, blocks);
         }
         // The point is the seal's instant, never at or before the head's (the committer sees to it).

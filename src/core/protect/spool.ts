@@ -9,7 +9,7 @@ import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FormatError, InvalidArgumentError, StoreError } from '../../errors.js';
-import { DIGEST_BYTES } from '../../model/regions.js';
+import { DIGEST_BYTES, identityHash } from '../../model/regions.js';
 import { bitmapBytes } from '../../model/patches.js';
 import { FieldReader, openEnvelope, sealEnvelope } from '../../repo/envelope.js';
 import type { Repository } from '../../repo/repository.js';
@@ -347,16 +347,16 @@ async function sha256OfFile(path: string): Promise<Buffer> {
 }
 
 /**
- * A spool segment's regions in order, each with its bytes and their SHA-256 (undefined for a
+ * A spool segment's regions in order, each with its bytes and their identity (undefined for a
  * region of zeros, which ships as a zero entry).
  */
-export async function* spoolRegions(segment: SpoolSegment): AsyncGenerator<{ region: number; bytes: Buffer; digest: Buffer | undefined; blocks: Uint8Array | undefined }> {
+export async function* spoolRegions(segment: SpoolSegment, identity: Uint8Array | undefined): AsyncGenerator<{ region: number; bytes: Buffer; digest: Buffer | undefined; blocks: Uint8Array | undefined }> {
   const input = await open(segment.file, 'r');
   try {
     for (let i = 0; i < segment.regions.length; i++) {
       const bytes = Buffer.allocUnsafe(segment.lengths[i]!);
       if ((await preadFully(input.fd, bytes, segment.offsets[i]!)) < bytes.length) throw new Error(`${segment.file} is shorter than its index says`);
-      const digest = kernels().isZero(bytes) ? undefined : createHash('sha256').update(bytes).digest();
+      const digest = kernels().isZero(bytes) ? undefined : identityHash(identity).update(bytes).digest();
       yield { region: segment.regions[i]!, bytes, digest, blocks: segment.blocks[i] };
     }
   } finally {
@@ -382,7 +382,7 @@ export async function committedAs(repo: Repository, segment: SpoolSegment, signa
   }
   if (entries.length !== segment.regions.length || entries.some((entry, i) => entry.region !== segment.regions[i])) return false;
   let i = 0;
-  for await (const { digest } of spoolRegions(segment)) {
+  for await (const { digest } of spoolRegions(segment, repo.identity)) {
     if (!(digest ?? Buffer.alloc(DIGEST_BYTES)).equals(entries[i]!.digest)) return false;
     i++;
   }

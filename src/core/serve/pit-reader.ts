@@ -118,7 +118,7 @@ export class PitReader {
     // Spare buffers: up to what the read-ahead window and the GETs in flight can use.
     this.cache = new RegionCache(cacheBytes, readAheadBytes + prefetchConcurrency * prefetchUnitBytes);
     this.log = options.log ?? (() => {});
-    this.pool = new RegionPool(options.workers);
+    this.pool = new RegionPool(options.workers, repo.identity);
     this.fetcher = new RegionFetcher(repo, this.pool, {
       signal: this.abort.signal,
       // Serving goes on, verified on this thread.

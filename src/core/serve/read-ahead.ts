@@ -150,7 +150,7 @@ export class ReadAhead {
         bytes + slot.length <= unitBytes &&
         (slot.compose !== undefined
           ? previous.compose !== undefined
-          : previous.compose === undefined && previous.pack === slot.pack && previous.offset + previous.length === slot.offset);
+          : previous.compose === undefined && previous.pack === slot.pack && previous.offset + previous.stored === slot.offset);
       if (!joins && !flush()) return planned;
       taken.add(slot.id);
       unit.push(slot);
@@ -169,10 +169,12 @@ function rangeOf(slots: Slot[]): FetchRange {
   const head = slots[0]!;
   if (head.compose !== undefined) return composedRange(slots, { oneRegionPerSlice: true });
   let at = 0;
+  let storedAt = 0;
   const slices = slots.map((slot) => {
-    const slice = { at, length: slot.length, digest: slot.digest, regions: [slot.region] };
+    const slice = { at, length: slot.length, storedAt, storedLength: slot.stored, digest: slot.digest, regions: [slot.region] };
     at += slot.length;
+    storedAt += slot.stored;
     return slice;
   });
-  return { pack: head.pack, offset: head.offset, length: at, slices };
+  return { pack: head.pack, offset: head.offset, length: at, stored: storedAt, slices };
 }

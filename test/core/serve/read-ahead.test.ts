@@ -22,7 +22,7 @@ function volume(layout: string, same: Record<number, number> = {}): { options: P
     else {
       const offset = (used.get(pack) ?? 0) * R;
       used.set(pack, (used.get(pack) ?? 0) + 1);
-      slots.push({ id: `${pack}@${offset}`, region, pack, offset, length: R, digest: new Uint8Array(32).fill(region) });
+      slots.push({ id: `${pack}@${offset}`, region, pack, offset, stored: R, length: R, digest: new Uint8Array(32).fill(region) });
     }
   }
   return { options: { geometry: geometry(layout.length * R, R) }, slot: (region) => slots[region] };

@@ -1,0 +1,69 @@
+// An encrypted repository's objects, sealed and opened on their way to and from the store: every
+// whole object (runs, records, marks, locks, status) is AES-256-GCM with the object's key as
+// associated data, so an object moved to another key is refused. Packs and page packs pass
+// through: their pieces and blobs are sealed one by one (pieces.ts, page-packs.ts), so ranged
+// GETs still work; `config` and `keys/` pass through (a reader needs them before it has a key).
+
+import { StoreError } from '../errors.js';
+import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from '../store/types.js';
+import type { RepoKeys } from './crypto.js';
+import { CONFIG_KEY, PACK_PREFIX, PAGE_PACK_PREFIX } from './keys.js';
+import { KEY_PREFIX } from './key-files.js';
+
+/** Whether the object at `key` is sealed whole by SealedStore. */
+export function sealedWhole(key: string): boolean {
+  return key !== CONFIG_KEY && !key.startsWith(KEY_PREFIX) && !key.startsWith(PACK_PREFIX) && !key.startsWith(PAGE_PACK_PREFIX);
+}
+
+function objectAad(key: string): Uint8Array {
+  return Buffer.from(`cdp-s3 object ${key}`, 'utf8');
+}
+
+export class SealedStore implements ObjectStore {
+  constructor(
+    readonly inner: ObjectStore,
+    readonly keys: RepoKeys,
+  ) {}
+
+  get location(): string {
+    return this.inner.location;
+  }
+
+  async get(key: string, options: GetOptions = {}): Promise<Uint8Array> {
+    if (!sealedWhole(key)) return this.inner.get(key, options);
+    if (options.range !== undefined) throw new StoreError('permanent', `${key} is sealed whole: it cannot be read by range`);
+    const { into: _into, ...rest } = options;
+    const bytes = await this.inner.get(key, rest);
+    return this.keys.sealer.open(bytes, objectAad(key), key);
+  }
+
+  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    await this.inner.put(key, sealedWhole(key) ? this.keys.sealer.seal(body, objectAad(key)) : body, options);
+  }
+
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
+    return this.inner.head(key, options);
+  }
+
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
+    return this.inner.list(prefix, options);
+  }
+
+  delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.delete(key, options);
+  }
+
+  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.deleteMany(keys, options);
+  }
+
+  sync(options?: { signal?: AbortSignal }): Promise<void> {
+    return this.inner.sync(options);
+  }
+}
+
+/** The keys of a store that was unlocked (unlock.ts), or undefined for a plain one. */
+export function storeKeys(store: ObjectStore): RepoKeys | undefined {
+  return store instanceof SealedStore ? store.keys : undefined;
+}
+

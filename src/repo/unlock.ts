@@ -1,0 +1,54 @@
+// Opening an encrypted repository: its config says it is encrypted, a password opens one of its
+// key files, and the store comes back sealed (sealed-store.ts); a plain repository's store comes
+// back as it is. Creating one: a random master key, its first key file, then the config.
+
+import { randomBytes } from 'node:crypto';
+import { CdpError, StoreError } from '../errors.js';
+import type { ObjectStore } from '../store/types.js';
+import { MASTER_KEY_BYTES, repoKeys } from './crypto.js';
+import { configEncryption } from './config.js';
+import { encodeKeyFile, keyFileKey, newKeyFile, openMasterKey, type KdfParams } from './key-files.js';
+import { CONFIG_KEY } from './keys.js';
+import { SealedStore } from './sealed-store.js';
+
+/** Where a password comes from: called at most once, and only for an encrypted repository. */
+export type PasswordSource = () => Promise<string | undefined>;
+
+export const NO_PASSWORD_HINT = 'set CDP_S3_PASSWORD, pass --password-file FILE, or run on a terminal to be asked';
+
+export class UnlockedStore extends SealedStore {
+  constructor(
+    inner: ObjectStore,
+    /** The master key (key add wraps it under another password). */
+    readonly master: Uint8Array,
+    /** The key file the password opened. */
+    readonly keyId: string,
+  ) {
+    super(inner, repoKeys(master));
+  }
+}
+
+/** The store to use for the repository at `store`: sealed if it is encrypted (asking for the password then). */
+export async function unlockStore(store: ObjectStore, password: PasswordSource | undefined, signal?: AbortSignal): Promise<ObjectStore> {
+  if (store instanceof SealedStore) return store;
+  let config: Uint8Array;
+  try {
+    config = await store.get(CONFIG_KEY, { signal });
+  } catch (error) {
+    if (error instanceof StoreError && error.kind === 'not-found') return store; // Repository.open says so
+    throw error;
+  }
+  if (configEncryption(config) === 'none') return store;
+  const given = await password?.();
+  if (given === undefined) throw new CdpError('PASSWORD', `${store.location} is encrypted and no password was given: ${NO_PASSWORD_HINT}`);
+  const { master, key } = await openMasterKey(store, given, signal);
+  return new UnlockedStore(store, master, key.id);
+}
+
+/** A new master key with its first key file stored; the store to init the repository through. */
+export async function createKeys(store: ObjectStore, password: string, options: { kdf?: KdfParams; signal?: AbortSignal } = {}): Promise<UnlockedStore> {
+  const master = randomBytes(MASTER_KEY_BYTES);
+  const key = await newKeyFile(master, password, options);
+  await store.put(keyFileKey(key.id), encodeKeyFile(key), { ifAbsent: true, signal: options.signal });
+  return new UnlockedStore(store, master, key.id);
+}
