@@ -1,11 +1,11 @@
-// Writes the golden fixture repository (test/fixtures/format4): a small volume of 301 regions in
+// Writes the golden fixture repository (test/fixtures/format5): a small volume of 301 regions in
 // two pages, six points in time made by backups, spans of fanout 2, runs forced into page
 // packs, and regions stored as patches (on a stored base, on zeros, two deep, deduplicated);
 // then points 2 and 4 forgotten and compacted (generation 1 of every run, the older versions
 // left in place as a prune would until its grace passes), so every encoding of docs/FORMAT.md
 // appears in it. Also records/: a forget, a prune and a compaction record of a larger history.
 // Run once when the format changes on purpose:
-// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format4`.
+// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format5`.
 // The tests read what is stored (test/repo/golden.test.ts); they never regenerate it.
 
 import { createHash } from 'node:crypto';
@@ -143,7 +143,7 @@ async function main(dir: string): Promise<void> {
 }
 
 if (process.argv[1]?.endsWith('golden-fixture.js')) {
-  main(process.argv[2] ?? 'test/fixtures/format4').catch((error: unknown) => {
+  main(process.argv[2] ?? 'test/fixtures/format5').catch((error: unknown) => {
     process.stderr.write(`${(error as Error).stack ?? String(error)}\n`);
     process.exit(1);
   });

@@ -232,5 +232,7 @@ describe('compression', () => {
   });
 });
 
-const KNOWN_SEALED = '';
-const KNOWN_IDENTITY_KEY = '';
+// Computed independently with Python's `cryptography` (AESGCM; HKDF-SHA256, empty salt, info
+// "cdp-s3 identity"): the sealing is standard AES-256-GCM and HKDF, readable by any implementation.
+const KNOWN_SEALED = '0101010101010101010101011585f99ae38ccc65bfbbab4f50561e42df9e6646ce280deab2db96dad84701c5b35795';
+const KNOWN_IDENTITY_KEY = '659009431a8c21896edab9c105f33614b940b4bca85b80daf1bf96301fbcabf4';

@@ -24,7 +24,7 @@ import { runEntries } from '../../src/model/pages.js';
 import { cli } from '../helpers/cli.js';
 import { withVersion } from '../helpers/raw-objects.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format4');
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format5');
 let dir: string;
 let repoDir: string;
 
@@ -43,7 +43,7 @@ const keys = async (prefix: string): Promise<string[]> => (await readdir(join(FI
   .map((e) => join(prefix, e.parentPath.slice(join(FIXTURE, 'repo', prefix).length), e.name).replace(/^\/+/, ''))
   .sort();
 
-describe('golden fixtures (format 4)', () => {
+describe('golden fixtures (format 5)', () => {
   it('every kept point restores to the image it was taken of (the compacted runs chosen), forgotten ones are refused, and log and verify read the chain', async () => {
     const expected = JSON.parse(await readFile(join(FIXTURE, 'expected.json'), 'utf8')) as Array<{ seq: number; kind: string; time: string; sha256: string }>;
     const forgotten = (seq: number): boolean => GOLDEN_FORGOTTEN.some(([a, b]) => a <= seq && seq <= b);
@@ -150,12 +150,13 @@ describe('golden fixtures (format 4)', () => {
     expect(two.pages.find((p) => p.page === 1)!.ref).toEqual(one.pages.find((p) => p.page === 1)!.ref);
   });
 
-  it('a repository of format 1, 2 or 3 (cdp-s3 0.1 to 0.3) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
+  it('a repository of format 1 to 4 (cdp-s3 0.1 to 0.4) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
     for (const [version, says] of [
-      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 4\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
-      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 4\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
-      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 4\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.3\.x/],
-      [5, /^cdp-s3: config: format version 5 is not supported \(this cdp-s3 reads version 4\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
+      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
+      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
+      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.3\.x/],
+      [4, /^cdp-s3: config: format version 4 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.4\.x/],
+      [6, /^cdp-s3: config: format version 6 is not supported \(this cdp-s3 reads version 5\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
     ] as const) {
       const other = join(dir, `v${version}`);
       await cp(repoDir, other, { recursive: true });
@@ -170,7 +171,7 @@ describe('golden fixtures (format 4)', () => {
   });
 
   it('forget and prune records (records/): decoding and encoding again gives the stored bytes', async () => {
-    const dir = join(import.meta.dirname, '..', 'fixtures', 'format4', 'records');
+    const dir = join(import.meta.dirname, '..', 'fixtures', 'format5', 'records');
     const forgetBytes = await readFile(join(dir, 'forget.bin'));
     const forgetRecord = decodeForgetRecord(forgetBytes, 'forgets/x');
     expect(forgetRecord).toEqual({
