@@ -24,7 +24,7 @@ function unlocked(store: ObjectStore): UnlockedStore {
 
 export async function listKeys(store: ObjectStore, signal?: AbortSignal): Promise<KeyInfo[]> {
   const open = unlocked(store);
-  return (await listKeyFiles(open.inner, signal)).map((key) =>
+  return (await listKeyFiles(open.plain, signal)).map((key) =>
     'error' in key
       ? { id: key.id, created: undefined, host: undefined, current: false, error: key.error.message }
       : { id: key.id, created: key.created, host: key.host, current: key.id === open.keyId },
@@ -35,24 +35,24 @@ export async function listKeys(store: ObjectStore, signal?: AbortSignal): Promis
 export async function addKey(store: ObjectStore, password: string, options: { kdf?: KdfParams; signal?: AbortSignal } = {}): Promise<KeyFile> {
   const open = unlocked(store);
   const key = await newKeyFile(open.master, password, options);
-  await open.inner.put(keyFileKey(key.id), encodeKeyFile(key), { ifAbsent: true, signal: options.signal });
+  await open.plain.put(keyFileKey(key.id), encodeKeyFile(key), { ifAbsent: true, signal: options.signal });
   return key;
 }
 
 /** Removes key `id`: never the key in use (the repository must stay openable by someone who just proved it), never the last one. */
 export async function removeKey(store: ObjectStore, id: string, signal?: AbortSignal): Promise<void> {
   const open = unlocked(store);
-  const keys = await listKeyFiles(open.inner, signal);
+  const keys = await listKeyFiles(open.plain, signal);
   if (!keys.some((key) => key.id === id)) throw new CdpError('KEY', `no key ${id} in ${store.location} (see cdp-s3 key list)`);
   if (id === open.keyId) throw new CdpError('KEY', `key ${id} is the one this password opens: remove it with another key's password, or change its password with cdp-s3 key passwd`);
   if (keys.filter((key) => !('error' in key) && key.id !== id).length === 0) throw new CdpError('KEY', `key ${id} is the last readable key of ${store.location}: removing it would lock everyone out`);
-  await open.inner.delete(keyFileKey(id), { signal });
+  await open.plain.delete(keyFileKey(id), { signal });
 }
 
 /** Changes the current key's password: a new key file, then the old one removed. */
 export async function changePassword(store: ObjectStore, password: string, options: { kdf?: KdfParams; signal?: AbortSignal } = {}): Promise<KeyFile> {
   const open = unlocked(store);
   const key = await addKey(open, password, options);
-  await open.inner.delete(keyFileKey(open.keyId), { signal: options.signal });
+  await open.plain.delete(keyFileKey(open.keyId), { signal: options.signal });
   return key;
 }

@@ -5,7 +5,8 @@
 // GETs still work; `config` and `keys/` pass through (a reader needs them before it has a key).
 
 import { StoreError } from '../errors.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from '../store/types.js';
+import { DelegatingStore } from '../store/delegating.js';
+import type { GetOptions, ObjectStore, PutOptions } from '../store/types.js';
 import type { RepoKeys } from './crypto.js';
 import { CONFIG_KEY, PACK_PREFIX, PAGE_PACK_PREFIX } from './keys.js';
 import { KEY_PREFIX } from './key-files.js';
@@ -19,46 +20,25 @@ function objectAad(key: string): Uint8Array {
   return Buffer.from(`cdp-s3 object ${key}`, 'utf8');
 }
 
-export class SealedStore implements ObjectStore {
+export class SealedStore extends DelegatingStore {
   constructor(
-    readonly inner: ObjectStore,
+    /** The store underneath, whose objects are sealed (key files and packs are read through it). */
+    readonly plain: ObjectStore,
     readonly keys: RepoKeys,
-  ) {}
-
-  get location(): string {
-    return this.inner.location;
+  ) {
+    super(plain);
   }
 
-  async get(key: string, options: GetOptions = {}): Promise<Uint8Array> {
-    if (!sealedWhole(key)) return this.inner.get(key, options);
+  override async get(key: string, options: GetOptions = {}): Promise<Uint8Array> {
+    if (!sealedWhole(key)) return this.plain.get(key, options);
     if (options.range !== undefined) throw new StoreError('permanent', `${key} is sealed whole: it cannot be read by range`);
     const { into: _into, ...rest } = options;
-    const bytes = await this.inner.get(key, rest);
+    const bytes = await this.plain.get(key, rest);
     return this.keys.sealer.open(bytes, objectAad(key), key);
   }
 
-  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
-    await this.inner.put(key, sealedWhole(key) ? this.keys.sealer.seal(body, objectAad(key)) : body, options);
-  }
-
-  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
-    return this.inner.head(key, options);
-  }
-
-  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix, options);
-  }
-
-  delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.delete(key, options);
-  }
-
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.deleteMany(keys, options);
-  }
-
-  sync(options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.sync(options);
+  override async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+    await this.plain.put(key, sealedWhole(key) ? this.keys.sealer.seal(body, objectAad(key)) : body, options);
   }
 }
 

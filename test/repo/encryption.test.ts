@@ -129,7 +129,7 @@ describe('tampering', () => {
     // A flipped bit in a delta: refused as corrupt.
     const delta1 = await repo.raw.get('deltas/0000000000000001');
     const flipped = Buffer.from(delta1);
-    flipped[flipped.length >> 1] ^= 1;
+    flipped[flipped.length >> 1]! ^= 1;
     await repo.raw.put('deltas/0000000000000001', flipped);
     const corrupt = await planRestore({ store: await open(), at: parsePointSelector('1') }).catch((e: unknown) => e);
     expect((corrupt as CdpError).code).toMatch(/^FORMAT_CORRUPT|NO_POINT_IN_TIME$/);
@@ -153,7 +153,7 @@ describe('tampering', () => {
       pack.copy(pack, a.offset, b.offset, b.offset + b.length);
       first.copy(pack, b.offset);
     }
-    pack[c.offset + 40] ^= 0x10;
+    pack[c.offset + 40]! ^= 0x10;
     await repo.raw.put(packKey!, pack);
     const result = await verify({ store: await open(), readData: true });
     const named = result.problems.map((p) => p.detail).join('\n');
@@ -190,7 +190,7 @@ describe('passwords and keys', () => {
     // Not the key in use, not an unknown one.
     await expect(removeKey(viaSecond, second.id)).rejects.toMatchObject({ code: 'KEY' });
     await expect(removeKey(viaSecond, '0123456789abcdef')).rejects.toMatchObject({ code: 'KEY' });
-    await removeKey(viaSecond, (first as { keyId: string }).keyId);
+    await removeKey(viaSecond, (first as unknown as { keyId: string }).keyId);
     await expect(unlockStore(repo.store, async () => PASSWORD)).rejects.toMatchObject({ code: 'PASSWORD' });
     // passwd: the new password opens it, the old does not, and the point restores.
     await changePassword(viaSecond, 'third password', { kdf: KDF });
