@@ -44,6 +44,9 @@ export class SealedStore extends DelegatingStore {
 
 /** The keys of a store that was unlocked (unlock.ts), or undefined for a plain one. */
 export function storeKeys(store: ObjectStore): RepoKeys | undefined {
-  return store instanceof SealedStore ? store.keys : undefined;
+  // Through wrappers (a counting store, a fault injector) to the sealed store they wrap.
+  let at: ObjectStore = store;
+  while (!(at instanceof SealedStore) && at instanceof DelegatingStore) at = at.wrapped;
+  return at instanceof SealedStore ? at.keys : undefined;
 }
 

@@ -9,7 +9,7 @@ import { MASTER_KEY_BYTES, repoKeys } from './crypto.js';
 import { configEncryption } from './config.js';
 import { encodeKeyFile, keyFileKey, newKeyFile, openMasterKey, type KdfParams } from './key-files.js';
 import { CONFIG_KEY } from './keys.js';
-import { SealedStore } from './sealed-store.js';
+import { SealedStore, storeKeys } from './sealed-store.js';
 
 /** Where a password comes from: called at most once, and only for an encrypted repository. */
 export type PasswordSource = () => Promise<string | undefined>;
@@ -30,7 +30,7 @@ export class UnlockedStore extends SealedStore {
 
 /** The store to use for the repository at `store`: sealed if it is encrypted (asking for the password then). */
 export async function unlockStore(store: ObjectStore, password: PasswordSource | undefined, signal?: AbortSignal): Promise<ObjectStore> {
-  if (store instanceof SealedStore) return store;
+  if (storeKeys(store) !== undefined) return store;
   let config: Uint8Array;
   try {
     config = await store.get(CONFIG_KEY, { signal });

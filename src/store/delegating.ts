@@ -10,6 +10,11 @@ export class DelegatingStore implements ObjectStore {
     this.location = inner.location;
   }
 
+  /** The store this one forwards to (a wrapper's properties are found through it: repo/sealed-store.ts storeKeys). */
+  get wrapped(): ObjectStore {
+    return this.inner;
+  }
+
   get(key: string, options?: GetOptions): Promise<Uint8Array> {
     return this.inner.get(key, options);
   }

@@ -10,6 +10,7 @@ import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
 import { Repository } from '../../src/repo/repository.js';
 import { forceUnlock } from '../../src/repo/lock.js';
+import { FRAME_HEADER_BYTES } from '../../src/repo/pieces.js';
 import { patchLength } from '../../src/model/patches.js';
 import { REGION, REGIONS, sha, useProtectFixture } from '../helpers/protect-fixture.js';
 import { loadDelta } from '../helpers/pit.js';
@@ -21,12 +22,14 @@ const { make: makeFixture, restoreBytes } = useProtectFixture('protectpatches');
 const BLOCK = 4096;
 const BLOCKS = REGION / BLOCK;
 
-/** The bytes a patch of the first `blocks` blocks of a whole region takes. */
+/** The bytes a patch of the first `blocks` blocks of a whole region takes, stored (uncompressed, in its frame). */
 const patchBytes = (blocks: number): number => {
   const bitmap = new Uint8Array(BLOCKS / 8);
   for (let block = 0; block < blocks; block++) bitmap[block >> 3]! |= 1 << (block & 7);
-  return patchLength(bitmap, REGION, BLOCK);
+  return FRAME_HEADER_BYTES + patchLength(bitmap, REGION, BLOCK);
 };
+/** A whole region, stored (uncompressed, in its frame). */
+const WHOLE = FRAME_HEADER_BYTES + REGION;
 
 for (const kind of ['fs', 's3'] as const) {
   describe(`block-level deltas under protect (${kind} store)`, () => {
@@ -111,8 +114,8 @@ for (const kind of ['fs', 's3'] as const) {
       await volume.close();
       const entries = (await log({ store: f.store })).entries;
       expect(entries[1]!.bytes).toBe((REGIONS / 2) * patchBytes(1));
-      expect(entries[2]!.bytes).toBe((REGIONS / 4) * patchBytes(2) + REGION);
-      expect(entries[3]!.bytes).toBe(patchBytes(2) + 3 * REGION + patchBytes(3));
+      expect(entries[2]!.bytes).toBe((REGIONS / 4) * patchBytes(2) + WHOLE);
+      expect(entries[3]!.bytes).toBe(patchBytes(2) + 3 * WHOLE + patchBytes(3));
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
     });
 

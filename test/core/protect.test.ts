@@ -41,8 +41,8 @@ for (const kind of ['fs', 's3'] as const) {
       expect(volume.status()).toMatchObject({ seq: 2, lagMs: 0, drlRegions: 0, unshippedRegions: 0 });
       const entry = (await log({ store: f.store })).entries[1]!;
       // Zeroed regions ship no data; the 5000-byte write ships its two blocks, the 100-byte trim
-      // its one (patches: 32-byte digest, 2-byte bitmap, the blocks).
-      expect(entry.bytes).toBe(34 + 2 * 4096 + (34 + 4096));
+      // its one (patches in their frames: a codec byte, 32-byte digest, 2-byte bitmap, the blocks).
+      expect(entry.bytes).toBe(1 + 34 + 2 * 4096 + (1 + 34 + 4096));
       await volume.close();
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
     });

@@ -292,7 +292,7 @@ for (const kind of ['fs', 's3'] as const) {
       const follows = (r: number): boolean => {
         const a = map.location(r);
         const b = map.location(r + 1);
-        return a !== undefined && b !== undefined && a.pack === b.pack && b.offset === a.offset + REGION;
+        return a !== undefined && b !== undefined && a.pack === b.pack && b.offset === a.offset + a.length;
       };
       let start = 0;
       let run = 1;

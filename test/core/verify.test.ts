@@ -39,7 +39,8 @@ async function makeFixture(kind: 'fs' | 's3'): Promise<Fixture> {
   const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: 0, repeated: 0 });
   const source = join(work, 'disk.img');
   await writeFile(source, image);
-  await init({ store, from: source, regionSize: REGION, packSize: 4 * REGION, spanFanout: 2 });
+  // Uncompressed: tests damage stored bytes at known places and count the bytes stored.
+  await init({ store, from: source, regionSize: REGION, packSize: 4 * (REGION + 1), spanFanout: 2, compression: 'off' }); // 4 regions a pack, each in its frame
   const points = new Map<number, string>();
   await backup({ store, source, workers: 2 });
   points.set(1, sha(image));
@@ -104,7 +105,7 @@ for (const kind of ['fs', 's3'] as const) {
       // The primary still holds region 5's content: the next backup stores it again.
       const next = await backup({ store: f.store, source: f.source, workers: 2 });
       expect(next.regionsChanged).toBe(1);
-      expect(next.bytesStored).toBe(REGION);
+      expect(next.bytesStored).toBe(REGION + 1); // its frame: a codec byte, then the region
       expect(await restored(f, 'latest')).toEqual({ seq: 4, digest: f.points.get(3) });
       // A second verify lists the old damage as known (exit 0 through the CLI) and marks nothing new.
       const again = await verify({ store: f.store, readData: true, workers: 2 });

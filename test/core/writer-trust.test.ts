@@ -55,25 +55,25 @@ for (const kind of ['fs', 's3'] as const) {
 
       await overwrite(f.source, 7, same);
       const backedUp = await backup({ store: f.store, source: f.source, workers: 2 });
-      expect(backedUp).toMatchObject({ regionsChanged: 1, bytesStored: REGION, unreadableMarks: [unreadable] });
+      expect(backedUp).toMatchObject({ regionsChanged: 1, bytesStored: REGION + 1, unreadableMarks: [unreadable] }); // in its frame
 
       await overwrite(f.source, 9, same); // behind cdp-s3's back: scan repairs it
       const scanned = await scan({ store: f.store, source: f.source, workers: 2 });
       expect(scanned).toMatchObject({ discrepancies: 1, unreadableMarks: [unreadable] });
-      expect(await newestStoredBytes(f.store)).toBe(REGION);
+      expect(await newestStoredBytes(f.store)).toBe(REGION + 1);
 
       let down = false;
       const logs: string[] = [];
       const volume = await ProtectedVolume.open({ store: outage(f.store, () => down), source: f.source, drl: f.drl, log: (l) => logs.push(l) });
       await volume.write(11 * REGION, same, false);
       expect(await volume.sealAndShip()).toMatchObject({ regions: 1 });
-      expect(await newestStoredBytes(f.store)).toBe(REGION);
+      expect(await newestStoredBytes(f.store)).toBe(REGION + 1);
       down = true;
       await volume.write(13 * REGION, same, false);
       expect(await volume.sealAndShip()).toBeUndefined(); // spooled
       down = false;
       expect(await volume.sealAndShip()).toMatchObject({ regions: 1 }); // from the spool
-      expect(await newestStoredBytes(f.store)).toBe(REGION);
+      expect(await newestStoredBytes(f.store)).toBe(REGION + 1);
       await volume.close();
       expect(logs.filter((l) => l.includes(`trust marks ${unreadable} cannot be read`))).toHaveLength(1); // once, not per shipment
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
@@ -91,7 +91,7 @@ for (const kind of ['fs', 's3'] as const) {
       expect(await volume.sealAndShip()).toBeUndefined(); // spooled
       down = false;
       expect(await volume.sealAndShip()).toEqual({ seq: 2, regions: 1 });
-      expect(await newestStoredBytes(f.store)).toBe(REGION);
+      expect(await newestStoredBytes(f.store)).toBe(REGION + 1);
       await volume.close();
       expect(sha(await restoreBytes(f.store, f.work, 'latest'))).toBe(sha(await readFile(f.source)));
     });

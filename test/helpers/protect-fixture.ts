@@ -39,7 +39,8 @@ export function useProtectFixture(name: string, options: ProtectFixtureOptions =
       const source = join(work, 'disk.img');
       const image = makeImage({ size: REGIONS * REGION, regionSize: REGION, seed: n, zero: options.zero ?? 0, repeated: options.repeated ?? 0 });
       await writeFile(source, image);
-      await init({ store, from: source, regionSize: REGION });
+      // Uncompressed: tests count the bytes each write ships (its blocks, in a frame).
+      await init({ store, from: source, regionSize: REGION, compression: 'off' });
       if (options.base !== false) await backup({ store, source, workers: 2 });
       return { work, store, source, drl: join(work, 'disk.drl') };
     },

@@ -36,7 +36,8 @@ async function patchedRepository(kind: 'fs' | 's3') {
   const image = Buffer.alloc(REGIONS * REGION);
   for (let i = 0; i < 16 * REGION; i += 512) image.fill((i / 512) % 251, i, i + 512);
   await writeFile(source, image);
-  await init({ store: scratch.store, from: source, regionSize: REGION });
+  // Uncompressed: the tests damage stored bytes at known places of a patch.
+  await init({ store: scratch.store, from: source, regionSize: REGION, compression: 'off' });
   await backup({ store: scratch.store, source, workers: 2 });
   const images = [Buffer.from(image)];
   for (let round = 1; round <= 3; round++) {

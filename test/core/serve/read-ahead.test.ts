@@ -101,9 +101,10 @@ describe('ReadAhead.plan', () => {
       pack: 'B',
       offset: 0,
       length: 2 * R,
+      stored: 2 * R,
       slices: [
-        { at: 0, length: R, digest: r.slot(4)!.digest, regions: [4] },
-        { at: R, length: R, digest: r.slot(6)!.digest, regions: [6] },
+        { at: 0, length: R, storedAt: 0, storedLength: R, digest: r.slot(4)!.digest, regions: [4] },
+        { at: R, length: R, storedAt: R, storedLength: R, digest: r.slot(6)!.digest, regions: [6] },
       ],
     });
     // Cached regions cost nothing.
