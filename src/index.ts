@@ -2,7 +2,10 @@
 
 export { backup, type BackupOptions, type BackupResult } from './core/backup.js';
 export { parseChangedRanges, type ByteRange } from './core/changed-ranges.js';
-export { init, type InitOptions } from './core/init.js';
+export { init, type InitOptions, type InitResult } from './core/init.js';
+export { addKey, changePassword, listKeys, removeKey, type KeyInfo } from './core/keys.js';
+export { unlockStore, type PasswordSource } from './repo/unlock.js';
+export type { Compression } from './repo/pieces.js';
 export { log, type LogEntry, type LogResult } from './core/log.js';
 export { parsePointSelector, type PointSelector } from './core/points.js';
 export type { Progress } from './core/progress.js';

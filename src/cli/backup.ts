@@ -4,7 +4,7 @@ import { backup } from '../core/backup.js';
 import { type ByteRange, parseChangedRanges } from '../core/changed-ranges.js';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
-import { formatSize } from './units.js';
+import { formatSize, parseCompression } from './units.js';
 
 async function readChanged(file: string): Promise<ByteRange[]> {
   let text: string;
@@ -23,13 +23,15 @@ export function registerBackup(program: Command): void {
     .argument('<source>', 'image file or block device')
     .option('--changed <file>', 'read only these byte ranges ("OFFSET LENGTH" per line) from a change tracker')
     .option('--drl <file>', 'read only the regions this dirty region log lists, and clear them once committed')
-    .action(async (source: string, opts: { changed?: string; drl?: string }, command: Command) => {
+    .option('--compression <level>', 'compress what this command stores: off, fast or max (default: as init chose)')
+    .action(async (source: string, opts: { changed?: string; drl?: string; compression?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const result = await backup({
         store: await cli.repoStore(),
         source,
         changed: opts.changed === undefined ? undefined : await readChanged(opts.changed),
         drl: opts.drl,
+        ...(opts.compression === undefined ? {} : { compression: parseCompression(opts.compression) }),
         signal: cli.signal,
         progress: cli.progress(),
         forceUnlock: cli.forceUnlock,

@@ -1,14 +1,8 @@
 import type { Command } from 'commander';
 import { init } from '../core/init.js';
-import { UsageError } from '../errors.js';
-import { COMPRESSION_LEVELS, type Compression } from '../repo/pieces.js';
+import { COMPRESSION_LEVELS } from '../repo/pieces.js';
 import { CliContext } from './context.js';
-import { formatSize, parseSize } from './units.js';
-
-export function parseCompression(value: string, flag = '--compression'): Compression {
-  if (!(COMPRESSION_LEVELS as readonly string[]).includes(value)) throw new UsageError(`${flag} must be one of ${COMPRESSION_LEVELS.join(', ')}, got ${JSON.stringify(value)}`);
-  return value as Compression;
-}
+import { formatSize, parseCompression, parseSize } from './units.js';
 
 export function registerInit(program: Command): void {
   program

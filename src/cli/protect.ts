@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { CliContext } from './context.js';
 import { type ForgetFlags, addKeepOptions, hasKeepOptions, policyOf } from './forget.js';
-import { parseDuration, parseListen, parseSize } from './units.js';
+import { parseCompression, parseDuration, parseListen, parseSize } from './units.js';
 
 export function registerProtect(program: Command): void {
   const command = program
@@ -16,12 +16,13 @@ export function registerProtect(program: Command): void {
     .option('--spool-dir <dir>', 'a directory of its own where points in time wait while the store is unreachable (default: the DRL path + .spool)')
     .option('--spool-size <bytes>', 'most bytes the spool may hold; past it intervals coalesce', '1GiB')
     .option('--scan-every <duration>', 'run an integrity scan on this schedule (e.g. 24h); SIGUSR1 runs one now')
-    .option('--prune-every <duration>', 'apply the --keep-* policy (forget, then prune with a 24 h grace) on this schedule (default 1h)');
+    .option('--prune-every <duration>', 'apply the --keep-* policy (forget, then prune with a 24 h grace) on this schedule (default 1h)')
+    .option('--compression <level>', 'compress what this command stores: off, fast or max (default: as init chose)');
   addKeepOptions(command);
   command.action(
     async (
       source: string,
-      opts: ForgetFlags & { listen: string; name?: string; interval: string; drl: string; scanEvery?: string; spoolDir?: string; spoolSize: string; pruneEvery?: string },
+      opts: ForgetFlags & { listen: string; name?: string; interval: string; drl: string; scanEvery?: string; spoolDir?: string; spoolSize: string; pruneEvery?: string; compression?: string },
       command: Command,
     ) => {
       const cli = CliContext.of(command);
@@ -45,6 +46,7 @@ export function registerProtect(program: Command): void {
         scanEveryMs: opts.scanEvery === undefined ? undefined : parseDuration(opts.scanEvery, '--scan-every'),
         ...(retention === undefined ? {} : { retention }),
         spoolDir: opts.spoolDir,
+        ...(opts.compression === undefined ? {} : { compression: parseCompression(opts.compression) }),
         spoolBytes: parseSize(opts.spoolSize, '--spool-size'),
         forceUnlock: cli.forceUnlock,
         signal: cli.signal,

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { scan } from '../core/scan.js';
 import { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
-import { count, formatSize } from './units.js';
+import { count, formatSize, parseCompression } from './units.js';
 
 export function registerScan(program: Command): void {
   program
@@ -11,13 +11,15 @@ export function registerScan(program: Command): void {
     .argument('<source>', 'image file or block device this repository protects')
     .option('--drl <file>', 'scan only the regions listed in this dirty region log, and clear the ones committed')
     .option('--dry-run', 'report only: copy nothing, mark nothing')
-    .action(async (source: string, opts: { drl?: string; dryRun?: boolean }, command: Command) => {
+    .option('--compression <level>', 'compress what this command stores: off, fast or max (default: as init chose)')
+    .action(async (source: string, opts: { drl?: string; dryRun?: boolean; compression?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const result = await scan({
         store: await cli.repoStore(),
         source,
         drl: opts.drl,
         dryRun: opts.dryRun,
+        ...(opts.compression === undefined ? {} : { compression: parseCompression(opts.compression) }),
         forceUnlock: cli.forceUnlock,
         signal: cli.signal,
         progress: cli.progress(),

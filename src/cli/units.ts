@@ -1,6 +1,7 @@
 // Parsing and printing byte sizes and durations for the CLI.
 
 import { UsageError } from '../errors.js';
+import { COMPRESSION_LEVELS, type Compression } from '../repo/pieces.js';
 
 const UNITS: Record<string, number> = {
   '': 1,
@@ -82,3 +83,10 @@ export function parseListen(text: string, option = '--listen'): { host: string; 
 export function count(n: number, noun: string): string {
   return `${n} ${noun}${n === 1 ? '' : 's'}`;
 }
+
+/** --compression: off, fast or max. */
+export function parseCompression(value: string, flag = '--compression'): Compression {
+  if (!(COMPRESSION_LEVELS as readonly string[]).includes(value)) throw new UsageError(`${flag} must be one of ${COMPRESSION_LEVELS.join(', ')}, got ${JSON.stringify(value)}`);
+  return value as Compression;
+}
+

@@ -12,6 +12,7 @@ import type { PitPage } from '../model/pages.js';
 import type { DeltaKind } from '../model/regions.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
 import type { PitView } from '../repo/pit-view.js';
+import type { Compression } from '../repo/pieces.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
 import { readWriterTrust, storedDamaged } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
@@ -54,6 +55,8 @@ export interface BackupOptions {
   lockTimer?: Timer;
   /** Runs of at most this many entries are stored inline in their root (default 4096; the golden fixtures force page packs). */
   inlineEntries?: number;
+  /** How this backup compresses what it stores (default: the repository's config). */
+  compression?: Compression;
 }
 
 export interface BackupResult {
@@ -93,6 +96,7 @@ export async function backup(options: BackupOptions): Promise<BackupResult> {
   throwIfAborted(signal);
   const repo = await Repository.open(store, signal);
   if (options.inlineEntries !== undefined) repo.inlineEntries = options.inlineEntries;
+  if (options.compression !== undefined) repo.compression = options.compression;
   const g = repo.geometry;
   const volume = await openVolume(options.source, 'read');
   const maps: DeltaMap[] = [];

@@ -22,6 +22,7 @@ import type { PitPage } from '../model/pages.js';
 import type { Block, ChainIndex } from '../repo/chain-index.js';
 import { MAX_REGIONS_LISTED, type ScanRecord, type TrustMark } from '../repo/records.js';
 import { type WriterLock, acquireWriterLock, forceUnlock } from '../repo/lock.js';
+import type { Compression } from '../repo/pieces.js';
 import { Repository, viewForWriting } from '../repo/repository.js';
 import { putMarks, putScanRecord, readWriterTrust, scanRecordKey, storedDamaged } from '../repo/trust.js';
 import { CountingStore } from '../store/counting.js';
@@ -53,6 +54,8 @@ export interface ScanHooks {
 
 export interface ScanOptions {
   store: ObjectStore;
+  /** How the fix-up delta compresses what it stores (default: the repository's config). */
+  compression?: Compression;
   /** The primary volume: image file or block device. */
   source: string;
   /** Who else writes the primary; default: nobody (QuiescentSource). */
@@ -129,6 +132,7 @@ export async function scan(options: ScanOptions): Promise<ScanResult> {
   const hooks = options.hooks ?? {};
   throwIfAborted(signal);
   const repo = await Repository.open(store, signal);
+  if (options.compression !== undefined) repo.compression = options.compression;
   const g = repo.geometry;
   const changes = options.changes ?? new QuiescentSource(g.regionCount);
   const volume = await openVolume(options.source, 'read');

@@ -95,15 +95,18 @@ export async function listKeyFiles(store: ObjectStore, signal?: AbortSignal): Pr
   return out;
 }
 
-/** The master key and the key file `password` opens; PASSWORD if it opens none, KEY if there is none. */
-export async function openMasterKey(store: ObjectStore, password: string, signal?: AbortSignal): Promise<{ master: Uint8Array; key: KeyFile }> {
+/**
+ * The master key and the key file `password` opens (and whose master key `fits`: opens the
+ * config); PASSWORD if it opens none, KEY if there is none.
+ */
+export async function openMasterKey(store: ObjectStore, password: string, fits: (master: Uint8Array) => boolean, signal?: AbortSignal): Promise<{ master: Uint8Array; key: KeyFile }> {
   const keys = (await listKeyFiles(store, signal)).filter((k): k is KeyFile => !('error' in k));
   if (keys.length === 0) {
     throw new CdpError('KEY', `${store.location} is encrypted but holds no readable key (keys/): nothing can open it; restore a keys/ object from a copy`);
   }
   for (const key of keys.slice(0, MAX_KEYS_TRIED)) {
     const master = await unwrapKey(key, password);
-    if (master !== undefined) return { master, key };
+    if (master !== undefined && fits(master)) return { master, key };
   }
   throw new CdpError('PASSWORD', `the password opens none of the ${keys.length} key${keys.length === 1 ? '' : 's'} of ${store.location}: check CDP_S3_PASSWORD or --password-file`);
 }

@@ -3,11 +3,11 @@
 // back as it is. Creating one: a random master key, its first key file, then the config.
 
 import { randomBytes } from 'node:crypto';
-import { CdpError, StoreError } from '../errors.js';
+import { CdpError, FormatError, StoreError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import { MASTER_KEY_BYTES, repoKeys } from './crypto.js';
-import { configEncryption } from './config.js';
-import { encodeKeyFile, keyFileKey, newKeyFile, openMasterKey, type KdfParams } from './key-files.js';
+import { configEncryption, decodeConfig } from './config.js';
+import { KEY_PREFIX, encodeKeyFile, keyFileKey, newKeyFile, openMasterKey, type KdfParams } from './key-files.js';
 import { CONFIG_KEY } from './keys.js';
 import { SealedStore, storeKeys } from './sealed-store.js';
 
@@ -41,12 +41,29 @@ export async function unlockStore(store: ObjectStore, password: PasswordSource |
   if (configEncryption(config) === 'none') return store;
   const given = await password?.();
   if (given === undefined) throw new CdpError('PASSWORD', `${store.location} is encrypted and no password was given: ${NO_PASSWORD_HINT}`);
-  const { master, key } = await openMasterKey(store, given, signal);
+  // A key file of another master key (a stray one) opens with the password but not the config.
+  const fits = (master: Uint8Array): boolean => {
+    try {
+      decodeConfig(config, repoKeys(master));
+      return true;
+    } catch (error) {
+      if (error instanceof FormatError) return false;
+      throw error;
+    }
+  };
+  const { master, key } = await openMasterKey(store, given, fits, signal);
   return new UnlockedStore(store, master, key.id);
 }
 
-/** A new master key with its first key file stored; the store to init the repository through. */
+/**
+ * A new master key with its first key file stored; the store to init the repository through.
+ * Key files already there without a config are an unfinished init's (interrupted between its
+ * key and its config): they open nothing, and are removed first.
+ */
 export async function createKeys(store: ObjectStore, password: string, options: { kdf?: KdfParams; signal?: AbortSignal } = {}): Promise<UnlockedStore> {
+  const stray: string[] = [];
+  for await (const info of store.list(KEY_PREFIX, { signal: options.signal })) stray.push(info.key);
+  for (const key of stray) await store.delete(key, { signal: options.signal });
   const master = randomBytes(MASTER_KEY_BYTES);
   const key = await newKeyFile(master, password, options);
   await store.put(keyFileKey(key.id), encodeKeyFile(key), { ifAbsent: true, signal: options.signal });

@@ -14,10 +14,15 @@ import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { scan } from '../../src/core/scan.js';
 import { verify } from '../../src/core/verify.js';
 import { CdpError } from '../../src/errors.js';
-import { Sealer, repoKeys } from '../../src/repo/crypto.js';
+import { Sealer, keyedName, repoKeys } from '../../src/repo/crypto.js';
+import { passwordKey, unwrapKey } from '../../src/repo/key-files.js';
+import { BlobCodec } from '../../src/repo/page-packs.js';
+import { SealedStore } from '../../src/repo/sealed-store.js';
+import { identityHash } from '../../src/model/regions.js';
+import { openStore } from '../../src/store/open.js';
 import { PieceCodec } from '../../src/repo/pieces.js';
 import { Repository } from '../../src/repo/repository.js';
-import { unlockStore } from '../../src/repo/unlock.js';
+import { createKeys, unlockStore } from '../../src/repo/unlock.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 
@@ -83,6 +88,46 @@ describe('the sealing (known answers)', () => {
     await expect(new PieceCodec('volume', repoKeys(Buffer.alloc(32, 8)).sealer).decode(stored, 'piece', text.length)).rejects.toThrow(/does not authenticate/);
   });
 });
+
+describe('the golden known answers (test/fixtures/format5/crypto, computed with Python)', () => {
+  it('derives the same keys, identities and names, opens every sealed kind through its own code path, and unwraps the key file', async () => {
+    const v = JSON.parse(await readFile(join(import.meta.dirname, '..', 'fixtures', 'format5', 'crypto', 'known-answers.json'), 'utf8')) as KnownAnswers;
+    const hex = (text: string): Buffer => Buffer.from(text, 'hex');
+    const keys = repoKeys(hex(v.master));
+    expect([keys.identity, keys.names].map((k) => Buffer.from(k).toString('hex'))).toEqual([v.keys.identity, v.keys.names]);
+    expect(identityHash(keys.identity).update(hex(v.identity.region)).digest('hex')).toBe(v.identity.hmac);
+    expect(keyedName(keys, v.statusName.text)).toBe(v.statusName.name);
+    const data = new Sealer(hex(v.keys.data));
+    for (const sealed of v.sealed) {
+      // Sealing with the vector's nonce gives its bytes: the data key is the one HKDF derives.
+      expect(Buffer.from(data.seal(hex(sealed.plain), Buffer.from(sealed.aad), hex(v.nonce))).toString('hex'), sealed.what).toBe(sealed.sealed);
+      expect(Buffer.from(keys.sealer.open(hex(sealed.sealed), Buffer.from(sealed.aad), sealed.what)).toString('hex')).toBe(sealed.plain);
+    }
+    const of = (what: string): { plain: string; sealed: string } => v.sealed.find((s) => s.what === what)!;
+    // Each kind opened by the code that reads it (its associated data built there).
+    const plainStore = openStore(join(fixture.dir, 'known-answers'));
+    await plainStore.put('deltas/0000000000000001', hex(of('object').sealed));
+    expect(Buffer.from(await new SealedStore(plainStore, keys).get('deltas/0000000000000001')).toString('hex')).toBe(of('object').plain);
+    expect(Buffer.from(await new PieceCodec(v.volumeId, keys.sealer).decode(hex(of('piece').sealed), 'piece', 1 << 20)).toString('hex')).toBe(v.identity.region);
+    expect(Buffer.from(new BlobCodec(v.volumeId, keys.sealer).open(hex(of('blob').sealed), 'blob')).toString('hex')).toBe(of('blob').plain);
+    const k = v.keyFile;
+    expect(Buffer.from(await passwordKey(k.password, hex(k.salt), k)).toString('hex')).toBe(k.kek);
+    const unwrapped = await unwrapKey({ id: k.id, created: 0, host: '', kdf: k, salt: hex(k.salt), wrapped: hex(k.wrapped) }, k.password);
+    expect(Buffer.from(unwrapped!).toString('hex')).toBe(v.master);
+    expect(await unwrapKey({ id: k.id, created: 0, host: '', kdf: k, salt: hex(k.salt), wrapped: hex(k.wrapped) }, 'wrong')).toBeUndefined();
+  });
+});
+
+interface KnownAnswers {
+  master: string;
+  volumeId: string;
+  nonce: string;
+  keys: { data: string; identity: string; names: string };
+  identity: { region: string; hmac: string };
+  statusName: { text: string; name: string };
+  sealed: Array<{ what: string; aad: string; plain: string; sealed: string }>;
+  keyFile: { password: string; salt: string; n: number; r: number; p: number; id: string; kek: string; wrapped: string };
+}
 
 describe.each(['fs', 's3'] as const)('an encrypted repository (%s)', (kind) => {
   it('leaks no plaintext and no plain digest, restores bit-exact, and scans without downloading a region', async () => {
@@ -175,6 +220,23 @@ describe('passwords and keys', () => {
     await expect(backup({ store: repo.store, source: repo.source })).rejects.toMatchObject({ code: 'PASSWORD' });
     for (const key of await repo.raw.keys('keys/')) await repo.raw.delete(key);
     await expect(unlockStore(repo.store, async () => PASSWORD)).rejects.toMatchObject({ code: 'KEY', message: expect.stringMatching(/holds no readable key/) });
+  });
+
+  it('an init interrupted between its key file and its config leaves nothing that gets in the way', async () => {
+    const scratch = await fixture.repository('fs', 'enc', 22);
+    const source = join(scratch.work, 'disk.img');
+    await writeFile(source, markedImage(4, 5));
+    await createKeys(scratch.store, PASSWORD, { kdf: KDF }); // the first init's key; then it stopped
+    const { store } = await init({ store: scratch.store, from: source, regionSize: REGION, password: PASSWORD, kdf: KDF });
+    expect(await scratch.raw.keys('keys/')).toHaveLength(1);
+    // A stray key of another master key that the same password opens is passed over.
+    await createKeys(openStore(join(scratch.work, 'elsewhere')), PASSWORD, { kdf: KDF }).then(async (other) => {
+      const [key] = await openStore(join(scratch.work, 'elsewhere')).list('keys/')[Symbol.asyncIterator]().next().then((r) => [r.value!.key]);
+      await scratch.raw.put(key!, await (other as unknown as { plain: ObjectStore }).plain.get(key!));
+    });
+    expect(await scratch.raw.keys('keys/')).toHaveLength(2);
+    await backup({ store: await unlockStore(scratch.store, async () => PASSWORD), source });
+    expect(store.location).toBe(scratch.store.location);
   });
 
   it('adds, lists, removes and changes keys; every point stays restorable; the last key cannot go', async () => {

@@ -1,11 +1,14 @@
 // The options of a protected volume, shared by its parts (write tracker, spool, shipper).
 
+import type { Compression } from '../../repo/pieces.js';
 import type { PatchLimits } from '../../repo/repository.js';
 import type { ObjectStore } from '../../store/types.js';
 
 export interface ProtectedVolumeOptions {
   store: ObjectStore;
   source: string;
+  /** How shipped points compress what they store (default: the repository's config). */
+  compression?: Compression;
   /** The dirty region log file; created if missing. */
   drl: string;
   /**

@@ -68,6 +68,7 @@ export class ProtectedVolume implements NbdExport, ChangeSource {
 
   static async open(options: ProtectedVolumeOptions): Promise<ProtectedVolume> {
     const repo = await Repository.open(options.store, options.signal);
+    if (options.compression !== undefined) repo.compression = options.compression;
     if (options.patchLimits !== undefined) repo.patchLimits = options.patchLimits;
     const g = repo.geometry;
     // openVolume refuses what is not a disk (a FIFO, a socket, a character device) before opening it.
