@@ -140,6 +140,8 @@ export async function listLocks(store: ObjectStore, options: { signal?: AbortSig
         bytes = await store.get(key, options);
       } catch (error) {
         if (error instanceof StoreError && error.kind === 'not-found') return undefined; // released meanwhile
+        // A sealed lock that does not open (damaged, or not sealed under this repository's key) is unreadable.
+        if (error instanceof FormatError) return { key, error: error.message };
         throw error;
       }
       try {

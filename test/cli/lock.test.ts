@@ -9,8 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { log } from '../../src/core/log.js';
 import { acquireWriterLock, encodeLock, listLocks } from '../../src/repo/lock.js';
-import { openStore } from '../../src/store/open.js';
-import { type CliResult, cli, spawnCli } from '../helpers/cli.js';
+
+import { type CliResult, cli, cliStore, spawnCli } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -32,7 +32,7 @@ function expectLockedLine(result: CliResult, holder: RegExp): void {
 }
 
 async function seqs(repo: string): Promise<number[]> {
-  return (await log({ store: openStore(repo) })).entries.map((e) => e.seq);
+  return (await log({ store: await cliStore(repo) })).entries.map((e) => e.seq);
 }
 
 for (const kind of ['fs', 's3'] as const) {
@@ -50,7 +50,7 @@ for (const kind of ['fs', 's3'] as const) {
       await writeFile(source, makeImage({ size: MiB, regionSize: REGION, seed: counter }));
       expect((await cli('--repo', repo, 'init', '--from', source, '--region-size', '64KiB')).code).toBe(EXIT.ok);
 
-      const store = openStore(repo);
+      const store = await cliStore(repo);
       const holder = await acquireWriterLock(store, { command: 'scan' });
       try {
         const refused = await cli('--repo', repo, 'backup', source);
@@ -84,7 +84,7 @@ for (const kind of ['fs', 's3'] as const) {
         for (let offset = 0; offset < size; offset += chunk.length) await handle.write(randomFillSync(chunk), 0, chunk.length, offset);
         await handle.close();
 
-        const store = openStore(repo);
+        const store = await cliStore(repo);
         const child = spawnCli(['--repo', repo, '--no-progress', 'backup', source]);
         child.stdout!.resume();
         child.stderr!.resume();

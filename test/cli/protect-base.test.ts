@@ -10,8 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { log } from '../../src/core/log.js';
 import { protect } from '../../src/core/protect.js';
 import { status } from '../../src/core/status.js';
-import { openStore } from '../../src/store/open.js';
-import { cli } from '../helpers/cli.js';
+import { cli, cliStore } from '../helpers/cli.js';
 import { makeImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -37,7 +36,7 @@ for (const kind of ['fs', 's3'] as const) {
       await writeFile(source, makeImage({ size: SIZE, regionSize: REGION, seed: 5 }));
       const initialized = await cli('--repo', repoUrl, 'init', '--from', source, '--region-size', '64KiB');
       expect(initialized.code, initialized.stderr).toBe(0);
-      const store = openStore(repoUrl);
+      const store = await cliStore(repoUrl);
       const lines: string[] = [];
       const waiters: Array<{ pattern: RegExp; resolve: () => void }> = [];
       const logged = (pattern: RegExp): Promise<void> =>

@@ -14,7 +14,7 @@ import { requestTimeoutOptions } from '../../src/cli/context.js';
 import { protect } from '../../src/core/protect.js';
 import { StoreError } from '../../src/errors.js';
 import { openStore } from '../../src/store/open.js';
-import { cli } from '../helpers/cli.js';
+import { cli, cliStore } from '../helpers/cli.js';
 import { FAULT_KINDS, type FaultProxy, startFaultProxy } from '../helpers/fault-proxy.js';
 import { makeImage, mutateImage } from '../helpers/images.js';
 import { useS3Fixture } from '../helpers/s3-fixture.js';
@@ -233,8 +233,9 @@ describe('protect at 10% faults', () => {
     if (!clients) return ctx.skip('qemu-io missing (apt-get install qemu-utils)');
     const w = await workspace();
     await writeFile(w.source, makeImage({ size: SIZE, regionSize: REGION, seed: 3 }));
-    const store = openStore(w.repo, { endpoint: proxy.endpoint, timeout: TEST_TIMEOUT, retry: { baseDelayMs: 5, maxDelayMs: 50 } });
     expect((await viaProxy('--repo', w.repo, 'init', '--from', w.source, '--region-size', '64KiB')).code).toBe(0);
+    // Encrypted (the tests' CDP_S3_PASSWORD): protect gets the store its password unlocks, as the CLI's.
+    const store = await cliStore(w.repo, { endpoint: proxy.endpoint, timeout: TEST_TIMEOUT, retry: { baseDelayMs: 5, maxDelayMs: 50 } });
     expect((await viaProxy('--repo', w.repo, 'backup', w.source)).code).toBe(0);
     proxy.setProbabilities(TEN_PERCENT);
     const injectedBefore = proxy.injected();

@@ -3,6 +3,9 @@
 import { spawn } from 'node:child_process';
 import { Writable } from 'node:stream';
 import { run } from '../../src/cli/program.js';
+import { unlockStore } from '../../src/repo/unlock.js';
+import { type OpenStoreOptions, openStore } from '../../src/store/open.js';
+import type { ObjectStore } from '../../src/store/types.js';
 
 export interface CliResult {
   code: number;
@@ -35,4 +38,12 @@ export const CLI_ENTRY = new URL('../../dist/src/cli/main.js', import.meta.url).
 /** The built command as a child process (for signals and real exit codes). */
 export function spawnCli(args: string[], env: NodeJS.ProcessEnv = process.env) {
   return spawn(process.execPath, [CLI_ENTRY, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/**
+ * The store of a repository the command line made, as the command line opens it: repositories
+ * `init` creates in tests are encrypted with the tests' CDP_S3_PASSWORD (vitest.config.ts).
+ */
+export function cliStore(url: string, options?: OpenStoreOptions): Promise<ObjectStore> {
+  return unlockStore(openStore(url, options), async () => process.env['CDP_S3_PASSWORD']);
 }
