@@ -84,6 +84,13 @@ export async function runCryptoBench(argv: string[], log: (line: string) => void
   const env: NodeJS.ProcessEnv = { ...process.env, CDP_S3_PASSWORD: 'cdp-s3 bench password' };
   delete env['CDP_S3_INSECURE_TEST_KDF'];
   try {
+    // Every command on an encrypted repository derives its key once (a constant, not a rate):
+    // the rows say the ratio with it and without it.
+    const kdf = await medianOf(runs, async () => {
+      const start = process.hrtime.bigint();
+      await passwordKey('cdp-s3 bench password', Buffer.alloc(32, 1), DEFAULT_KDF);
+      return Number(process.hrtime.bigint() - start) / 1e9;
+    });
     const image = join(dir, 'disk.img');
     log(`writing a ${size}-byte mixed image…`);
     await writeImage(image, size, 1);
@@ -112,9 +119,10 @@ export async function runCryptoBench(argv: string[], log: (line: string) => void
     };
     const compare = (store: string, off: Awaited<ReturnType<typeof measure>>, on: Awaited<ReturnType<typeof measure>>, bytes: number): void => {
       const mb = (s: number): string => `${(bytes / s / 1e6).toFixed(0)} MB/s`;
-      rows.push({ measure: 'full backup', store, off: off.backup, on: on.backup, ratio: off.backup / on.backup, target: '>= 0.85', note: `${mb(off.backup)} → ${mb(on.backup)}` });
-      rows.push({ measure: 'restore (verified)', store, off: off.restore, on: on.restore, ratio: off.restore / on.restore, target: '>= 0.85', note: `${mb(off.restore)} → ${mb(on.restore)}` });
-      rows.push({ measure: 'scan, disk unchanged', store, off: off.scan, on: on.scan, ratio: off.scan / on.scan, target: '>= 0.90', note: `${mb(off.scan)} → ${mb(on.scan)}` });
+      const note = (o: number, n: number): string => `${mb(o)} → ${mb(n)}; ${(o / (n - kdf)).toFixed(2)} without the key derivation`;
+      rows.push({ measure: 'full backup', store, off: off.backup, on: on.backup, ratio: off.backup / on.backup, target: '>= 0.85', note: note(off.backup, on.backup) });
+      rows.push({ measure: 'restore (verified)', store, off: off.restore, on: on.restore, ratio: off.restore / on.restore, target: '>= 0.85', note: note(off.restore, on.restore) });
+      rows.push({ measure: 'scan, disk unchanged', store, off: off.scan, on: on.scan, ratio: off.scan / on.scan, target: '>= 0.90', note: note(off.scan, on.scan) });
     };
 
     log('local store: off, then on…');
@@ -148,11 +156,6 @@ export async function runCryptoBench(argv: string[], log: (line: string) => void
     }
     rows.push({ measure: 'stored bytes / non-zero bytes, 50% text', store: 'local', off: stored['off']! / nonZero, on: stored['on']! / nonZero, ratio: stored['on']! / nonZero, target: '<= 0.55' });
 
-    const kdf = await medianOf(runs, async () => {
-      const start = process.hrtime.bigint();
-      await passwordKey('cdp-s3 bench password', Buffer.alloc(32, 1), DEFAULT_KDF);
-      return Number(process.hrtime.bigint() - start) / 1e9;
-    });
     rows.push({ measure: `key derivation (scrypt N=2^${Math.log2(DEFAULT_KDF.n)}, r=${DEFAULT_KDF.r})`, store: '', off: 0, on: kdf, ratio: kdf, target: '<= 1 s' });
     return rows;
   } finally {
