@@ -150,6 +150,13 @@ describe.each(['fs', 's3'] as const)('an encrypted repository (%s)', (kind) => {
     await executeRestore(plan, { to: target });
     expect((await readFile(target)).equals(image)).toBe(true);
 
+    // --reuse-target on an older copy: hashed with the keyed identity, only what differs is fetched.
+    const older = join(repo.work, 'older.img');
+    await executeRestore(await planRestore({ store: repo.sealed, at: parsePointSelector('1') }), { to: older });
+    const reused = await executeRestore(await planRestore({ store: repo.sealed, at: parsePointSelector('2') }), { to: older, reuseTarget: true });
+    expect((await readFile(older)).equals(image)).toBe(true);
+    expect(reused.regionsReused).toBe(23);
+
     // The scan compares keyed identities: no region is downloaded.
     let packGets = 0;
     const counting: ObjectStore = Object.create(repo.sealed, {
