@@ -41,7 +41,7 @@ let counter = 0;
 async function cliCopyForEveryone(dir: string): Promise<string> {
   const root = join(CLI_ENTRY, '../../../..');
   for (const part of ['dist', 'build', 'package.json']) await cp(join(root, part), join(dir, part), { recursive: true });
-  for (const module of ['commander', 'msgpackr', 'p-limit', 'yocto-queue', 'lru-cache', 'fs-ext', 'nan']) {
+  for (const module of ['commander', 'msgpackr', 'p-limit', 'yocto-queue', 'lru-cache', 'fs-ext', 'nan', '@mongodb-js']) {
     await cp(join(root, 'node_modules', module), join(dir, 'node_modules', module), { recursive: true, dereference: true });
   }
   return join(dir, 'dist/src/cli/main.js');
