@@ -9,7 +9,6 @@ import { DIGEST_BYTES, type Geometry, type RegionLocation, type StoredRegion, pi
 import { encodePatch, patchLength } from '../model/patches.js';
 import type { PitPage } from '../model/pages.js';
 import { packKey } from '../repo/keys.js';
-import type { PieceCounts } from '../repo/pieces.js';
 import { PackBuilder } from '../repo/pack.js';
 import type { PitView } from '../repo/pit-view.js';
 import type { PendingDelta, Repository } from '../repo/repository.js';
@@ -251,8 +250,6 @@ export class DeltaWriter {
   packCount = 0;
   /** Regions stored as a patch on their previous version (their bytes count in bytesStored). */
   regionsPatched = 0;
-  /** Pieces this delta stored compressed. */
-  readonly compression: PieceCounts = { compressed: 0, plainBytes: 0, storedBytes: 0 };
   private pack: PackBuilder | undefined;
   private readonly uploads: TaskWindow;
   private readonly spareBuffers: Buffer[] = []; // buffers of stored packs, filled again by later ones
@@ -370,7 +367,7 @@ export class DeltaWriter {
   /** Puts `plain` (a region, or a patch) in the pack being filled, as a piece (compressed, sealed: repo.pieces). */
   private async store(plain: Uint8Array): Promise<RegionLocation> {
     const g = this.repo.geometry;
-    const bytes = await this.repo.pieces.encode(plain, this.repo.compression, this.compression);
+    const bytes = await this.repo.pieces.encode(plain, this.repo.compression);
     if (this.pack !== undefined && !this.pack.hasRoomFor(bytes.length)) {
       await this.upload(this.pack);
       this.pack = undefined;

@@ -53,13 +53,6 @@ function pieceAad(volumeId: string): Uint8Array {
   return Buffer.from(`cdp-s3 piece ${volumeId}`, 'utf8');
 }
 
-export interface PieceCounts {
-  /** Pieces stored compressed, and their plain and stored bytes. */
-  compressed: number;
-  plainBytes: number;
-  storedBytes: number;
-}
-
 /** Encodes pieces for one repository (its sealer, if encrypted) and decodes them back. */
 export class PieceCodec {
   private readonly aad: Uint8Array;
@@ -78,7 +71,7 @@ export class PieceCodec {
   }
 
   /** The stored frame of `plain`, compressed at `compression` when that saves space. */
-  async encode(plain: Uint8Array, compression: Compression, counts?: PieceCounts): Promise<Uint8Array> {
+  async encode(plain: Uint8Array, compression: Compression): Promise<Uint8Array> {
     let codec = CODEC_RAW;
     let payload = plain;
     if (compression !== 'off' && plain.length > 64) {
@@ -95,11 +88,6 @@ export class PieceCodec {
     const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.length);
     frame[0] = codec;
     frame.set(payload, FRAME_HEADER_BYTES);
-    if (counts !== undefined && codec === CODEC_ZSTD) {
-      counts.compressed++;
-      counts.plainBytes += plain.length;
-      counts.storedBytes += frame.length;
-    }
     return this.sealer === undefined ? frame : this.sealer.seal(frame, this.aad);
   }
 
