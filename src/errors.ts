@@ -25,7 +25,9 @@ export type ErrorCode =
   /** An encrypted repository and no password, or one that opens none of its keys. */
   | 'PASSWORD'
   /** A key operation that cannot be done: no key left to open the repository, an unknown key id. */
-  | 'KEY';
+  | 'KEY'
+  /** Object Lock asked of a store that has none (a local directory, a bucket created without it, a server without it). */
+  | 'NO_OBJECT_LOCK';
 
 export type StoreErrorKind = 'not-found' | 'exists' | 'retryable' | 'auth' | 'no-bucket' | 'unreachable' | 'permanent';
 type StoreErrorCode =

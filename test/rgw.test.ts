@@ -22,6 +22,7 @@ import { EXIT } from '../src/cli/exit-codes.js';
 import { type CephRgw, cephRgwEnv, missingCephPrograms, startCephRgw } from '../src/dev/ceph-rgw.js';
 import { S3Store, type S3StoreOptions } from '../src/store/s3.js';
 import { describeEndToEnd } from './cli/e2e-suite.js';
+import { describeObjectLock } from './repo/object-lock-suite.js';
 import { cli } from './helpers/cli.js';
 import { makeImage } from './helpers/images.js';
 import { skipOutsideCi, skipTitle } from './helpers/requirements.js';
@@ -175,6 +176,8 @@ describe.skipIf(skipOutsideCi(cephMissing))(skipTitle('Ceph RGW', cephMissing), 
     () => dir,
     () => `s3://${E2E_BUCKET}/hosts/a/disk0`,
   );
+
+  describeObjectLock(() => ({ endpoint: rgw.endpoint, dir, plainBucket: BUCKET, client: () => clientWith() }));
 
   const hasCli = existsSync(AWS_CLI);
   describe.skipIf(!hasCli)(`the AWS CLI against Ceph RGW${hasCli ? '' : ` (skipped: ${AWS_CLI} missing)`}`, () => {

@@ -13,7 +13,10 @@ export const EXIT = {
   volume: 4,
   /** No point in time matches --at. */
   noPointInTime: 5,
-  /** The object store failed: unreachable, credentials refused, bucket missing, gave up retrying. */
+  /**
+   * The object store failed: unreachable, credentials refused, bucket missing, gave up retrying;
+   * or init --object-lock on a store without Object Lock.
+   */
   store: 6,
   /** Stored data is damaged: corrupt or missing object, digest mismatch, unknown format. */
   integrity: 7,
@@ -76,6 +79,7 @@ export function exitCodeFor(code: ErrorCode): number {
     case 'STORE_NO_BUCKET':
     case 'STORE_UNREACHABLE':
     case 'STORE_PERMANENT':
+    case 'NO_OBJECT_LOCK':
       return EXIT.store;
   }
 }

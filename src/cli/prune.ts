@@ -61,6 +61,22 @@ export function registerPrune(program: Command): void {
           );
         }
         if (result.inFlight > 0) lines.push(`${count(result.inFlight, 'object')} of a writer's next point in time left alone`);
+        if (result.locked.length > 0) {
+          const first = Math.min(...result.locked.map((l) => l.until));
+          const bytes = result.locked.reduce((sum, l) => sum + l.bytes, 0);
+          lines.push(`${count(result.locked.length, 'unreferenced object')} (${formatSize(bytes)}) still under Object Lock, not deleted: the first lock runs out at ${new Date(first).toISOString()} (run prune again then)`);
+        }
+        const r = result.retention;
+        if (r !== undefined) {
+          const until = r.until === undefined ? 'not recorded' : new Date(r.until).toISOString();
+          const next = r.nextDue === undefined ? '' : `; next extension from ${new Date(r.nextDue).toISOString()}`;
+          lines.push(
+            r.due
+              ? `${result.dryRun ? 'would extend' : 'extended'} the Object Lock of ${count(r.extended, 'object')}${result.dryRun ? '' : ` until ${until}`}${result.dryRun ? '' : next}`
+              : `Object Lock: what the history needs is retained until ${until}${next}`,
+          );
+        }
+        if (result.versionsSwept > 0) lines.push(`deleted ${count(result.versionsSwept, 'older version')} of locks, status and prune records`);
         return lines.join('\n');
       });
     });

@@ -32,6 +32,13 @@ export function registerStatus(program: Command): void {
             ? 'no scan yet'
             : `last scan ${scan.time}: ${scan.scanned} regions, ${scan.discrepancies === 0 ? 'in sync' : `${scan.discrepancies} differed, fix-up ${scan.fixupSeq}`}`,
         );
+        const lock = result.objectLock;
+        if (lock !== undefined) {
+          lines.push(
+            `Object Lock ${lock.mode}, ${lock.days} days: what the history needs is retained until ${lock.until}` +
+              (lock.due ? ` — WARNING: its extension was due from ${lock.nextDue}: run cdp-s3 prune, which extends it` : `; next extension from ${lock.nextDue} (cdp-s3 prune)`),
+          );
+        }
         for (const p of result.protects) {
           const state = !p.running ? 'stopped' : p.stale ? 'NOT REPORTING (died?)' : 'running';
           lines.push(

@@ -25,7 +25,8 @@ export function registerVerify(program: Command): void {
         signal: cli.signal,
         progress: cli.progress(),
       });
-      if (result.newProblems > 0) cli.setExitCode(EXIT.integrity);
+      const atRisk = result.retention?.atRisk ?? [];
+      if (result.newProblems > 0 || atRisk.length > 0) cli.setExitCode(EXIT.integrity);
       cli.result(result, () => {
         const lines = [
           `checked ${result.deltas} deltas, ${result.spans} spans, ${result.locations} stored regions in ${result.packs} packs` +
@@ -43,7 +44,14 @@ export function registerVerify(program: Command): void {
           lines.push(`already recorded (points marked damaged by an earlier verify; restore passes over them):`);
           for (const p of known) lines.push(`  ${p.object} ${p.key}: ${p.detail} — points in time ${p.affects.join(', ')}`);
         }
-        if (result.problems.length === 0) lines.push('no problems found');
+        if (result.retention !== undefined) {
+          lines.push(`Object Lock: read the retention of ${result.retention.checked} objects the history needs`);
+          for (const r of atRisk.slice(0, 20)) {
+            lines.push(`  ${r.key}: ${r.until === undefined ? 'NOT retained' : `retained (${r.mode}) only until ${new Date(r.until).toISOString()}`} — run cdp-s3 prune, which extends it`);
+          }
+          if (atRisk.length > 20) lines.push(`  and ${atRisk.length - 20} more`);
+        }
+        if (result.problems.length === 0) lines.push(atRisk.length === 0 ? 'no problems found' : `no damage found, but ${atRisk.length} objects' Object Lock is at risk`);
         else if (result.newProblems === 0) lines.push('no new problems');
         else if (result.damaged.length > 0) {
           lines.push(

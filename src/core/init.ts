@@ -7,6 +7,7 @@ import { CONFIG_KEY } from '../repo/keys.js';
 import type { Compression } from '../repo/pieces.js';
 import { createKeys } from '../repo/unlock.js';
 import { Repository } from '../repo/repository.js';
+import { RetainingStore, storeObjectLock } from '../repo/retaining-store.js';
 import type { ObjectStore } from '../store/types.js';
 import { openVolume } from '../volume/source.js';
 
@@ -33,6 +34,11 @@ export interface InitOptions {
   kdf?: KdfParams;
   /** How writers compress by default (default `fast`). */
   compression?: Compression;
+  /**
+   * S3 Object Lock: every object the history needs is put under this retention (the bucket must
+   * have been created with Object Lock enabled; docs/FORMAT.md, "Object Lock").
+   */
+  objectLock?: { mode: string; days: number };
   signal?: AbortSignal;
 }
 
@@ -66,20 +72,33 @@ export async function init(options: InitOptions): Promise<InitResult> {
       blockSize: options.blockSize,
       encryption: options.password === undefined ? 'none' : 'aes-256-gcm',
       compression: options.compression,
+      objectLock: options.objectLock,
     });
   } catch (error) {
     throw new UsageError((error as Error).message, { cause: error });
   }
+  let store = options.store;
+  if (config.objectLock !== undefined) {
+    const state = await store.objectLock({ signal: options.signal });
+    if (!state.enabled) {
+      throw new CdpError(
+        'NO_OBJECT_LOCK',
+        `cannot use --object-lock: ${state.why}; use a bucket created with Object Lock enabled (e.g. aws s3api create-bucket --object-lock-enabled-for-bucket), or leave out --object-lock`,
+      );
+    }
+    // A store already retaining (tests: one with its own clock) is used as it is.
+    if (storeObjectLock(store) === undefined) store = new RetainingStore(store, config.objectLock);
+  }
   if (options.password === undefined) {
-    await Repository.init(options.store, config, options.signal);
-    return { config, store: options.store };
+    await Repository.init(store, config, options.signal);
+    return { config, store };
   }
   if (options.password === '') throw new UsageError('the password is empty: choose one with at least one character');
   // Refused before a key is written: a key file beside someone else's config would be litter.
-  if ((await options.store.head(CONFIG_KEY, { signal: options.signal })) !== undefined) {
-    throw new CdpError('REPO_EXISTS', `${options.store.location} already holds a repository; use it as it is, or choose another --repo`);
+  if ((await store.head(CONFIG_KEY, { signal: options.signal })) !== undefined) {
+    throw new CdpError('REPO_EXISTS', `${store.location} already holds a repository; use it as it is, or choose another --repo`);
   }
-  const sealed = await createKeys(options.store, options.password, { kdf: options.kdf, signal: options.signal });
+  const sealed = await createKeys(store, options.password, { kdf: options.kdf, signal: options.signal });
   await Repository.init(sealed, config, options.signal);
   return { config, store: sealed, keyId: sealed.keyId };
 }

@@ -21,7 +21,9 @@ import { type WriterLock, acquireWriterLock, listLocks, lockExpires } from '../r
 import { PRUNE_PREFIX, decodePruneRecord, encodePruneRecord, timeKey } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
 import { HEAD_MAX_AGE_MS } from './delta-committer.js';
-import { MAX_DELETE_BATCH, type ObjectStore } from '../store/types.js';
+import type { ObjectStore } from '../store/types.js';
+import { storeObjectLock } from '../repo/retaining-store.js';
+import { type DeletableObject, type ExtensionResult, type LockedObject, deleteObjects, extendRetention, findLocked, sweepVersions } from './retention.js';
 
 export const DEFAULT_PRUNE_GRACE_MS = 24 * 3_600_000;
 /** Unused share of pack bytes a prune tolerates before it repacks (--max-unused, as a fraction of the bytes used). */
@@ -76,6 +78,12 @@ export interface PruneResult {
   repack: RepackResult | undefined;
   /** Why compaction was skipped. */
   compactionSkipped: string | undefined;
+  /** Object Lock: unneeded and past their grace, but still retained: a later prune deletes them. */
+  locked: LockedObject[];
+  /** Object Lock: the retention extension (undefined without Object Lock). */
+  retention: ExtensionResult | undefined;
+  /** Object Lock: older versions and delete markers of unretained objects deleted (docs/FORMAT.md, "Object Lock"). */
+  versionsSwept: number;
 }
 
 function checkOptions(options: PruneOptions): number {
@@ -86,17 +94,6 @@ function checkOptions(options: PruneOptions): number {
     throw new InvalidArgumentError(`--max-unused must be a percentage from 0% to 100% (or unlimited), not ${String(maxUnused * 100)}%`);
   }
   return grace;
-}
-
-/** Deletes keys MAX_DELETE_BATCH at a time, a few batches at once. */
-async function deleteInBatches(store: ObjectStore, keys: readonly string[], signal?: AbortSignal): Promise<void> {
-  const batches = pLimit(4);
-  const jobs: Promise<void>[] = [];
-  for (let i = 0; i < keys.length; i += MAX_DELETE_BATCH) {
-    const batch = keys.slice(i, i + MAX_DELETE_BATCH);
-    jobs.push(batches(() => store.deleteMany(batch, { signal })));
-  }
-  await Promise.all(jobs);
 }
 
 export async function prune(options: PruneOptions): Promise<PruneResult> {
@@ -172,6 +169,26 @@ async function readChain(repo: Repository, signal?: AbortSignal): Promise<ChainI
   return index;
 }
 
+/** Earlier prunes' candidates, with when each was first found unreferenced, and the records that name them. */
+export async function readPruneCandidates(repo: Repository, signal?: AbortSignal): Promise<{ firstSeen: Map<string, number>; records: string[] }> {
+  const store = repo.store;
+  const firstSeen = new Map<string, number>();
+  const records: string[] = [];
+  for await (const info of store.list(PRUNE_PREFIX, { signal })) {
+    records.push(info.key);
+    let record;
+    try {
+      record = decodePruneRecord(await store.get(info.key, { signal }), info.key);
+    } catch (error) {
+      if (error instanceof FormatError) continue; // unreadable: its candidates start their grace again
+      throw error;
+    }
+    if (record.volumeId !== repo.config.volumeId) continue;
+    for (const c of record.candidates) firstSeen.set(c.key, Math.min(firstSeen.get(c.key) ?? Infinity, c.since));
+  }
+  return { firstSeen, records };
+}
+
 async function deleteUnneeded(
   repo: Repository,
   index: ChainIndex,
@@ -179,6 +196,7 @@ async function deleteUnneeded(
 ): Promise<Omit<PruneResult, 'graceMs' | 'dryRun' | 'compaction' | 'repack' | 'compactionSkipped'>> {
   const { graceMs, dryRun, signal } = options;
   const store = repo.store;
+  const objectLock = storeObjectLock(store);
   const latest = index.latest;
   // Every run of the chain stays: the kept points' covers, and the runs of points forgotten since
   // the last compaction (the next one folds them). The others are older versions of rewritten
@@ -215,30 +233,16 @@ async function deleteUnneeded(
     ),
   );
 
-  // Earlier prunes' candidates, with when each was first found unreferenced.
-  const firstSeen = new Map<string, number>();
-  const records: string[] = [];
-  for await (const info of store.list(PRUNE_PREFIX, { signal })) {
-    records.push(info.key);
-    let record;
-    try {
-      record = decodePruneRecord(await store.get(info.key, { signal }), info.key);
-    } catch (error) {
-      if (error instanceof FormatError) continue; // unreadable: its candidates start their grace again
-      throw error;
-    }
-    if (record.volumeId !== repo.config.volumeId) continue;
-    for (const c of record.candidates) firstSeen.set(c.key, Math.min(firstSeen.get(c.key) ?? Infinity, c.since));
-  }
+  const { firstSeen, records } = await readPruneCandidates(repo, signal);
 
   const now = options.clock();
   let objects = 0;
   let inFlight = 0;
-  const deleted: PruneResult['deleted'] = [];
+  let deleted: DeletableObject[] = [];
   const waiting: PruneResult['waiting'] = [];
   const consider = (key: string, bytes: number): void => {
     const since = graceMs === 0 ? now : (firstSeen.get(key) ?? now);
-    if (now - since >= graceMs) deleted.push({ key, bytes });
+    if (now - since >= graceMs) deleted.push({ key, bytes, versionId: undefined });
     else waiting.push({ key, bytes, since, deletableAt: since + graceMs });
   };
   // Runs first: deleted before the packs they name, so a crash in between leaves no run naming a
@@ -247,7 +251,7 @@ async function deleteUnneeded(
   if (unneeded.length > 0) for (const prefix of [DELTA_PREFIX, SPAN_PREFIX]) for await (const info of store.list(prefix, { signal })) runSizes.set(info.key, info.size);
   for (const block of unneeded) consider(blockKey(block), runSizes.get(blockKey(block)) ?? 0);
   for (const key of index.compactionKeys) if (key !== `${COMPACTION_PREFIX}${generationName(index.generation)}`) consider(key, 0);
-  const runsDeleted = deleted.length;
+  let runsDeleted = deleted.length;
   for (const prefix of [PACK_PREFIX, PAGE_PACK_PREFIX]) {
     for await (const info of store.list(prefix, { signal })) {
       objects++;
@@ -261,25 +265,46 @@ async function deleteUnneeded(
     }
   }
 
+  // Object Lock: what is still retained is not deleted (not even tried); it waits, past its grace.
+  let locked: LockedObject[] = [];
+  if (objectLock !== undefined) {
+    const runs = await findLocked(store, deleted.slice(0, runsDeleted), { clock: options.clock, signal });
+    const packs = await findLocked(store, deleted.slice(runsDeleted), { clock: options.clock, signal });
+    locked = [...runs.locked, ...packs.locked];
+    deleted = [...runs.deletable, ...packs.deletable];
+    runsDeleted = runs.deletable.length;
+  }
+
   if (!dryRun) {
     // Record what waits before deleting anything, so a crash at any step keeps every grace running.
     const recordKey = timeKey(PRUNE_PREFIX, now);
-    if (waiting.length > 0) {
-      await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates: waiting.map((w) => ({ key: w.key, since: w.since })) }), { ifAbsent: true, signal });
+    const candidates = [...waiting.map((w) => ({ key: w.key, since: w.since })), ...locked.map((l) => ({ key: l.key, since: firstSeen.get(l.key) ?? now }))];
+    if (candidates.length > 0) {
+      await store.put(recordKey, encodePruneRecord({ volumeId: repo.config.volumeId, created: now, latest, candidates }), { ifAbsent: true, signal });
     }
     // In batches (S3 DeleteObjects), then the older records, superseded by the one just written.
-    await deleteInBatches(store, deleted.slice(0, runsDeleted).map((d) => d.key), signal);
-    await deleteInBatches(store, deleted.slice(runsDeleted).map((d) => d.key), signal);
-    await deleteInBatches(store, records, signal);
+    await deleteObjects(store, deleted.slice(0, runsDeleted), signal);
+    await deleteObjects(store, deleted.slice(runsDeleted), signal);
+    await deleteObjects(store, records.map((key) => ({ key })), signal);
+  }
+  let retention: ExtensionResult | undefined;
+  let versionsSwept = 0;
+  if (objectLock !== undefined) {
+    const unneeded = new Set([...deleted, ...waiting, ...locked].map((o) => o.key));
+    retention = await extendRetention(repo, objectLock, { unneeded, clock: options.clock, dryRun, signal });
+    if (!dryRun) versionsSwept = await sweepVersions(store, signal);
   }
   return {
+    locked,
+    retention,
+    versionsSwept,
     latest,
     runsRead: blocks.length,
     runsUnneeded: unneeded.length,
     objects,
     referenced: referenced.size,
     inFlight,
-    deleted,
+    deleted: deleted.map(({ key, bytes }) => ({ key, bytes })),
     waiting,
     bytesDeleted: deleted.reduce((sum, d) => sum + d.bytes, 0),
   };

@@ -2,6 +2,7 @@
 // protect reports about itself (lag, dirty region log, pre-images, shipping errors).
 
 import { PROTECT_STATUS_PREFIX, type ProtectStatus, decodeProtectStatus } from '../repo/protect-status.js';
+import { type ObjectLockReport, objectLockReport } from './retention.js';
 import { Repository } from '../repo/repository.js';
 import { readScanRecords, readTrust } from '../repo/trust.js';
 import type { ObjectStore } from '../store/types.js';
@@ -34,6 +35,8 @@ export interface StatusResult {
   unreadableMarks: Array<{ key: string; error: string; newestSeq?: number }>;
   lastScan: { time: string; scanned: number; discrepancies: number; fixupSeq: number | undefined; suspect: number[] } | undefined;
   protects: ProtectReport[];
+  /** Object Lock (docs/FORMAT.md, "Object Lock"); undefined without. */
+  objectLock: ObjectLockReport | undefined;
 }
 
 export async function status(options: { store: ObjectStore; signal?: AbortSignal; now?: number }): Promise<StatusResult> {
@@ -83,5 +86,6 @@ export async function status(options: { store: ObjectStore; signal?: AbortSignal
         ? undefined
         : { time: new Date(scan.end).toISOString(), scanned: scan.scanned, discrepancies: scan.discrepancies, fixupSeq: scan.fixupSeq, suspect: scan.suspect },
     protects,
+    objectLock: repo.config.objectLock === undefined ? undefined : await objectLockReport(repo, repo.config.objectLock, now, signal),
   };
 }

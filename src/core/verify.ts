@@ -27,6 +27,8 @@ import { TaskWindow } from '../util/task-window.js';
 import { RegionPool } from '../volume/region-pool.js';
 import { locationId } from './delta-writer.js';
 import { type Progress, silentProgress } from './progress.js';
+import { readPruneCandidates } from './prune.js';
+import { type RetentionCheck, checkRetention } from './retention.js';
 import { type FetchRange, type FetchedRange, RegionFetcher, type WantedRegion, emptyCounts, planRanges, storedRegions } from './region-fetcher.js';
 
 export const VERIFY_PREFIX = 'verifies/';
@@ -47,6 +49,8 @@ export interface VerifyOptions {
   workers?: number;
   /** Ranged GETs in flight. Default 8. */
   fetchesInFlight?: number;
+  /** Wall-clock ms since the epoch (Object Lock retention is checked against it); tests inject one. */
+  clock?: () => number;
 }
 
 export interface VerifyProblem {
@@ -88,6 +92,11 @@ export interface VerifyResult {
   /** Points in time newly marked damaged (sorted). */
   damaged: number[];
   record: string | undefined;
+  /**
+   * Object Lock: the retention of every object the history needs, read; those at risk (none, or
+   * running out within half the lock days) make the command exit 7 too. Undefined without Object Lock.
+   */
+  retention: RetentionCheck | undefined;
 }
 
 /** The slice a pack belongs to for --read-data-subset: from its key's SHA-256, so slices stay put as packs are added. */
@@ -297,6 +306,13 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
       marks.push({ seq, kind: 'damaged', reason: `${problem.object} ${problem.key}: ${problem.detail}`, regions: affected.regions.get(problem)?.get(seq) ?? [] });
     }
   }
+  // Object Lock: is everything the history needs still retained long enough?
+  const policy = repo.config.objectLock;
+  const retention =
+    policy === undefined
+      ? undefined
+      : await checkRetention(repo, policy, { clock: options.clock ?? Date.now, candidates: new Set((await readPruneCandidates(repo, signal)).firstSeen.keys()), signal });
+
   let record: string | undefined;
   const now = Date.now();
   if (options.dryRun !== true) {
@@ -318,6 +334,7 @@ export async function verify(options: VerifyOptions): Promise<VerifyResult> {
     newProblems: problems.filter((p) => p.known !== true).length,
     damaged: [...damagedSeqs].sort((a, b) => a - b),
     record,
+    retention,
   };
 }
 

@@ -7,6 +7,8 @@ import { type Geometry, geometry } from '../model/regions.js';
 import { type EncryptionScheme, ENCRYPTION_SCHEMES, type RepoKeys } from './crypto.js';
 import { FORMAT_VERSION, FieldReader, openEnvelope, sealEnvelope } from './envelope.js';
 import { COMPRESSION_LEVELS, type Compression } from './pieces.js';
+import { MAX_LOCK_DAYS, type ObjectLockPolicy, checkObjectLockPolicy } from './retaining-store.js';
+import { LOCK_MODES } from '../store/types.js';
 
 export const CONFIG_KIND = { magic: 'CDPS3CFG', version: FORMAT_VERSION, what: 'config' } as const;
 
@@ -48,6 +50,12 @@ export interface RepoConfig {
   blockSize: number;
   /** ISO 8601 UTC. */
   created: string;
+  /**
+   * S3 Object Lock: every object the history needs is put under this retention (docs/FORMAT.md,
+   * "Object Lock"). Kept in the clear in an encrypted config too, so the store layer knows it
+   * before the password is asked for. Absent: no Object Lock.
+   */
+  objectLock?: ObjectLockPolicy;
 }
 
 export interface NewConfigOptions {
@@ -65,6 +73,7 @@ export interface NewConfigOptions {
   /** `aes-256-gcm`: the repository is created through the store its keys unlock (unlock.ts createKeys). Default `none`. */
   encryption?: EncryptionScheme;
   compression?: Compression;
+  objectLock?: { mode: string; days: number };
 }
 
 export function newConfig(options: NewConfigOptions): RepoConfig {
@@ -98,6 +107,7 @@ export function newConfig(options: NewConfigOptions): RepoConfig {
     spanFanout,
     blockSize,
     created: (options.now ?? new Date()).toISOString(),
+    ...(options.objectLock !== undefined ? { objectLock: checkObjectLockPolicy(options.objectLock) } : {}),
   };
 }
 
@@ -157,10 +167,26 @@ const SEALED_CONFIG_KIND = { magic: 'CDPS3CFS', version: FORMAT_VERSION, what: '
  * is encrypted, and holds the fields sealed (a reader needs a key for them: docs/FORMAT.md).
  */
 export function encodeConfig(config: RepoConfig, keys?: RepoKeys): Uint8Array {
-  if (config.encryption === 'none') return sealEnvelope(CONFIG_KIND, { ...config });
+  const { objectLock, ...fields } = config;
+  const lock = objectLock === undefined ? {} : { objectLock: { mode: objectLock.mode, days: objectLock.days } };
+  if (config.encryption === 'none') return sealEnvelope(CONFIG_KIND, { ...fields, ...lock });
   if (keys === undefined) throw new Error('an encrypted config needs the repository keys');
-  const inner = sealEnvelope(SEALED_CONFIG_KIND, { ...config });
-  return sealEnvelope(CONFIG_KIND, { encryption: config.encryption, sealed: keys.sealer.seal(inner, CONFIG_AAD) });
+  const inner = sealEnvelope(SEALED_CONFIG_KIND, { ...fields });
+  return sealEnvelope(CONFIG_KIND, { encryption: config.encryption, sealed: keys.sealer.seal(inner, CONFIG_AAD), ...lock });
+}
+
+/** The repository's Object Lock from its config object alone (in the clear also when encrypted), or undefined. */
+export function configObjectLock(bytes: Uint8Array): ObjectLockPolicy | undefined {
+  checkConfigVersion(bytes);
+  return readObjectLock(new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes)));
+}
+
+function readObjectLock(r: FieldReader): ObjectLockPolicy | undefined {
+  if (!r.has('objectLock')) return undefined;
+  const value = r.raw('objectLock');
+  if (typeof value !== 'object' || value === null) throw new FormatError('FORMAT_CORRUPT', CONFIG_KIND.what, 'field "objectLock" is not a map');
+  const lock = new FieldReader(`${CONFIG_KIND.what} objectLock`, value as Record<string, unknown>);
+  return { mode: lock.oneOf('mode', LOCK_MODES), days: lock.integer('days', 1, MAX_LOCK_DAYS) };
 }
 
 /** How the repository is encrypted, from its config object alone (before any key is at hand). */
@@ -197,6 +223,7 @@ export function decodeConfig(bytes: Uint8Array, keys?: RepoKeys): RepoConfig {
   checkConfigVersion(bytes);
   let r = new FieldReader(CONFIG_KIND.what, openEnvelope(CONFIG_KIND, bytes));
   const encryption = r.oneOf('encryption', ENCRYPTION_SCHEMES);
+  const objectLock = readObjectLock(r);
   if (encryption !== 'none') {
     if (keys === undefined) throw new Error('an encrypted config needs the repository keys');
     const inner = keys.sealer.open(r.bytes('sealed'), CONFIG_AAD, CONFIG_KIND.what);
@@ -215,6 +242,7 @@ export function decodeConfig(bytes: Uint8Array, keys?: RepoKeys): RepoConfig {
     spanFanout: r.integer('spanFanout', MIN_SPAN_FANOUT, MAX_SPAN_FANOUT),
     blockSize: r.integer('blockSize', MIN_BLOCK_SIZE, MAX_REGION_SIZE),
     created: r.string('created'),
+    ...(objectLock !== undefined ? { objectLock } : {}),
   };
   validateGeometry(config.volumeSize, config.regionSize);
   const blockError = blockSizeError(config.blockSize, config.regionSize);

@@ -284,3 +284,29 @@ export function decodeCompactionRecord(bytes: Uint8Array, key: string, expectedG
   const asForget = decodeForgetRecord(sealEnvelope(FORGET_KIND, { volumeId: body['volumeId'], created: body['created'], latest: body['latest'], first: body['first'], last: body['last'] }), key);
   return { volumeId: asForget.volumeId, generation, created: asForget.created, latest: asForget.latest, ranges: asForget.ranges };
 }
+
+const RETENTION_KIND = { magic: 'CDPS3RET', version: FORMAT_VERSION, what: 'retention record' } as const;
+
+/**
+ * The last retention extension of an Object Lock repository (key `retention`, rewritten by each
+ * extension; core/retention.ts): at `at`, every object the history needed (and every object put
+ * since, by its own retention) was retained until at least `until`.
+ */
+export interface RetentionRecord {
+  volumeId: string;
+  /** ms since epoch */
+  at: number;
+  /** ms since epoch */
+  until: number;
+  /** Objects whose retention the extension set. */
+  extended: number;
+}
+
+export function encodeRetentionRecord(value: RetentionRecord): Uint8Array {
+  return sealEnvelope(RETENTION_KIND, { volumeId: value.volumeId, at: value.at, until: value.until, extended: value.extended });
+}
+
+export function decodeRetentionRecord(bytes: Uint8Array): RetentionRecord {
+  const r = new FieldReader(RETENTION_KIND.what, openEnvelope(RETENTION_KIND, bytes));
+  return { volumeId: r.string('volumeId'), at: r.integer('at'), until: r.integer('until'), extended: r.integer('extended') };
+}

@@ -13,6 +13,7 @@ import { type RepoConfig, configEncryption, configGeometry, decodeConfig, encode
 import { BlobCodec } from './page-packs.js';
 import { type Compression, PieceCodec } from './pieces.js';
 import { storeKeys } from './sealed-store.js';
+import { storeObjectLock } from './retaining-store.js';
 import { NO_PASSWORD_HINT } from './unlock.js';
 import { CONFIG_KEY, seqName } from './keys.js';
 import { PagePackWriter } from './page-packs.js';
@@ -120,6 +121,7 @@ export class Repository implements RunSource {
   /** Writes a new config; refuses if the repository already has one. */
   static async init(store: ObjectStore, config: RepoConfig, signal?: AbortSignal): Promise<Repository> {
     if ((config.encryption !== 'none') !== (storeKeys(store) !== undefined)) throw new Error('an encrypted repository is created through the store its keys unlock (createKeys), a plain one without');
+    if ((config.objectLock !== undefined) !== (storeObjectLock(store) !== undefined)) throw new Error('an Object Lock repository is created through a RetainingStore, a repository without one without');
     const existing = await store.head(CONFIG_KEY, signal === undefined ? {} : { signal });
     if (existing !== undefined) throw alreadyInitialized(store);
     try {
@@ -147,7 +149,12 @@ export class Repository implements RunSource {
     if (keys === undefined && configEncryption(bytes) !== 'none') {
       throw new CdpError('PASSWORD', `${store.location} is encrypted and was opened without its password: ${NO_PASSWORD_HINT}`);
     }
-    return new Repository(store, decodeConfig(bytes, keys));
+    const config = decodeConfig(bytes, keys);
+    // Every put must carry the retention: only unlock.ts knows to stack the RetainingStore.
+    if (config.objectLock !== undefined && storeObjectLock(store) === undefined) {
+      throw new Error(`${store.location} has Object Lock: open its store through unlockStore (repo/unlock.ts), which retains what is put`);
+    }
+    return new Repository(store, config);
   }
 
   get pageRegions(): number {

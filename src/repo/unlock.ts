@@ -6,9 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { CdpError, FormatError, StoreError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import { MASTER_KEY_BYTES, repoKeys } from './crypto.js';
-import { configEncryption, decodeConfig } from './config.js';
+import { configEncryption, configObjectLock, decodeConfig } from './config.js';
 import { KEY_PREFIX, encodeKeyFile, keyFileKey, newKeyFile, openMasterKey, type KdfParams } from './key-files.js';
 import { CONFIG_KEY } from './keys.js';
+import { RetainingStore, storeObjectLock } from './retaining-store.js';
 import { SealedStore, storeKeys } from './sealed-store.js';
 
 /** Where a password comes from: called at most once, and only for an encrypted repository. */
@@ -28,19 +29,29 @@ export class UnlockedStore extends SealedStore {
   }
 }
 
-/** The store to use for the repository at `store`: sealed if it is encrypted (asking for the password then). */
-export async function unlockStore(store: ObjectStore, password: PasswordSource | undefined, signal?: AbortSignal): Promise<ObjectStore> {
-  if (storeKeys(store) !== undefined) return store;
+/**
+ * The store to use for the repository at `store`: retaining what it puts if the repository has
+ * Object Lock (retaining-store.ts), and sealed if it is encrypted (asking for the password then).
+ */
+export async function unlockStore(given: ObjectStore, password: PasswordSource | undefined, signal?: AbortSignal): Promise<ObjectStore> {
+  if (storeKeys(given) !== undefined) return given;
   let config: Uint8Array;
   try {
-    config = await store.get(CONFIG_KEY, { signal });
+    config = await given.get(CONFIG_KEY, { signal });
   } catch (error) {
-    if (error instanceof StoreError && error.kind === 'not-found') return store; // Repository.open says so
+    if (error instanceof StoreError && error.kind === 'not-found') return given; // Repository.open says so
     throw error;
   }
+  const objectLock = configObjectLock(config);
+  // Beneath the sealing, so that key files (put through the plain store) are retained too.
+  const store = objectLock === undefined || storeObjectLock(given) !== undefined ? given : new RetainingStore(given, objectLock);
+  return unlockConfig(store, config, password, signal);
+}
+
+async function unlockConfig(store: ObjectStore, config: Uint8Array, password: PasswordSource | undefined, signal?: AbortSignal): Promise<ObjectStore> {
   if (configEncryption(config) === 'none') return store;
-  const given = await password?.();
-  if (given === undefined) throw new CdpError('PASSWORD', `${store.location} is encrypted and no password was given: ${NO_PASSWORD_HINT}`);
+  const typed = await password?.();
+  if (typed === undefined) throw new CdpError('PASSWORD', `${store.location} is encrypted and no password was given: ${NO_PASSWORD_HINT}`);
   // A key file of another master key (a stray one) opens with the password but not the config.
   const fits = (master: Uint8Array): boolean => {
     try {
@@ -51,7 +62,7 @@ export async function unlockStore(store: ObjectStore, password: PasswordSource |
       throw error;
     }
   };
-  const { master, key } = await openMasterKey(store, given, fits, signal);
+  const { master, key } = await openMasterKey(store, typed, fits, signal);
   return new UnlockedStore(store, master, key.id);
 }
 

@@ -1,7 +1,7 @@
 // A store that forwards every call to another: the base of wrappers that change only a few
 // operations (counting, fault injection in tests).
 
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { DeleteManyOptions, GetOptions, ListOptions, ObjectInfo, ObjectLockState, ObjectStore, ObjectVersion, PutOptions, Retention } from './types.js';
 
 export class DelegatingStore implements ObjectStore {
   readonly location: string;
@@ -35,8 +35,20 @@ export class DelegatingStore implements ObjectStore {
     return this.inner.delete(key, options);
   }
 
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+  deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
     return this.inner.deleteMany(keys, options);
+  }
+
+  objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState> {
+    return this.inner.objectLock(options);
+  }
+
+  retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    return this.inner.retain(key, retention, options);
+  }
+
+  listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    return this.inner.listVersions(prefix, options);
   }
 
   sync(options?: { signal?: AbortSignal }): Promise<void> {

@@ -17,7 +17,7 @@ import { CdpError, StoreError, throwIfAborted } from '../errors.js';
 import { TEMP_PREFIX, syncDirectory, syncFile, tempPath, writeNewFile } from '../util/durable-file.js';
 import { preadFully } from '../util/positional-io.js';
 import { hasBadSegment } from './paths.js';
-import { type GetOptions, type ListOptions, type ObjectInfo, type ObjectStore, type PutOptions, checkDeleteBatch } from './types.js';
+import { type DeleteManyOptions, type GetOptions, type ListOptions, type ObjectInfo, type ObjectLockState, type ObjectStore, type ObjectVersion, type PutOptions, type Retention, checkDeleteBatch } from './types.js';
 
 const openAsync = promisify(openFd);
 const fstatAsync = promisify(fstat);
@@ -93,6 +93,7 @@ export class FsStore implements ObjectStore {
 
   async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     throwIfAborted(options?.signal);
+    if (options?.retention !== undefined) await this.retain(key, options.retention);
     const path = this.path(key);
     const dir = dirname(path);
     const temp = tempPath(dir);
@@ -175,9 +176,26 @@ export class FsStore implements ObjectStore {
     }
   }
 
-  async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
-    checkDeleteBatch(keys);
-    for (const key of keys) await this.delete(key, options);
+  /** A directory keeps no versions: a version id names the file itself. */
+  async deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
+    checkDeleteBatch(keys, options);
+    const io = options?.signal === undefined ? {} : { signal: options.signal };
+    for (const key of keys) await this.delete(key, io);
+  }
+
+  async objectLock(): Promise<ObjectLockState> {
+    return { enabled: false, why: `${this.location} is a local directory, which has no Object Lock` };
+  }
+
+  async retain(key: string, _retention: Retention): Promise<void> {
+    throw new StoreError('permanent', `cannot lock ${key}: ${this.location} is a local directory, which has no Object Lock`, { key });
+  }
+
+  /** Without versions, each object is its own only version. */
+  async *listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    for await (const info of this.list(prefix, options?.signal === undefined ? {} : { signal: options.signal })) {
+      yield { key: info.key, versionId: undefined, latest: true, deleteMarker: false, size: info.size };
+    }
   }
 
   async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {

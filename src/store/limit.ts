@@ -3,7 +3,7 @@
 
 import pLimit, { type LimitFunction } from 'p-limit';
 import { throwIfAborted } from '../errors.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { DeleteManyOptions, GetOptions, ListOptions, ObjectInfo, ObjectLockState, ObjectStore, ObjectVersion, PutOptions, Retention } from './types.js';
 
 export class LimitedStore implements ObjectStore {
   readonly location: string;
@@ -29,8 +29,21 @@ export class LimitedStore implements ObjectStore {
     return this.run(options?.signal, () => this.inner.head(key, options));
   }
 
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+  deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
     return this.run(options?.signal, () => this.inner.deleteMany(keys, options));
+  }
+
+  objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState> {
+    return this.run(options?.signal, () => this.inner.objectLock(options));
+  }
+
+  retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    return this.run(options?.signal, () => this.inner.retain(key, retention, options));
+  }
+
+  /** Not limited, like list. */
+  listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    return this.inner.listVersions(prefix, options);
   }
 
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {

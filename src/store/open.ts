@@ -12,7 +12,7 @@ import { hasBadSegment, isBucketName } from './paths.js';
 import { LimitedStore } from './limit.js';
 import { RetryingStore, type RetryOptions } from './retry.js';
 import { TimeoutStore, checkTimeoutOptions, type TimeoutOptions } from './timeout.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { DeleteManyOptions, GetOptions, ListOptions, ObjectInfo, ObjectLockState, ObjectStore, ObjectVersion, PutOptions, Retention } from './types.js';
 
 export type RepoUrl = { kind: 's3'; bucket: string; prefix: string } | { kind: 'fs'; path: string };
 
@@ -135,8 +135,20 @@ class LazyStore implements ObjectStore {
     yield* (await this.inner()).list(prefix, options);
   }
 
-  async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+  async deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
     return (await this.inner()).deleteMany(keys, options);
+  }
+
+  async objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState> {
+    return (await this.inner()).objectLock(options);
+  }
+
+  async retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    return (await this.inner()).retain(key, retention, options);
+  }
+
+  async *listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    yield* (await this.inner()).listVersions(prefix, options);
   }
 
   async delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {

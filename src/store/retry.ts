@@ -13,10 +13,10 @@
 
 import { setTimeout as delay } from 'node:timers/promises';
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { DeleteManyOptions, GetOptions, ListOptions, ObjectInfo, ObjectLockState, ObjectStore, ObjectVersion, PutOptions, Retention } from './types.js';
 
 export interface RetryInfo {
-  operation: 'get' | 'put' | 'head' | 'list' | 'delete';
+  operation: 'get' | 'put' | 'head' | 'list' | 'delete' | 'retain' | 'lock';
   /** The key, or the prefix for list. */
   key: string;
   /** The attempt that failed, from 1. */
@@ -112,8 +112,30 @@ export class RetryingStore implements ObjectStore {
   }
 
   /** Deleting is idempotent: a batch is retried whole. */
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+  deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
     return this.run('delete', keys[0] ?? '', options?.signal, () => this.inner.deleteMany(keys, options));
+  }
+
+  objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState> {
+    return this.run('lock', '', options?.signal, () => this.inner.objectLock(options));
+  }
+
+  /** Setting the same retention again is harmless: retried like a put. */
+  retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    return this.run('retain', key, options?.signal, () => this.inner.retain(key, retention, options));
+  }
+
+  /** Retried until the first item arrives, like list. */
+  async *listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    const { iterator, first } = await this.run('list', prefix, options?.signal, async () => {
+      const iterator = this.inner.listVersions(prefix, options)[Symbol.asyncIterator]();
+      return { iterator, first: await iterator.next() };
+    });
+    try {
+      for (let result = first; result.done !== true; result = await iterator.next()) yield result.value;
+    } finally {
+      await iterator.return?.();
+    }
   }
   sync(options?: { signal?: AbortSignal }): Promise<void> {
     return this.inner.sync(options);

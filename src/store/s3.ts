@@ -10,9 +10,12 @@ import {
   DeleteObjectCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
+  GetObjectLockConfigurationCommand,
   HeadObjectCommand,
+  ListObjectVersionsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
+  PutObjectRetentionCommand,
   S3Client,
   UploadPartCommand,
   type S3ClientConfig,
@@ -21,7 +24,19 @@ import pLimit from 'p-limit';
 import { AbortedError, CdpError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import { endpointProblem, redactUserinfo } from './endpoint.js';
 import { hasBadSegment, isBucketName } from './paths.js';
-import { type GetOptions, type ListOptions, type ObjectInfo, type ObjectStore, type PutOptions, checkDeleteBatch } from './types.js';
+import {
+  type DeleteManyOptions,
+  type GetOptions,
+  type ListOptions,
+  type LockMode,
+  type ObjectInfo,
+  type ObjectLockState,
+  type ObjectStore,
+  type ObjectVersion,
+  type PutOptions,
+  type Retention,
+  checkDeleteBatch,
+} from './types.js';
 
 const MiB = 1024 * 1024;
 /** S3's limits: parts are at least 5 MiB (except the last), at most 10 000 of them. */
@@ -163,13 +178,107 @@ export class S3Store implements ObjectStore {
     if (options?.ifAbsent === true && body.length > MAX_SINGLE_PUT) {
       throw new StoreError('permanent', `${key} (${body.length} bytes) is too large for a conditional put: S3 takes at most ${MAX_SINGLE_PUT} bytes in one PutObject`, { key });
     }
-    if (body.length > this.multipartThreshold && options?.ifAbsent !== true) return this.putMultipart(key, body, signal);
+    const retention = options?.retention;
+    if (body.length > this.multipartThreshold && options?.ifAbsent !== true) {
+      await this.putMultipart(key, body, signal);
+      // Ceph RGW (16.2) drops Object Lock headers on multipart uploads: set it after.
+      if (retention !== undefined) await this.retain(key, retention, signal === undefined ? {} : { signal });
+      return;
+    }
+    // A put with a retention must carry a checksum (S3 refuses it without one); CRC32 of a
+    // Buffer goes in a header, not in aws-chunked framing.
+    const locked =
+      retention === undefined
+        ? {}
+        : { ObjectLockMode: lockModeName(retention.mode), ObjectLockRetainUntilDate: new Date(retention.until), ChecksumAlgorithm: 'CRC32' as const };
     await this.call(key, signal, () =>
       this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), Body: body, ContentLength: body.length, ...ifAbsent }),
+        new PutObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), Body: body, ContentLength: body.length, ...ifAbsent, ...locked }),
         signal === undefined ? {} : { abortSignal: signal },
       ),
     );
+  }
+
+  async retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    const signal = options?.signal;
+    await this.call(key, signal, () =>
+      this.client.send(
+        new PutObjectRetentionCommand({
+          Bucket: this.bucket,
+          Key: this.fullKey(key),
+          ...(options?.versionId !== undefined ? { VersionId: options.versionId } : {}),
+          Retention: { Mode: lockModeName(retention.mode), RetainUntilDate: new Date(retention.until) },
+        }),
+        signal === undefined ? {} : { abortSignal: signal },
+      ),
+    ).catch((error: unknown) => {
+      // S3 answers AccessDenied both for missing permissions and for a retention it will not shorten.
+      if (!(error instanceof StoreError && error.kind === 'auth')) throw error;
+      throw new StoreError(
+        'auth',
+        `setting the Object Lock of ${key} in bucket ${this.bucket} to ${retention.mode} until ${new Date(retention.until).toISOString()} was refused: ` +
+          'a retention can only be lengthened, in the same mode, and the credentials need s3:PutObjectRetention',
+        { key, cause: error },
+      );
+    });
+  }
+
+  async objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState> {
+    const signal = options?.signal;
+    try {
+      const reply = await this.call(undefined, signal, () =>
+        this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket }), signal === undefined ? {} : { abortSignal: signal }),
+      );
+      if (reply.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled') return { enabled: true };
+      return { enabled: false, why: `bucket ${this.bucket} does not have Object Lock enabled` };
+    } catch (error) {
+      if (!(error instanceof StoreError)) throw error;
+      const sdk = error.cause as { name?: string; $metadata?: { httpStatusCode?: number } } | undefined;
+      const name = sdk?.name ?? '';
+      const status = sdk?.$metadata?.httpStatusCode;
+      if (name === 'ObjectLockConfigurationNotFoundError' || (error.kind === 'not-found' && name !== 'NoSuchBucket')) {
+        return { enabled: false, why: `bucket ${this.bucket} was not created with Object Lock enabled` };
+      }
+      if (status === 501 || status === 405 || name === 'NotImplemented' || name === 'MethodNotAllowed') {
+        return { enabled: false, why: `the S3 server at ${this.endpoint ?? 'the AWS S3 endpoint'} does not implement Object Lock` };
+      }
+      throw error;
+    }
+  }
+
+  async *listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    const signal = options?.signal;
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    for (;;) {
+      const page = await this.call(undefined, signal, () =>
+        this.client.send(
+          new ListObjectVersionsCommand({
+            Bucket: this.bucket,
+            Prefix: this.base + prefix,
+            ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
+            ...(versionMarker !== undefined ? { VersionIdMarker: versionMarker } : {}),
+          }),
+          signal === undefined ? {} : { abortSignal: signal },
+        ),
+      );
+      // A page lists versions and delete markers apart: merge them back into key order.
+      const items: ObjectVersion[] = [];
+      for (const v of page.Versions ?? []) {
+        if (v.Key === undefined) continue;
+        items.push({ key: v.Key.slice(this.base.length), versionId: versionOf(v.VersionId), latest: v.IsLatest === true, deleteMarker: false, size: v.Size ?? 0 });
+      }
+      for (const m of page.DeleteMarkers ?? []) {
+        if (m.Key === undefined) continue;
+        items.push({ key: m.Key.slice(this.base.length), versionId: versionOf(m.VersionId), latest: m.IsLatest === true, deleteMarker: true, size: 0 });
+      }
+      items.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      yield* items;
+      if (page.IsTruncated !== true) return;
+      keyMarker = page.NextKeyMarker;
+      versionMarker = page.NextVersionIdMarker;
+      if (keyMarker === undefined) return;
+    }
   }
 
   async head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
@@ -181,7 +290,12 @@ export class S3Store implements ObjectStore {
           signal === undefined ? {} : { abortSignal: signal },
         ),
       );
-      return { key, size: output.ContentLength ?? 0 };
+      const info: ObjectInfo = { key, size: output.ContentLength ?? 0 };
+      const mode = output.ObjectLockMode === 'GOVERNANCE' ? 'governance' : output.ObjectLockMode === 'COMPLIANCE' ? 'compliance' : undefined;
+      if (mode !== undefined && output.ObjectLockRetainUntilDate !== undefined) info.retention = { mode, until: output.ObjectLockRetainUntilDate.getTime() };
+      const versionId = versionOf(output.VersionId);
+      if (versionId !== undefined) info.versionId = versionId;
+      return info;
     } catch (error) {
       // A HEAD response has no body, so a missing bucket also looks like a plain 404 here.
       if (error instanceof StoreError && error.kind === 'not-found') return undefined;
@@ -211,7 +325,7 @@ export class S3Store implements ObjectStore {
         const key = object.Key.slice(this.base.length);
         // A server that ignores StartAfter must not make the caller see earlier keys.
         if (options?.startAfter !== undefined && key <= options.startAfter) continue;
-        yield { key, size: object.Size ?? 0 };
+        yield object.LastModified === undefined ? { key, size: object.Size ?? 0 } : { key, size: object.Size ?? 0, modified: object.LastModified.getTime() };
         if (--left === 0) return;
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
@@ -237,13 +351,18 @@ export class S3Store implements ObjectStore {
   }
 
   /** One DeleteObjects request (Quiet: only failures come back); the first failure is thrown. */
-  async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
-    checkDeleteBatch(keys);
+  async deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
+    checkDeleteBatch(keys, options);
     if (keys.length === 0) return;
     const signal = options?.signal;
+    const versions = options?.versionIds;
+    const objects = keys.map((key, i) => {
+      const VersionId = versions?.[i];
+      return VersionId === undefined ? { Key: this.fullKey(key) } : { Key: this.fullKey(key), VersionId };
+    });
     const reply = await this.call(keys[0], signal, () =>
       this.client.send(
-        new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: keys.map((key) => ({ Key: this.fullKey(key) })), Quiet: true } }),
+        new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: objects, Quiet: true } }),
         signal === undefined ? {} : { abortSignal: signal },
       ),
     );
@@ -423,6 +542,15 @@ function regionOrDefault(config: S3ClientConfig): () => Promise<string> {
       throw error;
     }
   };
+}
+
+function lockModeName(mode: LockMode): 'GOVERNANCE' | 'COMPLIANCE' {
+  return mode === 'governance' ? 'GOVERNANCE' : 'COMPLIANCE';
+}
+
+/** A version id, or undefined for an unversioned bucket's (which S3 calls "null"). */
+function versionOf(id: string | undefined): string | undefined {
+  return id === undefined || id === '' || id === 'null' ? undefined : id;
 }
 
 function nonEmpty(value: string | undefined): string | undefined {

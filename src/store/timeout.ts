@@ -14,7 +14,7 @@
 
 import { AbortedError, InvalidArgumentError, StoreError, throwIfAborted } from '../errors.js';
 import { type Timer, realTimer } from '../util/timer.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import type { DeleteManyOptions, GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions, ObjectLockState, ObjectVersion, Retention } from './types.js';
 
 const MiB = 1024 * 1024;
 
@@ -27,7 +27,7 @@ export interface TimeoutOptions {
   timer?: Timer;
 }
 
-type Operation = 'get' | 'put' | 'head' | 'list' | 'delete';
+type Operation = 'get' | 'put' | 'head' | 'list' | 'delete' | 'lock' | 'retain';
 
 /** The options with their defaults filled in; InvalidArgumentError names a bad one. */
 export function checkTimeoutOptions(options: TimeoutOptions = {}): Required<TimeoutOptions> {
@@ -88,8 +88,21 @@ export class TimeoutStore implements ObjectStore {
     return this.attempt('head', key, 0, options?.signal, (signal) => this.inner.head(key, { signal }));
   }
 
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
-    return this.attempt('delete', keys[0] ?? '', 0, options?.signal, (signal) => this.inner.deleteMany(keys, { signal }));
+  deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
+    return this.attempt('delete', keys[0] ?? '', 0, options?.signal, (signal) => this.inner.deleteMany(keys, { ...options, signal }));
+  }
+
+  objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState> {
+    return this.attempt('lock', '', 0, options?.signal, (signal) => this.inner.objectLock({ signal }));
+  }
+
+  retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    return this.attempt('retain', key, 0, options?.signal, (signal) => this.inner.retain(key, retention, { ...options, signal }));
+  }
+
+  /** Each step has its own budget, like list. */
+  listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    return this.steps(prefix, options?.signal, (signal) => this.inner.listVersions(prefix, { ...options, signal }));
   }
 
   delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
@@ -102,14 +115,17 @@ export class TimeoutStore implements ObjectStore {
   }
 
   /** Each step of the listing (a page request, at most) has its own budget. */
-  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
-    const caller = options?.signal;
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
+    return this.steps(prefix, options?.signal, (signal) => this.inner.list(prefix, { ...options, signal }));
+  }
+
+  private async *steps<T>(prefix: string, caller: AbortSignal | undefined, open: (signal: AbortSignal) => AsyncIterable<T>): AsyncIterable<T> {
     // One signal for the whole listing, since the adapter takes it once; a step that runs out
     // of time aborts it, which ends the listing (RetryingStore restarts one that yielded nothing).
     const listing = new AbortController();
     const forward = (): void => listing.abort(caller?.reason);
     caller?.addEventListener('abort', forward, { once: true });
-    const iterator = this.inner.list(prefix, { ...options, signal: listing.signal })[Symbol.asyncIterator]();
+    const iterator = open(listing.signal)[Symbol.asyncIterator]();
     try {
       for (;;) {
         const step = await this.attempt('list', prefix, 0, caller, () => iterator.next(), listing);

@@ -8,8 +8,10 @@ import { InvalidArgumentError } from '../errors.js';
 export const MAX_DELETE_BATCH = 1000;
 
 /** Adapters refuse a larger batch: callers cut theirs (deleteInBatches). */
-export function checkDeleteBatch(keys: readonly string[]): void {
+export function checkDeleteBatch(keys: readonly string[], options?: DeleteManyOptions): void {
   if (keys.length > MAX_DELETE_BATCH) throw new InvalidArgumentError(`deleteMany takes at most ${MAX_DELETE_BATCH} keys, got ${keys.length}`);
+  const versions = options?.versionIds;
+  if (versions !== undefined && versions.length !== keys.length) throw new InvalidArgumentError(`deleteMany got ${keys.length} keys but ${versions.length} version ids`);
 }
 
 export interface ByteRange {
@@ -20,7 +22,41 @@ export interface ByteRange {
 export interface ObjectInfo {
   key: string;
   size: number;
+  /**
+   * head() only, on a bucket with Object Lock: until when (ms since the epoch) the current version
+   * cannot be deleted or overwritten away, and in which mode. Absent: no retention.
+   */
+  retention?: Retention;
+  /** head() only, on a versioned bucket: the current version's id (what deleteMany's versionIds take). */
+  versionId?: string;
+  /** list() only, where the store says: when the object was written (ms since the epoch, the server's clock). */
+  modified?: number;
 }
+
+/** S3 Object Lock modes: governance (a privileged user may lift it) and compliance (no one may). */
+export type LockMode = 'governance' | 'compliance';
+export const LOCK_MODES: readonly LockMode[] = ['governance', 'compliance'];
+
+/** An object's retention: it cannot be deleted before `until` (ms since the epoch). */
+export interface Retention {
+  mode: LockMode;
+  until: number;
+}
+
+/** One version of an object (or a delete marker) in a versioned bucket. */
+export interface ObjectVersion {
+  key: string;
+  /** Undefined where the store keeps no versions (a local directory): then there is only the object itself. */
+  versionId: string | undefined;
+  /** The current version (what get() reads), or the current delete marker. */
+  latest: boolean;
+  /** A delete marker: no bytes; the key reads as missing while it is the latest. */
+  deleteMarker: boolean;
+  size: number;
+}
+
+/** Whether the bucket has Object Lock, or why it has not (for a one-line error). */
+export type ObjectLockState = { enabled: true } | { enabled: false; why: string };
 
 export interface PutOptions {
   /**
@@ -38,6 +74,21 @@ export interface PutOptions {
    * are always durable (S3) ignore it.
    */
   deferSync?: boolean;
+  /**
+   * Put the object under this Object Lock retention (bucket with Object Lock only: elsewhere a
+   * StoreError 'permanent'). Adapters that cannot set it with the put set it right after.
+   */
+  retention?: Retention;
+}
+
+export interface DeleteManyOptions {
+  signal?: AbortSignal;
+  /**
+   * The version of each key to delete (versionIds[i] for keys[i]; undefined: the current one).
+   * On a versioned bucket, deleting without a version only hides the object behind a delete
+   * marker; deleting a version removes its bytes for good. Stores without versions ignore it.
+   */
+  versionIds?: readonly (string | undefined)[];
 }
 
 export interface GetOptions {
@@ -86,7 +137,19 @@ export interface ObjectStore {
    * Removes up to MAX_DELETE_BATCH objects, in one request where the store has one (S3
    * DeleteObjects); missing keys are not an error. A failure may leave some of them removed.
    */
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void>;
+  deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void>;
   /** Makes every object put with deferSync durable. */
   sync(options?: { signal?: AbortSignal }): Promise<void>;
+  /** Whether the bucket has Object Lock enabled (a local directory never has). */
+  objectLock(options?: { signal?: AbortSignal }): Promise<ObjectLockState>;
+  /**
+   * Sets the retention of the object's current version (or of `versionId`). It may only be
+   * lengthened, in the same mode: a shorter one is refused by the server ('auth').
+   */
+  retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void>;
+  /**
+   * Every version and delete marker of every key that starts with `prefix`, in key order (a
+   * store without versions lists its objects, each the latest).
+   */
+  listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion>;
 }

@@ -14,6 +14,7 @@ import { AbortedError, LockedError } from '../../src/errors.js';
 import { LOCK_PREFIX } from '../../src/repo/keys.js';
 import { DEFAULT_LOCK_TTL_MS, type LockInfo, type WriterLock, acquireWriterLock, encodeLock, forceUnlock, listLocks, lockKey } from '../../src/repo/lock.js';
 import { openStore } from '../../src/store/open.js';
+import { DelegatingStore } from '../../src/store/delegating.js';
 import type { ObjectInfo, ObjectStore, PutOptions } from '../../src/store/types.js';
 import { FaultStore } from '../helpers/fault-store.js';
 import { makeImage } from '../helpers/images.js';
@@ -64,36 +65,20 @@ function deadLock(overrides: Partial<LockInfo> = {}): LockInfo {
 }
 
 /** Delegates to `inner`, holding back lock puts and lists at the points a test chooses. */
-class GatedStore implements ObjectStore {
-  readonly location: string;
+class GatedStore extends DelegatingStore {
   constructor(
-    private readonly inner: ObjectStore,
+    inner: ObjectStore,
     private readonly hooks: { beforeLockPut?: (options: PutOptions | undefined) => Promise<void>; afterLockList?: () => void },
   ) {
-    this.location = inner.location;
+    super(inner);
   }
-  get(key: string, options?: Parameters<ObjectStore['get']>[1]): Promise<Uint8Array> {
-    return this.inner.get(key, options);
-  }
-  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
+  override async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     if (key.startsWith(LOCK_PREFIX)) await this.hooks.beforeLockPut?.(options);
     return this.inner.put(key, body, options);
   }
-  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo | undefined> {
-    return this.inner.head(key, options);
-  }
-  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+  override async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
     yield* this.inner.list(prefix, options);
     if (prefix === LOCK_PREFIX) this.hooks.afterLockList?.();
-  }
-  delete(key: string, options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.delete(key, options);
-  }
-  deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.deleteMany(keys, options);
-  }
-  sync(options?: { signal?: AbortSignal }): Promise<void> {
-    return this.inner.sync(options);
   }
 }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AbortedError } from '../../src/errors.js';
 import { LimitedStore } from '../../src/store/limit.js';
-import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
+import type { ObjectInfo, ObjectStore, ObjectVersion } from '../../src/store/types.js';
 import { turns, waitUntil } from '../helpers/wait.js';
 
 describe('LimitedStore', () => {
@@ -26,6 +26,9 @@ describe('LimitedStore', () => {
       deleteMany: () => slow(undefined),
       sync: async () => undefined,
       list: async function* (): AsyncGenerator<ObjectInfo> {},
+      objectLock: async () => ({ enabled: false, why: 'fake' }),
+      retain: () => slow(undefined),
+      listVersions: async function* (): AsyncGenerator<ObjectVersion> {},
     };
     const store = new LimitedStore(inner, { concurrency: 3 });
     const calls = Array.from({ length: 40 }, (_, i) => {
@@ -68,6 +71,9 @@ describe('LimitedStore', () => {
       deleteMany: async () => undefined,
       sync: async () => undefined,
       list: async function* (): AsyncGenerator<ObjectInfo> {},
+      objectLock: async () => ({ enabled: false, why: 'fake' }),
+      retain: async () => undefined,
+      listVersions: async function* (): AsyncGenerator<ObjectVersion> {},
     };
     const store = new LimitedStore(inner, { concurrency: 1 });
     const first = store.get('a');

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { AbortedError, InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { FsStore } from '../../src/store/fs.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
-import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
+import type { ObjectInfo, ObjectStore, ObjectVersion } from '../../src/store/types.js';
 import { FaultStore } from '../helpers/fault-store.js';
 import { collect, expectStoreError } from './conformance.js';
 
@@ -25,6 +25,9 @@ function scriptedStore(script: Array<StoreError | 'ok'>): ObjectStore & { calls:
     deleteMany: async () => undefined,
     sync: async () => undefined,
     list: async function* (): AsyncGenerator<ObjectInfo> {},
+    objectLock: async () => ({ enabled: false as const, why: 'fake' }),
+    retain: async () => undefined,
+    listVersions: async function* (): AsyncGenerator<ObjectVersion> {},
   };
   return store;
 }

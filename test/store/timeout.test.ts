@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { AbortedError, InvalidArgumentError, StoreError } from '../../src/errors.js';
 import { RetryingStore, type RetryInfo } from '../../src/store/retry.js';
 import { TimeoutStore } from '../../src/store/timeout.js';
-import type { ObjectInfo, ObjectStore } from '../../src/store/types.js';
+import type { ObjectInfo, ObjectStore, ObjectVersion } from '../../src/store/types.js';
 import { ManualClock } from '../helpers/manual-clock.js';
 import { outcome, turns } from '../helpers/wait.js';
 import { collect, expectStoreError } from './conformance.js';
@@ -34,6 +34,11 @@ function stalledStore(options: { deaf?: boolean; answerFrom?: number } = {}) {
     sync: async () => undefined,
     list: async function* (_prefix, o): AsyncGenerator<ObjectInfo> {
       yield await answer(o?.signal, { key: 'a', size: 1 });
+    },
+    objectLock: (o) => answer(o?.signal, { enabled: true as const }),
+    retain: (_key, _retention, o) => answer(o?.signal, undefined),
+    listVersions: async function* (_prefix, o): AsyncGenerator<ObjectVersion> {
+      yield await answer(o?.signal, { key: 'a', versionId: 'v1', latest: true, deleteMarker: false, size: 1 });
     },
   };
   return store;
@@ -165,6 +170,20 @@ describe('TimeoutStore', () => {
     await clock.advance(500);
     const error = await expectStoreError(pending, 'retryable');
     expect(error.message).toMatch(/^LIST deltas\/ /);
+    expect(clock.waiting).toBe(0);
+  });
+
+  it('bounds Object Lock calls and each step of a listing of versions', async () => {
+    const clock = new ManualClock();
+    const store = new TimeoutStore(stalledStore(), { baseMs: 500, timer: clock });
+    const calls: Array<[string, Promise<unknown>]> = [
+      ['RETAIN packs/p1', store.retain('packs/p1', { mode: 'governance', until: 1 })],
+      ['LOCK ', store.objectLock()],
+      ['LIST packs/', (async () => { for await (const _ of store.listVersions('packs/')) void _; })()],
+    ];
+    await turns(1);
+    await clock.advance(500);
+    for (const [what, pending] of calls) expect((await expectStoreError(pending, 'retryable')).message.startsWith(what)).toBe(true);
     expect(clock.waiting).toBe(0);
   });
 
