@@ -99,7 +99,7 @@ describe.skipIf(skipOutsideCi(cephMissing))(skipTitle('Ceph RGW', cephMissing), 
     },
     // Unlike s3rver, RGW refuses a PutObject with If-None-Match: * on an existing key (412) and
     // lists in byte order.
-    { conditionalWrites: true, byteOrderListing: true },
+    { conditionalWrites: true, byteOrderListing: true, retentionWithoutLock: 'refused', listVersions: true },
   );
 
   describe('S3Store on Ceph RGW', () => {

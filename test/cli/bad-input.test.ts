@@ -323,6 +323,19 @@ for (const kind of ['fs', 's3'] as const) {
       expect(await raw.keys()).toEqual([]);
     });
 
+    it('init --object-lock where there is no Object Lock: the store exit code, saying why, no repository created', async () => {
+      const work = await freshDir(`${kind}-init-lock`);
+      const repo = kind === 'fs' ? join(work, 'repo') : `s3://${BUCKET}/init-lock-${counter}`;
+      const raw = rawFor(kind, repo, `init-lock-${counter}`);
+      const why = kind === 'fs' ? `file://${join(work, 'repo')} is a local directory, which has no Object Lock` : /the S3 server at http:\/\/127\.0\.0\.1:\d+ does not implement Object Lock/.source;
+      expectFailure(
+        await cli('--repo', repo, 'init', '--from', fx.source, '--object-lock', 'compliance', '--lock-days', '7'),
+        EXIT.store,
+        new RegExp(`cannot use --object-lock: ${kind === 'fs' ? why.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&') : why}; use a bucket created with Object Lock enabled`),
+      );
+      expect(await raw.keys()).toEqual([]);
+    });
+
     it('a FIFO or a socket as the source of backup, init --from, scan or protect: refused before opening it (open() of a FIFO blocks)', async () => {
       const before = await snapshot(fx.raw);
       const work = await freshDir(`${kind}-not-disks`);

@@ -24,6 +24,14 @@ export interface StoreCapabilities {
    * directory of keys ('a/1'). s3rver walks its directories instead, so it lists 'a/1' first.
    */
   byteOrderListing: boolean;
+  /**
+   * What a put under retention does where the bucket has no Object Lock: refused (S3, RGW, a
+   * local directory), or stored without one (s3rver ignores the headers; cdp-s3 asks objectLock()
+   * before it ever sets a retention).
+   */
+  retentionWithoutLock: 'refused' | 'ignored';
+  /** listVersions works (s3rver answers ListObjectVersions with 405; cdp-s3 lists versions only in Object Lock buckets). */
+  listVersions: boolean;
 }
 
 export async function collect(iterable: AsyncIterable<ObjectInfo>): Promise<ObjectInfo[]> {
@@ -246,6 +254,29 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       await expect(store.put('aborted', bytes('x'), { signal })).rejects.toMatchObject({ code: 'ABORTED' });
       await expect(store.get('aborted', { signal })).rejects.toMatchObject({ code: 'ABORTED' });
       expect(await store.head('aborted')).toBeUndefined();
+    });
+
+    it('without Object Lock: says why, refuses a put under retention (or stores it without one), and lists each object as its only version', async () => {
+      const state = await store.objectLock();
+      expect(state.enabled).toBe(false);
+      expect(state.enabled === false && state.why).toMatch(/Object Lock/);
+      const put = store.put('locked', bytes('x'), { retention: { mode: 'governance', until: Date.now() + 60_000 } });
+      if (capabilities.retentionWithoutLock === 'refused') {
+        await expect(put).rejects.toBeInstanceOf(StoreError);
+        expect(await store.head('locked')).toBeUndefined();
+      } else {
+        await put;
+        expect((await store.head('locked'))?.retention).toBeUndefined();
+      }
+      if (!capabilities.listVersions) return;
+      await store.put('v/a', bytes('a'));
+      await store.put('v/b', bytes('bb'));
+      const listed = [];
+      for await (const v of store.listVersions('v/')) listed.push({ key: v.key, latest: v.latest, deleteMarker: v.deleteMarker, size: v.size });
+      expect(listed).toEqual([
+        { key: 'v/a', latest: true, deleteMarker: false, size: 1 },
+        { key: 'v/b', latest: true, deleteMarker: false, size: 2 },
+      ]);
     });
   });
 }

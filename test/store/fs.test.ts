@@ -15,7 +15,7 @@ describeStoreConformance('FsStore', async () => {
   const dir = await tempDir();
   // A root that does not exist yet: the first put creates it.
   return { store: new FsStore(join(dir, 'repo')), cleanup: () => rm(dir, { recursive: true, force: true }) };
-}, { conditionalWrites: true, byteOrderListing: true });
+}, { conditionalWrites: true, byteOrderListing: true, retentionWithoutLock: 'refused', listVersions: true });
 
 describe('FsStore', () => {
   let dir: string;
