@@ -17,6 +17,7 @@ import { registerPrune } from './prune.js';
 import { registerScan } from './scan.js';
 import { registerServe } from './serve.js';
 import { registerStatus } from './status.js';
+import { registerUndelete } from './undelete.js';
 import { registerVerify } from './verify.js';
 
 export type RunOptions = Partial<CliStreams>;
@@ -51,6 +52,7 @@ export function buildProgram(streams: CliStreams = { stdout: process.stdout, std
   registerVerify(program);
   registerForget(program);
   registerPrune(program);
+  registerUndelete(program);
   registerDemo(program);
   for (const command of program.commands) {
     command.exitOverride().configureOutput({ writeErr: (text) => stderr.write(text), writeOut: (text) => streams.stdout.write(text) });

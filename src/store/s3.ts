@@ -325,7 +325,7 @@ export class S3Store implements ObjectStore {
         const key = object.Key.slice(this.base.length);
         // A server that ignores StartAfter must not make the caller see earlier keys.
         if (options?.startAfter !== undefined && key <= options.startAfter) continue;
-        yield object.LastModified === undefined ? { key, size: object.Size ?? 0 } : { key, size: object.Size ?? 0, modified: object.LastModified.getTime() };
+        yield { key, size: object.Size ?? 0 };
         if (--left === 0) return;
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;

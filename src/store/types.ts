@@ -29,8 +29,6 @@ export interface ObjectInfo {
   retention?: Retention;
   /** head() only, on a versioned bucket: the current version's id (what deleteMany's versionIds take). */
   versionId?: string;
-  /** list() only, where the store says: when the object was written (ms since the epoch, the server's clock). */
-  modified?: number;
 }
 
 /** S3 Object Lock modes: governance (a privileged user may lift it) and compliance (no one may). */

@@ -7,7 +7,7 @@
 // run out (the wait only ends once the time has passed: a slow machine makes it longer, never
 // wrong). Everything else that depends on time uses injected clocks.
 
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CreateBucketCommand, type S3Client } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -222,6 +222,39 @@ export function describeObjectLock(server: () => ObjectLockServer): void {
       expect(checked.code, checked.stdout + checked.stderr).toBe(0);
       expect(checked.stdout).toMatch(new RegExp(`Object Lock: read the retention of ${retained.length} objects the history needs`));
       expect(checked.stdout).toMatch(/no problems found/);
+    });
+
+    it('after the writer\'s credentials deleted every object (delete markers), undelete brings the history back', async () => {
+      const source = join(server().dir, 'undelete.img');
+      const image = makeImage({ size: 512 * 1024, regionSize: 64 * 1024, seed: 23 });
+      await writeFile(source, image);
+      const prefix = `undelete-${Date.now()}`;
+      const repo = `s3://${LOCK_BUCKET}/${prefix}`;
+      expect((await cli('--repo', repo, 'init', '--from', source, '--region-size', '64KiB', '--object-lock', 'compliance', '--lock-days', '1')).code).toBe(0);
+      expect((await cli('--repo', repo, 'backup', source)).code).toBe(0);
+      const raw = new S3Store({ bucket: LOCK_BUCKET, prefix: `${prefix}/`, endpoint: server().endpoint });
+      const keys: string[] = [];
+      for await (const info of raw.list('')) keys.push(info.key);
+      // What ransomware with the writer's credentials can do: delete every key (no version given).
+      await raw.deleteMany(keys);
+      const gone = await cli('--repo', repo, 'restore', '--at', 'latest', '--to', join(server().dir, 'undelete-gone.img'));
+      expect(gone.code, gone.stderr).toBe(EXIT.repository);
+
+      const dry = await cli('--repo', repo, 'undelete', '--dry-run', '--json');
+      expect(dry.code, dry.stderr).toBe(0);
+      const planned = JSON.parse(dry.stdout) as { restored: string[]; keyFiles: number };
+      expect(planned.restored).toEqual(keys.filter(retainedKey).sort());
+      expect(planned.keyFiles).toBe(1);
+      expect(await raw.head('config')).toBeUndefined();
+
+      const done = await cli('--repo', repo, 'undelete');
+      expect(done.code, done.stderr).toBe(0);
+      expect(done.stdout).toMatch(new RegExp(`brought back ${planned.restored.length} objects`));
+      const restored = join(server().dir, 'undelete-restored.img');
+      const r = await cli('--repo', repo, 'restore', '--at', 'latest', '--to', restored);
+      expect(r.code, r.stderr).toBe(0);
+      expect((await readFile(restored)).equals(image)).toBe(true);
+      expect((await cli('--repo', repo, 'undelete')).stdout).toMatch(/nothing the history needs is hidden by a delete marker/);
     });
 
     it('prune deletes nothing still retained, deletes by version what ran out, extends what is needed, and sweeps old versions', async () => {
