@@ -1,11 +1,12 @@
-// Writes the golden fixture repository (test/fixtures/format5): a small volume of 301 regions in
+// Writes the golden fixture repository (test/fixtures/format6): a small volume of 301 regions in
 // two pages, six points in time made by backups, spans of fanout 2, runs forced into page
 // packs, and regions stored as patches (on a stored base, on zeros, two deep, deduplicated);
 // then points 2 and 4 forgotten and compacted (generation 1 of every run, the older versions
 // left in place as a prune would until its grace passes), so every encoding of docs/FORMAT.md
-// appears in it. Also records/: a forget, a prune and a compaction record of a larger history.
+// appears in it. Also records/: a forget, a prune and a compaction record of a larger history,
+// a config with Object Lock and a retention record.
 // Run once when the format changes on purpose:
-// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format5`.
+// `npm run build && node dist/src/dev/golden-fixture.js test/fixtures/format6`.
 // The tests read what is stored (test/repo/golden.test.ts); they never regenerate it.
 
 import { createHash } from 'node:crypto';
@@ -13,8 +14,8 @@ import { cp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { backup } from '../core/backup.js';
 import { compact } from '../core/compact.js';
-import { newConfig } from '../repo/config.js';
-import { encodeCompactionRecord, encodeForgetRecord, encodePruneRecord } from '../repo/records.js';
+import { encodeConfig, newConfig } from '../repo/config.js';
+import { encodeCompactionRecord, encodeForgetRecord, encodePruneRecord, encodeRetentionRecord } from '../repo/records.js';
 import { Repository } from '../repo/repository.js';
 import { FsStore } from '../store/fs.js';
 
@@ -140,10 +141,14 @@ async function main(dir: string): Promise<void> {
     }),
   );
   await writeFile(join(records, 'compaction.bin'), encodeCompactionRecord({ volumeId, generation: 3, created: 1796630400000, latest: 20000, ranges }));
+  // Object Lock: a config with `objectLock`, and the record of a retention extension.
+  const locked = newConfig({ volumeSize: 1 << 30, volumeId, now: new Date(1796630400000), objectLock: { mode: 'compliance', days: 30 } });
+  await writeFile(join(records, 'config-object-lock.bin'), encodeConfig(locked));
+  await writeFile(join(records, 'retention.bin'), encodeRetentionRecord({ volumeId, at: 1796630400000, until: 1799222400000, extended: 70123 }));
 }
 
 if (process.argv[1]?.endsWith('golden-fixture.js')) {
-  main(process.argv[2] ?? 'test/fixtures/format5').catch((error: unknown) => {
+  main(process.argv[2] ?? 'test/fixtures/format6').catch((error: unknown) => {
     process.stderr.write(`${(error as Error).stack ?? String(error)}\n`);
     process.exit(1);
   });

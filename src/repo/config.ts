@@ -196,7 +196,7 @@ export function configEncryption(bytes: Uint8Array): EncryptionScheme {
 }
 
 /** The cdp-s3 releases that wrote each older format version. */
-const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x', 3: 'cdp-s3 0.3.x (main up to bc9fa43)', 4: 'cdp-s3 0.4.x (main up to 674f357)' };
+const WRITTEN_BY: Record<number, string> = { 1: 'cdp-s3 0.1.x', 2: 'cdp-s3 0.2.x', 3: 'cdp-s3 0.3.x (main up to bc9fa43)', 4: 'cdp-s3 0.4.x (main up to 674f357)', 5: 'cdp-s3 0.5.x (main up to c1780af)' };
 
 /**
  * The config, refusing repositories of other format versions by name: older ones (version 1,

@@ -19,7 +19,7 @@ const TRAILER = 32;
 const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, variableMapSize: true, int64AsType: 'number' });
 
 /** The repository format this cdp-s3 writes and reads (config, chain, records: docs/FORMAT.md). */
-export const FORMAT_VERSION = 5;
+export const FORMAT_VERSION = 6;
 
 /**
  * msgpackr writes integers of 2^32 and more (volume sizes, millisecond times) as float64, which

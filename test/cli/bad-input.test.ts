@@ -161,11 +161,11 @@ const envelopeDamage = [
   { name: 'truncation to 20 bytes', damage: (b: Buffer) => b.subarray(0, 20), message: /only 20 bytes: truncated or not a cdp-s3 object/ },
   {
     name: 'an unknown format version with a valid checksum',
-    damage: (b: Buffer) => withVersion(b, 6),
-    message: /format version 6 is not supported \(this cdp-s3 reads version 5\)/,
+    damage: (b: Buffer) => withVersion(b, 7),
+    message: /format version 7 is not supported \(this cdp-s3 reads version 6\)/,
   },
   // The version is checked before the trailer; either way this must be an integrity failure.
-  { name: 'an unknown format version with the old checksum', damage: (b: Buffer) => withVersion(b, 6, false), message: /format version 6|checksum mismatch/ },
+  { name: 'an unknown format version with the old checksum', damage: (b: Buffer) => withVersion(b, 7, false), message: /format version 7|checksum mismatch/ },
 ] as const;
 
 /** Replaces `key` with damaged bytes for the duration of `body`, then puts the original back. */

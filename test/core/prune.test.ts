@@ -207,7 +207,7 @@ describe.each(['fs', 's3'] as const)('prune (%s store)', (kind) => {
 describe('prune of the golden fixture (page packs, summary blocks, patches, deduplicated regions)', () => {
   it('deletes exactly the leftovers added to it: every object a run names stays, every point restores as before', async () => {
     const repo = join(fixture.dir, 'golden-copy');
-    await copyUncompactedFixture(join(import.meta.dirname, '..', 'fixtures', 'format5', 'repo'), repo);
+    await copyUncompactedFixture(join(import.meta.dirname, '..', 'fixtures', 'format6', 'repo'), repo);
     const store = openStore(repo);
     const index = await (await Repository.open(store)).fullIndex();
     const restored = async (tag: string): Promise<string[]> => {

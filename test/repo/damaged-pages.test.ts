@@ -17,7 +17,7 @@ import { decodeConfig } from '../../src/repo/config.js';
 import { type RootContext, decodeDeltaRoot, decodePage, decodeSpanRoot, encodePage, encodeSpanRoot } from '../../src/repo/run-codec.js';
 import { FsStore } from '../../src/store/fs.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format5', 'repo');
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format6', 'repo');
 let dir: string;
 let repo: string;
 let context: RootContext;

@@ -89,9 +89,9 @@ describe('the sealing (known answers)', () => {
   });
 });
 
-describe('the golden known answers (test/fixtures/format5/crypto, computed with Python)', () => {
+describe('the golden known answers (test/fixtures/format6/crypto, computed with Python)', () => {
   it('derives the same keys, identities and names, opens every sealed kind through its own code path, and unwraps the key file', async () => {
-    const v = JSON.parse(await readFile(join(import.meta.dirname, '..', 'fixtures', 'format5', 'crypto', 'known-answers.json'), 'utf8')) as KnownAnswers;
+    const v = JSON.parse(await readFile(join(import.meta.dirname, '..', 'fixtures', 'format6', 'crypto', 'known-answers.json'), 'utf8')) as KnownAnswers;
     const hex = (text: string): Buffer => Buffer.from(text, 'hex');
     const keys = repoKeys(hex(v.master));
     expect([keys.identity, keys.names].map((k) => Buffer.from(k).toString('hex'))).toEqual([v.keys.identity, v.keys.names]);

@@ -14,9 +14,9 @@ import { executeRestore, planRestore } from '../../src/core/restore.js';
 import { verify } from '../../src/core/verify.js';
 import { GOLDEN_FORGOTTEN, goldenImage } from '../../src/dev/golden-fixture.js';
 import { parseRunKey } from '../../src/repo/keys.js';
-import { decodeConfig, encodeConfig } from '../../src/repo/config.js';
+import { configObjectLock, decodeConfig, encodeConfig } from '../../src/repo/config.js';
 import { sealEnvelope } from '../../src/repo/envelope.js';
-import { decodeCompactionRecord, decodeForgetRecord, decodePruneRecord, encodeCompactionRecord, encodeForgetRecord, encodePruneRecord } from '../../src/repo/records.js';
+import { decodeCompactionRecord, decodeForgetRecord, decodePruneRecord, decodeRetentionRecord, encodeCompactionRecord, encodeForgetRecord, encodePruneRecord, encodeRetentionRecord } from '../../src/repo/records.js';
 import { PAGE_PACK_HEADER_BYTES, decodeDeltaRoot, decodePage, decodeSpanRoot, encodeDeltaRoot, encodePage, encodeSpanRoot, pagePackHeader } from '../../src/repo/run-codec.js';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { FsStore } from '../../src/store/fs.js';
@@ -24,7 +24,7 @@ import { runEntries } from '../../src/model/pages.js';
 import { cli } from '../helpers/cli.js';
 import { withVersion } from '../helpers/raw-objects.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format5');
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'format6');
 let dir: string;
 let repoDir: string;
 
@@ -150,13 +150,14 @@ describe('golden fixtures (format 5)', () => {
     expect(two.pages.find((p) => p.page === 1)!.ref).toEqual(one.pages.find((p) => p.page === 1)!.ref);
   });
 
-  it('a repository of format 1 to 4 (cdp-s3 0.1 to 0.4) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
+  it('a repository of format 1 to 5 (cdp-s3 0.1 to 0.5) is refused by name, and so is a newer one: exit 7, nothing written', async () => {
     for (const [version, says] of [
-      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
-      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
-      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.3\.x/],
-      [4, /^cdp-s3: config: format version 4 is not supported \(this cdp-s3 reads version 5\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.4\.x/],
-      [6, /^cdp-s3: config: format version 6 is not supported \(this cdp-s3 reads version 5\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
+      [1, /^cdp-s3: config: format version 1 is not supported \(this cdp-s3 reads version 6\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.1\.x\)/],
+      [2, /^cdp-s3: config: format version 2 is not supported \(this cdp-s3 reads version 6\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.2\.x\)/],
+      [3, /^cdp-s3: config: format version 3 is not supported \(this cdp-s3 reads version 6\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.3\.x/],
+      [4, /^cdp-s3: config: format version 4 is not supported \(this cdp-s3 reads version 6\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.4\.x/],
+      [5, /^cdp-s3: config: format version 5 is not supported \(this cdp-s3 reads version 6\): the repository was made by an older cdp-s3 and is not migrated; restore what you need with the cdp-s3 that wrote it \(cdp-s3 0\.5\.x/],
+      [7, /^cdp-s3: config: format version 7 is not supported \(this cdp-s3 reads version 6\): the repository was made by a newer cdp-s3; upgrade cdp-s3$/m],
     ] as const) {
       const other = join(dir, `v${version}`);
       await cp(repoDir, other, { recursive: true });
@@ -171,7 +172,7 @@ describe('golden fixtures (format 5)', () => {
   });
 
   it('forget and prune records (records/): decoding and encoding again gives the stored bytes', async () => {
-    const dir = join(import.meta.dirname, '..', 'fixtures', 'format5', 'records');
+    const dir = join(import.meta.dirname, '..', 'fixtures', 'format6', 'records');
     const forgetBytes = await readFile(join(dir, 'forget.bin'));
     const forgetRecord = decodeForgetRecord(forgetBytes, 'forgets/x');
     expect(forgetRecord).toEqual({
@@ -193,6 +194,16 @@ describe('golden fixtures (format 5)', () => {
     expect(compactionRecord).toEqual({ ...forgetRecord, generation: 3 });
     expect(Buffer.from(encodeCompactionRecord(compactionRecord)).equals(compactionBytes)).toBe(true);
     expect(() => decodeCompactionRecord(compactionBytes, 'compactions/00000002', 2)).toThrow(/is generation 3; its key says 2/);
+    // Object Lock: a config with objectLock, and a retention record.
+    const lockedBytes = await readFile(join(dir, 'config-object-lock.bin'));
+    const locked = decodeConfig(lockedBytes);
+    expect(locked.objectLock).toEqual({ mode: 'compliance', days: 30 });
+    expect(configObjectLock(lockedBytes)).toEqual({ mode: 'compliance', days: 30 });
+    expect(Buffer.from(encodeConfig(locked)).equals(lockedBytes)).toBe(true);
+    const retentionBytes = await readFile(join(dir, 'retention.bin'));
+    const retention = decodeRetentionRecord(retentionBytes);
+    expect(retention).toEqual({ volumeId: '6f1c1a52-0d0e-4f3b-9c55-2b8f3a7d9e10', at: 1796630400000, until: 1799222400000, extended: 70123 });
+    expect(Buffer.from(encodeRetentionRecord(retention)).equals(retentionBytes)).toBe(true);
     // A forget record whose ranges overlap, or reach the newest point, is refused.
     expect(() => decodeForgetRecord(encodeForgetRecord({ ...forgetRecord, ranges: [[1, 10], [5, 20]] }), 'forgets/y')).toThrow(/not ascending, disjoint/);
     expect(() => decodeForgetRecord(encodeForgetRecord({ ...forgetRecord, ranges: [[1, 20000]] }), 'forgets/y')).toThrow(/before the newest point 20000/);
