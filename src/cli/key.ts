@@ -36,8 +36,8 @@ export function registerKey(program: Command): void {
     .description('remove a key (not the one the password opens, nor the last one)')
     .action(async (id: string, _opts: unknown, command: Command) => {
       const cli = CliContext.of(command);
-      await removeKey(await cli.repoStore(), id, cli.signal);
-      cli.result({ removed: id }, () => `removed key ${id}`);
+      const { retainedUntil } = await removeKey(await cli.repoStore(), id, cli.signal);
+      cli.result({ removed: id, ...(retainedUntil === undefined ? {} : { retainedUntil: new Date(retainedUntil).toISOString() }) }, () => `removed key ${id}${keptNote(retainedUntil)}`);
     });
 
   key
@@ -47,7 +47,17 @@ export function registerKey(program: Command): void {
     .action(async (opts: { newPasswordFile?: string }, command: Command) => {
       const cli = CliContext.of(command);
       const store = await cli.repoStore();
-      const added = await changePassword(store, await newPassword(cli, opts.newPasswordFile), { signal: cli.signal, ...(cli.kdf === undefined ? {} : { kdf: cli.kdf }) });
-      cli.result({ id: added.id }, () => `password changed: key ${added.id} replaces the old one`);
+      const { key: added, oldRetainedUntil } = await changePassword(store, await newPassword(cli, opts.newPasswordFile), { signal: cli.signal, ...(cli.kdf === undefined ? {} : { kdf: cli.kdf }) });
+      cli.result(
+        { id: added.id, ...(oldRetainedUntil === undefined ? {} : { oldRetainedUntil: new Date(oldRetainedUntil).toISOString() }) },
+        () => `password changed: key ${added.id} replaces the old one${keptNote(oldRetainedUntil)}`,
+      );
     });
+}
+
+/** What a removed key file under Object Lock still allows: the old password opens it as long as its version stays. */
+function keptNote(until: number | undefined): string {
+  return until === undefined
+    ? ''
+    : ` (Object Lock keeps its bytes in the bucket until ${new Date(until).toISOString()}: until then its password still opens the repository for anyone who can read old versions)`;
 }

@@ -222,6 +222,19 @@ export function describeObjectLock(server: () => ObjectLockServer): void {
       expect(checked.code, checked.stdout + checked.stderr).toBe(0);
       expect(checked.stdout).toMatch(new RegExp(`Object Lock: read the retention of ${retained.length} objects the history needs`));
       expect(checked.stdout).toMatch(/no problems found/);
+
+      // A removed key file is only hidden: cdp-s3 says until when its bytes stay.
+      process.env['CDP_S3_NEW_PASSWORD'] = 'second password';
+      try {
+        const added = await cli('--repo', repo, 'key', 'add', '--json');
+        expect(added.code, added.stderr).toBe(0);
+        const { id } = JSON.parse(added.stdout) as { id: string };
+        const removed = await cli('--repo', repo, 'key', 'remove', id);
+        expect(removed.code, removed.stderr).toBe(0);
+        expect(removed.stdout).toMatch(new RegExp(`removed key ${id} \\(Object Lock keeps its bytes in the bucket until \\S+: until then its password still opens`));
+      } finally {
+        delete process.env['CDP_S3_NEW_PASSWORD'];
+      }
     });
 
     it('after the writer\'s credentials deleted every object (delete markers), undelete brings the history back', async () => {
