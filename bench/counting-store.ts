@@ -9,7 +9,7 @@
 // the server.
 
 import { DelegatingStore } from '../src/store/delegating.js';
-import type { GetOptions, ListOptions, ObjectInfo, ObjectStore, PutOptions } from '../src/store/types.js';
+import type { DeleteManyOptions, GetOptions, ListOptions, ObjectInfo, ObjectStore, ObjectVersion, PutOptions, Retention } from '../src/store/types.js';
 
 export const S3_LIST_PAGE = 1000;
 
@@ -23,10 +23,12 @@ export interface KindCounts {
   listPages: number;
   listPagesIfStartAfter: number;
   deletes: number;
+  /** PutObjectRetention requests (Object Lock extensions). */
+  retains: number;
 }
 
 export function emptyCounts(): KindCounts {
-  return { puts: 0, putBytes: 0, gets: 0, getBytes: 0, heads: 0, lists: 0, listPages: 0, listPagesIfStartAfter: 0, deletes: 0 };
+  return { puts: 0, putBytes: 0, gets: 0, getBytes: 0, heads: 0, lists: 0, listPages: 0, listPagesIfStartAfter: 0, deletes: 0, retains: 0 };
 }
 
 /** The kind of a key: its first segment, and the level for spans (`spans/02`). */
@@ -111,7 +113,7 @@ export class RequestCountingStore extends DelegatingStore {
   }
 
   /** One request per batch (S3 DeleteObjects), counted under the kind of its first key. */
-  override async deleteMany(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+  override async deleteMany(keys: readonly string[], options?: DeleteManyOptions): Promise<void> {
     if (keys.length > 0) this.counts(kindOf(keys[0]!)).deletes++;
     for (const key of keys) this.discarded.delete(key);
     return super.deleteMany(keys, options);
@@ -121,6 +123,27 @@ export class RequestCountingStore extends DelegatingStore {
     this.counts(kindOf(key)).deletes++;
     this.discarded.delete(key);
     return super.delete(key, options);
+  }
+
+  override async retain(key: string, retention: Retention, options?: { signal?: AbortSignal; versionId?: string }): Promise<void> {
+    this.counts(kindOf(key)).retains++;
+    return super.retain(key, retention, options);
+  }
+
+  /** Counted as LIST pages of up to 1000 versions, like list. */
+  override async *listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    const c = this.counts(prefix === '' ? '(root)' : kindOf(prefix.endsWith('/') ? prefix : `${prefix}/`));
+    c.lists++;
+    let consumed = 0;
+    try {
+      for await (const v of super.listVersions(prefix, options)) {
+        consumed++;
+        yield v;
+      }
+    } finally {
+      c.listPages += Math.max(1, Math.ceil(consumed / S3_LIST_PAGE));
+      c.listPagesIfStartAfter += Math.max(1, Math.ceil(consumed / S3_LIST_PAGE));
+    }
   }
 
   override async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {

@@ -4,6 +4,7 @@ import { crashBenchFailed, renderCrashBench, runCrashBench } from './crash.js';
 import { renderCryptoBench, runCryptoBench } from './crypto.js';
 import { renderKernelBench, runKernelBench } from './kernels.js';
 import { renderNbdBench, runNbdBench } from './nbd.js';
+import { renderObjectLockBench, runObjectLockBench } from './object-lock.js';
 import { renderPagedBench, runPagedBench } from './paged.js';
 import { renderPatchesBench, runPatchesBench } from './patches.js';
 import { renderRetentionBench, runRetentionBench } from './retention.js';
@@ -36,6 +37,7 @@ const BENCHES: Record<string, Bench> = {
   paged: { run: runPagedBench, render: renderPagedBench, rows: (rows: unknown) => rows },
   patches: { run: runPatchesBench, render: renderPatchesBench, rows: (rows: unknown) => rows },
   crypto: { run: runCryptoBench, render: renderCryptoBench, rows: (rows: unknown) => rows },
+  'object-lock': { run: runObjectLockBench, render: renderObjectLockBench, rows: (rows: unknown) => rows },
   crash: { run: runCrashBench, render: renderCrashBench, rows: (rows: unknown) => rows, failed: crashBenchFailed },
 };
 

@@ -77,6 +77,7 @@ export function registerPrune(program: Command): void {
           );
         }
         if (result.versionsSwept > 0) lines.push(`deleted ${count(result.versionsSwept, 'older version')} of locks, status and prune records`);
+        if (result.sweepRefused !== undefined) lines.push(`warning: the older versions of locks, status and prune records could not be deleted: ${result.sweepRefused}`);
         return lines.join('\n');
       });
     });

@@ -86,6 +86,12 @@ export async function init(options: InitOptions): Promise<InitResult> {
         `cannot use --object-lock: ${state.why}; use a bucket created with Object Lock enabled (e.g. aws s3api create-bucket --object-lock-enabled-for-bucket), or leave out --object-lock`,
       );
     }
+    if (state.defaultRetention !== undefined) {
+      throw new CdpError(
+        'NO_OBJECT_LOCK',
+        `cannot use --object-lock: bucket ${store.location} has a default retention (${state.defaultRetention}), which would also lock the objects cdp-s3 rewrites and deletes (locks, status); remove the bucket's default retention rule (cdp-s3 sets a retention on each object itself)`,
+      );
+    }
     // A store already retaining (tests: one with its own clock) is used as it is.
     if (storeObjectLock(store) === undefined) store = new RetainingStore(store, config.objectLock);
   }

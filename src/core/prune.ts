@@ -12,7 +12,7 @@
 // cannot be read, or a forget record that cannot be read makes it delete nothing (and say which).
 
 import pLimit from 'p-limit';
-import { FormatError, InvalidArgumentError, LockedError, throwIfAborted } from '../errors.js';
+import { FormatError, InvalidArgumentError, LockedError, StoreError, throwIfAborted } from '../errors.js';
 import { type Block, type ChainIndex, blockKey } from '../repo/chain-index.js';
 import { COMPACTION_PREFIX, DELTA_PREFIX, PACK_PREFIX, PAGE_PACK_PREFIX, SPAN_PREFIX, deltaKey, generationName, isPackKey, isPagePackKey, seqOfPackKey } from '../repo/keys.js';
 import { type CompactResult, compact, unreadableRun } from './compact.js';
@@ -84,6 +84,8 @@ export interface PruneResult {
   retention: ExtensionResult | undefined;
   /** Object Lock: older versions and delete markers of unretained objects deleted (docs/FORMAT.md, "Object Lock"). */
   versionsSwept: number;
+  /** Why the sweep was refused (e.g. a bucket rule retains those versions too); the rest of prune is done. */
+  sweepRefused: string | undefined;
 }
 
 function checkOptions(options: PruneOptions): number {
@@ -289,15 +291,25 @@ async function deleteUnneeded(
   }
   let retention: ExtensionResult | undefined;
   let versionsSwept = 0;
+  let sweepRefused: string | undefined;
   if (objectLock !== undefined) {
     const unneeded = new Set([...deleted, ...waiting, ...locked].map((o) => o.key));
     retention = await extendRetention(repo, objectLock, { unneeded, clock: options.clock, dryRun, signal });
-    if (!dryRun) versionsSwept = await sweepVersions(store, signal);
+    if (!dryRun) {
+      try {
+        versionsSwept = await sweepVersions(store, signal);
+      } catch (error) {
+        // Versions someone else retained (a default retention added to the bucket) cannot go: keep going.
+        if (!(error instanceof StoreError && error.kind === 'auth')) throw error;
+        sweepRefused = error.message;
+      }
+    }
   }
   return {
     locked,
     retention,
     versionsSwept,
+    sweepRefused,
     latest,
     runsRead: blocks.length,
     runsUnneeded: unneeded.length,

@@ -229,7 +229,13 @@ export class S3Store implements ObjectStore {
       const reply = await this.call(undefined, signal, () =>
         this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket }), signal === undefined ? {} : { abortSignal: signal }),
       );
-      if (reply.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled') return { enabled: true };
+      const config = reply.ObjectLockConfiguration;
+      if (config?.ObjectLockEnabled === 'Enabled') {
+        const rule = config.Rule?.DefaultRetention;
+        if (rule?.Mode === undefined) return { enabled: true };
+        const period = rule.Days !== undefined ? `${rule.Days} days` : `${rule.Years ?? '?'} years`;
+        return { enabled: true, defaultRetention: `${rule.Mode.toLowerCase()}, ${period}` };
+      }
       return { enabled: false, why: `bucket ${this.bucket} does not have Object Lock enabled` };
     } catch (error) {
       if (!(error instanceof StoreError)) throw error;

@@ -53,8 +53,11 @@ export interface ObjectVersion {
   size: number;
 }
 
-/** Whether the bucket has Object Lock, or why it has not (for a one-line error). */
-export type ObjectLockState = { enabled: true } | { enabled: false; why: string };
+/**
+ * Whether the bucket has Object Lock, or why it has not (for a one-line error). `defaultRetention`
+ * describes a bucket rule that puts every new object under retention (e.g. "governance, 30 days").
+ */
+export type ObjectLockState = { enabled: true; defaultRetention?: string } | { enabled: false; why: string };
 
 export interface PutOptions {
   /**

@@ -9,7 +9,7 @@
 
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CreateBucketCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, PutObjectLockConfigurationCommand, type S3Client } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import { backup } from '../../src/core/backup.js';
@@ -30,6 +30,7 @@ import { waitUntil } from '../helpers/wait.js';
 import { expectStoreError } from '../store/conformance.js';
 
 const LOCK_BUCKET = 'cdp-lock';
+const DEFAULT_RETENTION_BUCKET = 'cdp-lock-default';
 const MiB = 1024 * 1024;
 
 export interface ObjectLockServer {
@@ -150,7 +151,20 @@ export function describeObjectLock(server: () => ObjectLockServer): void {
         expect(result.stderr).toMatch(message);
         expect(result.stderr.trim().split('\n')).toHaveLength(1);
       }
-      for (const bucket of [server().plainBucket, LOCK_BUCKET]) {
+      // A bucket whose rule retains every new object would lock cdp-s3's locks and status too.
+      const client = server().client();
+      await client.send(new CreateBucketCommand({ Bucket: DEFAULT_RETENTION_BUCKET, ObjectLockEnabledForBucket: true }));
+      await client.send(
+        new PutObjectLockConfigurationCommand({
+          Bucket: DEFAULT_RETENTION_BUCKET,
+          ObjectLockConfiguration: { ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: 'GOVERNANCE', Days: 3 } } },
+        }),
+      );
+      client.destroy();
+      const ruled = await cli('--repo', `s3://${DEFAULT_RETENTION_BUCKET}/lock-refused`, 'init', '--from', source, '--region-size', '64KiB', '--object-lock', 'governance', '--lock-days', '3');
+      expect(ruled.code, ruled.stderr).toBe(EXIT.store);
+      expect(ruled.stderr).toMatch(/has a default retention \(governance, 3 days\), which would also lock the objects cdp-s3 rewrites and deletes .*remove the bucket's default retention rule/);
+      for (const bucket of [server().plainBucket, LOCK_BUCKET, DEFAULT_RETENTION_BUCKET]) {
         const raw = new S3Store({ bucket, prefix: 'lock-refused/', endpoint: server().endpoint });
         expect(await versions(raw, '')).toEqual([]);
       }
