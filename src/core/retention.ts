@@ -3,8 +3,11 @@
 // - Extension. Every object the history needs was put retained for the repository's lock days.
 //   Before that runs out, an extension sets every such object's retention to now + lock days and
 //   then records it (`retention`). It is due once the recorded retention has less than half the
-//   lock days left (or there is no record), so each object costs one retention request per half
-//   lock period, and prune may fail for half a period before anything needed comes near expiry.
+//   lock days left (before the first, the config's: see retainedFloor), so each object costs one
+//   retention request per half lock period, and prune may fail for half a period before anything
+//   needed comes near expiry. A record that is gone or does not open makes it due: safe, since
+//   setting a retention again costs a request and nothing else. (A forged record in a plain
+//   repository could postpone it: verify reads the retention of every object, not the record.)
 //   Objects prune found unneeded are left out, so their retention runs out and they can go.
 // - Deletion. Nothing tries to delete an object whose retention has not run out: prune asks each
 //   candidate's retention first (a HEAD), keeps the locked ones for a later prune, and deletes
@@ -23,7 +26,7 @@ import { MAX_DELETE_BATCH, type ObjectStore } from '../store/types.js';
 /** Retention requests in flight at once. */
 const RETENTION_CONCURRENCY = 16;
 
-/** The last extension's record, or undefined when there is none (or it cannot be read: then one is due). */
+/** The last extension's record, or undefined when there is none or it cannot be read. */
 export async function readRetentionRecord(repo: Repository, signal?: AbortSignal): Promise<RetentionRecord | undefined> {
   try {
     const record = decodeRetentionRecord(await repo.store.get(RETENTION_KEY, signal === undefined ? {} : { signal }));

@@ -126,17 +126,10 @@ export class RetryingStore implements ObjectStore {
   }
 
   /** Retried until the first item arrives, like list. */
-  async *listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
-    const { iterator, first } = await this.run('list', prefix, options?.signal, async () => {
-      const iterator = this.inner.listVersions(prefix, options)[Symbol.asyncIterator]();
-      return { iterator, first: await iterator.next() };
-    });
-    try {
-      for (let result = first; result.done !== true; result = await iterator.next()) yield result.value;
-    } finally {
-      await iterator.return?.();
-    }
+  listVersions(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectVersion> {
+    return this.listing(prefix, options?.signal, () => this.inner.listVersions(prefix, options));
   }
+
   sync(options?: { signal?: AbortSignal }): Promise<void> {
     return this.inner.sync(options);
   }
@@ -146,9 +139,13 @@ export class RetryingStore implements ObjectStore {
    * Retries only until the first item (or the end) arrives: once items have been yielded, a
    * restart would yield them again, so a later failure surfaces to the caller.
    */
-  async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
-    const { iterator, first } = await this.run('list', prefix, options?.signal, async () => {
-      const iterator = this.inner.list(prefix, options)[Symbol.asyncIterator]();
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
+    return this.listing(prefix, options?.signal, () => this.inner.list(prefix, options));
+  }
+
+  private async *listing<T>(prefix: string, signal: AbortSignal | undefined, open: () => AsyncIterable<T>): AsyncIterable<T> {
+    const { iterator, first } = await this.run('list', prefix, signal, async () => {
+      const iterator = open()[Symbol.asyncIterator]();
       return { iterator, first: await iterator.next() };
     });
     try {
