@@ -33,7 +33,7 @@ export function retainedKey(key: string): boolean {
   return key !== RETENTION_KEY && !UNRETAINED_PREFIXES.some((prefix) => key.startsWith(prefix));
 }
 
-/** The prefixes (and single keys) whose objects are retained, for listing them all. */
+/** The prefixes and single keys whose objects are never retained (what the sweep lists the versions of). */
 export const UNRETAINED = { prefixes: UNRETAINED_PREFIXES, keys: [RETENTION_KEY] } as const;
 
 export function checkObjectLockPolicy(policy: { mode: string; days: number }): ObjectLockPolicy {
