@@ -242,7 +242,8 @@ export class S3Store implements ObjectStore {
       const sdk = error.cause as { name?: string; $metadata?: { httpStatusCode?: number } } | undefined;
       const name = sdk?.name ?? '';
       const status = sdk?.$metadata?.httpStatusCode;
-      if (name === 'ObjectLockConfigurationNotFoundError' || (error.kind === 'not-found' && name !== 'NoSuchBucket')) {
+      // A missing bucket is kind 'no-bucket' and thrown below; any other 404 means no lock configuration.
+      if (name === 'ObjectLockConfigurationNotFoundError' || error.kind === 'not-found') {
         return { enabled: false, why: `bucket ${this.bucket} was not created with Object Lock enabled` };
       }
       if (status === 501 || status === 405 || name === 'NotImplemented' || name === 'MethodNotAllowed') {
